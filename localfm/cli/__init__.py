@@ -1,0 +1,77 @@
+"""The ``localfm`` command.
+
+Each subcommand lives in its own module in this package and exposes
+``register(subparsers)``, which adds its parser and sets ``func`` (a callable taking
+the parsed ``argparse.Namespace`` and returning an exit code or None). Modules are
+discovered, so adding a command never touches this file, and a command that is not
+built simply does not exist. Heavy libraries (torch, faiss) are imported inside the
+handlers so ``localfm --help`` stays fast.
+
+Exit codes: 0 ok, 2 bad input or usage (one line on stderr naming the file/field),
+3 drift (``parity``), 1 internal error.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import pkgutil
+import sys
+from collections.abc import Sequence
+
+from .. import progress
+from ..errors import LocalFMError
+
+EXIT_OK = 0
+EXIT_INTERNAL = 1
+EXIT_BAD_INPUT = 2
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse that reports usage errors as one line with exit code 2."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.exit(EXIT_BAD_INPUT, f"{self.prog}: error: {message}\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(
+        prog="localfm",
+        description="Offline twin of SageMaker Factorization Machines + k-NN top-x recommendations.",
+    )
+    parser.add_argument("--quiet", action="store_true", help="no progress bars")
+    from .. import __version__
+
+    parser.add_argument("--version", action="version", version=f"localfm {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    sub.required = True
+    for info in sorted(pkgutil.iter_modules(__path__), key=lambda m: m.name):
+        if info.name.startswith("_"):
+            continue
+        module = importlib.import_module(f"{__name__}.{info.name}")
+        register = getattr(module, "register", None)
+        if register is not None:
+            register(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point; returns the exit code (the console script passes it to sys.exit)."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.quiet or getattr(args, "quiet_sub", False):
+        progress.set_quiet(True)
+    try:
+        code = args.func(args)
+    except LocalFMError as exc:
+        print(f"localfm {args.command}: error: {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except KeyboardInterrupt:
+        print("localfm: interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:
+        return EXIT_OK
+    return EXIT_OK if code is None else int(code)
+
+
+def run() -> None:
+    sys.exit(main())

@@ -1,0 +1,78 @@
+"""Write-then-rename, so a failed command never leaves a half-written output.
+
+Every file localfm produces goes through :func:`atomic_write` (one file) or
+:func:`atomic_outputs` (several files that must appear together or not at all):
+the data is written to a temporary sibling and renamed into place only when the
+whole block succeeded. On any exception the temporaries are removed and existing
+files at the target paths are left untouched.
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import IO, Any
+
+
+def _tmp_sibling(path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    return Path(name)
+
+
+@contextlib.contextmanager
+def atomic_write(path: str | os.PathLike[str], mode: str = "wb", **kwargs: Any) -> Iterator[IO[Any]]:
+    """Open a temporary sibling of ``path`` for writing; rename it over ``path`` on success."""
+    target = Path(path)
+    tmp = _tmp_sibling(target)
+    try:
+        with open(tmp, mode, **kwargs) as fh:
+            yield fh
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, target)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+class OutputSet:
+    """Temporary paths for a group of outputs; see :func:`atomic_outputs`."""
+
+    def __init__(self) -> None:
+        self._pending: list[tuple[Path, Path]] = []
+
+    def path(self, target: str | os.PathLike[str]) -> Path:
+        """Return a temporary path to write instead of ``target``."""
+        target = Path(target)
+        tmp = _tmp_sibling(target)
+        self._pending.append((tmp, target))
+        return tmp
+
+    def _commit(self) -> None:
+        for tmp, target in self._pending:
+            os.replace(tmp, target)
+
+    def _discard(self) -> None:
+        for tmp, _ in self._pending:
+            tmp.unlink(missing_ok=True)
+
+
+@contextlib.contextmanager
+def atomic_outputs() -> Iterator[OutputSet]:
+    """Write several files that should land together: all renamed at the end, or none.
+
+    >>> with atomic_outputs() as out:
+    ...     np.save(out.path(d / "a.npy"), a)      # doctest: +SKIP
+    ...     write_json(out.path(d / "b.json"), b)  # doctest: +SKIP
+    """
+    outs = OutputSet()
+    try:
+        yield outs
+    except BaseException:
+        outs._discard()
+        raise
+    outs._commit()
