@@ -24,6 +24,7 @@ from ..errors import LocalFMError
 EXIT_OK = 0
 EXIT_INTERNAL = 1
 EXIT_BAD_INPUT = 2
+EXIT_DRIFT = 3
 
 
 class _Parser(argparse.ArgumentParser):

@@ -1,0 +1,209 @@
+"""Retrieval: exact top-k for every user, localfm's engine vs FAISS / numpy / torch.
+
+All engines get the *same* float32 vectors (d = 65: 64 factors + the column that
+carries the linear term, the shape ``localfm repackage`` produces) and must return
+the k largest inner products per user, best first. Reported per catalogue size:
+median seconds, GFLOP/s (2·users·items·d / s), fraction of this machine's sgemm peak
+measured in the same run, and agreement with a float64 exact reference on a sample
+of users (:func:`benchmarks.baselines.agreement`). numpy and torch are slow enough
+at the largest size that they run on a slice of users and are scaled linearly to
+all users (marked ``extrapolated_from_users``); localfm and FAISS always run on all
+users.
+
+Approximate indexes (IVFFlat nprobe sweep, HNSW efSearch sweep, via
+``localfm.knn.index.build_index`` with its MIPS augmentation) are measured as
+recall@k vs search time on a sample of queries of the largest catalogue.
+
+Vectors are synthetic: Gaussian factors with log-normal item norms (popular items of
+a trained FM have larger norms), users with a constant 1 in the last column and items
+their linear weight there — the structure of repackaged FM vectors.
+"""
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import numpy as np
+
+from localfm.progress import progress
+
+from .baselines import agreement, topk_exact64, topk_faiss_flat, topk_numpy, topk_torch
+from .data import BenchConfig
+from .machine import sgemm_peak, timeit
+
+NAME = "retrieval"
+
+
+def make_vectors(n_users: int, n_items: int, dim: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Repackaged-FM-like vectors: (users (n_users, dim), items (n_items, dim)) float32."""
+    rng = np.random.default_rng(seed)
+    k = dim - 1
+    U = rng.standard_normal((n_users, dim), dtype=np.float32) / np.float32(np.sqrt(k))
+    U *= rng.lognormal(0.0, 0.3, (n_users, 1)).astype(np.float32)
+    U[:, -1] = 1.0
+    I = rng.standard_normal((n_items, dim), dtype=np.float32) / np.float32(np.sqrt(k))
+    I *= rng.lognormal(0.0, 0.5, (n_items, 1)).astype(np.float32)
+    I[:, -1] = rng.normal(0.0, 0.5, n_items).astype(np.float32)
+    return np.ascontiguousarray(U), np.ascontiguousarray(I)
+
+
+def localfm_engine() -> Any | None:
+    try:
+        from localfm.recommend.topx import top_x
+    except ImportError:
+        return None
+    return top_x
+
+
+def _engines(k: int) -> dict[str, Any]:
+    """name -> fn(U, I) -> (scores, ids), best first."""
+    eng: dict[str, Any] = {}
+    top_x = localfm_engine()
+    if top_x is not None:
+        def run_localfm(U: np.ndarray, I: np.ndarray, mode: str = "auto") -> tuple[np.ndarray, np.ndarray]:
+            r = top_x(U, I, k, mode=mode)
+            return r.scores, r.ids
+
+        eng["localfm"] = run_localfm
+        eng["localfm_fp32"] = lambda U, I: run_localfm(U, I, "fp32")
+    eng["faiss_flat_ip"] = lambda U, I: topk_faiss_flat(U, I, k)
+    eng["numpy"] = lambda U, I: topk_numpy(U, I, k)
+    eng["torch"] = lambda U, I: topk_torch(U, I, k)
+    return eng
+
+
+def _same_sets(a: np.ndarray, b: np.ndarray) -> float:
+    """Fraction of rows whose id sets are equal (order-free)."""
+    return float((np.sort(a, axis=1) == np.sort(b, axis=1)).all(axis=1).mean())
+
+
+def exact_size(cfg: BenchConfig, n_users: int, n_items: int, peak: float) -> dict[str, Any]:
+    k, d = cfg.retrieval_k, cfg.retrieval_dim
+    U, I = make_vectors(n_users, n_items, d, seed=cfg.seed)
+    ref_rows = min(cfg.reference_rows, n_users)
+    ref_s, ref_i = [], []
+    for s in range(0, ref_rows, 256):
+        a, b = topk_exact64(U[s:min(ref_rows, s + 256)], I, k)
+        ref_s.append(a)
+        ref_i.append(b)
+    ref_scores, ref_ids = np.concatenate(ref_s), np.concatenate(ref_i)
+    flops = 2.0 * n_users * n_items * d
+    # numpy/torch baselines on a slice of users when the catalogue is large (linear in users).
+    slice_users = n_users if n_users * n_items <= 2e9 else max(ref_rows, 20_000)
+    out: dict[str, Any] = {"users": n_users, "items": n_items, "dim": d, "k": k, "gflop": flops / 1e9,
+                           "engines": {}}
+    results: dict[str, np.ndarray] = {}
+    for name, fn in _engines(k).items():
+        users = U if name not in ("numpy", "torch") else U[:slice_users]
+        t, (scores, ids) = timeit(lambda: fn(users, I), repeats=cfg.repeats, warmup=0)
+        scale = n_users / users.shape[0]
+        med = t.median * scale
+        row = {**t.as_dict(), "median_s": med, "gflops": flops / med / 1e9,
+               "fraction_of_sgemm_peak": flops / med / 1e9 / peak,
+               "agreement_vs_float64": agreement(ids, ref_scores, ref_ids, U, I)}
+        if scale != 1.0:
+            row["extrapolated_from_users"] = int(users.shape[0])
+            row["measured_median_s"] = t.median
+        out["engines"][name] = row
+        results[name] = ids
+    if "faiss_flat_ip" in results:
+        for name, ids in results.items():
+            n = ids.shape[0]
+            out["engines"][name]["same_sets_as_faiss"] = _same_sets(ids, results["faiss_flat_ip"][:n])
+    fa = out["engines"].get("faiss_flat_ip")
+    if fa:
+        for name, row in out["engines"].items():
+            row["speedup_vs_faiss"] = fa["median_s"] / row["median_s"]
+    return out
+
+
+def approximate(cfg: BenchConfig, n_users: int, n_items: int) -> dict[str, Any]:
+    """recall@k vs search time for IVFFlat (nprobe) and HNSW (efSearch) on sampled queries."""
+    from localfm.knn.index import build_index
+
+    k, d = cfg.retrieval_k, cfg.retrieval_dim
+    U, I = make_vectors(n_users, n_items, d, seed=cfg.seed)
+    rng = np.random.default_rng(cfg.seed)
+    q = U[np.sort(rng.choice(n_users, size=min(cfg.ann_queries, n_users), replace=False))]
+    t_exact, (_, exact_ids) = timeit(lambda: topk_faiss_flat(q, I, k), repeats=1)
+    out: dict[str, Any] = {"users": n_users, "items": n_items, "queries": int(q.shape[0]),
+                           "exact_reference": {"name": "faiss_flat_ip", "search_s": t_exact.median},
+                           "curves": {}, "build_s": {}}
+    nlist = max(1, int(round(np.sqrt(n_items))))  # SageMaker's 'auto' = sqrt(sample_size)
+    sweeps = {
+        "IVFFlat": ("faiss.IVFFlat", "nprobe", [1, 2, 5, 10, 20, 50, 100]),
+        "HNSW32": ("faiss.HNSW", "ef_search", [100, 200, 400, 800]),
+    }
+    for label, (itype, param, values) in progress(list(sweeps.items()), desc="approximate indexes"):
+        start = time.perf_counter()
+        index = build_index(I, index_type=itype, index_metric="INNER_PRODUCT", nlist=nlist)
+        out["build_s"][label] = time.perf_counter() - start
+        pts = []
+        for v in values:
+            if param == "nprobe":
+                if v > nlist:
+                    continue
+                index.nprobe = v
+            else:
+                index.ef_search = v
+            t, (_, ids) = timeit(lambda: index.search(q, k), repeats=1)
+            inter = np.array([len(np.intersect1d(a, b)) for a, b in zip(ids, exact_ids)])
+            pts.append({"param": f"{param}={v}", "search_s": t.median,
+                        "recall": float(inter.mean() / exact_ids.shape[1]),
+                        "speedup_vs_flat": t_exact.median / t.median})
+        out["curves"][label] = pts
+    out["nlist"] = nlist
+    return out
+
+
+def run(cfg: BenchConfig) -> dict[str, Any]:
+    peak = sgemm_peak(n=1024 if cfg.mode == "smoke" else 2048, repeats=3 if cfg.mode == "smoke" else 5)
+    payload: dict[str, Any] = {"quick": cfg.quick, "mode": cfg.mode, "k": cfg.retrieval_k,
+                               "dim": cfg.retrieval_dim, "sgemm_peak": peak, "notes": []}
+    if localfm_engine() is None:
+        payload["notes"].append("localfm.recommend.topx not importable: localfm engine skipped")
+    payload["exact"] = [exact_size(cfg, u, i, peak["peak_gflops"])
+                        for u, i in progress(cfg.retrieval_sizes, desc="retrieval sizes")]
+    peak_after = sgemm_peak(n=1024 if cfg.mode == "smoke" else 2048, repeats=3)
+    payload["sgemm_peak_after"] = peak_after
+    u, i = cfg.retrieval_sizes[-1]
+    try:
+        payload["approximate"] = approximate(cfg, u, i)
+    except ImportError:
+        payload["notes"].append("localfm.knn.index not importable: approximate indexes skipped")
+    payload["headline"] = headline(payload)
+    return payload
+
+
+def headline(payload: dict[str, Any]) -> list[dict[str, Any]]:
+    out: list[dict[str, Any]] = []
+    if not payload.get("exact"):
+        return out
+    big = payload["exact"][-1]
+    lf = big["engines"].get("localfm")
+    size = f"{big['users']:,}×{big['items']:,}"
+    if lf:
+        agree = lf["agreement_vs_float64"]["exact_up_to_ties"]
+        same = lf.get("same_sets_as_faiss")
+        out.append({"what": f"exact top-{payload['k']} all users {size}: localfm / FAISS IndexFlatIP speed "
+                    f"(same id sets as FAISS: {same:.4f}; exact up to ties vs float64: {agree:.4f})",
+                    "value": lf["speedup_vs_faiss"], "unit": "×", "target": "≥ 2×, identical results"})
+        out.append({"what": f"exact top-{payload['k']} all users {size}: localfm seconds "
+                    f"({lf['fraction_of_sgemm_peak']:.2f} of measured sgemm peak "
+                    f"{payload['sgemm_peak']['peak_gflops']:.0f} GFLOP/s)",
+                    "value": lf["median_s"], "unit": " s", "target": "≤ 30 s", "digits": 1})
+    for base in ("numpy", "torch"):
+        row = big["engines"].get(base)
+        if lf and row:
+            out.append({"what": f"exact top-{payload['k']} {size}: localfm / {base} (chunked) speed",
+                        "value": row["median_s"] / lf["median_s"], "unit": "×", "target": ""})
+    return out
+
+
+def plot(payload: dict[str, Any], out_dir: Any) -> list[str]:
+    from .plots import recall_time, retrieval_vs_size
+
+    paths = [retrieval_vs_size(payload, out_dir)]
+    if payload.get("approximate"):
+        paths.append(recall_time(payload, out_dir))
+    return paths

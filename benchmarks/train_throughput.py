@@ -1,0 +1,184 @@
+"""Training throughput: localfm's FM vs the naive PyTorch autograd FM (samples/s).
+
+Grid: num_factors × mini_batch_size on ml-100k ``ua.base`` (binary labels, one-hot
+user+item rows, file order — the cloud fixture's data) and on a slice of the
+synthetic ML-25M-shaped set. Three trainers:
+
+- ``localfm_sagemaker``: ``FactorizationMachine`` with container defaults (MXNet lazy
+  Adam, SageMaker semantics) — what ``localfm train`` does by default;
+- ``localfm_fast``: the same trainer with the local-only switches that make it
+  fastest (:func:`fast_mode_hyperparameters`; recorded in the results);
+- ``naive_autograd``: :func:`benchmarks.baselines.train_naive_fm`.
+
+localfm is timed around the whole ``fit`` (batch preparation included), one epoch;
+the naive FM is cut after ``naive_max_seconds`` on large sets (samples/s divides the
+samples it actually processed). Plus one full epoch on the synthetic set for the
+"ML-25M-shaped epoch ≤ 15 s" target, extrapolated linearly to 25M rows when a
+reduced row count ran.
+"""
+from __future__ import annotations
+
+import statistics
+import time
+from typing import Any
+
+import numpy as np
+
+from localfm.progress import progress
+
+from .baselines import train_naive_fm
+from .data import ML25M_ROWS, BenchConfig, Ratings, ml100k_split, synthetic_ratings
+
+NAME = "train_throughput"
+
+
+def fm_class() -> Any | None:
+    """localfm's FM estimator, or None while it is not importable."""
+    try:
+        from localfm.fm.model import FactorizationMachine
+    except ImportError:
+        return None
+    return FactorizationMachine
+
+
+def fast_mode_hyperparameters() -> dict[str, Any]:
+    """Local-only hyperparameters for localfm's fastest training mode, as far as it has one.
+
+    Uses only switches the FM hyperparameter table declares (so this never breaks
+    when it changes): plain SGD skips Adam's two moment slots per touched row.
+    """
+    try:
+        from localfm.fm.hyperparameters import FM_HYPERPARAMETERS
+    except ImportError:
+        return {}
+    table = {hp.name: hp for hp in FM_HYPERPARAMETERS}
+    fast: dict[str, Any] = {}
+    for name in ("_local_fast", "_local_fast_path"):
+        if name in table:
+            fast[name] = True
+    opt = table.get("_local_optimizer")
+    if opt is not None and opt.choices and "sgd" in opt.choices:
+        fast["_local_optimizer"] = "sgd"
+        fast["_learning_rate"] = 100.0  # sgd needs a larger global step than Adam's 1.0
+    return fast
+
+
+def time_localfm(data: Ratings, num_factors: int, batch: int, extra: dict[str, Any],
+                 repeats: int) -> dict[str, Any]:
+    FM = fm_class()
+    assert FM is not None
+    X = data.onehot()
+    y = data.binary()
+    runs: list[float] = []
+    for r in range(repeats):
+        model = FM(feature_dim=X.shape[1], num_factors=num_factors, predictor_type="binary_classifier",
+                   epochs=1, mini_batch_size=batch, seed=r, **extra)
+        start = time.perf_counter()
+        model.fit(X, y)
+        runs.append(time.perf_counter() - start)
+    med = statistics.median(runs)
+    return {"samples": len(data), "runs_s": runs, "median_s": med, "samples_per_s": len(data) / med}
+
+
+def time_naive(data: Ratings, num_factors: int, batch: int, repeats: int,
+               max_seconds: float | None) -> dict[str, Any]:
+    fields = np.stack([data.users, data.n_users + data.items], axis=1)
+    y = data.binary()
+    rates, runs, samples = [], [], []
+    for r in range(repeats):
+        res = train_naive_fm(fields, y, data.n_users + data.n_items, num_factors, batch,
+                             max_seconds=max_seconds, seed=r)
+        rates.append(res.samples_per_s)
+        runs.append(res.seconds)
+        samples.append(res.samples)
+    return {"samples": samples, "runs_s": runs, "samples_per_s": statistics.median(rates),
+            "cut_after_s": max_seconds}
+
+
+def _grid(cfg: BenchConfig, data: Ratings, label: str, naive_cut: float | None) -> list[dict[str, Any]]:
+    rows: list[dict[str, Any]] = []
+    fast = fast_mode_hyperparameters()
+    have_fm = fm_class() is not None
+    combos = [(k, b) for k in cfg.train_factors for b in cfg.train_batches]
+    for k, b in progress(combos, desc=f"train grid {label}"):
+        row: dict[str, Any] = {"dataset": label, "num_factors": k, "mini_batch_size": b}
+        row["naive_autograd"] = time_naive(data, k, b, cfg.repeats, naive_cut)
+        if have_fm:
+            row["localfm_sagemaker"] = time_localfm(data, k, b, {}, cfg.repeats)
+            if fast:
+                row["localfm_fast"] = time_localfm(data, k, b, fast, cfg.repeats)
+            naive = row["naive_autograd"]["samples_per_s"]
+            row["speedup_sagemaker_vs_naive"] = row["localfm_sagemaker"]["samples_per_s"] / naive
+            if fast:
+                row["speedup_fast_vs_naive"] = row["localfm_fast"]["samples_per_s"] / naive
+        rows.append(row)
+    return rows
+
+
+def large_epoch(cfg: BenchConfig, data: Ratings) -> dict[str, Any]:
+    """One full epoch over the synthetic set with the fastest mode (batch 5000, k=64)."""
+    FM = fm_class()
+    assert FM is not None
+    X = data.onehot()
+    y = data.binary()
+    out: dict[str, Any] = {"rows": len(data), "num_factors": 64, "mini_batch_size": 5000}
+    for mode, extra in (("localfm_fast", fast_mode_hyperparameters()), ("localfm_sagemaker", {})):
+        model = FM(feature_dim=X.shape[1], num_factors=64, predictor_type="binary_classifier",
+                   epochs=1, mini_batch_size=5000, seed=0, **extra)
+        start = time.perf_counter()
+        model.fit(X, y)
+        secs = time.perf_counter() - start
+        out[mode] = {"epoch_s": secs, "samples_per_s": len(data) / secs,
+                     "epoch_s_at_25M_extrapolated": secs * ML25M_ROWS / len(data)}
+    return out
+
+
+def run(cfg: BenchConfig) -> dict[str, Any]:
+    """Measure the grid(s); returns the results payload (see module docstring)."""
+    payload: dict[str, Any] = {"quick": cfg.quick, "mode": cfg.mode, "notes": []}
+    payload["fast_mode_hyperparameters"] = fast_mode_hyperparameters()
+    if fm_class() is None:
+        payload["notes"].append("localfm.fm.model.FactorizationMachine not importable: only the naive FM ran")
+    rows: list[dict[str, Any]] = []
+    if cfg.has_ml100k:
+        train, _ = ml100k_split(cfg, "ua")
+        rows += _grid(cfg, train, "ml100k-ua.base", None)
+    else:
+        payload["notes"].append(f"MovieLens 100k not found at {cfg.ml100k_dir}: ml-100k grid skipped")
+    synth = synthetic_ratings(max(cfg.synthetic_rows, cfg.train_grid_rows_large), cfg.synthetic_users,
+                              cfg.synthetic_items, seed=cfg.seed)
+    label = f"synthetic-{cfg.synthetic_users}x{cfg.synthetic_items}"
+    rows += _grid(cfg, synth.subset(cfg.train_grid_rows_large), label, cfg.naive_max_seconds)
+    payload["grid"] = rows
+    payload["synthetic"] = {"users": cfg.synthetic_users, "items": cfg.synthetic_items,
+                            "rows_generated": len(synth), "grid_rows": cfg.train_grid_rows_large}
+    if cfg.train_epoch_large and fm_class() is not None:
+        payload["large_epoch"] = large_epoch(cfg, synth.subset(cfg.synthetic_rows))
+    payload["headline"] = headline(payload)
+    return payload
+
+
+def headline(payload: dict[str, Any]) -> list[dict[str, Any]]:
+    """Median speedups over the grid, and the large-epoch time vs the 15 s target."""
+    out: list[dict[str, Any]] = []
+    grid = payload.get("grid", [])
+    for key, what in (("speedup_fast_vs_naive", "training speed, localfm fastest mode / naive autograd"),
+                      ("speedup_sagemaker_vs_naive", "training speed, localfm SageMaker mode / naive autograd")):
+        vals = [r[key] for r in grid if key in r]
+        if vals:
+            out.append({"what": what + " (median over grid; min–max "
+                        f"{min(vals):.2f}–{max(vals):.2f})", "value": statistics.median(vals),
+                        "unit": "×", "target": "≥ 3×"})
+    le = payload.get("large_epoch")
+    if le:
+        fast = le.get("localfm_fast") or le.get("localfm_sagemaker")
+        out.append({"what": f"ML-25M-shaped epoch, k=64 batch 5000 (measured on {le['rows']:,} rows, "
+                    "extrapolated to 25M)", "value": fast["epoch_s_at_25M_extrapolated"], "unit": " s",
+                    "target": "≤ 15 s", "digits": 1})
+    return out
+
+
+def plot(payload: dict[str, Any], out_dir: Any) -> list[str]:
+    from .plots import throughput_bars
+
+    return [throughput_bars(payload, out_dir)]

@@ -1,0 +1,154 @@
+"""``localfm recommend``: top-x items per user from an FM model, stored in a database or file.
+
+Default engine: the exact top-x (``localfm.recommend.topx``), equivalent to SageMaker
+k-NN ``faiss.Flat`` with ``INNER_PRODUCT`` on the repackaged vectors. ``--index`` picks
+a FAISS index instead (approximate ones report recall@k against the exact engine).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from ..errors import LocalFMError
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser(
+        "recommend",
+        help="top-x recommendations for every user (exact by default), stored in SQLite/PostgreSQL/Parquet/JSONL",
+        description=(
+            "Rank items for users with an FM model: repackage into vectors, take the exact top-k by "
+            "inner product (= FM score order), optionally excluding already-rated items, and store "
+            "(user_id, rank, item_id, score) rows. score is the FM score (inner product + per-user constant); "
+            "--sigmoid reports sigmoid(score) for binary classifiers, as SageMaker's score field."
+        ),
+    )
+    p.add_argument("--model", required=True, metavar="URI", help="FM model.tar.gz / model_algo-1 (local or s3://)")
+    p.add_argument("--features", required=True, metavar="PATH", help="features.json written by `localfm prepare`")
+    p.add_argument("--interactions", metavar="PATH",
+                   help="already-rated pairs: train_interactions.parquet (default: next to features.json), "
+                        "a MovieLens u.data / *.base, or a CSV/Parquet with user_id,item_id")
+    p.add_argument("-k", "--k", type=int, default=10, help="recommendations per user (default 10)")
+    p.add_argument("--exclude-seen", action="store_true", help="never recommend items the user already rated")
+    p.add_argument("--users", metavar="IDS", help="only these users (comma-separated ids)")
+    p.add_argument("--users-file", metavar="PATH", help="only the users listed in PATH (one id per line)")
+    p.add_argument("--unknown-users", choices=("error", "cold-start", "skip"), default="error",
+                   help="users without an id column: error (default), cold-start from side features, or skip")
+    p.add_argument("--allow-items", metavar="IDS|@FILE", help="only recommend these items (comma list or @file)")
+    p.add_argument("--deny-items", metavar="IDS|@FILE", help="never recommend these items (comma list or @file)")
+    p.add_argument("--index", default="exact",
+                   help="exact (default) or a FAISS index: faiss.Flat, faiss.IVFFlat, faiss.HNSW, faiss.IVFPQ")
+    p.add_argument("--index-metric", default="INNER_PRODUCT",
+                   help="INNER_PRODUCT (default: FM score order), or COSINE / L2 to mirror a k-NN configured so "
+                        "(then a FAISS index is used and recall vs the exact FM ranking is reported)")
+    p.add_argument("--nprobe", type=int, default=5, help="IVF lists searched per query (SageMaker's hidden default 5)")
+    p.add_argument("--recall-users", type=int, default=1000,
+                   help="users sampled to measure recall@k of an approximate index (0 = skip)")
+    p.add_argument("--sigmoid", action="store_true", help="store sigmoid(FM score) (binary_classifier models)")
+    p.add_argument("--out", default="recommendations.sqlite", metavar="TARGET",
+                   help="PATH.sqlite (default recommendations.sqlite), PATH.parquet, PATH.jsonl or postgresql://URL")
+    p.add_argument("--table", default="recommendations", help="table name for SQLite/PostgreSQL")
+    p.add_argument("--lock-timeout", type=float, default=5.0, help="seconds to wait for a locked database (default 5)")
+    p.add_argument("--batch-size", type=int, default=1024, help="users per batch (memory ~ batch × item block)")
+    p.add_argument("--threads", type=int, help="CPU threads (default LOCALFM_THREADS or 2)")
+    p.add_argument("--engine-mode", choices=("auto", "fp32", "bf16"), default="auto",
+                   help="exact engine screening: auto (bf16 when the CPU has it), fp32, bf16; results are exact either way")
+    p.set_defaults(func=handler)
+
+
+def _id_list(text: str | None, what: str) -> list[str] | None:
+    if text is None:
+        return None
+    if text.startswith("@"):
+        path = Path(text[1:])
+        if not path.is_file():
+            raise LocalFMError(f"{what}: file {path} not found")
+        items = path.read_text(encoding="utf-8").replace(",", "\n").split()
+    else:
+        items = [t.strip() for t in text.split(",") if t.strip()]
+    if not items:
+        raise LocalFMError(f"{what}: no ids given")
+    return items
+
+
+def handler(args: argparse.Namespace) -> int:
+    from ..data.features import FeatureSpace
+    from ..io.artifacts import load_fm
+    from ..recommend.recommend import (
+        EXACT,
+        RecommendStats,
+        coerce_ids,
+        positions,
+        read_seen,
+        recommend,
+        seen_matrix,
+        select_items,
+    )
+    from ..recommend.repackage import repackage
+    from ..recommend.sinks import open_sink, redact, sink_kind
+    from ..recommend.topx import validate_k
+
+    k = validate_k(args.k)
+    sink_kind(args.out)  # reject an unknown target before any work
+    if args.batch_size <= 0:
+        raise LocalFMError(f"--batch-size: expected a positive integer, got {args.batch_size}")
+    from ..knn.index import check_metric, normalize_index_type
+
+    metric = check_metric(args.index_metric)
+    index = args.index if args.index == EXACT else normalize_index_type(args.index)
+    space = FeatureSpace.load(args.features)
+    weights = load_fm(args.model)
+
+    users = _id_list(args.users, "--users")
+    if args.users_file:
+        users = (users or []) + (_id_list("@" + args.users_file, "--users-file") or [])
+    cold = False
+    if users is not None:
+        users = coerce_ids(users, space.user_ids, "--users")
+        known = positions(space.user_ids, users) >= 0
+        if args.unknown_users == "skip":
+            users = users[known]
+            if users.size == 0:
+                raise LocalFMError("--users: none of the given users is in features.json")
+        cold = args.unknown_users == "cold-start"
+    rep = repackage(weights, space, user_ids=users, cold_start=cold)
+
+    seen = None
+    if args.exclude_seen:
+        path = Path(args.interactions) if args.interactions else Path(args.features).parent / "train_interactions.parquet"
+        su, si = read_seen(path)
+        seen = seen_matrix(rep.user_ids, rep.item_ids, su, si)
+    item_rows = None
+    allow, deny = _id_list(args.allow_items, "--allow-items"), _id_list(args.deny_items, "--deny-items")
+    if allow is not None or deny is not None:
+        item_rows = select_items(rep.item_ids, allow, deny)
+
+    stats = RecommendStats()
+    kinds = {"user_id_kind": "int" if rep.user_ids.dtype.kind in "iu" else "text",
+             "item_id_kind": "int" if rep.item_ids.dtype.kind in "iu" else "text"}
+    index_options = {"nprobe": args.nprobe} if index in ("faiss.IVFFlat", "faiss.IVFPQ") else {}
+    batches = recommend(
+        rep, k, seen=seen, item_rows=item_rows, index=index, sigmoid=args.sigmoid, batch_size=args.batch_size,
+        threads=args.threads, mode=args.engine_mode, recall_users=args.recall_users, stats=stats,
+        index_options=index_options, metric=metric,
+    )
+    with open_sink(args.out, table=args.table, lock_timeout=args.lock_timeout, **kinds) as write:
+        for batch in batches:
+            write(batch)
+    summary = {
+        "out": redact(args.out),
+        "users": stats.users,
+        "items": stats.items,
+        "rows": stats.rows,
+        "k": k,
+        "index": stats.index,
+        "index_metric": metric,
+        "exclude_seen": bool(args.exclude_seen),
+        "seconds": round(stats.seconds, 3),
+        "score": "sigmoid(fm score)" if args.sigmoid else "fm score",
+    }
+    if stats.recall is not None:
+        summary["recall"] = stats.recall
+    print(json.dumps(summary))
+    return 0

@@ -1,0 +1,70 @@
+"""``localfm train``: train a Factorization Machine the way the SageMaker container does.
+
+Reads RecordIO-protobuf channels (``--train``, optional ``--test``), validates the
+hyperparameters (SageMaker names, string values), prints the container's log lines
+and writes ``OUTPUT/model.tar.gz`` (SageMaker layout) and ``OUTPUT/metrics.json``
+together, atomically: a failed run leaves no model and keeps previous outputs.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from ..errors import LocalFMError
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser(
+        "train",
+        help="train a Factorization Machine with SageMaker semantics",
+        description=(
+            "Train a SageMaker-compatible Factorization Machine on RecordIO-protobuf data. "
+            "Writes OUTPUT/model.tar.gz and OUTPUT/metrics.json; prints SageMaker-format log lines."
+        ),
+    )
+    p.add_argument("--train", required=True, metavar="PATH", help="training channel: RecordIO-protobuf file or folder")
+    p.add_argument("--test", metavar="PATH", help="optional test channel (scored after training, like the cloud)")
+    p.add_argument("--output", "-o", required=True, metavar="DIR", help="output folder for model.tar.gz + metrics.json")
+    p.add_argument("--hp", action="append", default=[], metavar="NAME=VALUE",
+                   help="a hyperparameter by its SageMaker name (repeatable; wins over --hyperparameters)")
+    p.add_argument("--hyperparameters", metavar="FILE.json", help="SageMaker hyperparameters.json (all values strings)")
+    p.add_argument("--seed", type=int, default=None, help="fixes initialisation and any shuffling (same seed -> same bytes)")
+    p.add_argument("--init-model", metavar="URI", help="warm-start from a SageMaker FM artifact (model.tar.gz, s3:// ok)")
+    p.add_argument("--quiet-log", action="store_true", help="do not print the SageMaker log lines")
+    p.set_defaults(func=handler)
+
+
+def handler(args: argparse.Namespace) -> int:
+    from ..fm.channels import read_channel
+    from ..fm.metrics import TrainingLog
+    from ..fm.model import FactorizationMachine
+    from ..hyperparams import collect
+    from ..io.atomic import atomic_outputs
+
+    given = collect(args.hyperparameters, args.hp)
+    model = FactorizationMachine(seed=args.seed, **given)  # validates before reading data
+    hp = model.hp_
+    X, y = read_channel(args.train, need_labels=True, feature_dim=hp["feature_dim"])
+    X_test = y_test = None
+    if args.test:
+        X_test, y_test = read_channel(args.test, need_labels=True, feature_dim=hp["feature_dim"])
+    log = TrainingLog(hp["predictor_type"], hp["epochs"], emit=not args.quiet_log)
+    model.fit(X, y, X_test, y_test, init=args.init_model, log=log)
+
+    out_dir = Path(args.output)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise LocalFMError(f"{out_dir}: exists and is not a folder")
+    doc = {
+        **log.as_dict(),
+        "hyperparameters": {k: v for k, v in given.items()},
+        "seed": args.seed,
+        "train_records": int(X.shape[0]),
+        "test_records": None if X_test is None else int(X_test.shape[0]),
+        "feature_dim": hp["feature_dim"],
+    }
+    with atomic_outputs() as out:
+        model.save(out.path(out_dir / "model.tar.gz"))
+        with open(out.path(out_dir / "metrics.json"), "w", encoding="utf-8") as fh:
+            json.dump(doc, fh, indent=1)
+    return 0

@@ -1,0 +1,293 @@
+"""``prepare``: ratings → split → one-hot (+ side) features → RecordIO-protobuf + features.json.
+
+This reproduces the data preparation of the SageMaker FM notebooks so local training
+sees exactly the bytes the cloud saw: rows in split-file order (SageMaker does not
+shuffle), labels as float32, sparse float32 records written with the SDK's
+conventions, and the ID maps that turn FM weights back into user/item vectors.
+
+Everything is validated and computed in memory first, then the four outputs land
+together through :func:`localfm.io.atomic.atomic_outputs`: a failure at any point leaves
+no output behind (and earlier outputs in ``DIR`` untouched).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..errors import LocalFMError
+from ..io.atomic import atomic_outputs
+from ..progress import progress
+from .features import FeatureSpace, build_feature_space
+from .interactions import Interactions, make_labels, parse_label
+from .movielens import ItemTable, MovieLens, UserTable
+from .splits import make_split, parse_split
+
+OUTPUT_FILES = ("train.protobuf", "test.protobuf", "features.json", "train_interactions.parquet")
+
+
+@dataclass(frozen=True)
+class Options:
+    """The choices of one ``prepare`` run (the CLI flags), validated by :meth:`check`."""
+
+    split: str
+    label: str = "rating"
+    features: str = "ids"
+    order: str = "file"
+    columns: str = "all"
+    drop_unseen: bool = False
+    multi_hot: str = "ones"
+
+    def check(self, *, grouplens_ok: bool) -> None:
+        parse_split(self.split, grouplens_ok=grouplens_ok)
+        parse_label(self.label)
+        shuffle_seed(self.order)
+        if self.features not in ("ids", "ids+side"):
+            raise LocalFMError(f"--features {self.features!r}: expected ids or ids+side")
+        if self.columns not in ("all", "train"):
+            raise LocalFMError(f"--columns {self.columns!r}: expected all or train")
+        if self.multi_hot not in ("ones", "normalized"):
+            raise LocalFMError(f"--multi-hot {self.multi_hot!r}: expected ones or normalized")
+
+
+@dataclass
+class Prepared:
+    """Everything ``prepare`` computed, before (or after) it is written."""
+
+    space: FeatureSpace
+    train: Interactions
+    test: Interactions
+    X_train: Any
+    y_train: np.ndarray
+    X_test: Any
+    y_test: np.ndarray
+    counts: dict[str, int] = field(default_factory=dict)
+
+    def summary(self) -> str:
+        """The stdout report: counts a user checks against expectations (e.g. 2,623 / 90,570 / 9,428)."""
+        c = self.counts
+        lines = [
+            f"train: {c['train_rows']} rows, {c['train_users']} users, {c['train_items']} items",
+            f"test: {c['test_rows']} rows, {c['test_users']} users, {c['test_items']} items",
+            f"unseen test rows: {c['unseen_item_rows']} with an item not in train, "
+            f"{c['unseen_user_rows']} with a user not in train; "
+            + (f"dropped {c['dropped_unseen_rows']}" if c["dropped_unseen_rows"] else "kept"),
+            f"feature_dim: {c['feature_dim']} ({c['user_columns']} user + {c['item_columns']} item"
+            + (f" + {c['side_columns']} side" if c["side_columns"] else "") + " columns)",
+        ]
+        return "\n".join(lines)
+
+
+def shuffle_seed(order: str) -> int | None:
+    """``file`` → None (keep split-file order, as the cloud job did); ``shuffle:SEED`` → SEED."""
+    if order == "file":
+        return None
+    kind, sep, seed = order.partition(":")
+    if kind == "shuffle" and sep:
+        try:
+            return int(seed)
+        except ValueError:
+            pass
+    raise LocalFMError(f"--order {order!r}: expected file or shuffle:SEED (an integer seed)")
+
+
+def prepare_data(
+    ratings: Interactions,
+    options: Options,
+    *,
+    grouplens_ok: bool,
+    users: UserTable | None = None,
+    items: ItemTable | None = None,
+    all_user_ids: np.ndarray | None = None,
+    all_item_ids: np.ndarray | None = None,
+    source: dict[str, Any] | None = None,
+) -> Prepared:
+    """Split, order, encode and label ``ratings`` in memory (nothing is written)."""
+    options.check(grouplens_ok=grouplens_ok)
+    if len(ratings) == 0:
+        raise LocalFMError("no ratings to prepare")
+    if options.features == "ids+side" and users is None and items is None:
+        raise LocalFMError("--features ids+side: this dataset has no side information (no user or item file)")
+    split = make_split(ratings, options.split, grouplens_ok=grouplens_ok)
+    if len(split.train) == 0:
+        raise LocalFMError(f"--split {options.split}: the training split is empty")
+    train_rows = split.train
+    seed = shuffle_seed(options.order)
+    if seed is not None:
+        train_rows = train_rows[np.random.default_rng(seed).permutation(len(train_rows))]
+    train = ratings.take(train_rows)
+    test = ratings.take(split.test)
+
+    seen_users, seen_items = np.unique(train.user), np.unique(train.item)
+    unseen_item = ~np.isin(test.item, seen_items)
+    unseen_user = ~np.isin(test.user, seen_users)
+    dropped = 0
+    if options.drop_unseen:
+        keep = ~(unseen_item | unseen_user)
+        dropped = int((~keep).sum())
+        test = test.take(np.flatnonzero(keep))
+
+    if options.columns == "all":
+        user_ids = np.unique(ratings.user) if all_user_ids is None else all_user_ids
+        item_ids = np.unique(ratings.item) if all_item_ids is None else all_item_ids
+    else:
+        user_ids, item_ids = seen_users, seen_items
+    side = options.features == "ids+side"
+    space = build_feature_space(
+        user_ids,
+        item_ids,
+        users=users if side else None,
+        items=items if side else None,
+        multi_hot=options.multi_hot,
+        label=options.label,
+        split=options.split,
+        columns=options.columns,
+        source=source,
+    )
+    X_train = space.encode(train.user, train.item)
+    X_test = space.encode(test.user, test.item, allow_unknown_ids=True)
+    counts = {
+        "train_rows": len(train),
+        "train_users": train.n_users,
+        "train_items": train.n_items,
+        "test_rows": len(test),
+        "test_users": test.n_users,
+        "test_items": test.n_items,
+        "unseen_item_rows": int(unseen_item.sum()),
+        "unseen_user_rows": int(unseen_user.sum()),
+        "dropped_unseen_rows": dropped,
+        "feature_dim": space.feature_dim,
+        "user_columns": len(space.user_ids),
+        "item_columns": len(space.item_ids),
+        "side_columns": space.feature_dim - len(space.user_ids) - len(space.item_ids),
+    }
+    space.extra = {
+        "order": options.order,
+        "drop_unseen": options.drop_unseen,
+        "multi_hot": options.multi_hot if side and items is not None else None,
+        "counts": counts,
+    }
+    return Prepared(
+        space=space,
+        train=train,
+        test=test,
+        X_train=X_train,
+        y_train=make_labels(train.rating, options.label),
+        X_test=X_test,
+        y_test=make_labels(test.rating, options.label),
+        counts=counts,
+    )
+
+
+def write_prepared(prepared: Prepared, out_dir: str | Path) -> list[Path]:
+    """Write the four outputs into ``out_dir`` all-or-nothing; returns their paths.
+
+    If ``out_dir`` did not exist and writing fails, the directory is removed again so a
+    failed run leaves nothing behind.
+    """
+    from ..io.recordio import write_sparse
+
+    out = Path(out_dir)
+    if out.exists() and not out.is_dir():
+        raise LocalFMError(f"--out {out}: exists and is not a directory")
+    created = not out.exists()
+    targets = [out / name for name in OUTPUT_FILES]
+    try:
+        with atomic_outputs() as outputs:
+            steps = progress(total=len(targets), desc="prepare: write", unit="file")
+            write_sparse(outputs.path(targets[0]), prepared.X_train, prepared.y_train)
+            steps.update()
+            write_sparse(outputs.path(targets[1]), prepared.X_test, prepared.y_test)
+            steps.update()
+            prepared.space.save(outputs.path(targets[2]))
+            steps.update()
+            _write_interactions(outputs.path(targets[3]), prepared.train)
+            steps.update()
+            steps.close()
+    except BaseException:
+        if created and out.is_dir() and not any(out.iterdir()):
+            out.rmdir()
+        raise
+    return targets
+
+
+def _write_interactions(path: Path, rows: Interactions) -> None:
+    """train_interactions.parquet: the training rows in written order (for "exclude already rated")."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    def ids(values: np.ndarray):  # noqa: ANN202 - pyarrow Array
+        if values.dtype.kind in "iu":
+            return pa.array(values, type=pa.int64())
+        return pa.array(values.tolist(), type=pa.string())
+
+    table = pa.table({
+        "user_id": ids(rows.user),
+        "item_id": ids(rows.item),
+        "rating": pa.array(rows.rating, type=pa.float32()),
+        "timestamp": pa.array(rows.timestamp, type=pa.int64()) if rows.timestamp is not None
+        else pa.nulls(len(rows), type=pa.int64()),
+    })
+    pq.write_table(table, path)
+
+
+def prepare_movielens(path: str | Path, options: Options, out_dir: str | Path | None = None) -> Prepared:
+    """Read a MovieLens dataset (directory or .zip) and prepare it; write to ``out_dir`` if given."""
+    from .movielens import load_movielens
+
+    # Validate cheap flags before reading anything (the layout decides grouplens_ok below).
+    options.check(grouplens_ok=True)
+    data: MovieLens = load_movielens(path)
+    prepared = prepare_data(
+        data.ratings,
+        options,
+        grouplens_ok=data.layout == "ml-100k",
+        users=data.users,
+        items=data.items,
+        all_user_ids=data.all_user_ids(),
+        all_item_ids=data.all_item_ids(),
+        source={"kind": "movielens", "layout": data.layout, "path": str(path)},
+    )
+    if out_dir is not None:
+        write_prepared(prepared, out_dir)
+    return prepared
+
+
+def prepare_interactions(
+    path: str | Path,
+    options: Options,
+    *,
+    user_col: str,
+    item_col: str,
+    rating_col: str | None,
+    timestamp_col: str | None = None,
+    sep: str | None = None,
+    out_dir: str | Path | None = None,
+) -> Prepared:
+    """Read generic interactions (CSV/Parquet) and prepare them; write to ``out_dir`` if given."""
+    from .tabular import read_interactions
+
+    options.check(grouplens_ok=False)
+    if options.features != "ids":
+        raise LocalFMError("--features ids+side: generic interactions carry no side features; use --features ids")
+    ratings = read_interactions(
+        path, user_col=user_col, item_col=item_col, rating_col=rating_col, timestamp_col=timestamp_col, sep=sep
+    )
+    prepared = prepare_data(
+        ratings,
+        options,
+        grouplens_ok=False,
+        source={
+            "kind": "interactions",
+            "path": str(path),
+            "user_col": user_col,
+            "item_col": item_col,
+            "rating_col": rating_col,
+            "timestamp_col": timestamp_col,
+        },
+    )
+    if out_dir is not None:
+        write_prepared(prepared, out_dir)
+    return prepared

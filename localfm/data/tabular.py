@@ -1,0 +1,131 @@
+"""Generic interactions from CSV or Parquet, with the columns named by the caller.
+
+Anything that is not a GroupLens layout comes through here: a CSV (any one-character
+delimiter, header row required) or a Parquet file with a user column, an item column,
+a numeric rating column and optionally a timestamp column. Ids stay as they are:
+integer columns give int64 ids, anything else gives string ids (so ``"u17"`` and
+``"17"`` are never silently conflated). Problems raise :class:`LocalFMError` naming the
+file and column.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import LocalFMError
+from .interactions import Interactions
+
+
+def read_interactions(
+    path: str | Path,
+    *,
+    user_col: str,
+    item_col: str,
+    rating_col: str | None,
+    timestamp_col: str | None = None,
+    sep: str | None = None,
+) -> Interactions:
+    """Read ``path`` (.csv/.tsv/.txt or .parquet) into :class:`Interactions`, rows in file order.
+
+    ``rating_col=None`` means implicit feedback: every row gets rating 1.0.
+    ``sep`` defaults to tab for .tsv and comma otherwise.
+    """
+    import pyarrow as pa
+
+    path = Path(path)
+    if not path.is_file():
+        raise LocalFMError(f"{path}: file not found")
+    wanted = [c for c in (user_col, item_col, rating_col, timestamp_col) if c]
+    if len(set(wanted)) != len(wanted):
+        raise LocalFMError(f"{path}: the user/item/rating/timestamp columns must be different, got {wanted}")
+    if path.suffix.lower() in (".parquet", ".pq"):
+        table = _read_parquet(path)
+    else:
+        table = _read_csv(path, sep)
+    missing = [c for c in wanted if c not in table.column_names]
+    if missing:
+        raise LocalFMError(
+            f"{path}: missing column {missing[0]!r}; available columns: {', '.join(table.column_names)}"
+        )
+    if table.num_rows == 0:
+        raise LocalFMError(f"{path}: no rows")
+    user = _ids(table.column(user_col), path, user_col)
+    item = _ids(table.column(item_col), path, item_col)
+    if rating_col:
+        rating = _numeric(table.column(rating_col), path, rating_col).astype(np.float32)
+    else:
+        rating = np.ones(table.num_rows, dtype=np.float32)
+    timestamp = None
+    if timestamp_col:
+        column = table.column(timestamp_col)
+        if pa.types.is_timestamp(column.type) or pa.types.is_date(column.type):
+            column = column.cast(pa.timestamp("s")).cast(pa.int64())
+        timestamp = _numeric(column, path, timestamp_col).astype(np.int64)
+    return Interactions(user=user, item=item, rating=rating, timestamp=timestamp)
+
+
+def _read_parquet(path: Path):  # noqa: ANN202 - pyarrow Table
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    try:
+        return pq.read_table(path)
+    except (pa.ArrowException, OSError) as exc:
+        raise LocalFMError(f"{path}: not a readable Parquet file ({str(exc).splitlines()[0]})") from None
+
+
+def _read_csv(path: Path, sep: str | None):  # noqa: ANN202 - pyarrow Table
+    import pyarrow as pa
+    import pyarrow.csv as pacsv
+
+    if sep is None:
+        sep = "\t" if path.suffix.lower() == ".tsv" else ","
+    if sep in ("\\t", "tab"):
+        sep = "\t"
+    if len(sep) != 1:
+        raise LocalFMError(f"--sep {sep!r}: expected a single character")
+    with open(path, "rb") as fh:
+        head = fh.read(1 << 16)
+    if not head.strip():
+        raise LocalFMError(f"{path}: empty file (expected a header row and one interaction per line)")
+    try:
+        return pacsv.read_csv(path, parse_options=pacsv.ParseOptions(delimiter=sep))
+    except pa.ArrowInvalid as exc:
+        raise LocalFMError(f"{path}: not a {sep!r}-separated file with a header ({str(exc).splitlines()[0]})") from None
+
+
+def _ids(column, path: Path, name: str) -> np.ndarray:  # noqa: ANN001 - pyarrow ChunkedArray
+    import pyarrow as pa
+
+    if column.null_count:
+        raise LocalFMError(f"{path}: column {name!r} has {column.null_count} empty values")
+    if pa.types.is_integer(column.type):
+        return column.to_numpy().astype(np.int64)
+    if pa.types.is_floating(column.type):
+        values = column.to_numpy()
+        if np.all(np.isfinite(values)) and np.all(values == np.round(values)):
+            return values.astype(np.int64)
+    return np.asarray(column.cast(pa.string()).to_pylist(), dtype=str)
+
+
+def _numeric(column, path: Path, name: str) -> np.ndarray:  # noqa: ANN001 - pyarrow ChunkedArray
+    import pyarrow as pa
+
+    if column.null_count:
+        raise LocalFMError(f"{path}: column {name!r} has {column.null_count} empty values")
+    if not (pa.types.is_integer(column.type) or pa.types.is_floating(column.type)):
+        sample = next((v for v in column.to_pylist() if not _is_number(v)), None)
+        raise LocalFMError(f"{path}: column {name!r} must be numeric, found {sample!r}")
+    values = column.to_numpy()
+    if not np.all(np.isfinite(values)):
+        raise LocalFMError(f"{path}: column {name!r} must hold finite numbers")
+    return values
+
+
+def _is_number(value: object) -> bool:
+    try:
+        float(str(value))
+    except ValueError:
+        return False
+    return True

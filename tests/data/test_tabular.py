@@ -1,0 +1,75 @@
+"""Generic interactions from CSV/Parquet: column selection, id kinds, timestamps, bad input."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from localfm.data.tabular import read_interactions
+from localfm.errors import LocalFMError
+
+
+def _csv(tmp_path: Path, text: str, name: str = "events.csv") -> Path:
+    path = tmp_path / name
+    path.write_text(text)
+    return path
+
+
+def test_csv_with_named_columns(tmp_path: Path) -> None:
+    path = _csv(tmp_path, "ts,cust,sku,stars,extra\n5,1,100,4.5,x\n3,2,100,2,y\n")
+    data = read_interactions(path, user_col="cust", item_col="sku", rating_col="stars", timestamp_col="ts")
+    assert data.user.dtype == np.int64 and data.user.tolist() == [1, 2]
+    assert data.rating.dtype == np.float32 and data.rating.tolist() == [4.5, 2.0]
+    assert data.timestamp.tolist() == [5, 3]
+
+
+def test_string_ids_and_implicit_ratings(tmp_path: Path) -> None:
+    path = _csv(tmp_path, "u\ti\nalice\tsku-1\nbob\t7\n", name="events.tsv")
+    data = read_interactions(path, user_col="u", item_col="i", rating_col=None)
+    assert data.user.tolist() == ["alice", "bob"] and data.item.tolist() == ["sku-1", "7"]
+    assert data.rating.tolist() == [1.0, 1.0] and data.timestamp is None
+
+
+def test_parquet_with_timestamp_type(tmp_path: Path) -> None:
+    path = tmp_path / "events.parquet"
+    table = pa.table({
+        "user": pa.array([3, 1], pa.int32()),
+        "item": pa.array(["a", "b"]),
+        "rating": pa.array([1, 5], pa.int8()),
+        "when": pa.array([1_000_000_000, 1_000_000_060], pa.timestamp("s")),
+    })
+    pq.write_table(table, path)
+    data = read_interactions(path, user_col="user", item_col="item", rating_col="rating", timestamp_col="when")
+    assert data.user.tolist() == [3, 1] and data.item.tolist() == ["a", "b"]
+    assert data.timestamp.tolist() == [1_000_000_000, 1_000_000_060]
+
+
+@pytest.mark.parametrize(
+    ("text", "kwargs", "message"),
+    [
+        ("user,item,rating\n1,2,3\n", {"rating_col": "stars"}, "missing column 'stars'; available columns: user, item, rating"),
+        ("user,item,rating\n1,2,good\n", {}, "column 'rating' must be numeric, found 'good'"),
+        ("", {}, "empty file"),
+        ("user;item;rating\n1;2;3\n", {}, "missing column 'user'"),
+        ("user,item,rating\n1,2,\n", {}, "column 'rating' has 1 empty values"),
+        ("user,item,rating\n", {}, "no rows"),
+    ],
+)
+def test_bad_input(tmp_path: Path, text: str, kwargs: dict, message: str) -> None:
+    path = _csv(tmp_path, text)
+    args = {"user_col": "user", "item_col": "item", "rating_col": "rating"} | kwargs
+    with pytest.raises(LocalFMError, match=message.replace("(", r"\(")) as info:
+        read_interactions(path, **args)
+    assert str(path) in str(info.value)
+
+
+def test_missing_file_and_bad_parquet(tmp_path: Path) -> None:
+    with pytest.raises(LocalFMError, match="file not found"):
+        read_interactions(tmp_path / "nope.csv", user_col="u", item_col="i", rating_col=None)
+    bad = tmp_path / "bad.parquet"
+    bad.write_bytes(b"PAR1garbage")
+    with pytest.raises(LocalFMError, match="not a readable Parquet file"):
+        read_interactions(bad, user_col="u", item_col="i", rating_col=None)

@@ -1,0 +1,176 @@
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import scipy.sparse as sp
+import torch
+
+from localfm.errors import LocalFMError
+from localfm.fm import FactorizationMachine
+from localfm.fm.model import make_batches, predict_scores
+
+
+def _data(n=60, d=15, seed=0, nnz=4):
+    rng = np.random.default_rng(seed)
+    rows = np.repeat(np.arange(n), nnz)
+    cols = np.concatenate([rng.choice(d, nnz, replace=False) for _ in range(n)])
+    vals = rng.uniform(0.5, 2.0, n * nnz).astype(np.float32)
+    X = sp.csr_matrix((vals, (rows, cols)), shape=(n, d), dtype=np.float32)
+    return X, rng
+
+
+def _weights(d, k, rng):
+    return SimpleNamespace(
+        w0=0.3,
+        w=rng.normal(0, 0.5, d).astype(np.float32),
+        V=rng.normal(0, 0.5, (d, k)).astype(np.float32),
+    )
+
+
+def _dense_scores(init, X):
+    Xd = X.toarray().astype(np.float64)
+    V = init.V.astype(np.float64)
+    inter = 0.5 * (((Xd @ V) ** 2).sum(1) - ((Xd**2) @ (V**2)).sum(1))
+    return init.w0 + Xd @ init.w + inter
+
+
+def test_predict_scores_matches_dense_formula():
+    X, rng = _data()
+    init = _weights(15, 4, rng)
+    got = predict_scores(init.w0, init.w, init.V, X)
+    assert got.dtype == np.float32
+    np.testing.assert_allclose(got, _dense_scores(init, X), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("ptype", ["binary_classifier", "regressor"])
+def test_hand_derived_gradient_matches_autograd(ptype):
+    """One full-batch SGD step with lr 1 and no wd moves each parameter by -grad(mean loss)."""
+    X, rng = _data()
+    n, d, k = X.shape[0], X.shape[1], 4
+    y = (rng.random(n) < 0.5).astype(np.float32) if ptype == "binary_classifier" else rng.normal(3, 1, n).astype(np.float32)
+    init = _weights(d, k, rng)
+    hp = dict(feature_dim=d, num_factors=k, predictor_type=ptype, epochs=1, mini_batch_size=n,
+              _local_optimizer="sgd", bias_lr=1, linear_lr=1, factors_lr=1, bias_wd=0, linear_wd=0, factors_wd=0)
+    fm = FactorizationMachine(**hp).fit(X, y, init=init)
+
+    Xt = torch.from_numpy(X.toarray())
+    w0 = torch.tensor([init.w0], dtype=torch.float64, requires_grad=True)
+    w = torch.tensor(init.w, dtype=torch.float64, requires_grad=True)
+    V = torch.tensor(init.V, dtype=torch.float64, requires_grad=True)
+    Xd = Xt.double()
+    s = w0 + Xd @ w + 0.5 * (((Xd @ V) ** 2).sum(1) - ((Xd**2) @ (V**2)).sum(1))
+    yt = torch.from_numpy(y).double()
+    if ptype == "binary_classifier":
+        loss = torch.nn.functional.binary_cross_entropy_with_logits(s, yt)
+    else:
+        loss = 0.5 * ((s - yt) ** 2).mean()
+    loss.backward()
+    np.testing.assert_allclose(init.w0 - fm.w0_, w0.grad.numpy()[0], rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(init.w - fm.w_, w.grad.numpy(), rtol=1e-3, atol=1e-6)
+    np.testing.assert_allclose(init.V - fm.V_, V.grad.numpy(), rtol=1e-3, atol=1e-6)
+
+
+def test_last_batch_is_padded_from_the_start_and_counted():
+    X, rng = _data(n=5, d=15)
+    y = np.array([1, 0, 1, 1, 0], np.float32)
+    batches = make_batches(X, y, 2)
+    assert [b.size for b in batches] == [2, 2, 2]
+    assert batches[-1].y.tolist() == [0.0, 1.0]  # row 4 then row 0 (wrap-around)
+    fm = FactorizationMachine(feature_dim=15, num_factors=2, predictor_type="binary_classifier",
+                              mini_batch_size=2, seed=0).fit(X, y)
+    acc = fm.history_.train_metrics_per_epoch[0]["binary_classification_accuracy"]
+    assert acc * 6 == pytest.approx(round(acc * 6))  # denominator 6 = 3 batches x 2
+
+
+def test_lazy_update_leaves_absent_rows_untouched():
+    X, rng = _data(n=40, d=30, nnz=2)
+    X = X[:, :20]  # columns 20..29 never appear
+    X = sp.hstack([X, sp.csr_matrix((40, 10), dtype=np.float32)], format="csr")
+    y = (rng.random(40) < 0.5).astype(np.float32)
+    init = _weights(30, 3, rng)
+    fm = FactorizationMachine(feature_dim=30, num_factors=3, predictor_type="binary_classifier",
+                              epochs=3, mini_batch_size=8).fit(X, y, init=init)
+    np.testing.assert_array_equal(fm.V_[20:], init.V[20:])
+    np.testing.assert_array_equal(fm.w_[20:], init.w[20:])
+    assert not np.array_equal(fm.V_[:20], init.V[:20])
+
+
+def test_same_seed_same_model_different_seed_differs():
+    X, rng = _data()
+    y = (rng.random(60) < 0.5).astype(np.float32)
+    hp = dict(feature_dim=15, num_factors=4, predictor_type="binary_classifier", epochs=2, mini_batch_size=7,
+              _local_shuffle="true")
+    a = FactorizationMachine(seed=3, **hp).fit(X, y)
+    b = FactorizationMachine(seed=3, **hp).fit(X, y)
+    c = FactorizationMachine(seed=4, **hp).fit(X, y)
+    assert a.V_.tobytes() == b.V_.tobytes() and a.w_.tobytes() == b.w_.tobytes() and a.w0_ == b.w0_
+    assert a.V_.tobytes() != c.V_.tobytes()
+
+
+def test_regressor_learns_a_planted_fm():
+    rng = np.random.default_rng(1)
+    n, d, k = 3000, 40, 3
+    X, _ = _data(n=n, d=d, nnz=3, seed=2)
+    truth = SimpleNamespace(w0=1.0, w=rng.normal(0, 0.3, d), V=rng.normal(0, 0.4, (d, k)))
+    y = _dense_scores(truth, X).astype(np.float32)
+    hp = dict(feature_dim=d, num_factors=k, predictor_type="regressor", epochs=40, mini_batch_size=100,
+              bias_lr=0.1, linear_lr=0.05, factors_lr=0.05, factors_init_sigma=0.1)
+    fm = FactorizationMachine(seed=0, **hp).fit(X, y, X, y)
+    hist = fm.history_.train_metrics_per_epoch
+    assert hist[-1]["rmse"] < 0.5 * hist[0]["rmse"]
+    assert fm.history_.test_metrics["rmse"] < 0.3 * float(np.std(y))
+    assert set(hist[-1]) == {"epoch", "rmse", "mse", "absolute_loss"}
+
+
+def test_predict_shapes_and_labels():
+    X, rng = _data()
+    y = (rng.random(60) < 0.5).astype(np.float32)
+    fm = FactorizationMachine(feature_dim=15, num_factors=4, predictor_type="binary_classifier", seed=0).fit(X, y)
+    p = fm.predict(X)
+    assert p.dtype == np.float32 and p.shape == (60,) and np.all((p > 0) & (p < 1))
+    np.testing.assert_array_equal(fm.predict_label(X), (p >= 0.5).astype(np.float32))
+
+
+@pytest.mark.parametrize(
+    "mutate, needle",
+    [
+        (lambda X, y: (X[:, :10], y), "has 10 feature columns but feature_dim=15"),
+        (lambda X, y: (X, np.where(np.arange(len(y)) == 3, 2.0, y)), "labels must be 0 or 1, row 3"),
+        (lambda X, y: (X, np.where(np.arange(len(y)) == 2, np.nan, y)), "non-finite label"),
+        (lambda X, y: (_with_nan(X), y), "non-finite feature value"),
+        (lambda X, y: (X[:0], y[:0]), "no rows"),
+        (lambda X, y: (X, y[:5]), "5 labels for 60 rows"),
+    ],
+)
+def test_bad_training_data(mutate, needle):
+    X, rng = _data()
+    y = (rng.random(60) < 0.5).astype(np.float32)
+    Xb, yb = mutate(X, y)
+    fm = FactorizationMachine(feature_dim=15, num_factors=4, predictor_type="binary_classifier")
+    with pytest.raises(LocalFMError, match=needle):
+        fm.fit(Xb, yb)
+
+
+def _with_nan(X):
+    X = X.copy()
+    X.data[7] = np.inf
+    return X
+
+
+def test_warm_start_shape_mismatch():
+    X, rng = _data()
+    y = (rng.random(60) < 0.5).astype(np.float32)
+    fm = FactorizationMachine(feature_dim=15, num_factors=4, predictor_type="binary_classifier")
+    with pytest.raises(LocalFMError, match="init model"):
+        fm.fit(X, y, init=_weights(15, 5, rng))
+
+
+def test_early_stopping_keeps_best_epoch():
+    X, rng = _data(n=400)
+    y = (rng.random(400) < 0.5).astype(np.float32)  # pure noise: validation loss soon rises
+    fm = FactorizationMachine(feature_dim=15, num_factors=4, predictor_type="binary_classifier", epochs=30,
+                              mini_batch_size=10, linear_lr=0.1, factors_lr=0.1, seed=0,
+                              _local_validation_fraction=0.25, _local_early_stopping_patience=2).fit(X, y)
+    val = [m["binary_classification_cross_entropy"] for m in fm.history_.validation_metrics_per_epoch]
+    assert fm.best_epoch_ == int(np.argmin(val))
+    assert len(val) < 30
