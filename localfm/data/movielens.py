@@ -217,6 +217,27 @@ def load_movielens(path: str | Path) -> MovieLens:
     return MovieLens(layout=layout, ratings=ratings, users=users, items=items, source=str(path))
 
 
+def read_split_files(path: str | Path, name: str) -> tuple[Interactions, Interactions]:
+    """The shipped ``NAME.base`` / ``NAME.test`` files of an ml-100k directory or zip, as (train, test).
+
+    ``localfm.data.splits.grouplens_split`` recomputes these from u.data (and a test proves
+    the two agree); reading the files is for checking and for datasets shipped with
+    their own split files in the same format.
+    """
+    from .splits import GROUPLENS_SPLITS
+
+    if name not in GROUPLENS_SPLITS:
+        raise LocalFMError(f"split {name!r}: expected one of {', '.join(GROUPLENS_SPLITS)}")
+    src = _Source(Path(path))
+    try:
+        return (
+            _read_ratings(src, f"{name}.base", b"\t", header=None),
+            _read_ratings(src, f"{name}.test", b"\t", header=None),
+        )
+    finally:
+        src.close()
+
+
 # --------------------------------------------------------------------------- ratings
 
 _RATING_COLUMNS = ("user", "item", "rating", "timestamp")

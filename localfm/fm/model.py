@@ -44,7 +44,8 @@ class Batch:
     inv: Any  # torch.int64 (nnz,) position of each nonzero's column in ``cols``
     seg: Any  # torch.int64 (nnz,) batch row of each nonzero
     val: Any  # torch.float32 (nnz,)
-    val2: Any  # the same as a (nnz, 1) column, for broadcasting
+    val_sq: Any  # torch.float32 (nnz,) squared values
+    offsets: Any  # torch.int64 (B,) start of each row in the nonzeros (embedding-bag offsets)
     y: Any  # torch.float32 (B,)
     size: int  # B (padded size)
 
@@ -109,7 +110,8 @@ def make_batches(X: sp.csr_matrix, y: np.ndarray, batch_size: int, order: np.nda
                 inv=torch.from_numpy(inv.astype(np.int64).reshape(-1)),
                 seg=torch.from_numpy(seg),
                 val=(val := torch.from_numpy(np.ascontiguousarray(sub.data, dtype=np.float32))),
-                val2=val.unsqueeze(1),
+                val_sq=val * val,
+                offsets=torch.from_numpy(sub.indptr[:-1].astype(np.int64)),
                 y=torch.from_numpy(np.ascontiguousarray(y[rows], dtype=np.float32)),
                 size=int(sub.shape[0]),
             )
@@ -250,6 +252,8 @@ class FactorizationMachine:
         # [v | w1] in one (d, k+1) table: one gather, one scatter and one Adam call serve
         # both groups; per-column lr/wd vectors keep their separate multipliers.
         W = torch.from_numpy(np.concatenate([V_np, w_np[:, None]], axis=1))
+        from torch.nn.functional import embedding_bag
+
         from .optim import OptimizerConfig, decay_absent_rows, new_state, step_rows
 
         glr, gwd = hp["_learning_rate"], hp["_wd"]
@@ -290,13 +294,13 @@ class FactorizationMachine:
             with torch.no_grad():
                 for bi, bt in enumerate(batches):
                     Wu = W.index_select(0, bt.cols)  # (U, k+1) rows touched by the batch
-                    Wi = Wu.index_select(0, bt.inv)  # (nnz, k+1) per nonzero
-                    Wx = Wi * bt.val2  # x_j * [v_j | w_j]
-                    S = torch.zeros(bt.size, k + 1).index_add_(0, bt.seg, Wx)  # [sum x v | sum x w]
-                    Vx = Wx[:, :k]
-                    sq = torch.zeros(bt.size).index_add_(0, bt.seg, (Vx * Vx).sum(1))
+                    # [sum_j x_j v_j | sum_j x_j w_j] per row: one fused gather-scale-sum
+                    S = embedding_bag(bt.inv, Wu, bt.offsets, mode="sum", per_sample_weights=bt.val)
+                    Vu = Wu[:, :k]
+                    nrm = (Vu * Vu).sum(1, keepdim=True)  # |v_j|^2 per touched row
+                    sq = embedding_bag(bt.inv, nrm, bt.offsets, mode="sum", per_sample_weights=bt.val_sq)
                     Sv = S[:, :k]
-                    score = (Sv * Sv).sum(1).sub_(sq).mul_(0.5).add_(S[:, k])
+                    score = (Sv * Sv).sum(1).sub_(sq.squeeze(1)).mul_(0.5).add_(S[:, k])
                     if use_bias:
                         score += w0
                     off = bi * B
@@ -305,11 +309,12 @@ class FactorizationMachine:
                     # d(loss)/d(score), rescaled: sigmoid(s)-y (log loss) or s-y (squared error)
                     g = (torch.sigmoid(score) if binary else score).sub_(bt.y).mul_(rescale)
                     gx = g.index_select(0, bt.seg).mul_(bt.val)  # (nnz,)
-                    # dv_jf = g x_j (s_f - x_j v_jf); dw_j = g x_j: put 1 in the w slot of S, 0 in Wi's
+                    # dv_j = sum_i g_i x_ij s_i - v_j sum_i g_i x_ij^2 ; dw_j = sum_i g_i x_ij.
+                    # Putting 1 in the w slot of S makes the first sum give dw_j too.
                     S[:, k] = 1.0
-                    Wi[:, k] = 0.0
-                    G = S.index_select(0, bt.seg).sub_(Wi.mul_(bt.val2)).mul_(gx.unsqueeze(1))
-                    GU = torch.zeros_like(Wu).index_add_(0, bt.inv, G)
+                    GU = torch.zeros_like(Wu).index_add_(0, bt.inv, S.index_select(0, bt.seg).mul_(gx.unsqueeze(1)))
+                    c = torch.zeros(Wu.shape[0]).index_add_(0, bt.inv, gx.mul_(bt.val))
+                    GU[:, :k].addcmul_(Vu, c.unsqueeze(1), value=-1.0)
                     step_rows(W, st_t, bt.cols, GU, cfg_t, lr_scale, current=Wu)
                     if not lazy_wd:
                         decay_absent_rows(W, bt.cols, cfg_t, lr_scale)

@@ -325,6 +325,8 @@ class _Budget:
         self.where = where
 
     def reserve(self, n: int, name: str) -> None:
+        if n < 0:
+            raise LocalFMError(f"{self.where}: member {name!r} declares a negative size {n}")
         if n > self.left:
             raise LocalFMError(f"{self.where}: member {name!r} declares {n} bytes, over the "
                                f"{self.limit}-byte limit for one artifact (zip/tar bomb? raise "
@@ -376,7 +378,8 @@ def _read_tar(fileobj: IO[bytes], where: str, budget: _Budget) -> list[tuple[str
                 fh = tf.extractfile(ti)
                 assert fh is not None
                 out.append((name, _read_limited(fh, ti.size, name, where)))
-    except (tarfile.TarError, EOFError, zlib.error, gzip.BadGzipFile, OSError) as exc:
+    except (tarfile.TarError, EOFError, zlib.error, gzip.BadGzipFile, OSError, ValueError) as exc:
+        # ValueError: tarfile seeking to a negative offset from a corrupt size field.
         raise LocalFMError(f"{where}: corrupt or truncated tar archive ({exc})") from None
     return out
 
@@ -400,7 +403,8 @@ def _read_zip(data: bytes, where: str, budget: _Budget) -> list[tuple[str, bytes
                 budget.reserve(zi.file_size, name)
                 with zf.open(zi) as fh:
                     out.append((name, _read_limited(fh, zi.file_size, name, where)))
-    except (zipfile.BadZipFile, zlib.error, EOFError, NotImplementedError, RuntimeError) as exc:
+    except (zipfile.BadZipFile, zlib.error, EOFError, NotImplementedError, RuntimeError,
+            ValueError, OSError) as exc:
         raise LocalFMError(f"{where}: corrupt zip archive ({exc})") from None
     return out
 
@@ -554,23 +558,20 @@ def _open_directory(path: Path, budget: _Budget) -> Artifact:
 
 def _fm_parts(art: Artifact) -> tuple[Member, Member | None, Member | None]:
     """(params, symbol, meta) members of an FM artifact, whatever the layout."""
-    names = ", ".join(m.name for m in art.members) or "nothing"
+    if art.layout == "checkpoint":
+        sym, params = art.members
+        return params, sym, None
     if art.layout in ("model.tar.gz", "directory"):
         tops = {m.name: m for m in art.members}
         root = tops.get("model_algo-1")
         if root is None:
-            for candidate in ("model-symbol.json",):
-                if candidate in tops:
-                    params = [m for m in art.members if _CKPT_PARAMS.match(m.name)]
-                    if params:
-                        return sorted(params, key=lambda m: m.name)[-1], tops[candidate], None
+            pair = _renamed_pair(art.members)
+            if pair is not None:
+                return pair[1], pair[0], None
+            names = ", ".join(tops) or "nothing"
             raise LocalFMError(f"{art.source}: no model_algo-1 member (found: {names})")
     else:
-        root = art.members[0] if art.layout != "checkpoint" else None
-    if art.layout == "checkpoint":
-        sym, params = art.members
-        return params, sym, None
-    assert root is not None
+        root = art.members[0]
     if root.kind == "zip":
         kids = {c.basename: c for c in root.children}
         params = kids.get("params") or next((c for c in root.children if c.kind == "ndarray-list"), None)
@@ -582,6 +583,18 @@ def _fm_parts(art: Artifact) -> tuple[Member, Member | None, Member | None]:
     if root.kind == "ndarray-list":
         return root, None, None
     raise LocalFMError(f"{art.source}: {root.name} is neither a zip nor an NDArray list ({root.kind})")
+
+
+def _renamed_pair(members: list[Member]) -> tuple[Member, Member] | None:
+    """(symbol, latest params) when a directory holds an unzipped, renamed checkpoint."""
+    for sym in members:
+        if sym.name.endswith("-symbol.json"):
+            prefix = sym.name[: -len("-symbol.json")]
+            params = sorted((m for m in members if (mt := _CKPT_PARAMS.match(m.name))
+                             and mt.group("prefix") == prefix), key=lambda m: m.name)
+            if params:
+                return sym, params[-1]
+    return None
 
 
 def load_fm(uri_or_file: str | os.PathLike[str] | IO[bytes], *, max_bytes: int | None = None) -> FMWeights:

@@ -137,7 +137,7 @@ class ArrayInfo:
     shape: tuple[int, ...] | None
     dtype: str | None
     context: str | None
-    nbytes: int
+    record_bytes: int          # length of the record in the file
 
 
 # --------------------------------------------------------------------------- reading

@@ -405,7 +405,9 @@ def _concat_columns(parts: list[_Columns]) -> _Columns:
 
 def _tensor_columns(v: ValueType) -> tuple[int, np.ndarray, np.ndarray, np.ndarray]:
     if isinstance(v, Tensor):
-        return _DTYPE_CODE[v.dtype], v.values.astype(np.float32), v.keys, v.shape
+        with np.errstate(over="ignore"):  # float64 beyond float32 range becomes inf, as in a float32 cast
+            values = v.values.astype(np.float32)
+        return _DTYPE_CODE[v.dtype], values, v.keys, v.shape
     empty = np.zeros(0, np.float32), np.zeros(0, np.uint64), np.zeros(0, np.uint64)
     if isinstance(v, BytesValue):
         return (_CODE_BYTES, *empty)
@@ -613,12 +615,13 @@ def _gather_floats(buf: np.ndarray, sel: np.ndarray, start: np.ndarray, nbytes: 
     count = np.where(sel, nbytes // width, 0)
     out = np.empty(int(count.sum()), np.float32)
     out_start = np.cumsum(count) - count
-    for c, dt, wd in ((_CODE_F32, "<f4", 4), (_CODE_F64, "<f8", 8)):
+    for c, dt in ((_CODE_F32, "<f4"), (_CODE_F64, "<f8")):
         m = sel & (code == c)
         if not m.any():
             continue
         raw = buf[segment_positions(start[m], nbytes[m])]
-        out[segment_positions(out_start[m], count[m])] = raw.view(dt)
+        with np.errstate(over="ignore"):  # float64 beyond float32 range becomes inf, like the exact path
+            out[segment_positions(out_start[m], count[m])] = raw.view(dt)
     return out, count
 
 
@@ -668,8 +671,27 @@ def _merge(n: int, ok: np.ndarray, a: _Columns, b: _Columns) -> _Columns:
                     per("nlab"), seg("labels", "nlab"), a.extra_keys | b.extra_keys)
 
 
+#: Below this many records per block the exact decoder is quicker than the numpy set-up.
+_FAST_MIN_RECORDS = 16
+
+
+def _exact_columns(fr: _Frames, name: str, idx: np.ndarray | None = None) -> _Columns:
+    idx = np.arange(len(fr)) if idx is None else idx
+    return _columns_from_records([_decode_at(fr, int(i), name) for i in idx], fr.offsets[idx])
+
+
+def _fast_then_exact(fr: _Frames, name: str) -> _Columns:
+    """Vectorised decode, with the exact decoder for records the fast path did not take."""
+    cols, ok = _fast_columns(fr)
+    if ok.all():
+        return cols
+    return _merge(len(fr), ok, cols, _exact_columns(fr, name, np.flatnonzero(~ok)))
+
+
 def _columns(fr: _Frames, name: str) -> _Columns:
     """Decode one block: fast path for SDK-layout records, exact decoder for the rest."""
+    if len(fr) < _FAST_MIN_RECORDS:
+        return _exact_columns(fr, name)
     cols, ok = _fast_columns(fr)
     if ok.all():
         return cols

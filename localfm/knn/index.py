@@ -161,7 +161,7 @@ class KNNIndex:
     mips_max_norm: float | None = None
     pad: int = 0
     nprobe: int = 5
-    ef_search: int = 256
+    ef_search: int = 128
     projection: Projection | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -353,7 +353,7 @@ class KNNIndex:
             mips_max_norm=None if mips is None else float(mips),
             pad=pad,
             nprobe=int(meta.get("nprobe", 5)),
-            ef_search=int(meta.get("ef_search", 256)),
+            ef_search=int(meta.get("ef_search", 128)),
             projection=projection,
             extra={k: v for k, v in meta.items() if k not in known},
         )
@@ -403,8 +403,8 @@ def build_index(
     nprobe: int = 5,
     pq_m: int | None = None,
     hnsw_m: int = 32,
-    ef_search: int = 256,
-    ef_construction: int = 200,
+    ef_search: int = 128,
+    ef_construction: int = 40,
     seed: int = 0,
     projection: Projection | None = None,
 ) -> KNNIndex:

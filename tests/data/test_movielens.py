@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from data_samples import MOVIES, ROWS, write_ml1m, write_ml25m, zip_dir
+from tests.data.data_samples import MOVIES, ROWS, write_ml1m, write_ml25m, zip_dir
 
 from localfm.data.movielens import detect_layout, load_movielens
 from localfm.errors import LocalFMError

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from data_samples import write_ml1m
+from tests.data.data_samples import write_ml1m
 
 from localfm.data.prepare import Options, prepare_data, prepare_movielens, shuffle_seed
 from localfm.data.interactions import Interactions, make_labels
@@ -119,3 +119,30 @@ def test_side_features_unavailable() -> None:
     with pytest.raises(LocalFMError, match="no side information"):
         prepare_data(data, Options(split="random:0.2:1", features="ids+side"), grouplens_ok=False)
     assert shuffle_seed("file") is None and shuffle_seed("shuffle:9") == 9
+
+
+def test_unseen_users_and_items_counted_and_dropped() -> None:
+    # leave-last:1 puts (1, 99), (2, 11), (9, 11) in test; item 99 never occurs in train.
+    data = Interactions(
+        user=np.array([1, 1, 1, 2, 2, 9, 9]), item=np.array([10, 11, 99, 10, 11, 10, 11]),
+        rating=np.array([5, 4, 3, 2, 1, 5, 4], dtype=np.float32), timestamp=np.arange(1, 8),
+    )
+    kept = prepare_data(data, Options(split="leave-last:1", columns="train"), grouplens_ok=False)
+    assert (kept.counts["unseen_item_rows"], kept.counts["unseen_user_rows"]) == (1, 0)
+    assert kept.X_test.shape == (3, 3 + 2)
+    assert kept.X_test[0].indices.tolist() == [0]  # user 1's column only; item 99 has none
+    dropped = prepare_data(data, Options(split="leave-last:1", columns="train", drop_unseen=True), grouplens_ok=False)
+    assert dropped.counts["dropped_unseen_rows"] == 1 and dropped.counts["test_rows"] == 2
+    assert "dropped 1" in dropped.summary()
+    allcols = prepare_data(data, Options(split="leave-last:1", columns="all"), grouplens_ok=False)
+    assert allcols.space.feature_dim == 3 + 3  # item 99 gets a column under --columns all
+    # A random split that leaves a user out of training counts the row as an unseen user.
+    solo = Interactions(user=np.array([1, 1, 1, 7]), item=np.array([10, 11, 12, 10]),
+                        rating=np.ones(4, np.float32), timestamp=None)
+    for seed in range(50):
+        p = prepare_data(solo, Options(split=f"random:0.25:{seed}"), grouplens_ok=False)
+        if p.test.user.tolist() == [7]:
+            assert p.counts["unseen_user_rows"] == 1
+            break
+    else:
+        raise AssertionError("no seed put user 7 in test")

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from localfm.data.interactions import Interactions
-from localfm.data.movielens import load_movielens
+from localfm.data.movielens import load_movielens, read_split_files
 from localfm.data.splits import (
     GROUPLENS_SPLITS,
     grouplens_split,
@@ -38,6 +38,9 @@ def test_grouplens_split_equals_shipped_files(ml100k, ml100k_dir: Path, name: st
         np.testing.assert_array_equal(_rows(ml100k, index), shipped, err_msg=f"{name}.{part}")
     expected_test = 9430 if name in ("ua", "ub") else 20000
     assert len(split.test) == expected_test and len(split.train) == 100_000 - expected_test
+    base, test = read_split_files(ml100k_dir, name)
+    np.testing.assert_array_equal(ml100k.take(split.train).timestamp, base.timestamp)
+    np.testing.assert_array_equal(ml100k.take(split.test).item, test.item)
 
 
 def test_per_user_rank_counts_in_file_order() -> None:

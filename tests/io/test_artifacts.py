@@ -10,6 +10,8 @@ from itertools import combinations
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from localfm.errors import LocalFMError
 from localfm.io import artifacts as art
@@ -338,6 +340,40 @@ def test_fm_params_with_inconsistent_shapes_in_artifact(tmp_path):
         zf.writestr("params", params)
     p = _write(tmp_path, _tar([_file("model_algo-1", buf.getvalue())]))
     with pytest.raises(LocalFMError, match=r"model_algo-1/params: 'w1_weight' has shape \(9, 1\)"):
+        load_fm(p)
+
+
+_GOOD_TGZ = art.fm_artifact_bytes(FMWeights(0.1, np.ones(5), np.ones((5, 2)), "regressor"), mtime=0)
+_GOOD_TAR = gzip.decompress(_GOOD_TGZ)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.data())
+def test_corrupted_artifacts_fail_cleanly(data):
+    """Byte flips/truncations of a model.tar.gz (or its tar) load or raise LocalFMError only.
+
+    Pins a bug found by fuzzing: a corrupt tar size field made tarfile raise ValueError
+    (negative seek), which escaped as an internal error instead of exit 2.
+    """
+    buf = bytearray(data.draw(st.sampled_from([_GOOD_TGZ, _GOOD_TAR])))
+    for _ in range(data.draw(st.integers(1, 4))):
+        buf[data.draw(st.integers(0, len(buf) - 1))] = data.draw(st.integers(0, 255))
+    buf = buf[: data.draw(st.integers(0, len(buf)))]
+    try:
+        load_fm(io.BytesIO(bytes(buf)))
+    except LocalFMError:
+        pass
+
+
+def test_negative_tar_size_field(tmp_path):
+    ti = tarfile.TarInfo("model_algo-1")
+    ti.size = 10
+    header = bytearray(ti.tobuf(format=tarfile.GNU_FORMAT))
+    header[124:136] = b"\xff" * 12  # base-256 size field = -1
+    header[148:156] = b" " * 8
+    header[148:154] = b"%06o" % (sum(header) & 0o777777)
+    p = _write(tmp_path, gzip.compress(bytes(header) + b"\0" * 1024))
+    with pytest.raises(LocalFMError):
         load_fm(p)
 
 

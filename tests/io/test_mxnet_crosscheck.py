@@ -21,6 +21,10 @@ VENV_PY = REPO / ".mxnet-venv" / "bin" / "python"
 def test_mxnet_crosscheck_both_directions():
     if not VENV_PY.exists():
         pytest.skip(f"no MXNet venv at {VENV_PY.parent.parent} (run scripts/mxnet-crosscheck once)")
+    probe = subprocess.run([str(VENV_PY), "-c", "import mxnet"], capture_output=True, timeout=120)
+    if probe.returncode != 0:
+        pytest.skip(f"{VENV_PY} cannot import mxnet (rebuild: rm -rf .mxnet-venv && "
+                    "scripts/mxnet-crosscheck --setup-only)")
     env = dict(os.environ, LOCALFM_PYTHON=sys.executable)
     proc = subprocess.run([str(REPO / "scripts" / "mxnet-crosscheck")], capture_output=True,
                           text=True, env=env, timeout=300)

@@ -222,13 +222,17 @@ def test_record_round_trip(records, split):
     assert rio.describe(raw)["records"] == len(records)
 
 
-def _assert_fast_equals_exact(raw: bytes) -> None:
-    """The vectorised decoder and the exact decoder must produce the same columns."""
+def _assert_fast_equals_exact(raw: bytes, sdk_layout: bool = True) -> None:
+    """The vectorised decoder and the exact decoder must produce the same columns.
+
+    ``sdk_layout``: the bytes come from write_sparse/write_dense, so the fast path must
+    take every record (otherwise it would be "agreeing" by always deferring).
+    """
     for fr in rio._iter_frames(raw):
-        fast, ok = rio._fast_columns(fr)
-        exact = rio._columns_from_records([rio._decode_at(fr, i, "t") for i in range(len(fr))], fr.offsets)
-        merged = rio._merge(len(fr), ok, fast, rio._columns_from_records(
-            [rio._decode_at(fr, int(i), "t") for i in np.flatnonzero(~ok)], fr.offsets[~ok]))
+        if sdk_layout:
+            assert rio._fast_columns(fr)[1].all()
+        exact = rio._exact_columns(fr, "t")
+        merged = rio._fast_then_exact(fr, "t")
         for name in ("offsets", "feat_code", "nval", "values", "nkey", "keys", "nshape", "shape", "label_code",
                      "nlab", "labels"):
             assert np.array_equal(getattr(merged, name), getattr(exact, name), equal_nan=True), name
@@ -244,7 +248,8 @@ def test_fast_and_exact_agree_on_mixed_layouts():
         Record({"values": Tensor("float32", [], [], [5]), "extra": None}, {"values": Tensor("float32", [1])}),
     ]
     raw = _bytes(rio.write_records, recs)
-    _assert_fast_equals_exact(raw)
+    _assert_fast_equals_exact(raw, sdk_layout=False)
+    assert rio._fast_columns(next(rio._iter_frames(raw)))[1].tolist() == [True, False, False, True, False]
     m = rio.read_matrix(raw)
     assert m.X.toarray().tolist() == [[1, 0, 0, 2, 0], [0, 4, 0, 0, 0], [0, 0, 7, 0, -1], [0, 0, 0, 0, 9],
                                       [0, 0, 0, 0, 0]]

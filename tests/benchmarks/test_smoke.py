@@ -1,0 +1,171 @@
+"""Smoke tests for benchmarks/: tiny sizes, so the harness keeps working (not speed tests).
+
+The real measurements run with ``python -m benchmarks``; here every benchmark runs at
+``--smoke`` size into a temporary folder and the results files are checked for the
+fields the docs quote. Helpers whose correctness the numbers depend on (the exact
+baselines, the agreement check, the independent FM scorer, the RSS launcher) get
+direct checks.
+"""
+from __future__ import annotations
+
+import json
+import sys
+
+import numpy as np
+import pytest
+
+from benchmarks import BENCHMARKS
+from benchmarks.__main__ import main
+from benchmarks.baselines import (
+    agreement,
+    ranking_metrics,
+    topk_exact64,
+    topk_faiss_flat,
+    topk_numpy,
+    topk_torch,
+    train_naive_fm,
+)
+from benchmarks.data import BenchConfig, Ratings
+from benchmarks.machine import run_command
+from benchmarks.results import summary_markdown
+
+
+@pytest.fixture(scope="module")
+def smoke_results(tmp_path_factory):
+    out = tmp_path_factory.mktemp("bench")
+    code = main(["--smoke", "--out", str(out)])
+    return code, out
+
+
+def test_smoke_run_writes_every_results_file(smoke_results):
+    code, out = smoke_results
+    assert code == 0
+    for name in BENCHMARKS:
+        doc = json.loads((out / f"{name}.json").read_text())
+        assert doc["benchmark"] == name
+        assert doc["mode"] == "smoke"
+        m = doc["machine"]
+        assert m["cores"] >= 1 and m["versions"]["numpy"] and m["versions"]["python"]
+        assert "date" in doc and isinstance(doc["headline"], list)
+        for png in doc.get("plots", []):
+            assert (out / png).stat().st_size > 1000
+
+
+def test_smoke_retrieval_engines_agree_with_float64(smoke_results):
+    _, out = smoke_results
+    doc = json.loads((out / "retrieval.json").read_text())
+    assert doc["sgemm_peak"]["peak_gflops"] > 0
+    engines = doc["exact"][0]["engines"]
+    assert {"faiss_flat_ip", "numpy", "torch"} <= set(engines)
+    for name, row in engines.items():
+        assert row["agreement_vs_float64"]["exact_up_to_ties"] == 1.0, name
+        assert row["gflops"] > 0 and row["median_s"] > 0
+
+
+def test_smoke_end_to_end_stages_succeed(smoke_results):
+    _, out = smoke_results
+    doc = json.loads((out / "end_to_end.json").read_text())
+    assert doc["pipelines"], doc["notes"]
+    for p in doc["pipelines"]:
+        assert p["ok"], p
+        assert p["sqlite_rows"] and p["sqlite_rows"] > 0
+        assert all(s["peak_rss_bytes"] > 0 for s in p["stages"])
+
+
+def test_summary_markdown_quotes_results(smoke_results):
+    _, out = smoke_results
+    text = summary_markdown(out)
+    assert "| measure | measured | target |" in text
+    assert "(quick)" in text  # smoke/quick results are marked as such
+
+
+def test_exact_baselines_match_reference():
+    rng = np.random.default_rng(1)
+    U = rng.standard_normal((70, 9), dtype=np.float32)
+    I = rng.standard_normal((300, 9), dtype=np.float32)
+    ref_s, ref_i = topk_exact64(U, I, 15)
+    for fn in (topk_numpy, topk_torch, topk_faiss_flat):
+        s, i = fn(U, I, 15) if fn is topk_faiss_flat else fn(U, I, 15, chunk=16)
+        assert i.shape == (70, 15)
+        assert np.all(np.diff(s, axis=1) <= 1e-6)  # best first
+        agree = agreement(i, ref_s, ref_i, U, I)
+        assert agree["exact_up_to_ties"] == 1.0 and agree["recall"] == 1.0
+
+
+def test_agreement_catches_wrong_results():
+    rng = np.random.default_rng(2)
+    U = rng.standard_normal((40, 8), dtype=np.float32)
+    I = rng.standard_normal((200, 8), dtype=np.float32)
+    ref_s, ref_i = topk_exact64(U, I, 10)
+    wrong = ref_i.copy()
+    worst = np.argmin(U @ I.T, axis=1)
+    wrong[:, -1] = worst
+    a = agreement(wrong, ref_s, ref_i, U, I)
+    assert a["exact_up_to_ties"] == 0.0
+    assert a["recall"] == pytest.approx(0.9)
+
+
+def test_naive_fm_learns_and_can_be_cut_short():
+    rng = np.random.default_rng(0)
+    users = rng.integers(0, 30, 3000)
+    items = rng.integers(0, 20, 3000)
+    y = ((users % 2) == (items % 2)).astype(np.float32)  # a pure interaction signal
+    fields = np.stack([users, 30 + items], 1)
+    first = train_naive_fm(fields, y, 50, 4, 100, epochs=1, lr=0.05)
+    later = train_naive_fm(fields, y, 50, 4, 100, epochs=15, lr=0.05)
+    assert later.final_loss < first.final_loss
+    cut = train_naive_fm(fields, y, 50, 4, 10, epochs=100, max_seconds=0.05)
+    assert cut.samples < 300_000 and cut.samples_per_s > 0
+
+
+def test_ranking_metrics_perfect_and_popularity_cases():
+    # 3 users, 5 items; user u liked item u+2 in test, items 0/1 seen in train by everyone.
+    tu = np.array([0, 0, 1, 1, 2, 2])
+    ti = np.array([0, 1, 0, 1, 0, 1])
+    su, si, sr = np.array([0, 1, 2]), np.array([2, 3, 4]), np.array([5.0, 4.0, 4.0])
+    oracle = np.zeros((3, 5))
+    oracle[[0, 1, 2], [2, 3, 4]] = 1.0
+    m = ranking_metrics(lambda u: oracle[u], 3, 5, tu, ti, su, si, sr, k=1)
+    assert m["precision@1"] == 1.0 and m["ndcg@1"] == 1.0 and m["users_evaluated"] == 3
+    # scores that prefer seen items: they are excluded, so the best unseen one still wins
+    seen_first = oracle.copy()
+    seen_first[:, :2] = 10.0
+    assert ranking_metrics(lambda u: seen_first[u], 3, 5, tu, ti, su, si, sr, k=1)["precision@1"] == 1.0
+    bad = 1.0 - oracle
+    assert ranking_metrics(lambda u: bad[u], 3, 5, tu, ti, su, si, sr, k=1)["recall@1"] == 0.0
+
+
+def test_quality_scorer_matches_fm_decision_function():
+    pytest.importorskip("localfm.fm.model")
+    import scipy.sparse as sp
+
+    from benchmarks.quality import design, entity_matrices, score_function
+    from localfm.fm.model import FactorizationMachine
+
+    rng = np.random.default_rng(3)
+    r = Ratings(rng.integers(0, 12, 400), rng.integers(0, 9, 400), rng.integers(1, 6, 400).astype(np.float32), 12, 9)
+    uf = sp.random(12, 4, density=0.5, format="csr", dtype=np.float32, random_state=1)
+    itf = sp.random(9, 3, density=0.5, format="csr", dtype=np.float32, random_state=2)
+    X = design(r, uf, itf)
+    fm = FactorizationMachine(feature_dim=X.shape[1], num_factors=4, predictor_type="regressor", epochs=2,
+                              mini_batch_size=50, seed=0).fit(X, r.ratings)
+    Xu, Xi = entity_matrices(12, 9, uf, itf)
+    S = score_function(fm.w0_, fm.w_, fm.V_, Xu, Xi)(np.arange(12))
+    np.testing.assert_allclose(S[r.users, r.items], fm.decision_function(X), rtol=1e-4, atol=1e-4)
+
+
+def test_rss_launcher_measures_the_child_not_the_parent():
+    big = run_command([sys.executable, "-c", "b = bytearray(300 * 2**20); b[::4096] = b'x' * len(b[::4096])"])
+    small = run_command([sys.executable, "-c", "pass"])
+    assert big["returncode"] == 0 and small["returncode"] == 0
+    assert big["peak_rss_bytes"] > 300 * 2**20
+    assert small["peak_rss_bytes"] < 150 * 2**20
+
+
+def test_presets_and_bad_mode():
+    from localfm.errors import LocalFMError
+
+    assert BenchConfig.preset("full").synthetic_rows == 5_000_000
+    assert BenchConfig.preset("quick", synthetic_rows=7).synthetic_rows == 7
+    with pytest.raises(LocalFMError):
+        BenchConfig.preset("huge")

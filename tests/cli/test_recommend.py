@@ -1,0 +1,245 @@
+"""``localfm recommend`` end to end: prepare → model → recommend → stored rows == brute force."""
+from __future__ import annotations
+
+import json
+import sqlite3
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from localfm.cli import main as cli_main
+
+pytest.importorskip("localfm.io.artifacts")
+pytest.importorskip("localfm.data.features")
+
+
+def _model(path: Path, feature_dim: int, factors: int = 8, seed: int = 0, ptype: str = "binary_classifier") -> Path:
+    from localfm.io.artifacts import FMWeights, save_fm
+
+    rng = np.random.default_rng(seed)
+    w = FMWeights(0.3, rng.normal(0, 0.3, feature_dim), rng.normal(0, 0.3, (feature_dim, factors)), ptype)
+    save_fm(path, w)
+    return path
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory):
+    """The embedded synthetic MovieLens, prepared with side features, plus a random-weight FM."""
+    from localfm.data.features import FeatureSpace
+
+    root = tmp_path_factory.mktemp("demo")
+    code = cli_main(["--quiet", "prepare", "movielens", "--split", "ua", "--features", "ids+side",
+                     "--columns", "train", "--out", str(root / "data")])
+    if code != 0:
+        pytest.skip("localfm prepare on the embedded synthetic dataset failed")
+    space = FeatureSpace.load(root / "data" / "features.json")
+    model = _model(root / "model.tar.gz", space.feature_dim)
+    return root, space, model
+
+
+def _brute_force(model: Path, space, users=None):
+    from localfm.io.artifacts import load_fm
+
+    weights = load_fm(model)
+    users = space.user_ids if users is None else np.asarray(users)
+    n_items = len(space.item_ids)
+    X = space.encode(np.repeat(users, n_items), np.tile(space.item_ids, len(users)))
+    return users, weights.raw_scores(X).reshape(len(users), n_items)
+
+
+def _sqlite_rows(db: Path, table: str = "recommendations"):
+    conn = sqlite3.connect(db)
+    try:
+        return conn.execute(f"select user_id, rank, item_id, score from {table} order by user_id, rank").fetchall()
+    finally:
+        conn.close()
+
+
+def _assert_matches(rows, users, S, space, k, banned=None):
+    by_user = {}
+    for u, r, i, s in rows:
+        by_user.setdefault(u, []).append((r, i, s))
+    assert sorted(by_user) == sorted(users.tolist())
+    item_pos = {v: n for n, v in enumerate(space.item_ids.tolist())}
+    for row, u in enumerate(users.tolist()):
+        scores = S[row].copy()
+        if banned is not None:
+            scores[banned[row]] = -np.inf
+        got = by_user[u]
+        assert [r for r, _, _ in got] == list(range(1, k + 1))
+        np.testing.assert_allclose([s for _, _, s in got], np.sort(scores)[::-1][:k], rtol=1e-5, atol=1e-5)
+        np.testing.assert_allclose([scores[item_pos[i]] for _, i, _ in got], [s for _, _, s in got], rtol=1e-5, atol=1e-5)
+
+
+def test_default_sqlite_exact_equals_brute_force_with_side_features(cli, demo, tmp_path):
+    root, space, model = demo
+    db = tmp_path / "recs.sqlite"
+    code, out, err = cli("--quiet", "recommend", "--model", model, "--features", root / "data" / "features.json",
+                         "-k", 20, "--out", db)
+    assert code == 0, err
+    summary = json.loads(out)
+    assert summary["rows"] == 20 * len(space.user_ids) and summary["index"] == "exact"
+    users, S = _brute_force(model, space)
+    _assert_matches(_sqlite_rows(db), users, S, space, 20)
+
+
+def test_exclude_seen_uses_train_interactions(cli, demo, tmp_path):
+    import pyarrow.parquet as pq
+
+    root, space, model = demo
+    db = tmp_path / "recs.sqlite"
+    code, _, err = cli("--quiet", "recommend", "--model", model, "--features", root / "data" / "features.json",
+                       "-k", 10, "--exclude-seen", "--out", db)
+    assert code == 0, err
+    t = pq.read_table(root / "data" / "train_interactions.parquet")
+    users, S = _brute_force(model, space)
+    upos = {v: n for n, v in enumerate(users.tolist())}
+    ipos = {v: n for n, v in enumerate(space.item_ids.tolist())}
+    banned = np.zeros_like(S, dtype=bool)
+    for u, i in zip(t.column("user_id").to_pylist(), t.column("item_id").to_pylist()):
+        banned[upos[u], ipos[i]] = True
+    assert banned.sum() > 0
+    _assert_matches(_sqlite_rows(db), users, S, space, 10, banned)
+
+
+def test_users_allow_deny_sigmoid_jsonl(cli, demo, tmp_path):
+    root, space, model = demo
+    out_file = tmp_path / "r.jsonl"
+    users = space.user_ids[:3]
+    allow = ",".join(str(i) for i in space.item_ids[:50])
+    (tmp_path / "deny.txt").write_text("\n".join(str(i) for i in space.item_ids[:5]))
+    code, _, err = cli("--quiet", "recommend", "--model", model, "--features", root / "data" / "features.json",
+                       "-k", 4, "--users", ",".join(map(str, users)), "--allow-items", allow,
+                       "--deny-items", "@" + str(tmp_path / "deny.txt"), "--sigmoid", "--out", out_file)
+    assert code == 0, err
+    recs = [json.loads(line) for line in out_file.read_text().splitlines()]
+    assert {r["user_id"] for r in recs} == set(users.tolist()) and len(recs) == 12
+    allowed = set(space.item_ids[5:50].tolist())
+    assert all(r["item_id"] in allowed and 0 < r["score"] < 1 for r in recs)
+    _, S = _brute_force(model, space, users)
+    best = 1 / (1 + np.exp(-np.sort(S[0, 5:50])[::-1][:4]))
+    np.testing.assert_allclose([r["score"] for r in recs if r["user_id"] == users[0]], best, rtol=1e-6)
+
+
+def test_unknown_users_error_skip_or_cold_start(cli, demo, tmp_path):
+    root, space, model = demo
+    feats = root / "data" / "features.json"
+    code, _, err = cli("recommend", "--model", model, "--features", feats, "--users", "1,987654", "--out",
+                       tmp_path / "a.sqlite")
+    assert code == 2 and "987654" in err
+    assert not (tmp_path / "a.sqlite").exists()
+    code, out, _ = cli("--quiet", "recommend", "--model", model, "--features", feats, "--users", "1,987654",
+                       "--unknown-users", "skip", "-k", 2, "--out", tmp_path / "b.sqlite")
+    assert code == 0 and json.loads(out)["users"] == 1
+    code, out, _ = cli("--quiet", "recommend", "--model", model, "--features", feats, "--users", "1,987654",
+                       "--unknown-users", "cold-start", "-k", 2, "--out", tmp_path / "c.sqlite")
+    assert code == 0 and json.loads(out)["users"] == 2
+    rows = _sqlite_rows(tmp_path / "c.sqlite")
+    assert [r[0] for r in rows].count(987654) == 2
+
+
+def test_bad_input_exits_2_and_keeps_previous_results(cli, demo, tmp_path):
+    root, space, model = demo
+    feats = root / "data" / "features.json"
+    db = tmp_path / "keep.sqlite"
+    assert cli("--quiet", "recommend", "--model", model, "--features", feats, "-k", 3, "--out", db)[0] == 0
+    before = _sqlite_rows(db)
+    wrong = _model(tmp_path / "wrong.tar.gz", space.feature_dim + 3)
+    cases = [
+        (["--model", wrong], "feature_dim"),
+        (["-k", "0"], "k: expected a positive integer"),
+        (["-k", "-5"], "k: expected a positive integer"),
+        (["--index-metric", "MANHATTAN"], "index_metric"),
+        (["--index", "faiss.Annoy"], "index_type"),
+        (["--out", tmp_path / "r.csv"], "expected a .sqlite"),
+    ]
+    for extra, msg in cases:
+        args = ["recommend", "--model", model, "--features", feats, "--out", db, *extra]
+        code, _, err = cli(*args)
+        assert code == 2, (extra, err)
+        assert msg in err and len(err.strip().splitlines()) == 1, err
+    # A locked database: exit 2 after the lock timeout, previous results intact.
+    holder = sqlite3.connect(db, isolation_level=None)
+    holder.execute("BEGIN EXCLUSIVE")
+    try:
+        code, _, err = cli("recommend", "--model", model, "--features", feats, "-k", 5, "--out", db,
+                           "--lock-timeout", "0.1")
+    finally:
+        holder.execute("ROLLBACK")
+        holder.close()
+    assert code == 2 and "locked" in err
+    assert _sqlite_rows(db) == before
+    # An unwritable target (parent is a file).
+    (tmp_path / "f").write_text("x")
+    code, _, err = cli("recommend", "--model", model, "--features", feats, "--out", tmp_path / "f" / "r.sqlite")
+    assert code == 2 and "cannot" in err
+
+
+def test_nan_model_exits_2(cli, demo, tmp_path):
+    from localfm.io.artifacts import FMWeights, save_fm
+
+    root, space, _ = demo
+    d = space.feature_dim
+    V = np.zeros((d, 4), np.float32)
+    V[5, 1] = np.nan
+    save_fm(tmp_path / "nan.tar.gz", FMWeights(0.0, np.zeros(d), V, "binary_classifier"))
+    code, _, err = cli("recommend", "--model", tmp_path / "nan.tar.gz", "--features",
+                       root / "data" / "features.json", "--out", tmp_path / "r.sqlite")
+    assert code == 2 and "NaN" in err
+    assert not (tmp_path / "r.sqlite").exists()
+
+
+def test_approximate_index_reports_recall(cli, demo, tmp_path):
+    pytest.importorskip("faiss")
+    root, space, model = demo
+    code, out, err = cli("--quiet", "recommend", "--model", model, "--features", root / "data" / "features.json",
+                         "-k", 10, "--index", "faiss.IVFFlat", "--exclude-seen", "--out", tmp_path / "r.parquet")
+    assert code == 0, err
+    summary = json.loads(out)
+    assert summary["index"] == "faiss.IVFFlat" and 0.0 < summary["recall"]["recall"] <= 1.0
+
+
+def test_postgresql_output(cli, demo, tmp_path):
+    from pgserver import start
+
+    from localfm.recommend.sinks import read_results
+
+    server, reason = start()
+    if server is None:
+        pytest.skip(reason)
+    try:
+        root, space, model = demo
+        code, out, err = cli("--quiet", "recommend", "--model", model, "--features", root / "data" / "features.json",
+                             "-k", 5, "--out", server.url, "--table", "recs")
+        assert code == 0, err
+        db = tmp_path / "same.sqlite"
+        cli("--quiet", "recommend", "--model", model, "--features", root / "data" / "features.json", "-k", 5,
+            "--out", db)
+        pg_rows = read_results(server.url, table="recs")
+        lite = read_results(str(db))
+        assert pg_rows["user_id"] == lite["user_id"] and pg_rows["item_id"] == lite["item_id"]
+        np.testing.assert_allclose(pg_rows["score"], lite["score"], rtol=1e-12)
+    finally:
+        server.stop()
+
+
+@pytest.mark.slow
+def test_ml100k_top100_all_users_equals_brute_force(cli, ml100k_dir, tmp_path):
+    """Done-when: top-100 for all 943 users with the cloud fixture's data setup (random-weight stand-in)."""
+    from localfm.data.features import FeatureSpace
+
+    data = tmp_path / "ml100k"
+    code, _, err = cli("--quiet", "prepare", "movielens", str(ml100k_dir), "--split", "ua", "--label", "binary:4",
+                       "--columns", "train", "--drop-unseen", "--order", "file", "--out", data)
+    assert code == 0, err
+    space = FeatureSpace.load(data / "features.json")
+    assert space.feature_dim == 2623
+    model = _model(tmp_path / "model.tar.gz", 2623, factors=64, seed=3)
+    db = tmp_path / "recs.sqlite"
+    code, out, err = cli("--quiet", "recommend", "--model", model, "--features", data / "features.json",
+                         "-k", 100, "--out", db)
+    assert code == 0, err
+    assert json.loads(out)["rows"] == 94300
+    users, S = _brute_force(model, space)
+    _assert_matches(_sqlite_rows(db), users, S, space, 100)
