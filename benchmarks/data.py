@@ -51,8 +51,8 @@ class BenchConfig:
     # training throughput
     train_factors: tuple[int, ...] = (16, 64, 128)
     train_batches: tuple[int, ...] = (200, 1000, 5000)
-    train_grid_rows_large: int = 400_000  # rows of the synthetic set used for the grid
-    naive_max_seconds: float = 4.0  # naive FM runs are cut after this (whole batches)
+    train_grid_rows_large: int = 100_000  # rows of the synthetic set used for the grid
+    naive_max_seconds: float = 2.5  # naive FM runs are cut after this (whole batches)
     train_epoch_large: bool = True  # time one full epoch of the synthetic set
     # retrieval
     retrieval_sizes: tuple[tuple[int, int], ...] = ((943, 1682), (20_000, 10_000), (60_000, 30_000),

@@ -27,7 +27,12 @@ def main(argv: list[str] | None = None) -> int:
                    help="where inputs that found a problem are saved")
     p.add_argument("--json", type=Path, help="write the summary as JSON here")
     p.add_argument("--quiet", action="store_true", help="no progress output")
+    p.add_argument("--engine", choices=["builtin", "atheris"], default="builtin",
+                   help="builtin: deterministic mutation loop (no extra package); atheris: coverage-guided "
+                        "libFuzzer, one process per parser (needs `pip install atheris`)")
     args = p.parse_args(argv)
+    if args.engine == "atheris":
+        return _run_atheris(args)
 
     names = list(BUILDERS) if args.parser == "all" else [args.parser]
     targets = []
@@ -63,6 +68,31 @@ def main(argv: list[str] | None = None) -> int:
     if args.json:
         args.json.write_text(json.dumps(summary, indent=2))
     return 1 if total_findings else 0
+
+
+def _run_atheris(args: argparse.Namespace) -> int:
+    """One libFuzzer process per parser (libFuzzer exits the process when it is done)."""
+    import subprocess
+
+    if args.parser != "all":
+        target, reason = load_target(args.parser)
+        if target is None:
+            print(f"{args.parser}: skipped ({reason})", file=sys.stderr)
+            return 0
+        from . import atheris_engine
+
+        atheris_engine.run(target, args.iterations, args.seed, args.time_limit, args.memory_limit_mb,
+                           args.findings_dir)
+        return 0  # not reached: libFuzzer exits
+    worst = 0
+    for name in BUILDERS:
+        cmd = [sys.executable, "-m", "fuzz", "--engine", "atheris", "--parser", name,
+               "--iterations", str(args.iterations), "--seed", str(args.seed), "--time-limit", str(args.time_limit),
+               "--memory-limit-mb", str(args.memory_limit_mb), "--findings-dir", str(args.findings_dir)]
+        rc = subprocess.run(cmd, check=False).returncode
+        print(f"{name}: libFuzzer exit status {rc}")
+        worst = worst or (1 if rc else 0)
+    return worst
 
 
 if __name__ == "__main__":

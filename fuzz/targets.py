@@ -108,6 +108,7 @@ def _recordio_target() -> Target:
                {"values": Tensor("float32", [1])}, uid="u1", metadata="{}", configuration="c"),
         Record({"values": BytesValue([b"\x89PNG", b""], "image/png"), "other": None}, {}),
         Record({"values": Tensor("int32", [-1, 5], [], [2])}, {"values": Tensor("float64", [0.5])}),
+        Record({"values": Tensor("float64", [1e300, -0.0], [2**64 - 1, 0], [2**63 + 1])}),
     ]
     buf = io.BytesIO()
     rio.write_records(buf, recs, split=True)

@@ -116,6 +116,7 @@ def train_handler(args: argparse.Namespace) -> int:
                              seed=model.hyperparameters["seed"])
         summary[f"recall@{rec['k']}"] = rec["recall"]
         summary["recall_queries"] = rec["queries"]
+        summary["recall_refilled_fraction"] = rec["refilled_fraction"]
     if args.test:
         Xt, yt = read_training(args.test, args.content_type)
         pred = model.predict(Xt) if Xt.shape[0] else Xt[:, :0].reshape(0)

@@ -76,7 +76,7 @@ FM_HYPERPARAMETERS: list[HP] = [
        doc="LOCAL-ONLY: stop after N epochs without validation improvement and keep the best "
            "epoch (0 = off; needs validation data)"),
     HP("_local_validation_fraction", "float", default=0.0, low=0, high=0.5, high_open=True,
-       doc="LOCAL-ONLY: hold out the last fraction of training rows for early stopping"),
+       doc="LOCAL-ONLY: hold out a seeded random fraction of training rows for validation / early stopping"),
 ]
 
 LOCAL_ONLY = tuple(hp.name for hp in FM_HYPERPARAMETERS if hp.name.startswith("_local_"))

@@ -35,6 +35,8 @@ from ..errors import LocalFMError
 from .hyperparameters import parse_fm
 from .metrics import MetricAccumulator, TrainingLog
 
+REPRODUCIBLE_MTIME = 315532800.0  # 1980-01-01T00:00:00Z: archive timestamp of seeded models
+
 
 @dataclass
 class Batch:
@@ -214,9 +216,13 @@ class FactorizationMachine:
             y_test = _check_labels(y_test, X_test.shape[0], ptype, "test data")
         frac = hp["_local_validation_fraction"]
         if X_val is None and frac > 0:
+            # A seeded random hold-out (its own stream, so init draws are unchanged);
+            # the rows kept for training stay in file order.
             n_val = max(1, int(round(X.shape[0] * frac)))
-            X, X_val = X[:-n_val], X[-n_val:]
-            y, y_val = y[:-n_val], y[-n_val:]
+            pick = np.random.default_rng(None if self.seed is None else [self.seed, 7]).permutation(X.shape[0])
+            val_rows, train_rows = np.sort(pick[:n_val]), np.sort(pick[n_val:])
+            X, X_val = X[train_rows], X[val_rows]
+            y, y_val = y[train_rows], y[val_rows]
         if X_val is not None:
             X_val = _as_csr(X_val, "validation data")
             y_val = _check_labels(y_val, X_val.shape[0], ptype, "validation data")
@@ -401,10 +407,28 @@ class FactorizationMachine:
         return FMWeights(w0=float(self.w0_), w=self.w_, V=self.V_, predictor_type=self.hp_["predictor_type"])
 
     def save(self, path: str | Path) -> None:
-        """Write ``model.tar.gz`` in SageMaker's layout (atomic; via io.artifacts)."""
-        from ..io.artifacts import save_fm
+        """Write ``model.tar.gz`` in SageMaker's layout (atomic; via io.artifacts).
 
-        save_fm(path, self.weights_)
+        A seeded model is written with a fixed archive timestamp (``SOURCE_DATE_EPOCH``
+        when set, else 1980-01-01, the zip epoch) so the same seed gives the same
+        *bytes*, not only the same weights.
+        """
+        import os
+
+        from ..io.artifacts import fm_artifact_bytes, save_fm
+        from ..io.atomic import atomic_write
+        from ..io.uri import is_s3
+
+        if self.seed is None or is_s3(str(path)):
+            save_fm(path, self.weights_)
+            return
+        mtime = float(os.environ.get("SOURCE_DATE_EPOCH", REPRODUCIBLE_MTIME))
+        target = Path(path)
+        if target.is_dir():
+            target = target / "model.tar.gz"
+        data = fm_artifact_bytes(self.weights_, mtime=mtime)
+        with atomic_write(target) as fh:
+            fh.write(data)
 
     @classmethod
     def load(cls, path: str | Path, predictor_type: str | None = None) -> FactorizationMachine:

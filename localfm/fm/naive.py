@@ -41,10 +41,12 @@ def naive_autograd_fm(
         for start in range(0, n, mini_batch_size):
             sub = X[start: start + mini_batch_size].tocoo()
             xb = torch.sparse_coo_tensor(
-                np.vstack([sub.row, sub.col]), sub.data, size=sub.shape, dtype=torch.float32
+                np.vstack([sub.row, sub.col]), sub.data, size=sub.shape, dtype=torch.float32,
+                check_invariants=False,
             )
             xb2 = torch.sparse_coo_tensor(
-                np.vstack([sub.row, sub.col]), sub.data * sub.data, size=sub.shape, dtype=torch.float32
+                np.vstack([sub.row, sub.col]), sub.data * sub.data, size=sub.shape, dtype=torch.float32,
+                check_invariants=False,
             )
             xv = torch.sparse.mm(xb, V)
             score = (

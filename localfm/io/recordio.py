@@ -212,10 +212,7 @@ def _frame_block(data: bytes, base: int, name: str, index0: int):  # noqa: ANN20
         if not complete:
             need = max(need, 8)
             break
-        payload = b"".join(parts)
-        if len(payload) > _LEN_MASK * 64:
-            raise _err(name, base + pos, "multi-part record too large", index0 + len(starts))
-        extras.append(payload)
+        extras.append(b"".join(parts))
         starts.append(-1 - (len(extras) - 1))
         lengths.append(len(payload))
         offsets.append(base + pos)
@@ -517,6 +514,8 @@ class _Walker:
 
 
 _ENTRY_PREFIX = b"\x0a\x06values\x12"
+#: Largest column count a matrix can have (scipy indexes with int64).
+_MAX_DIM = (1 << 63) - 1
 
 
 def _fast_columns(fr: _Frames) -> tuple[_Columns, np.ndarray]:
@@ -757,6 +756,9 @@ def _matrix(cols: _Columns, name: str, feature_dim: int | None, index0: int = 0)
             n_cols = int(feature_dim)
         else:
             n_cols = int(cols.keys.max()) + 1 if cols.keys.size else 0
+        if n_cols > _MAX_DIM:
+            i = int(with_shape[0]) if with_shape.size else 0
+            raise fail(i, f"feature dimension {n_cols} is larger than 2^63-1")
         if cols.keys.size and int(cols.keys.max()) >= n_cols:
             j = int(np.flatnonzero(cols.keys >= np.uint64(n_cols))[0])
             i = int(np.searchsorted(np.cumsum(cols.nkey), j, side="right"))
@@ -811,6 +813,8 @@ def read_matrix(src: Source, feature_dim: int | None = None) -> RecordIOMatrix:
     """
     from ..progress import progress
 
+    if feature_dim is not None and not 0 <= int(feature_dim) <= _MAX_DIM:
+        raise RecordIOError(f"feature_dim={feature_dim}: expected a non-negative integer")
     name = _source_name(src)
     parts: list[_Columns] = []
     with _open_source(src) as (fh, name, size):

@@ -4,7 +4,7 @@
 ``localfm.recommend``). It returns a :class:`KNNIndex` whose :meth:`KNNIndex.search`
 gives ``(scores, ids)`` **best first** (largest inner product / cosine, smallest
 squared L2), ``k' = min(k, ntotal)`` columns and never FAISS's ``-1`` / ``-3.4e38``
-padding: rows an approximate index could not fill are searched again exhaustively.
+padding: rows an approximate index could not fill are searched again with more cells.
 
 Why the extra machinery around FAISS:
 
@@ -164,6 +164,9 @@ class KNNIndex:
     ef_search: int = 128
     projection: Projection | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+    # Counters since build/load: queries searched, and how many needed a refill
+    # (an approximate index returned fewer than k' results; see _refill).
+    search_stats: dict[str, int] = field(default_factory=lambda: {"queries": 0, "refilled": 0})
 
     # ------------------------------------------------------------------ basics
     @property
@@ -231,7 +234,7 @@ class KNNIndex:
         scale = None
         if self.mips_max_norm is not None and self.mips_max_norm > 0:
             # Put each query on the sphere of radius M where the augmented vectors
-            # live: the ranking (∝ q·x) is unchanged, but IVF picks far better cells.
+            # live: the ranking (∝ q·x) is unchanged, but IVF picks better cells.
             norms = np.linalg.norm(reduced.astype(np.float64), axis=1)
             scale = np.where(norms > 0, self.mips_max_norm / np.where(norms > 0, norms, 1.0), 1.0)
             reduced_q = (reduced * scale[:, None]).astype(np.float32)
@@ -239,10 +242,11 @@ class KNNIndex:
             reduced_q = reduced
         prepared = self._finish(reduced_q, None)
         dist, ids = self.faiss_index.search(prepared, k)
+        self.search_stats["queries"] += int(q.shape[0])
         missing = (ids < 0).any(axis=1)
         if missing.any():
             rows = np.flatnonzero(missing)
-            dist[rows], ids[rows] = self._exhaustive(prepared[rows], k)
+            dist[rows], ids[rows] = self._refill(prepared[rows], k)
         if self.mips_max_norm is not None:
             # ‖q'-x'‖² = ‖q'‖² + M² - 2 q'·x, with q' = scale·q.
             q64 = reduced_q.astype(np.float64)
@@ -253,19 +257,39 @@ class KNNIndex:
             dist = ip.astype(np.float32)
         return dist, ids
 
-    def _exhaustive(self, prepared: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-        """Fill rows an approximate index left short: every IVF cell, or HNSW's flat storage."""
+    def _refill(self, prepared: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """Fill rows an approximate index left short of ``k`` results.
+
+        IVF: search those rows again with ``nprobe`` doubled until every row is full
+        (at worst all cells, i.e. exhaustive); this happens when the probed cells hold
+        fewer than k vectors, typically with MIPS augmentation on vectors of widely
+        spread norms. HNSW: exact search of its flat storage. Counted in
+        ``search_stats["refilled"]``.
+        """
         faiss = _faiss()
+        self.search_stats["refilled"] += int(prepared.shape[0])
         if self.index_type == "faiss.HNSW":
             storage = faiss.downcast_index(self.faiss_index.storage)
             return storage.search(prepared, k)
         ivf = faiss.extract_index_ivf(self.faiss_index)
         saved = ivf.nprobe
+        dist = np.empty((prepared.shape[0], k), dtype=np.float32)
+        ids = np.full((prepared.shape[0], k), -1, dtype=np.int64)
+        todo = np.arange(prepared.shape[0])
+        probe = saved
         try:
-            ivf.nprobe = ivf.nlist
-            return self.faiss_index.search(prepared, k)
+            while todo.size:
+                probe = min(probe * 2, ivf.nlist)
+                ivf.nprobe = probe
+                d, i = self.faiss_index.search(prepared[todo], k)
+                dist[todo], ids[todo] = d, i
+                todo = todo[(i < 0).any(axis=1)]
+                if probe >= ivf.nlist:
+                    break
         finally:
             ivf.nprobe = saved
+        self.search_stats["max_nprobe"] = max(self.search_stats.get("max_nprobe", 0), probe)
+        return dist, ids
 
     # ------------------------------------------------------------- persistence
     def meta(self) -> dict[str, Any]:
@@ -525,11 +549,16 @@ def measure_recall(
     kk = min(int(k), x.shape[0])
     exact = exact_index_like(index, x)
     _, exact_ids = exact.search(q, kk, desc="exact search")
+    before = dict(index.search_stats)
     _, approx_ids = index.search(q, kk, desc="approximate search")
+    refilled = index.search_stats["refilled"] - before["refilled"]
     return {
         "k": kk,
         "queries": int(q.shape[0]),
         "recall": recall_at_k(approx_ids, exact_ids),
+        # Share of queries whose probed cells held < k vectors and were searched
+        # again with more cells: a high share means the index saves little work.
+        "refilled_fraction": refilled / max(1, int(q.shape[0])),
     }
 
 

@@ -14,7 +14,7 @@ import ast
 import json
 import math
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -39,10 +39,6 @@ QUALITY_RE = re.compile(
 TEST_SCORE_RE = re.compile(
     r"#test_score \((?P<host>[^)]+)\) : \('(?P<name>[^']+)', (?P<value>" + _NUM + r")\)"
 )
-PROGRESS_RE = re.compile(r"#progress_metric: host=(?P<host>[^,\s]+), completed (?P<pct>" + _NUM + r") % of epochs")
-THROUGHPUT_RE = re.compile(
-    r"#throughput_metric: host=(?P<host>[^,\s]+), (?P<split>\w+) throughput=(?P<value>" + _NUM + r") records/second"
-)
 CONFIG_RE = re.compile(
     r"(?P<which>Reading default configuration from|Merging with provided configuration from|Final configuration)"
     r"(?: (?P<path>\S+?))?: (?P<dict>\{.*\})\s*$"
@@ -51,9 +47,6 @@ CONFIG_RE = re.compile(
 EPOCH_STATS_RE = re.compile(r"\[tensorio\] \[info\] epoch_stats=(?P<json>\{.*\})")
 # ANSI colours and the "algo-1-xyz_1  | " prefix the SageMaker SDK adds to streamed logs.
 _ANSI_RE = re.compile(r"\x1b\[[0-9;]*m")
-
-TRAIN_METRICS_BINARY = ("binary_classification_accuracy", "binary_classification_cross_entropy", "binary_f_1.000")
-TRAIN_METRICS_REGRESSOR = ("rmse", "mse", "absolute_loss")
 
 # Names other tools use for the same metrics; normalised to the container's names.
 _ALIASES = {
@@ -492,10 +485,3 @@ def recorded_scores(data: Mapping[str, Any], n_rows: int | None = None, *, sourc
     except (TypeError, ValueError, IndexError):
         raise LocalFMError(f"{source}: batch_transform_scores_* expected [predicted_label, score] pairs") from None
     return RecordedScores(rows=rows, labels=labels, scores=scores)
-
-
-def first_present(paths: Iterable[Path]) -> Path | None:
-    for p in paths:
-        if p.exists():
-            return p
-    return None

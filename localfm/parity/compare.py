@@ -128,12 +128,22 @@ class TrainingTolerances:
     """Absolute tolerances on training metrics.
 
     ``train``: every epoch's train metrics; ``test_accuracy``: test accuracy;
-    ``test``: every other test metric (cross-entropy, F1, rmse ...).
+    ``test_cross_entropy``: test cross-entropy; ``test``: every other test metric
+    (F1, rmse ...). Defaults are the issue's "test within ±0.01 / ±0.02", read the way
+    the FM suite (tests/parity/test_cloud_training.py) reads it.
     """
 
     train: float = 0.005
     test_accuracy: float = 0.01
+    test_cross_entropy: float = 0.01
     test: float = 0.02
+
+    def for_test(self, name: str) -> float:
+        if name.endswith("accuracy"):
+            return self.test_accuracy
+        if name.endswith("cross_entropy"):
+            return self.test_cross_entropy
+        return self.test
 
 
 def _fmt(x: float | None, digits: int = 5) -> str:
@@ -208,7 +218,7 @@ def compare_training(
     test_rows: list[list[str]] = []
     for n, c in cloud.test.items():
         lv = local.test.get(n)
-        t = tol.test_accuracy if n.endswith("accuracy") else tol.test
+        t = tol.for_test(n)
         if lv is None:
             comp.checks.append(Check(f"test {n}", c, None, t, False, "abs", "missing locally"))
             test_rows.append([n, _fmt(c), "-", "-", "-", _fmt(t, 3), "FAIL"])
@@ -222,7 +232,8 @@ def compare_training(
         "epochs_cloud": len(cloud.epochs),
         "epochs_local": len(local.epochs),
         "max_abs_diff_per_metric": {n: {"max_abs_diff": d, "epoch": e} for n, (d, e) in per_metric_max.items()},
-        "tolerances": {"train": tol.train, "test_accuracy": tol.test_accuracy, "test": tol.test},
+        "tolerances": {"train": tol.train, "test_accuracy": tol.test_accuracy,
+                       "test_cross_entropy": tol.test_cross_entropy, "test": tol.test},
         "cloud": cloud.to_json(),
         "local": local.to_json(),
     }
@@ -497,7 +508,9 @@ def compare_knn(
         raise LocalFMError(f"--index-metric: expected L2, INNER_PRODUCT or COSINE, got {index_metric!r}")
     kk = k or max(len(x) for x in cloud.labels)
     overlaps, rhos, dist_err, label_same = [], [], [], []
-    for q in range(len(cloud)):
+    from ..progress import progress
+
+    for q in progress(range(len(cloud)), desc="knn queries", unit="query"):
         cl, cd = best_first(cloud.labels[q], cloud.distances[q], index_metric)
         ll, ld = best_first(local.labels[q], local.distances[q], index_metric)
         kq = min(kk, len(cl)) or 1

@@ -97,8 +97,8 @@ def plot_scatter(comp: Comparison, path: Path) -> Path:
         ax2 = axes[0][1]
         ax2.hist(np.asarray(comp.series["local_all"], dtype=float), bins=50, density=True, alpha=0.6,
                  color="C1", label="local scores (all rows)")
-        for i, v in enumerate(c):
-            ax2.axvline(v, color="C0", linewidth=1, label="recorded cloud scores" if i == 0 else None)
+        for i, v in enumerate(c):  # a rug at the bottom, so the histogram stays readable
+            ax2.axvline(v, ymax=0.15, color="C0", linewidth=2, label="recorded cloud scores" if i == 0 else None)
         ax2.axvline(0.5, color="k", linestyle=":", linewidth=1, label="label threshold 0.5")
         ax2.set_xlabel("score")
         ax2.set_ylabel("density")

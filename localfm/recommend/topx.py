@@ -43,6 +43,11 @@ from ..errors import LocalFMError
 #: per unit of ‖u‖·‖i‖; the worst case is about 1.2e-2, 2⁻⁶ ≈ 1.6e-2 leaves slack.
 BF16_REL_ERROR = 2.0**-6
 
+#: Screen a block in bfloat16 only while the previous block let fewer than this fraction
+#: of scores past the threshold: re-scoring a survivor one by one costs far more than
+#: its share of a GEMM, so early blocks (many survivors) stay in float32.
+BF16_SWITCH = 0.004
+
 
 @dataclass
 class TopX:
@@ -177,48 +182,63 @@ def iter_top_x(
             run_i = torch.full((b, kk), -1, dtype=torch.int64)
             unorm = torch.linalg.vector_norm(Ub, dim=1) if mode == "bf16" else None
             Ub16 = Ub.to(torch.bfloat16) if mode == "bf16" else None
+            last_frac = 1.0
             for bi, (j0, j1) in enumerate(blocks):
                 thr = run_v[:, -1]
-                if bi == 0 or mode == "fp32" or not torch.isfinite(thr).all():
-                    S = Ub @ block_T[bi]
-                    if bi == 0:
-                        rows, cols, vals = None, None, S
-                    else:
-                        mask = S > thr[:, None]
-                        rows, cols = mask.nonzero(as_tuple=True)
-                        vals = S[rows, cols]
-                else:
+                width = j1 - j0
+                rows = cols = vals = None
+                screened = (
+                    mode == "bf16" and bi > 0 and last_frac < BF16_SWITCH and bool(torch.isfinite(thr).all())
+                )
+                if screened:
                     A = Ub16 @ block_T16[bi]
                     lim = thr - BF16_REL_ERROR * unorm * block_norm[bi]
                     # Round the limit down before casting so the bf16 compare stays conservative.
                     lim16 = (lim - lim.abs() * 2.0**-7).to(torch.bfloat16)
                     rows, cols = (A >= lim16[:, None]).nonzero(as_tuple=True)
-                    if rows.numel() == 0:
-                        continue
-                    vals = (Ub[rows] * It[j0 + cols]).sum(dim=1)
-                    keep = vals > thr[rows]
-                    rows, cols, vals = rows[keep], cols[keep], vals[keep]
+                    if rows.numel() > BF16_SWITCH * 4 * b * width:
+                        # Too many to re-score one by one: a float32 GEMM of the block is cheaper.
+                        screened = False
+                    else:
+                        vals = (Ub[rows] * It[j0 + cols]).sum(dim=1)
+                        keep = vals > thr[rows]
+                        rows, cols, vals = rows[keep], cols[keep], vals[keep]
+                if not screened:
+                    S = Ub @ block_T[bi]
+                    if bi == 0:
+                        rows = None
+                        vals = S
+                    else:
+                        rows, cols = (S > thr[:, None]).nonzero(as_tuple=True)
+                        vals = S[rows, cols]
                 if rows is None:
                     # First block: a dense (b, block) candidate set.
                     cand_i = torch.arange(j0, j1, dtype=torch.int64).expand(b, -1)
                     if seen_keys is not None:
                         keys = torch.arange(b, dtype=torch.int64)[:, None] * n_items + cand_i
                         vals = vals.masked_fill(_isin_sorted(keys, seen_keys), -math.inf)
-                    cand_v = vals
-                else:
+                    all_v = torch.cat([run_v, vals], dim=1)
+                    all_i = torch.cat([run_i, cand_i], dim=1)
+                    run_v, pos = torch.topk(all_v, kk, dim=1, sorted=True)
+                    run_i = torch.gather(all_i, 1, pos)
+                    continue
+                last_frac = rows.numel() / max(1, b * width)
+                if rows.numel() == 0:
+                    continue
+                gcols = cols + j0
+                if seen_keys is not None:
+                    keep = ~_isin_sorted(rows * n_items + gcols, seen_keys)
+                    rows, gcols, vals = rows[keep], gcols[keep], vals[keep]
                     if rows.numel() == 0:
                         continue
-                    gcols = cols + j0
-                    if seen_keys is not None:
-                        keep = ~_isin_sorted(rows * n_items + gcols, seen_keys)
-                        rows, gcols, vals = rows[keep], gcols[keep], vals[keep]
-                        if rows.numel() == 0:
-                            continue
-                    cand_v, cand_i = _pad_by_row(rows, gcols, vals, b)
-                all_v = torch.cat([run_v, cand_v], dim=1)
-                all_i = torch.cat([run_i, cand_i], dim=1)
-                run_v, pos = torch.topk(all_v, kk, dim=1, sorted=True)
-                run_i = torch.gather(all_i, 1, pos)
+                # Merge only the users that got candidates in this block.
+                active, local = torch.unique_consecutive(rows, return_inverse=True)
+                cand_v, cand_i = _pad_by_row(local, gcols, vals, active.numel())
+                all_v = torch.cat([run_v[active], cand_v], dim=1)
+                all_i = torch.cat([run_i[active], cand_i], dim=1)
+                top_v, pos = torch.topk(all_v, kk, dim=1, sorted=True)
+                run_v[active] = top_v
+                run_i[active] = torch.gather(all_i, 1, pos)
             # Excluded / padded slots may carry an id with -inf: normalise them to -1.
             run_i = torch.where(torch.isfinite(run_v), run_i, torch.full_like(run_i, -1))
             ids = torch.where(run_i >= 0, perm_t[run_i.clamp(min=0)], run_i).numpy()

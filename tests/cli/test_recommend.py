@@ -241,5 +241,63 @@ def test_ml100k_top100_all_users_equals_brute_force(cli, ml100k_dir, tmp_path):
                          "-k", 100, "--out", db)
     assert code == 0, err
     assert json.loads(out)["rows"] == 94300
-    users, S = _brute_force(model, space)
-    _assert_matches(_sqlite_rows(db), users, S, space, 100)
+    # Brute force on every (user, item) pair. For one-hot rows the FM formula reduces to
+    # w0 + w_u + w_i + <v_u, v_i>; that dense form is checked against the general
+    # FMWeights.raw_scores on a sample of pairs, then used for all 1.58M pairs.
+    from localfm.io.artifacts import load_fm
+
+    w = load_fm(model)
+    uc = space.user_offset + np.arange(len(space.user_ids))
+    ic = space.item_offset + np.arange(len(space.item_ids))
+    V = w.V.astype(np.float64)
+    S = w.w0 + w.w[uc].astype(np.float64)[:, None] + w.w[ic].astype(np.float64)[None, :] + V[uc] @ V[ic].T
+    rng = np.random.default_rng(0)
+    su, si = rng.integers(0, len(uc), 2000), rng.integers(0, len(ic), 2000)
+    np.testing.assert_allclose(S[su, si], w.raw_scores(space.encode(space.user_ids[su], space.item_ids[si])),
+                               rtol=1e-9, atol=1e-9)
+    _assert_matches(_sqlite_rows(db), space.user_ids, S, space, 100)
+
+
+@pytest.mark.slow
+def test_ml100k_trained_model_exact_excluding_seen_and_approximate_recall(cli, ml100k_dir, cloud_fixture, tmp_path):
+    """A model trained here with the cloud job's hyperparameters (3 epochs instead of 30 to stay fast)."""
+    pytest.importorskip("localfm.fm")
+    from localfm.data.features import FeatureSpace
+    from localfm.io.artifacts import load_fm
+
+    data = tmp_path / "ml100k"
+    assert cli("--quiet", "prepare", "movielens", str(ml100k_dir), "--split", "ua", "--label", "binary:4",
+               "--columns", "train", "--drop-unseen", "--order", "file", "--out", data)[0] == 0
+    hps = json.loads((cloud_fixture / "cloud-results.json").read_text())["hyperparameters_final"]
+    given = {name: hps[name] for name in ("feature_dim", "num_factors", "predictor_type", "mini_batch_size")}
+    given["epochs"] = "3"
+    args = ["--quiet", "train", "--train", data / "train.protobuf", "--output", tmp_path / "model", "--quiet-log",
+            "--seed", "1"]
+    for name, value in given.items():
+        args += ["--hp", f"{name}={value}"]
+    code, _, err = cli(*args)
+    if code != 0:
+        pytest.skip(f"localfm train failed: {err.strip()[-200:]}")
+    model = tmp_path / "model" / "model.tar.gz"
+    space = FeatureSpace.load(data / "features.json")
+    db = tmp_path / "recs.sqlite"
+    code, out, err = cli("--quiet", "recommend", "--model", model, "--features", data / "features.json", "-k", 100,
+                         "--exclude-seen", "--out", db)
+    assert code == 0, err
+    w = load_fm(model)
+    uc = space.user_offset + np.arange(len(space.user_ids))
+    ic = space.item_offset + np.arange(len(space.item_ids))
+    V = w.V.astype(np.float64)
+    S = w.w0 + w.w[uc].astype(np.float64)[:, None] + w.w[ic].astype(np.float64)[None, :] + V[uc] @ V[ic].T
+    import pyarrow.parquet as pq
+
+    t = pq.read_table(data / "train_interactions.parquet")
+    banned = np.zeros_like(S, dtype=bool)
+    banned[np.searchsorted(space.user_ids, t.column("user_id").to_numpy()),
+           np.searchsorted(space.item_ids, t.column("item_id").to_numpy())] = True
+    _assert_matches(_sqlite_rows(db), space.user_ids, S, space, 100, banned)
+    code, out, err = cli("--quiet", "recommend", "--model", model, "--features", data / "features.json", "-k", 100,
+                         "--exclude-seen", "--index", "faiss.IVFFlat", "--out", tmp_path / "ivf.parquet")
+    assert code == 0, err
+    recall = json.loads(out)["recall"]
+    assert recall["k"] == 100 and recall["users"] == 943 and 0.0 < recall["recall"] <= 1.0

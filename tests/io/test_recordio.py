@@ -411,6 +411,10 @@ def test_layout_errors():
     assert "differs" in _err(_bytes(rio.write_records, [sparse_, Record({"values": Tensor("float32", [1], [0], [3])})]))
     assert "1 values but 2 keys" in _err(_bytes(rio.write_records, [Record({"values": Tensor("float32", [1], [0, 1],
                                                                                               [2])})]))
+    huge = Record({"values": Tensor("float32", [1], [3], [2**64 - 1])})
+    assert "larger than 2^63-1" in _err(_bytes(rio.write_records, [huge]))
+    assert "larger than 2^63-1" in _err(_bytes(rio.write_records, [Record({"values": Tensor("float32", [1],
+                                                                                             [2**64 - 1])})]))
     assert "expected a tensor" in _err(_bytes(rio.write_records, [Record({"values": BytesValue([b"x"])})]))
     assert "no records" in _err(b"")
     assert rio.describe(b"")["layout"] == "empty"

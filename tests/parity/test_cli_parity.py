@@ -104,8 +104,9 @@ def test_training_subcommand_runs_locally(cloud_fixture: Path, ml100k_channels: 
     )
     assert code == 0, out + err
     doc = json.loads((tmp_path / "r.json").read_text())
-    assert [c["kind"] for c in doc["comparisons"]] == ["training"]
-    assert len(doc["comparisons"][0]["checks"]) == 6  # 2 epochs x 3 metrics; --epochs skips test metrics
+    assert [c["kind"] for c in doc["comparisons"]] == ["channels", "training"]
+    assert [c["name"] for c in doc["comparisons"][0]["checks"]] == ["train channel bytes", "train channel batches"]
+    assert len(doc["comparisons"][1]["checks"]) == 6  # 2 epochs x 3 metrics; --epochs skips test metrics
 
 
 # ------------------------------------------------------------------ finished local runs
@@ -134,6 +135,17 @@ def test_training_against_finished_local_run(cloud_fixture: Path, tmp_path: Path
     code, _, _ = run_cli("parity", "training", "--cloud-log", cloud_fixture / "training-log.txt",
                          "--local-metrics", bad, "--tol-train", "0.01")
     assert code == 0
+
+
+@pytest.mark.parametrize("sub", ["training", "predictions", "knn", "models", "fixture"])
+def test_help(sub: str, capsys: pytest.CaptureFixture[str]) -> None:
+    from localfm.cli import main
+
+    with pytest.raises(SystemExit) as info:
+        main(["parity", sub, "--help"])
+    assert info.value.code == 0
+    out = capsys.readouterr().out
+    assert f"localfm parity {sub}" in out and "--json" in out and "--plot" in out
 
 
 # ------------------------------------------------------------------ bad input: exit 2

@@ -60,9 +60,10 @@ def test_training_drift_names_metric_and_epoch() -> None:
 
 
 def test_test_tolerances_accuracy_vs_others() -> None:
-    tol = TrainingTolerances(train=0.005, test_accuracy=0.01, test=0.02)
+    tol = TrainingTolerances(train=0.005, test_accuracy=0.01, test_cross_entropy=0.01, test=0.02)
     c = compare_training(_metrics("cloud"), _metrics("local", test_offset=0.015), tol)
-    assert [x.name for x in c.failing] == [f"test {ACC}"]
+    assert [x.name for x in c.failing] == [f"test {ACC}", f"test {XENT}"]
+    assert TrainingTolerances().for_test(F1) == 0.02 and TrainingTolerances().for_test("rmse") == 0.02
 
 
 def test_missing_local_epoch_fails_not_skips() -> None:
