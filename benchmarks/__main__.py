@@ -21,7 +21,7 @@ from localfm.errors import LocalFMError
 from . import BENCHMARKS
 from .data import ML25M_ROWS, BenchConfig
 from .machine import machine_info, utc_now
-from .results import RESULTS_DIR, summary_markdown, write_result
+from .results import RESULTS_DIR, load_result, summary_markdown, write_result
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -44,7 +44,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--verbose", action="store_true", help="show localfm's own progress bars too")
     p.add_argument("--report", action="store_true",
                    help="print the Performance markdown from existing results and exit")
+    p.add_argument("--replot", action="store_true",
+                   help="redraw the PNGs from the existing results files (no measuring) and exit")
     return p
+
+
+def replot(out_dir: Path, names: list[str]) -> int:
+    """Redraw plots from the JSON files: figures always come from a results file."""
+    for name in names:
+        doc = load_result(name, out_dir)
+        if doc is None:
+            print(f"benchmarks: no {out_dir / (name + '.json')}; run the benchmark first", file=sys.stderr)
+            continue
+        module = importlib.import_module(f"benchmarks.{name}")
+        for path in module.plot(doc, out_dir):
+            print(path)
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -52,6 +67,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.report:
         sys.stdout.write(summary_markdown(args.out))
         return 0
+    if args.replot:
+        return replot(args.out, args.only or list(BENCHMARKS))
     mode = "smoke" if args.smoke else "quick" if args.quick else "full"
     overrides: dict[str, object] = {"out_dir": args.out, "plots": not args.no_plots}
     if args.full_size:

@@ -54,6 +54,7 @@ def throughput_bars(payload: dict[str, Any], out_dir: Path) -> str:
         ax.set_title(f"Training throughput, {ds}", fontsize=10)
         ax.legend(fontsize=8)
         _stamp(ax, payload)
+    fig.subplots_adjust(hspace=0.5)
     return _save(fig, Path(out_dir) / "train_throughput.png")
 
 

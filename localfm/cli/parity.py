@@ -9,7 +9,9 @@ named), 2 bad input.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
+from pathlib import Path
 from typing import Any
 
 from ..errors import LocalFMError
@@ -165,7 +167,8 @@ def _limit_epochs(cloud: Any, epochs: int | None) -> None:
     cloud.test = {}  # test metrics are after the full run; not comparable to a truncated one
 
 
-def _run_local(args: argparse.Namespace, cloud: Any, train: str, test: str | None, given: dict[str, str]):  # noqa: ANN202
+def _run_local(args: argparse.Namespace, train: str, test: str | None, given: dict[str, str]):  # noqa: ANN202
+    """Train here with the cloud's given hyperparameters (or --hyperparameters), --hp overrides."""
     from ..hyperparams import collect
     from ..parity.local import local_hyperparameters, train_local
 
@@ -199,7 +202,7 @@ def handle_training(args: argparse.Namespace) -> int:
             local.epochs = {e: v for e, v in local.epochs.items() if e < args.epochs}
         comparisons = []
     else:
-        run = _run_local(args, cloud, args.train, args.test, cloud.hyperparameters)
+        run = _run_local(args, args.train, args.test, cloud.hyperparameters)
         local = run.metrics
         comparisons = [_channels(cloud, run, args.train, args.test)] if cloud.channels else []
     _limit_epochs(cloud, args.epochs)
@@ -271,6 +274,31 @@ def _channels(cloud: Any, run: Any, train: str, test: str | None):  # noqa: ANN2
     return compare_channels(cloud, local, int(run.model.hp_["mini_batch_size"]))
 
 
+def _knn_stage(model_path: Any, pairs: list[tuple[Any, Any]]) -> list[Any]:
+    """The cloud k-NN model answering the cloud's queries locally, vs the cloud's answers.
+
+    Same index, same queries: an exact index must give the same neighbours, so the
+    default k-NN tolerances apply unchanged.
+    """
+    import tempfile
+
+    from ..knn.model import KNN
+    from ..knn.transform import transform_file
+    from ..parity.cloudlog import read_knn
+    from ..parity.compare import compare_knn
+
+    model = KNN.load(str(model_path))
+    metric = str(model.metadata().get("index_metric", "L2"))
+    out = []
+    with tempfile.TemporaryDirectory(prefix="localfm-parity-knn-") as tmp:
+        for src, cloud_out in pairs:
+            dest, _ = transform_file(model, src, tmp, accept="application/jsonlines; verbose=true")
+            local = read_knn(str(dest))
+            local.source = f"cloud k-NN model, local inference on {src.name}"
+            out.append(compare_knn(read_knn(str(cloud_out)), local, index_metric=metric))
+    return out
+
+
 def handle_fixture(args: argparse.Namespace) -> int:
     from ..parity import layout
     from ..parity.cloudlog import read_predictions, read_training
@@ -292,19 +320,27 @@ def handle_fixture(args: argparse.Namespace) -> int:
     train = args.train or (str(lay.train) if lay.train else None)
     test = args.test or (str(lay.test) if lay.test else None)
     run = None
-    if args.local_metrics:
-        local = read_training(args.local_metrics)
-    elif train:
-        run = _run_local(args, cloud, train, test, given)
-        local = run.metrics
-    else:
-        raise LocalFMError(
-            f"{lay.root}: no training channel (input/data/train/, train.protobuf); pass --train/--test or --local-metrics"
-        )
+    with contextlib.ExitStack() as stack:
+        if args.local_metrics:
+            local = read_training(args.local_metrics)
+        else:
+            if not train and lay.prepare is not None:
+                import tempfile
+
+                tmp = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="localfm-parity-prepare-")))
+                p_train, p_test = layout.run_prepare(lay, tmp)
+                train, test = str(p_train), test or (str(p_test) if p_test else None)
+            if not train:
+                raise LocalFMError(
+                    f"{lay.root}: no training channel (input/data/train/, train.protobuf, prepare.json); "
+                    "pass --train/--test or --local-metrics"
+                )
+            run = _run_local(args, train, test, given)
+            local = run.metrics
+        if run is not None and cloud.channels:
+            comparisons.append(_channels(cloud, run, train, test))
     if args.local_metrics and args.epochs is not None:
         local.epochs = {e: v for e, v in local.epochs.items() if e < args.epochs}
-    if run is not None and cloud.channels:
-        comparisons.append(_channels(cloud, run, train, test))
     _limit_epochs(cloud, args.epochs)
     comparisons.append(compare_training(cloud, local, _tt(args)))
 
@@ -336,6 +372,12 @@ def handle_fixture(args: argparse.Namespace) -> int:
                            ModelTolerances(score=args.tol_retrained, min_rank_corr=args.min_rank_corr_retrained),
                            cloud_name=str(lay.model), local_name="local retrained model")
         )
+    if lay.knn_transforms:
+        if lay.knn_model is None:
+            print(f"localfm parity: note: {lay.root / 'knn'} has outputs but no model.tar.gz; k-NN not compared",
+                  file=sys.stderr)
+        else:
+            comparisons.extend(_knn_stage(lay.knn_model, lay.knn_transforms))
     for missing in lay.missing_inputs:
         print(f"localfm parity: note: {missing} not found; its cloud output is not compared", file=sys.stderr)
     return _finish(args, comparisons)

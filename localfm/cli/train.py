@@ -25,6 +25,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--train", required=True, metavar="PATH", help="training channel: RecordIO-protobuf file or folder")
     p.add_argument("--test", metavar="PATH", help="optional test channel (scored after training, like the cloud)")
+    p.add_argument("--validation", metavar="PATH",
+                   help="LOCAL-ONLY validation channel: per-epoch validation metrics and, with "
+                        "_local_early_stopping_patience, early stopping (SageMaker FM has no such channel)")
     p.add_argument("--output", "-o", required=True, metavar="DIR", help="output folder for model.tar.gz + metrics.json")
     p.add_argument("--hp", action="append", default=[], metavar="NAME=VALUE",
                    help="a hyperparameter by its SageMaker name (repeatable; wins over --hyperparameters)")
@@ -49,8 +52,11 @@ def handler(args: argparse.Namespace) -> int:
     X_test = y_test = None
     if args.test:
         X_test, y_test = read_channel(args.test, need_labels=True, feature_dim=hp["feature_dim"])
+    X_val = y_val = None
+    if args.validation:
+        X_val, y_val = read_channel(args.validation, need_labels=True, feature_dim=hp["feature_dim"])
     log = TrainingLog(hp["predictor_type"], hp["epochs"], emit=not args.quiet_log)
-    model.fit(X, y, X_test, y_test, init=args.init_model, log=log)
+    model.fit(X, y, X_test, y_test, X_val=X_val, y_val=y_val, init=args.init_model, log=log)
 
     out_dir = Path(args.output)
     if out_dir.exists() and not out_dir.is_dir():
@@ -62,6 +68,7 @@ def handler(args: argparse.Namespace) -> int:
         "train_records": int(X.shape[0]),
         "test_records": None if X_test is None else int(X_test.shape[0]),
         "feature_dim": hp["feature_dim"],
+        "best_epoch": getattr(model, "best_epoch_", None),
     }
     with atomic_outputs() as out:
         model.save(out.path(out_dir / "model.tar.gz"))

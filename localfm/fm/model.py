@@ -225,6 +225,10 @@ class FactorizationMachine:
             y, y_val = y[train_rows], y[val_rows]
         if X_val is not None:
             X_val = _as_csr(X_val, "validation data")
+            if X_val.shape[1] != hp["feature_dim"]:
+                raise LocalFMError(
+                    f"validation data: has {X_val.shape[1]} feature columns but feature_dim={hp['feature_dim']}"
+                )
             y_val = _check_labels(y_val, X_val.shape[0], ptype, "validation data")
         patience = hp["_local_early_stopping_patience"]
         if patience and X_val is None:
@@ -254,13 +258,13 @@ class FactorizationMachine:
             w0_np, w_np, V_np = self._warm_start(init)
 
         k = V_np.shape[1]
-        w0 = torch.from_numpy(w0_np.copy())
+        w0 = np.float32(w0_np[0])
         # [v | w1] in one (d, k+1) table: one gather, one scatter and one Adam call serve
         # both groups; per-column lr/wd vectors keep their separate multipliers.
         W = torch.from_numpy(np.concatenate([V_np, w_np[:, None]], axis=1))
         from torch.nn.functional import embedding_bag
 
-        from .optim import OptimizerConfig, decay_absent_rows, new_state, step_rows
+        from .optim import OptimizerConfig, ScalarState, decay_absent_rows, new_state, step_rows, step_scalar
 
         glr, gwd = hp["_learning_rate"], hp["_wd"]
         use_bias, use_linear = hp["use_bias"], hp["use_linear"]
@@ -273,7 +277,7 @@ class FactorizationMachine:
             wd=torch.tensor([gwd * hp["factors_wd"]] * k + [lin_wd], dtype=torch.float32),
             **common,
         )
-        st_b, st_t = new_state(w0), new_state(W)
+        st_b, st_t = ScalarState(), new_state(W)
         lazy_wd = hp["_local_lazy_wd"]
         binary = ptype == "binary_classifier"
         B = hp["mini_batch_size"]
@@ -308,7 +312,7 @@ class FactorizationMachine:
                     Sv = S[:, :k]
                     score = (Sv * Sv).sum(1).sub_(sq.squeeze(1)).mul_(0.5).add_(S[:, k])
                     if use_bias:
-                        score += w0
+                        score += float(w0)
                     off = bi * B
                     scores_all[off: off + bt.size] = score
                     labels_all[off: off + bt.size] = bt.y
@@ -325,7 +329,7 @@ class FactorizationMachine:
                     if not lazy_wd:
                         decay_absent_rows(W, bt.cols, cfg_t, lr_scale)
                     if use_bias:
-                        step_rows(w0, st_b, None, g.sum().reshape(1), cfg_b, lr_scale)
+                        w0 = step_scalar(w0, st_b, float(g.sum()), cfg_b, lr_scale)
                     if bi % interval == 0:
                         acc = MetricAccumulator(ptype)
                         acc.update_torch(scores_all[off: off + bt.size], bt.y)
@@ -336,12 +340,12 @@ class FactorizationMachine:
             log.epoch(epoch, acc.result(), X.shape[0], seconds)
             if X_val is not None:
                 Wn = W.numpy()
-                vals = _evaluate(float(w0[0]), Wn[:, k].copy(), Wn[:, :k].copy(), X_val, y_val, ptype)
+                vals = _evaluate(float(w0), Wn[:, k].copy(), Wn[:, :k].copy(), X_val, y_val, ptype)
                 log.validation(epoch, vals)
                 if patience:
                     key = "binary_classification_cross_entropy" if binary else "rmse"
                     if best is None or vals[key] < best[0]:
-                        best = (vals[key], epoch, (w0.clone(), W.clone()))
+                        best = (vals[key], epoch, (w0, W.clone()))
                         bad_epochs = 0
                     else:
                         bad_epochs += 1
@@ -350,7 +354,7 @@ class FactorizationMachine:
         if patience and best is not None:
             w0, W = best[2]
             self.best_epoch_ = best[1]
-        self.w0_ = float(w0[0])
+        self.w0_ = float(w0)
         self.w_ = np.ascontiguousarray(W.numpy()[:, k])
         self.V_ = np.ascontiguousarray(W.numpy()[:, :k])
         if X_test is not None:

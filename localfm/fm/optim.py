@@ -20,6 +20,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
 BETA1 = 0.9
@@ -79,14 +80,15 @@ def step_rows(
     """One optimizer step on ``param[rows]`` (``rows=None``: the whole, dense parameter).
 
     ``grad`` is already multiplied by ``rescale_grad``, has the shape of
-    ``param[rows]`` and is consumed (modified in place). ``current`` may pass
-    ``param[rows]`` when the caller already gathered it (saves one gather).
+    ``param[rows]`` and is consumed (modified in place). ``current`` may pass a
+    gathered copy of ``param[rows]`` the caller no longer needs (saves a gather and
+    a copy; it is consumed too).
     ``state.t`` is advanced here, once per call = once per batch.
     """
     state.t += 1
     g = grad if cfg.clip is None else grad.clamp_(-cfg.clip, cfg.clip)
     if current is not None:
-        w = current.clone()
+        w = current
     else:
         w = param.clone() if rows is None else param.index_select(0, rows)
     if cfg.kind == "adamw":
@@ -130,3 +132,43 @@ def _put(dest: torch.Tensor, rows: torch.Tensor | None, value: torch.Tensor) -> 
         dest.copy_(value)
     else:
         dest.index_copy_(0, rows, value)
+
+
+@dataclass
+class ScalarState:
+    """Optimizer state of a scalar parameter (the global bias ``w0``), float32 values."""
+
+    m: np.float32 = np.float32(0.0)
+    v: np.float32 = np.float32(0.0)
+    t: int = 0
+
+
+def step_scalar(w: np.float32, state: ScalarState, grad: float, cfg: OptimizerConfig, lr_scale: float = 1.0) -> np.float32:
+    """:func:`step_rows` for one float32 scalar, in numpy scalars.
+
+    The bias gets a step every batch; doing it with ~15 tiny torch ops cost more
+    than the whole factor update at small batch sizes, so it runs as scalar
+    arithmetic here (same formulas, float32).
+    """
+    f32 = np.float32
+    state.t += 1
+    lr, wd = f32(cfg.lr), f32(cfg.wd)
+    g = f32(grad)
+    if cfg.clip is not None:
+        g = f32(min(max(g, -cfg.clip), cfg.clip))
+    decay = f32(0.0)
+    if cfg.kind == "adamw":
+        decay = w * wd * lr * f32(lr_scale)
+    else:
+        g = g + wd * w
+    if cfg.kind == "sgd":
+        w_new = w - f32(lr_scale) * lr * g
+    elif cfg.kind == "adagrad":
+        state.v = state.v + g * g
+        w_new = w - f32(lr_scale) * lr * g / (np.sqrt(state.v) + f32(cfg.eps))
+    else:
+        state.m = f32(BETA1) * state.m + f32(1.0 - BETA1) * g
+        state.v = f32(BETA2) * state.v + f32(1.0 - BETA2) * g * g
+        coef = f32(adam_coefficient(1.0, state.t) * lr_scale)
+        w_new = w - coef * lr * state.m / (np.sqrt(state.v) + f32(cfg.eps))
+    return f32(w_new - decay)

@@ -103,8 +103,12 @@ def _open_source(src: Source) -> Iterator[tuple[IO[bytes], str, int | None]]:
         yield io.BytesIO(data), "<bytes>", len(data)
         return
     if isinstance(src, (str, os.PathLike)):
-        from .uri import open_binary
+        from .uri import is_s3, open_binary
 
+        if not is_s3(src) and os.path.isdir(src):
+            raise RecordIOError(f"{src}: is a directory, expected a RecordIO-protobuf file")
+        if not is_s3(src) and os.path.exists(src) and not os.access(src, os.R_OK):
+            raise RecordIOError(f"{src}: permission denied")
         with open_binary(src) as fh:
             yield fh, str(src), _stream_size(fh)
         return
@@ -151,13 +155,16 @@ def _err(name: str, offset: int, message: str, index: int | None = None) -> Reco
     return RecordIOError(f"{name}: {where}: {message}")
 
 
-def _frame_block(data: bytes, base: int, name: str, index0: int):  # noqa: ANN202
+def _frame_block(data: bytes, base: int, name: str, index0: int, vectorised: bool = True):  # noqa: ANN202
     """Split ``data`` into complete records. Returns (starts, lengths, offsets, extras, consumed, need).
 
     ``need`` is how many bytes the first incomplete record still requires (0 if the
     block ended on a record boundary). Multi-part payloads are reassembled into
     ``extras`` (their start is encoded as -1 - extras index).
     """
+    quick = _frame_block_vectorised(data, base) if vectorised else None
+    if quick is not None:
+        return quick
     n = len(data)
     unpack = HEADER.unpack_from
     starts: list[int] = []
@@ -214,12 +221,54 @@ def _frame_block(data: bytes, base: int, name: str, index0: int):  # noqa: ANN20
             break
         extras.append(b"".join(parts))
         starts.append(-1 - (len(extras) - 1))
-        lengths.append(len(payload))
+        lengths.append(len(extras[-1]))
         offsets.append(base + pos)
         pos = q
     if need == 0 and pos < n:
         need = 8 - (n - pos)
     return starts, lengths, offsets, extras, pos, need
+
+
+def _frame_block_vectorised(data: bytes, base: int):  # noqa: ANN202 - same tuple as _frame_block
+    """Frame a block of single-part records without a Python loop, or return None.
+
+    Every 4-aligned magic is a candidate header; if the candidates form an unbroken
+    chain (each header's length leads exactly to the next candidate) starting at 0,
+    they are precisely the records. A magic inside a payload, a multi-part record or
+    any damage breaks the chain, and the caller falls back to the exact loop (which
+    also produces the error messages).
+    """
+    n = len(data)
+    m = n // 4
+    if m < 2:
+        return None
+    words = np.frombuffer(data, dtype="<u4", count=m)
+    cand = np.flatnonzero(words == MAGIC)
+    if cand.size == 0 or cand[0] != 0:
+        return None
+    has_len = cand + 1 < m
+    lw = words[np.minimum(cand + 1, m - 1)].astype(np.int64)
+    if ((lw[has_len] >> 29) != 0).any():
+        return None
+    nxt = cand * 4 + 8 + (((lw & _LEN_MASK) + 3) & ~3)
+    if cand.size > 1 and not (has_len[:-1].all() and np.array_equal(nxt[:-1], cand[1:] * 4)):
+        return None
+    complete = has_len & (nxt <= n)
+    k = int(complete.sum())  # complete records are a prefix of the chain
+    if k < cand.size - 1:
+        return None
+    if k == cand.size:  # block ends after the last complete record (maybe a partial header)
+        pos = int(nxt[-1])
+        rest = n - pos
+        if rest >= 4:
+            return None  # bytes that do not start with a magic: let the exact loop report them
+        need = 8 - rest if rest else 0
+    else:  # the last candidate is an incomplete record
+        pos = int(cand[-1] * 4)
+        need = int(nxt[-1]) - n if has_len[-1] else 8 - (n - pos)
+    rec = cand[:k] * 4
+    lengths = lw[:k] & _LEN_MASK
+    return rec + 8, lengths, rec + base, [], pos, need
 
 
 def _check_padding(data: bytes, lo: int, hi: int, base: int, name: str, index: int) -> None:
@@ -251,7 +300,7 @@ def _frames_from_stream(fh: IO[bytes], name: str, size: int | None, block_bytes:
             got += len(chunk)
         data = b"".join(chunks) if len(chunks) > 1 else pending
         starts, lengths, offsets, extras, consumed, need = _frame_block(data, base, name, index)
-        if starts:
+        if len(starts):
             yield _make_frames(data, starts, lengths, offsets, extras, index, name, base + consumed)
             index += len(starts)
         pending = data[consumed:]
@@ -469,6 +518,7 @@ class _Walker:
         return self.ok & (self.byte_at(self.p, lim) == tag)
 
     def expect(self, const: bytes, lim: np.ndarray, mask: np.ndarray | None = None) -> None:
+        """Require the bytes ``const`` at p (for ``mask`` records, default all ok ones) and skip them."""
         m = self.ok if mask is None else mask
         for k, c in enumerate(const):
             m = m & (self.byte_at(self.p + k, lim) == c)

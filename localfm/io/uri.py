@@ -59,6 +59,17 @@ def _s3_error(uri: str, exc: Exception) -> LocalFMError:
     return LocalFMError(f"{uri}: S3 error {code or name}")
 
 
+def _bucket_exists(client, bucket: str) -> bool:  # noqa: ANN001 - boto3 client
+    """False only when S3 says the bucket is missing (any other answer: assume it exists)."""
+    try:
+        client.head_bucket(Bucket=bucket)
+    except Exception as exc:
+        response = getattr(exc, "response", None)
+        code = str(response.get("Error", {}).get("Code", "")) if isinstance(response, dict) else ""
+        return code not in ("404", "NoSuchBucket", "NotFound")
+    return True
+
+
 @contextlib.contextmanager
 def local_path(uri: str | os.PathLike[str], *, suffix: str = "") -> Iterator[Path]:
     """Yield a local file path for ``uri``: the path itself, or a temp download of an S3 object."""
@@ -76,7 +87,11 @@ def local_path(uri: str | os.PathLike[str], *, suffix: str = "") -> Iterator[Pat
             client.download_file(bucket, key, str(dest))
         except Exception as exc:  # botocore raises many types; map them to one line
             if type(exc).__module__.startswith(("botocore", "boto3", "s3transfer")):
-                raise _s3_error(str(uri), exc) from None
+                err = _s3_error(str(uri), exc)
+                if str(err).endswith("object not found") and not _bucket_exists(client, bucket):
+                    # download_file starts with HEAD, whose bare 404 cannot say which is missing
+                    err = LocalFMError(f"{uri}: bucket not found")
+                raise err from None
             raise
         yield dest
 

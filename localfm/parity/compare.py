@@ -296,9 +296,11 @@ def compare_channels(
         batches = -(-nrows // mini_batch_size)
         ok_b = nbytes == stats["num_bytes"]
         ok_n = batches == stats["num_examples"]
-        comp.checks.append(Check(f"{name} channel bytes", float(stats["num_bytes"]), float(nbytes), 0.0, ok_b, "abs"))
-        comp.checks.append(Check(f"{name} channel batches", float(stats["num_examples"]), float(batches), 0.0, ok_n, "abs",
-                                 f"{nrows} rows / mini_batch_size {mini_batch_size}"))
+        comp.checks.append(Check(f"{name} channel bytes", float(stats["num_bytes"]), float(nbytes), None, ok_b, "equal",
+                                 f"cloud read {stats['num_bytes']} bytes per pass, local channel has {nbytes}"))
+        comp.checks.append(Check(f"{name} channel batches", float(stats["num_examples"]), float(batches), None, ok_n,
+                                 "equal", f"cloud {stats['num_examples']} batches, local {nrows} rows / "
+                                          f"mini_batch_size {mini_batch_size} = {batches}"))
         rows.append([name, str(stats["num_bytes"]), str(nbytes), str(stats["num_examples"]), str(batches),
                      "ok" if ok_b and ok_n else "FAIL"])
     comp.tables.append(Table("channels", ["channel", "cloud bytes", "local bytes", "cloud batches", "local batches", "verdict"], rows))

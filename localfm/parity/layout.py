@@ -10,9 +10,14 @@ transform use, so users can copy their S3 objects in as they are::
                                   or cloud-results.json with recorded transform scores)
       input/data/train/           training channel: RecordIO-protobuf file(s), name order
       input/data/test/            optional test channel
+      prepare.json                instead of the channels: {"prepare": [args of `localfm prepare`]},
+                                  run from RUN/ into a temporary folder (train/test.protobuf)
       model.tar.gz                optional: the cloud model artifact (or output/model.tar.gz)
       transform/input/NAME        optional: batch-transform inputs (RecordIO-protobuf)
       transform/output/NAME.out   the cloud's outputs for them (SageMaker names them <input>.out)
+      knn/model.tar.gz            optional: the cloud k-NN model artifact
+      knn/input/NAME              k-NN queries sent to its batch transform
+      knn/output/NAME.out         the cloud's verbose output (accept: application/jsonlines; verbose=true)
 
 Everything but one training record (a log or metrics file) is optional; each file
 present adds a comparison. The fixture ``ml100k-fm-binary-30ep`` uses this layout with
@@ -46,6 +51,9 @@ class RunLayout:
     model: Path | None = None
     transforms: list[tuple[Path, Path]] = field(default_factory=list)  # (input, cloud .out)
     missing_inputs: list[Path] = field(default_factory=list)  # .out files without their input
+    prepare: list[str] | None = None  # `localfm prepare` arguments that rebuild the channels
+    knn_model: Path | None = None
+    knn_transforms: list[tuple[Path, Path]] = field(default_factory=list)  # (queries, cloud verbose .out)
 
 
 def _channel(root: Path, name: str) -> Path | None:
@@ -72,21 +80,61 @@ def scan(root: str | Path) -> RunLayout:
     lay.hyperparameters_file = hp if hp.is_file() else None
     lay.train = _channel(root, "train")
     lay.test = _channel(root, "test")
+    prep = root / "prepare.json"
+    if prep.is_file():
+        spec = _json(prep)
+        args = spec.get("prepare")
+        if not isinstance(args, list) or not args or not all(isinstance(a, str) for a in args):
+            raise LocalFMError(f"{prep}: expected {{\"prepare\": [\"movielens\", PATH, \"--split\", ...]}}")
+        if "--out" in args:
+            raise LocalFMError(f"{prep}: leave out --out (the channels go to a temporary folder)")
+        lay.prepare = args
     lay.model = next((root / n for n in MODEL_NAMES if (root / n).is_file()), None)
-    out_dir = root / "transform" / "output"
-    in_dir = root / "transform" / "input"
-    if out_dir.is_dir():
-        for out in sorted(out_dir.glob("*.out")):
-            src = in_dir / out.name[: -len(".out")]
-            if src.is_file():
-                lay.transforms.append((src, out))
-            else:
-                lay.missing_inputs.append(src)
+    lay.transforms = _pairs(root / "transform", lay.missing_inputs)
+    knn_model = root / "knn" / "model.tar.gz"
+    lay.knn_model = knn_model if knn_model.is_file() else None
+    lay.knn_transforms = _pairs(root / "knn", lay.missing_inputs)
     if lay.log is None and lay.metrics is None:
         raise LocalFMError(
             f"{root}: no training log ({' / '.join(LOG_NAMES)} / *.log) or metrics file ({' / '.join(METRICS_NAMES)})"
         )
     return lay
+
+
+def run_prepare(lay: RunLayout, dest: Path) -> tuple[Path, Path | None]:
+    """Rebuild the channels with ``localfm prepare`` as recorded in ``prepare.json``.
+
+    Runs as a child process with the run folder as working directory, so relative
+    paths in the recorded arguments mean what they meant to whoever recorded them.
+    """
+    import subprocess
+    import sys
+
+    assert lay.prepare is not None
+    cmd = [sys.executable, "-m", "localfm", "--quiet", "prepare", *lay.prepare, "--out", str(dest)]
+    proc = subprocess.run(cmd, cwd=lay.root, capture_output=True, text=True)
+    if proc.returncode != 0:
+        last = (proc.stderr.strip().splitlines() or ["(no message)"])[-1]
+        raise LocalFMError(f"{lay.root / 'prepare.json'}: localfm prepare failed: {last}")
+    train = dest / "train.protobuf"
+    test = dest / "test.protobuf"
+    if not train.is_file():
+        raise LocalFMError(f"{lay.root / 'prepare.json'}: localfm prepare wrote no train.protobuf")
+    return train, test if test.is_file() else None
+
+
+def _pairs(stage: Path, missing: list[Path]) -> list[tuple[Path, Path]]:
+    """(input, cloud output) pairs of a batch-transform stage folder; unmatched outputs go to ``missing``."""
+    pairs: list[tuple[Path, Path]] = []
+    out_dir, in_dir = stage / "output", stage / "input"
+    if out_dir.is_dir():
+        for out in sorted(out_dir.glob("*.out")):
+            src = in_dir / out.name[: -len(".out")]
+            if src.is_file():
+                pairs.append((src, out))
+            else:
+                missing.append(src)
+    return pairs
 
 
 def cloud_training(lay: RunLayout) -> TrainingMetrics:

@@ -131,6 +131,7 @@ def iter_top_x(
     threads: int | None = 2,
     mode: str = "auto",
     progress_desc: str | None = None,
+    kernel: str = "auto",
 ) -> Iterator[tuple[int, TopX]]:
     """Yield ``(first_user_row, TopX)`` per user batch; see :func:`top_x`."""
     import torch
@@ -166,6 +167,18 @@ def iter_top_x(
 
     starts = range(0, n_users, batch_size)
     iterator = progress(starts, total=len(starts), desc=progress_desc or "top-x", unit="batch")
+    if _resolve_kernel(kernel) == "numba":
+        Ip = np.ascontiguousarray(I[perm])
+        # One Python thread per core, each with single-threaded torch GEMMs (see _heapscan).
+        with torch_threads(1):
+            for s in iterator:
+                e = min(s + batch_size, n_users)
+                ids, scores = _batch_numba(
+                    U[s:e], Ip, kk, exclude[s:e] if exclude is not None else None, inv_perm,
+                    blocks, block_T, block_T16, block_norm, mode, threads or default_threads(),
+                )
+                yield s, _finish(ids, scores, perm)
+        return
     with torch_threads(threads), torch.inference_mode():
         for s in iterator:
             e = min(s + batch_size, n_users)
@@ -251,6 +264,108 @@ def iter_top_x(
             )
 
 
+def _finish(run_i: np.ndarray, run_v: np.ndarray, perm: np.ndarray) -> TopX:
+    """Map permuted item rows back, pad empty slots with -1, sort best first (ties: item row)."""
+    ids = np.where(np.isfinite(run_v) & (run_i >= 0), perm[np.clip(run_i, 0, None)], -1)
+    scores = run_v
+    order = np.lexsort((np.where(ids < 0, np.iinfo(np.int64).max, ids), -scores.astype(np.float64)), axis=-1)
+    return TopX(scores=np.take_along_axis(scores, order, axis=1), ids=np.take_along_axis(ids, order, axis=1))
+
+
+def _batch_numba(
+    Ub: np.ndarray,
+    Ip: np.ndarray,
+    kk: int,
+    sub: sp.csr_matrix | None,
+    inv_perm: np.ndarray,
+    blocks: list[tuple[int, int]],
+    block_T: list[Any],
+    block_T16: list[Any] | None,
+    block_norm: list[float],
+    mode: str,
+    threads: int,
+) -> tuple[np.ndarray, np.ndarray]:
+    """One user batch with the numba heap scan, split over ``threads`` Python threads."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    b = Ub.shape[0]
+    heap_v = np.full((b, kk), -np.inf, dtype=np.float32)
+    heap_i = np.full((b, kk), -1, dtype=np.int64)
+    if sub is not None and sub.nnz:
+        seen = sp.csr_matrix((np.ones(sub.nnz, np.int8), inv_perm[sub.indices], sub.indptr), shape=sub.shape)
+        seen.sort_indices()
+        seen_ptr, seen_idx = seen.indptr.astype(np.int64), seen.indices.astype(np.int64)
+    else:
+        seen_ptr, seen_idx = None, None
+    parts = [p for p in np.array_split(np.arange(b), max(1, min(threads, b))) if p.size]
+
+    def run(rows: np.ndarray) -> None:
+        lo, hi = int(rows[0]), int(rows[-1]) + 1
+        if seen_ptr is None:
+            ptr, idx = np.zeros(1, np.int64), np.zeros(1, np.int64)
+        else:
+            ptr, idx = seen_ptr[lo:hi + 1] - seen_ptr[lo], seen_idx[seen_ptr[lo]:seen_ptr[hi]]
+        _scan_users(Ub[lo:hi], Ip, heap_v[lo:hi], heap_i[lo:hi], ptr, idx, blocks, block_T, block_T16,
+                    block_norm, mode)
+
+    if len(parts) == 1:
+        run(parts[0])
+    else:
+        with ThreadPoolExecutor(len(parts)) as pool:
+            list(pool.map(run, parts))
+    return heap_i, heap_v
+
+
+def _scan_users(
+    Ub: np.ndarray,
+    Ip: np.ndarray,
+    heap_v: np.ndarray,
+    heap_i: np.ndarray,
+    seen_ptr: np.ndarray,
+    seen_idx: np.ndarray,
+    blocks: list[tuple[int, int]],
+    block_T: list[Any],
+    block_T16: list[Any] | None,
+    block_norm: list[float],
+    mode: str,
+) -> None:
+    """All item blocks for one slice of users: GEMM (torch, releases the GIL) then one scan."""
+    import torch
+
+    from ._heapscan import bf16_keys, scan_exact, scan_screened
+
+    Ut = torch.from_numpy(Ub)
+    unorm = np.linalg.norm(Ub, axis=1).astype(np.float32) if mode == "bf16" else None
+    Ut16 = Ut.to(torch.bfloat16) if mode == "bf16" else None
+    for bi, (j0, _) in enumerate(blocks):
+        if mode == "bf16" and bi > 0:
+            A = (Ut16 @ block_T16[bi]).view(torch.int16).numpy()
+            lim = heap_v[:, 0] - np.float32(BF16_REL_ERROR) * unorm * np.float32(block_norm[bi])
+            scan_screened(A, bf16_keys(lim), Ub, Ip, j0, heap_v, heap_i, seen_ptr, seen_idx)
+        else:
+            S = (Ut @ block_T[bi]).numpy()
+            scan_exact(S, j0, heap_v, heap_i, seen_ptr, seen_idx)
+
+
+@functools.cache
+def numba_available() -> bool:
+    try:
+        import numba  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def _resolve_kernel(kernel: str) -> str:
+    if kernel == "auto":
+        return "numba" if numba_available() else "torch"
+    if kernel == "numba" and not numba_available():
+        raise LocalFMError("kernel 'numba' needs the numba package: pip install numba")
+    if kernel not in ("numba", "torch"):
+        raise LocalFMError(f"kernel: expected 'auto', 'numba' or 'torch', got {kernel!r}")
+    return kernel
+
+
 def _isin_sorted(query: Any, sorted_keys: Any) -> Any:
     """Elementwise membership of ``query`` in the sorted 1-d tensor ``sorted_keys``."""
     import torch
@@ -285,6 +400,7 @@ def top_x(
     threads: int | None = 2,
     mode: str = "auto",
     progress_desc: str | None = None,
+    kernel: str = "auto",
 ) -> TopX:
     """Exact top-``k`` items by inner product for every user row, best first.
 
@@ -306,6 +422,7 @@ def top_x(
             threads=threads,
             mode=mode,
             progress_desc=progress_desc,
+            kernel=kernel,
         )
     )
     kk = min(validate_k(k), np.asarray(items).shape[0])

@@ -167,3 +167,32 @@ def test_help(cli):
     with pytest.raises(SystemExit) as exc:
         cli("train", "--help")
     assert exc.value.code == 0
+
+
+def test_local_validation_channel_and_early_stopping(tmp_path, cli):
+    _write(tmp_path / "train.rec", n=200)
+    _write(tmp_path / "val.rec", n=60, seed=3)
+    code, out, err = cli("train", "--train", tmp_path / "train.rec", "--validation", tmp_path / "val.rec",
+                         "-o", tmp_path / "out", "--seed", 0,
+                         *_hp(epochs=40, linear_lr=0.2, factors_lr=0.2, _local_early_stopping_patience=2))
+    assert code == 0, err
+    doc = json.loads((tmp_path / "out" / "metrics.json").read_text())
+    val = [e["binary_classification_cross_entropy"] for e in doc["validation_metrics_per_epoch"]]
+    assert len(val) < 40 and doc["best_epoch"] == int(np.argmin(val))
+    assert "#quality_metric: host=algo-1, epoch=0, validation binary_classification_accuracy <score>=" in out
+
+
+def test_dense_recordio_input_learns_a_pairwise_interaction(tmp_path, cli):
+    """y = [x0 * x1 > 0] is invisible to a linear model; the factors must learn it."""
+    from localfm.io.recordio import write_dense
+
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(300, 5)).astype(np.float32)
+    write_dense(str(tmp_path / "dense.rec"), X, (X[:, 0] * X[:, 1] > 0).astype(np.float32))
+    code, out, err = cli("train", "--train", tmp_path / "dense.rec", "-o", tmp_path / "out", "--seed", 0, "--quiet-log",
+                         "--hp", "feature_dim=5", "--hp", "num_factors=2", "--hp", "predictor_type=binary_classifier",
+                         "--hp", "epochs=50", "--hp", "mini_batch_size=30", "--hp", "linear_lr=0.05",
+                         "--hp", "factors_lr=0.05", "--hp", "factors_init_sigma=0.1")
+    assert code == 0, err
+    last = json.loads((tmp_path / "out" / "metrics.json").read_text())["train_metrics_per_epoch"][-1]
+    assert last["binary_classification_accuracy"] > 0.95

@@ -1,6 +1,7 @@
 import math
 
 import numpy as np
+import pytest
 import torch
 
 from localfm.fm.optim import OptimizerConfig, adam_coefficient, new_state, step_rows
@@ -51,3 +52,18 @@ def test_dense_parameter_step():
     step_rows(p, st, None, torch.tensor([0.2]), OptimizerConfig(lr=0.1, wd=0.01))
     ref = _mxnet_adam_reference(np.array([0.5]), [np.array([0.2])], 0.1, 0.01)
     np.testing.assert_allclose(p.numpy(), ref, rtol=1e-6)
+
+
+def test_scalar_step_matches_the_row_step():
+    from localfm.fm.optim import ScalarState, step_scalar
+
+    cfg = OptimizerConfig(lr=0.1, wd=0.01, clip=0.3)
+    p = torch.tensor([0.5])
+    st = new_state(p)
+    w = np.float32(0.5)
+    sst = ScalarState()
+    for g in (0.2, -0.7, 0.05, 1.5):
+        step_rows(p, st, None, torch.tensor([g]), cfg)
+        w = step_scalar(w, sst, g, cfg)
+        assert isinstance(w, np.float32)
+    assert float(w) == pytest.approx(float(p[0]), rel=1e-6)

@@ -281,6 +281,39 @@ def _cflags(raw: bytes) -> list[int]:
     return out
 
 
+@given(st.lists(_records, min_size=1, max_size=5), st.data())
+@FAST
+def test_vectorised_framing_matches_the_loop(records, data):
+    """For every block cut, the numpy framer either declines or agrees with the exact loop."""
+    raw = _bytes(rio.write_records, records, data.draw(st.booleans()))
+    cut = data.draw(st.integers(0, len(raw)))
+    block = raw[:cut]
+    quick = rio._frame_block_vectorised(block, 100)
+    loop = rio._frame_block(block, 100, "t", 0, vectorised=False)
+    if quick is not None:
+        assert [list(map(int, x)) for x in quick[:3]] == [list(x) for x in loop[:3]]
+        assert quick[3:] == loop[3:]
+    if cut == len(raw) and not any(w >> 29 for w in _header_words(raw)):
+        assert quick is not None or rio.MAGIC.to_bytes(4, "little") in raw[8:]
+
+
+def _header_words(raw: bytes) -> list[int]:
+    out, pos = [], 0
+    while pos < len(raw):
+        _, word = struct.unpack_from("<II", raw, pos)
+        out.append(word)
+        pos += 8 + (((word & (2**29 - 1)) + 3) & ~3)
+    return out
+
+
+def test_magic_inside_a_payload_falls_back_to_the_loop():
+    magic_f32 = np.frombuffer(rio.MAGIC.to_bytes(4, "little"), np.float32)[0]
+    X = np.full((3, 4), magic_f32, np.float32)
+    raw = _bytes(rio.write_dense, X)
+    assert rio._frame_block_vectorised(raw, 0) is None
+    np.testing.assert_array_equal(rio.read_matrix(raw).X, X)
+
+
 def test_block_boundaries_and_batches(monkeypatch):
     X = _sparse(500, 3000, 0.004, seed=7)
     y = np.arange(500, dtype=np.float32)
@@ -315,6 +348,12 @@ def test_read_matrix_feature_dim_and_paths(tmp_path):
     noshape = _bytes(rio.write_records, [Record({"values": Tensor("float32", [1], [3])})])
     assert rio.read_matrix(noshape, feature_dim=10).X.shape == (1, 10)
     assert rio.read_matrix(noshape).X.shape == (1, 4)
+    with pytest.raises(RecordIOError, match="is a directory"):
+        rio.read_matrix(tmp_path)
+    with pytest.raises(LocalFMError, match="not found"):
+        rio.read_matrix(tmp_path / "missing.protobuf")
+    with pytest.raises(RecordIOError, match="feature_dim=-1"):
+        rio.read_matrix(path, feature_dim=-1)
 
 
 def test_failed_write_keeps_previous_file(tmp_path):

@@ -109,6 +109,32 @@ def test_training_subcommand_runs_locally(cloud_fixture: Path, ml100k_channels: 
     assert len(doc["comparisons"][1]["checks"]) == 6  # 2 epochs x 3 metrics; --epochs skips test metrics
 
 
+@pytest.mark.parity
+def test_prepare_json_rebuilds_channels(cloud_fixture: Path, ml100k_dir: Path, tmp_path: Path) -> None:
+    """A run folder may record how its channels were made instead of holding them;
+    relative paths in prepare.json are relative to the run folder."""
+    import os
+    import shutil
+
+    run = tmp_path / "run"
+    run.mkdir()
+    shutil.copyfile(cloud_fixture / "training-log.txt", run / "training-log.txt")
+    args = ["movielens", os.path.relpath(ml100k_dir, run), "--split", "ua", "--label", "binary:4",
+            "--columns", "train", "--drop-unseen", "--order", "file"]
+    (run / "prepare.json").write_text(json.dumps({"prepare": args}))
+    code, out, err = run_cli("--quiet", "parity", "fixture", run, "--epochs", "2", "--json", tmp_path / "r.json")
+    assert code == 0, out + err
+    doc = json.loads((tmp_path / "r.json").read_text())
+    assert [c["kind"] for c in doc["comparisons"]] == ["hyperparameters", "channels", "training"]
+    assert all(c["ok"] for c in doc["comparisons"][1]["checks"])
+    (run / "prepare.json").write_text(json.dumps({"prepare": args[:3] + ["--split", "u9"]}))
+    code, _, err = run_cli("--quiet", "parity", "fixture", run, "--epochs", "2")
+    assert code == 2 and "localfm prepare failed" in err
+    (run / "prepare.json").write_text(json.dumps({"prepare": "movielens"}))
+    code, _, err = run_cli("--quiet", "parity", "fixture", run)
+    assert code == 2 and "prepare.json: expected" in err
+
+
 # ------------------------------------------------------------------ finished local runs
 def _local_metrics(cloud_fixture: Path, path: Path, bump: float = 0.0, epoch: int = 5) -> Path:
     res = json.loads((cloud_fixture / "cloud-results.json").read_text())

@@ -95,6 +95,9 @@ def test_channels_bytes_and_batches(cloud_fixture: Path) -> None:
     assert compare_channels(cloud, {"train": (5796480, 90570), "test": (603392, 9428)}, 200).ok
     c = compare_channels(cloud, {"train": (5796481, 90600), "test": (603392, 9428)}, 200)
     assert [x.name for x in c.failing] == ["train channel bytes"]
+    from localfm.parity.report import render_text
+
+    assert "FAIL train channel bytes: cloud read 5796480 bytes per pass, local channel has 5796481" in render_text([c])
     c = compare_channels(cloud, {"train": (5796480, 90570)}, 100)
     assert [x.name for x in c.failing] == ["train channel batches"]
 

@@ -64,6 +64,22 @@ def recorded_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     code, _, err = run_cli("predict", "--model", root / "model.tar.gz", "--input", root / "transform/input/batch.protobuf",
                            "--accept", "application/jsonlines", "--output", root / "transform" / "output")
     assert code == 0, err
+    # k-NN stage: an INNER_PRODUCT index over random vectors, queried verbosely
+    vec = rng.normal(size=(80, 6))
+    (root / "knn" / "input").mkdir(parents=True)
+    np.savetxt(root / "knn" / "items.csv", np.c_[np.arange(80), vec], delimiter=",", fmt="%.6f")
+    np.savetxt(root / "knn" / "input" / "users.csv", rng.normal(size=(15, 6)), delimiter=",", fmt="%.6f")
+    code, _, err = run_cli("knn", "train", "--train", root / "knn" / "items.csv", "--output", root / "knn" / "m",
+                           "--hp", "feature_dim=6", "--hp", "k=8", "--hp", "predictor_type=classifier",
+                           "--hp", "sample_size=80", "--hp", "index_metric=INNER_PRODUCT")
+    assert code == 0, err
+    shutil.move(root / "knn" / "m" / "model.tar.gz", root / "knn" / "model.tar.gz")
+    shutil.rmtree(root / "knn" / "m")
+    (root / "knn" / "items.csv").unlink()
+    code, _, err = run_cli("knn", "transform", "--model", root / "knn" / "model.tar.gz",
+                           "--input", root / "knn" / "input" / "users.csv", "--output", root / "knn" / "output",
+                           "--accept", "application/jsonlines; verbose=true")
+    assert code == 0, err
     return root
 
 
@@ -76,6 +92,8 @@ def test_scan_finds_every_part(recorded_run: Path) -> None:
     assert lay.model == recorded_run / "model.tar.gz"
     assert lay.transforms == [(recorded_run / "transform/input/batch.protobuf",
                                recorded_run / "transform/output/batch.protobuf.out")]
+    assert lay.knn_model == recorded_run / "knn" / "model.tar.gz"
+    assert lay.knn_transforms == [(recorded_run / "knn/input/users.csv", recorded_run / "knn/output/users.csv.out")]
     assert layout.given_hyperparameters(lay, layout.cloud_training(lay)) == HP
 
 
@@ -85,13 +103,15 @@ def test_same_seed_reproduces_the_recording(recorded_run: Path, tmp_path: Path) 
     assert code == 0, out + err
     doc = json.loads((tmp_path / "r.json").read_text())
     kinds = [c["kind"] for c in doc["comparisons"]]
-    assert kinds == ["training", "predictions", "models"]
-    training, predictions, models = doc["comparisons"]
+    assert kinds == ["training", "predictions", "models", "knn"]
+    training, predictions, models, knn = doc["comparisons"]
+    assert knn["summary"]["index_metric"] == "INNER_PRODUCT" and knn["summary"]["overlap_min"] == 1.0
+    assert knn["summary"]["distance_error_max"] == 0.0
     assert all(c["abs_diff"] == 0.0 for c in training["checks"]), "same seed, same data: identical metrics"
     assert predictions["summary"]["max_abs_diff"] < 1e-6
     assert models["summary"]["max_abs_diff"] == 0.0
     assert sorted(p.name for p in (tmp_path / "plots").iterdir()) == [
-        "models_score_scatter.png", "predictions_score_scatter.png", "training_curves.png"]
+        "knn_overlap_hist.png", "models_score_scatter.png", "predictions_score_scatter.png", "training_curves.png"]
 
 
 def test_tampered_output_and_missing_input(recorded_run: Path, tmp_path: Path) -> None:
@@ -104,9 +124,14 @@ def test_tampered_output_and_missing_input(recorded_run: Path, tmp_path: Path) -
     lines[7] = json.dumps(rec)
     out_file.write_text("\n".join(lines) + "\n")
     (run / "transform" / "output" / "gone.protobuf.out").write_text('{"score": 0.5, "predicted_label": 1.0}\n')
+    knn_out = run / "knn" / "output" / "users.csv.out"
+    recs = [json.loads(x) for x in knn_out.read_text().splitlines()]
+    recs[4]["distances"][-1] += 0.5  # the best (last, INNER_PRODUCT) neighbour's score of query 4
+    knn_out.write_text("".join(json.dumps(r) + "\n" for r in recs))
     code, out, err = run_cli("--quiet", "parity", "fixture", run, "--seed", "5")
     assert code == 3
     assert "FAIL max |score diff|" in out and "(row 7)" in out
+    assert "FAIL max distance error (relative)" in out and "(query 4)" in out
     assert "gone.protobuf not found" in err
 
 
@@ -117,7 +142,7 @@ def test_truncated_run_skips_final_model_comparisons(recorded_run: Path, tmp_pat
                              "--json", tmp_path / "r.json")
     assert code == 0, out + err
     doc = json.loads((tmp_path / "r.json").read_text())
-    assert [c["kind"] for c in doc["comparisons"]] == ["training", "predictions"]
+    assert [c["kind"] for c in doc["comparisons"]] == ["training", "predictions", "knn"]
     assert len(doc["comparisons"][0]["checks"]) == 2 * 3
 
 

@@ -1,0 +1,156 @@
+"""Numba kernels for the exact engine: one pass over a score block into per-user top-k heaps.
+
+Why a kernel: after the first few item blocks almost no score beats a user's running
+k-th best, so the selection is "compare every score with one number, act on the rare
+winner". In NumPy/torch that costs several full passes (compare, nonzero, gather,
+scatter); here it is one vectorisable compare per score, with a heap update only on
+the winners. Rows run in parallel (``prange``); nothing is allocated per block.
+
+Heaps are min-heaps on the score: ``heap_v[r, 0]`` is user r's current k-th best,
+initialised to -inf (ids -1). Ties do not replace (the earlier item wins).
+
+The kernels are serial and release the GIL: the engine runs one Python thread per core,
+each doing its own GEMM (torch, one thread) and scan on its share of the users, so no
+two thread pools (torch's OpenMP and numba's) spin against each other on few cores.
+"""
+from __future__ import annotations
+
+import numpy as np
+from numba import njit
+
+
+@njit(inline="always", cache=True)
+def _sift_down(hv, hi, v, c):  # noqa: ANN001, ANN202 - numba
+    """Replace the root of min-heap (hv, hi) with (v, c) and restore the heap order."""
+    k = hv.shape[0]
+    pos = 0
+    while True:
+        left = 2 * pos + 1
+        if left >= k:
+            break
+        child = left
+        right = left + 1
+        if right < k and hv[right] < hv[left]:
+            child = right
+        if hv[child] >= v:
+            break
+        hv[pos] = hv[child]
+        hi[pos] = hi[child]
+        pos = child
+    hv[pos] = v
+    hi[pos] = c
+
+
+@njit(inline="always", cache=True)
+def _is_seen(seen_ptr, seen_idx, r, c):  # noqa: ANN001, ANN202 - numba
+    lo = seen_ptr[r]
+    hi = seen_ptr[r + 1]
+    while lo < hi:
+        mid = (lo + hi) >> 1
+        if seen_idx[mid] < c:
+            lo = mid + 1
+        else:
+            hi = mid
+    return lo < seen_ptr[r + 1] and seen_idx[lo] == c
+
+
+#: Scores are first counted against the threshold in chunks of this many (a loop LLVM
+#: vectorises); only chunks with a winner are walked one by one.
+CHUNK = 32
+
+
+@njit(inline="always", cache=True)
+def _key(x):  # noqa: ANN001, ANN202 - numba
+    """Monotone integer key of bfloat16 bits read as int16 (float order == key order)."""
+    x = np.int32(x)
+    return x if x >= 0 else -(x + 32768) - 1
+
+
+@njit(cache=True, nogil=True)
+def _count_above(row, j0, j1, t):  # noqa: ANN001, ANN202 - numba
+    c = 0
+    for j in range(j0, j1):
+        c += row[j] > t
+    return c
+
+
+@njit(cache=True, nogil=True)
+def _count_keys_at_least(row, j0, j1, lim):  # noqa: ANN001, ANN202 - numba
+    c = 0
+    for j in range(j0, j1):
+        c += _key(row[j]) >= lim
+    return c
+
+
+@njit(cache=True, nogil=True)
+def _scan_row_exact(row, col0, hv, hi, r, seen_ptr, seen_idx):  # noqa: ANN001, ANN202 - numba
+    w = row.shape[0]
+    t = hv[0]
+    check_seen = seen_ptr.shape[0] > 1
+    for j0 in range(0, w, CHUNK):
+        j1 = min(j0 + CHUNK, w)
+        if _count_above(row, j0, j1, t) == 0:
+            continue
+        for j in range(j0, j1):
+            v = row[j]
+            if v > t:
+                c = col0 + j
+                if check_seen and _is_seen(seen_ptr, seen_idx, r, c):
+                    continue
+                _sift_down(hv, hi, v, c)
+                t = hv[0]
+
+
+@njit(cache=True, nogil=True)
+def scan_exact(S, col0, heap_v, heap_i, seen_ptr, seen_idx):  # noqa: ANN001, ANN201 - numba
+    """Push every score of block ``S`` (b, w) (item columns col0..col0+w) that beats a heap root."""
+    for r in range(S.shape[0]):
+        _scan_row_exact(S[r], col0, heap_v[r], heap_i[r], r, seen_ptr, seen_idx)
+
+
+@njit(cache=True, nogil=True)
+def _scan_row_screened(row, lim, u, I, col0, hv, hi, r, seen_ptr, seen_idx):  # noqa: ANN001, ANN202
+    w = row.shape[0]
+    d = u.shape[0]
+    check_seen = seen_ptr.shape[0] > 1
+    for j0 in range(0, w, CHUNK):
+        j1 = min(j0 + CHUNK, w)
+        if _count_keys_at_least(row, j0, j1, lim) == 0:
+            continue
+        for j in range(j0, j1):
+            if _key(row[j]) >= lim:
+                c = col0 + j
+                item = I[c]
+                v = np.float32(0.0)
+                for f in range(d):
+                    v += u[f] * item[f]
+                if v > hv[0]:
+                    if check_seen and _is_seen(seen_ptr, seen_idx, r, c):
+                        continue
+                    _sift_down(hv, hi, v, c)
+
+
+@njit(cache=True, nogil=True)
+def scan_screened(A, key_lim, U, I, col0, heap_v, heap_i, seen_ptr, seen_idx):  # noqa: ANN001, ANN201
+    """Like :func:`scan_exact` for a bfloat16 block ``A`` (raw bits as int16).
+
+    A score passes the screen when its monotone integer key is >= ``key_lim[r]`` (the
+    bf16 key of a proven lower bound: root − error bound, rounded down); then it is
+    re-scored exactly in float32 (``U[r] · I[c]``) and pushed if it beats the root.
+    """
+    for r in range(A.shape[0]):
+        _scan_row_screened(A[r], key_lim[r], U[r], I, col0, heap_v[r], heap_i[r], r, seen_ptr, seen_idx)
+
+
+def bf16_keys(lim: np.ndarray) -> np.ndarray:
+    """Monotone int32 keys of bfloat16 values at or below ``lim`` (float32), for the screen.
+
+    ``lim`` is first lowered by 2⁻⁷·|lim| so truncating to bf16 (which rounds toward
+    zero) can only move it further down; -inf maps below every finite key.
+    """
+    lim = np.asarray(lim, dtype=np.float32)
+    low = (lim - np.abs(lim) * np.float32(2.0**-7) - np.float32(1e-30)).astype(np.float32)
+    bits = (low.view(np.uint32) >> 16).astype(np.int32)
+    x = np.where(bits >= 32768, bits - 65536, bits)
+    key = np.where(x >= 0, x, -(x + 32768) - 1).astype(np.int32)
+    return np.where(np.isneginf(lim), np.int32(-(2**31)), key).astype(np.int32)
