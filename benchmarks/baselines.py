@@ -34,14 +34,33 @@ class NaiveFMResult:
 
 def train_naive_fm(fields: np.ndarray, y: np.ndarray, n_features: int, num_factors: int,
                    batch_size: int, epochs: int = 1, binary: bool = True, lr: float = 0.01,
-                   max_seconds: float | None = None, seed: int = 0) -> NaiveFMResult:
+                   max_seconds: float | None = None, seed: int = 0, threads: int | None = 1) -> NaiveFMResult:
     """Train the textbook autograd FM on rows with one active feature per field.
 
     ``fields`` is (n, f) int64 feature indices (for the recommender: user column,
     item column), all with value 1. Stops early after ``max_seconds`` (whole
     batches only) so throughput on large sets can be sampled; samples/s stays
     meaningful because it divides the samples actually processed by the time spent.
+
+    ``threads`` (default 1, what localfm's trainer uses) sets torch's intra-op
+    threads for the run: with torch's default (all cores) every small op pays a
+    thread-pool synchronisation, which on a busy 2-core machine made the naive FM
+    10-100× slower — a baseline that weak would flatter localfm.
     """
+    import torch
+
+    saved = torch.get_num_threads()
+    if threads is not None:
+        torch.set_num_threads(threads)
+    try:
+        return _train_naive(fields, y, n_features, num_factors, batch_size, epochs, binary, lr,
+                            max_seconds, seed)
+    finally:
+        torch.set_num_threads(saved)
+
+
+def _train_naive(fields: np.ndarray, y: np.ndarray, n_features: int, num_factors: int, batch_size: int,
+                 epochs: int, binary: bool, lr: float, max_seconds: float | None, seed: int) -> NaiveFMResult:
     import torch
 
     torch.manual_seed(seed)

@@ -131,9 +131,6 @@ def run_target(target: Target, iterations: int, seed: int, time_limit: float,
             except Exception as e:  # noqa: BLE001 - anything else is what we are looking for
                 exc = e
                 kind = type(e).__name__
-            except RecursionError as e:  # pragma: no cover - subclass of Exception, kept explicit
-                exc = e
-                kind = "RecursionError"
             dt = time.perf_counter() - t0
             stats.max_seconds = max(stats.max_seconds, dt)
             if not kind and dt > time_limit:

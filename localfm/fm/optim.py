@@ -68,29 +68,23 @@ def _add_wd(g: torch.Tensor, w: torch.Tensor, wd: float | torch.Tensor) -> None:
         g.add_(w, alpha=wd)
 
 
-def step_rows(
-    param: torch.Tensor,
-    state: SlotState,
-    rows: torch.Tensor | None,
+def step_gathered(
+    w: torch.Tensor,
+    m: torch.Tensor,
+    v: torch.Tensor,
     grad: torch.Tensor,
     cfg: OptimizerConfig,
+    t: int,
     lr_scale: float = 1.0,
-    current: torch.Tensor | None = None,
 ) -> None:
-    """One optimizer step on ``param[rows]`` (``rows=None``: the whole, dense parameter).
+    """One optimizer step on already-gathered rows, in place on ``w``, ``m`` and ``v``.
 
-    ``grad`` is already multiplied by ``rescale_grad``, has the shape of
-    ``param[rows]`` and is consumed (modified in place). ``current`` may pass a
-    gathered copy of ``param[rows]`` the caller no longer needs (saves a gather and
-    a copy; it is consumed too).
-    ``state.t`` is advanced here, once per call = once per batch.
+    ``w``/``m``/``v`` may be strided views (the trainer keeps weights and both moment
+    slots of a row side by side so one gather and one scatter move all three);
+    ``grad`` is ``rescale_grad`` x the gradient, same shape, and is consumed.
+    ``t`` is the step number (1 for the first step) used by Adam's bias correction.
     """
-    state.t += 1
     g = grad if cfg.clip is None else grad.clamp_(-cfg.clip, cfg.clip)
-    if current is not None:
-        w = current
-    else:
-        w = param.clone() if rows is None else param.index_select(0, rows)
     if cfg.kind == "adamw":
         decay = w * (cfg.wd * cfg.lr * lr_scale)
     else:
@@ -99,22 +93,41 @@ def step_rows(
     if cfg.kind == "sgd":
         w.sub_(g * cfg.lr, alpha=lr_scale)
     elif cfg.kind == "adagrad":
-        v = state.v.clone() if rows is None else state.v.index_select(0, rows)
         v.addcmul_(g, g)
         w.addcdiv_(g * cfg.lr, v.sqrt().add_(cfg.eps), value=-lr_scale)
-        _put(state.v, rows, v)
     else:  # adam / adamw
-        m = state.m.clone() if rows is None else state.m.index_select(0, rows)
-        v = state.v.clone() if rows is None else state.v.index_select(0, rows)
         m.lerp_(g, 1.0 - BETA1)  # b1*m + (1-b1)*g
         v.mul_(BETA2).addcmul_(g, g, value=1.0 - BETA2)
-        coef = adam_coefficient(1.0, state.t) * lr_scale
+        coef = adam_coefficient(1.0, t) * lr_scale
         w.addcdiv_(m * cfg.lr, v.sqrt().add_(cfg.eps), value=-coef)
-        _put(state.m, rows, m)
-        _put(state.v, rows, v)
     if decay is not None:
         w.sub_(decay)
+
+
+def step_rows(
+    param: torch.Tensor,
+    state: SlotState,
+    rows: torch.Tensor | None,
+    grad: torch.Tensor,
+    cfg: OptimizerConfig,
+    lr_scale: float = 1.0,
+) -> None:
+    """One optimizer step on ``param[rows]`` (``rows=None``: the whole, dense parameter).
+
+    Gathers the rows of the parameter and its moments, applies :func:`step_gathered`
+    and scatters them back; rows not listed are not touched (lazy update).
+    ``grad`` has the shape of ``param[rows]`` and is consumed. ``state.t`` is
+    advanced here, once per call = once per batch.
+    """
+    state.t += 1
+    if rows is None:
+        w, m, v = param.clone(), state.m.clone(), state.v.clone()
+    else:
+        w, m, v = param.index_select(0, rows), state.m.index_select(0, rows), state.v.index_select(0, rows)
+    step_gathered(w, m, v, grad, cfg, state.t, lr_scale)
     _put(param, rows, w)
+    _put(state.m, rows, m)
+    _put(state.v, rows, v)
 
 
 def decay_absent_rows(param: torch.Tensor, rows: torch.Tensor, cfg: OptimizerConfig, lr_scale: float = 1.0) -> None:

@@ -197,10 +197,19 @@ def _read_shape(r: _Reader, what: str, *, legacy_ndim: int | None = None) -> tup
     return tuple(int(d) for d in dims)
 
 
+_MAX_DIM_PRODUCT = 2**48  # far past any real array, well inside numpy's intp limit
+
+
 def _check_dims(r: _Reader, shape: tuple[int, ...], what: str) -> None:
+    nonzero = 1
     for d in shape:
         if d < 0:
             raise r.fail(f"{what}: negative dimension {d} in shape {shape}")
+        nonzero *= max(int(d), 1)
+    # A zero dimension makes the element count 0, so the byte-length check passes even
+    # when the other dimensions are absurd; numpy would then refuse the shape itself.
+    if nonzero > _MAX_DIM_PRODUCT:
+        raise r.fail(f"{what}: shape {shape} is too large (dimensions multiply past 2**48)")
 
 
 def _size(shape: Sequence[int]) -> int:

@@ -32,7 +32,6 @@ from typing import IO, Any
 import numpy as np
 
 from ._protobuf import (
-    FIELD_TO_DTYPE,
     HEADER,
     BytesValue,
     DecodeError,
@@ -1164,6 +1163,20 @@ def _check_labels(labels: Any, n_rows: int) -> tuple[np.ndarray, str] | None:
 
 @contextlib.contextmanager
 def _open_dest(dest: Dest) -> Iterator[IO[bytes]]:
+    """A binary file to write: a temp sibling renamed on success, an S3 upload on success, or ``dest``."""
+    from .uri import is_s3
+
+    if isinstance(dest, str) and is_s3(dest):
+        import tempfile
+
+        from .uri import upload
+
+        with tempfile.TemporaryDirectory(prefix="localfm-recordio-") as tmp:
+            local = os.path.join(tmp, "part.protobuf")
+            with open(local, "wb") as fh:
+                yield fh
+            upload(local, dest)
+        return
     if isinstance(dest, (str, os.PathLike)):
         from .atomic import atomic_write
 

@@ -77,8 +77,15 @@ def _count_above(row, j0, j1, t):  # noqa: ANN001, ANN202 - numba
 @njit(cache=True, nogil=True)
 def _count_keys_at_least(row, j0, j1, lim):  # noqa: ANN001, ANN202 - numba
     c = 0
-    for j in range(j0, j1):
-        c += _key(row[j]) >= lim
+    if lim >= 0:
+        # Non-negative limit: negative floats (negative int16) never pass and positive
+        # floats order like their raw bits, so a plain int16 compare (wide SIMD) suffices.
+        lim16 = np.int16(lim)
+        for j in range(j0, j1):
+            c += row[j] >= lim16
+    else:
+        for j in range(j0, j1):
+            c += _key(row[j]) >= lim
     return c
 
 

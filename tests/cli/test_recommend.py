@@ -201,10 +201,7 @@ def test_approximate_index_reports_recall(cli, demo, tmp_path):
 
 
 def test_postgresql_output(cli, demo, tmp_path):
-    import sys
-
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-    from pgserver import start
+    from tests.pgserver import start
 
     from localfm.recommend.sinks import read_results
 

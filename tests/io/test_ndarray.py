@@ -346,3 +346,17 @@ def test_int16_family_is_readable():
     """Flags 8-11 exist in MXNet's enum; read them even though 1.9.1 cannot write them."""
     (a,) = nd.load(_list([_dense_rec((2,), flag=9, data=struct.pack("<HH", 1, 65535))]))
     assert a.dtype == np.uint16 and a.tolist() == [1, 65535]
+
+
+def test_zero_dim_with_huge_dims_is_a_clean_error():
+    """Fuzz finding: (0, 2**40, 2**40) passed the byte-length check and numpy raised ValueError."""
+    import struct
+
+    from localfm.errors import LocalFMError
+    from localfm.io import ndarray
+
+    rec = (struct.pack("<Ii", 0xF993FAC9, 0) + struct.pack("<i", 3) + struct.pack("<qqq", 0, 2**40, 2**40)
+           + struct.pack("<ii", 1, 0) + struct.pack("<i", 0))
+    data = struct.pack("<QQQ", 0x112, 0, 1) + rec + struct.pack("<Q", 0)
+    with pytest.raises(LocalFMError, match="too large"):
+        ndarray.load(data)

@@ -40,7 +40,7 @@ def main() -> None:
     ap.add_argument("--kind", choices=("fm", "gaussian"), default="fm")
     ap.add_argument("--mode", choices=("auto", "fp32", "bf16"), default="auto")
     ap.add_argument("--kernel", choices=("auto", "numba", "torch"), default="auto")
-    ap.add_argument("--batch-size", type=int, default=1024)
+    ap.add_argument("--batch-size", type=int, default=2048)
     ap.add_argument("--block-size", type=int, default=4096)
     args = ap.parse_args()
 

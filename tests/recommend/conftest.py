@@ -1,15 +1,11 @@
 """Fixtures for the recommend tests: a real PostgreSQL server for the session."""
 from __future__ import annotations
 
-import sys
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
-# tests/pgserver.py is shared with tests/cli; make it importable however pytest was invoked.
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from pgserver import start  # noqa: E402
+from tests.pgserver import start
 
 
 @pytest.fixture(scope="session")

@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import scipy.sparse as sp
-from recommend_fakes import make_space, random_weights
+from tests.recommend.recommend_fakes import make_space, random_weights
 
 from localfm.errors import LocalFMError
 from localfm.recommend.recommend import (
