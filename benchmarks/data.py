@@ -60,6 +60,7 @@ class BenchConfig:
     retrieval_k: int = 100
     retrieval_dim: int = 65
     reference_rows: int = 2000  # queries checked against the float64 reference
+    baseline_slice_users: int = 10_000  # numpy/torch users on large catalogues (scaled to all)
     ann_queries: int = 10_000
     # end to end / quality
     e2e_epochs: tuple[int, ...] = (30, 100)

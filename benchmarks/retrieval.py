@@ -6,9 +6,10 @@ the k largest inner products per user, best first. Reported per catalogue size:
 median seconds, GFLOP/s (2·users·items·d / s), fraction of this machine's sgemm peak
 measured in the same run, and agreement with a float64 exact reference on a sample
 of users (:func:`benchmarks.baselines.agreement`). numpy and torch are slow enough
-at the largest size that they run on a slice of users and are scaled linearly to
-all users (marked ``extrapolated_from_users``); localfm and FAISS always run on all
-users.
+on the larger catalogues (over 2.5e8 user×item pairs) that they run on a slice of
+``baseline_slice_users`` users and are scaled linearly to all users (their cost is
+linear in users; marked ``extrapolated_from_users``); localfm and FAISS always run on
+all users.
 
 Approximate indexes (IVFFlat nprobe sweep, HNSW efSearch sweep, via
 ``localfm.knn.index.build_index`` with its MIPS augmentation) are measured as
@@ -89,7 +90,7 @@ def exact_size(cfg: BenchConfig, n_users: int, n_items: int, peak: float) -> dic
     ref_scores, ref_ids = np.concatenate(ref_s), np.concatenate(ref_i)
     flops = 2.0 * n_users * n_items * d
     # numpy/torch baselines on a slice of users when the catalogue is large (linear in users).
-    slice_users = n_users if n_users * n_items <= 2e9 else max(ref_rows, 20_000)
+    slice_users = n_users if n_users * n_items <= 2.5e8 else max(ref_rows, cfg.baseline_slice_users)
     out: dict[str, Any] = {"users": n_users, "items": n_items, "dim": d, "k": k, "gflop": flops / 1e9,
                            "engines": {}}
     results: dict[str, np.ndarray] = {}
@@ -139,7 +140,7 @@ def approximate(cfg: BenchConfig, n_users: int, n_items: int) -> dict[str, Any]:
         "IVFFlat": ("faiss.IVFFlat", "nprobe", [1, 2, 5, 10, 20, 50, 100]),
         "HNSW32": ("faiss.HNSW", "ef_search", [100, 200, 400, 800]),
     }
-    for label, (itype, param, values) in progress(list(sweeps.items()), desc="approximate indexes"):
+    for label, (itype, param, values) in progress(list(sweeps.items()), desc="approximate indexes", disable=False):
         start = time.perf_counter()
         index = build_index(I, index_type=itype, index_metric="INNER_PRODUCT", nlist=nlist)
         out["build_s"][label] = time.perf_counter() - start
@@ -169,7 +170,7 @@ def run(cfg: BenchConfig) -> dict[str, Any]:
     if localfm_engine() is None:
         payload["notes"].append("localfm.recommend.topx not importable: localfm engine skipped")
     payload["exact"] = [exact_size(cfg, u, i, peak["peak_gflops"])
-                        for u, i in progress(cfg.retrieval_sizes, desc="retrieval sizes")]
+                        for u, i in progress(cfg.retrieval_sizes, desc="retrieval sizes", disable=False)]
     peak_after = sgemm_peak(n=1024 if cfg.mode == "smoke" else 2048, repeats=3)
     payload["sgemm_peak_after"] = peak_after
     u, i = cfg.retrieval_sizes[-1]

@@ -283,8 +283,10 @@ def test_negative_dimension():
 
 
 def test_huge_dimension_fails_fast_without_allocating():
-    with pytest.raises(LocalFMError, match="truncated"):
+    with pytest.raises(LocalFMError, match="too large"):
         nd.load(_list([_dense_rec((1 << 40, 1 << 20))]))
+    with pytest.raises(LocalFMError, match="truncated"):
+        nd.load(_list([_dense_rec((1 << 30, 1 << 10))]))
 
 
 def test_huge_ndim_and_array_count():
