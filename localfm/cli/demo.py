@@ -79,12 +79,12 @@ def run(args: argparse.Namespace) -> int:
     ])
     n_items = len(features_items(prepared / "features.json"))
     k = min(args.k, n_items)
-    timings["knn train"] = _stage("k-NN train: FAISS Flat, INNER_PRODUCT (SageMaker k-NN hyperparameters)", [
+    timings["knn train"] = _stage("knn train: FAISS Flat, INNER_PRODUCT (SageMaker k-NN hyperparameters)", [
         "knn", "train", "--train", str(vectors / "items.protobuf"),
         "--hp", f"feature_dim={_vector_dim(vectors)}", "--hp", f"k={k}", "--hp", "predictor_type=classifier",
         "--hp", f"sample_size={n_items}", "--hp", "index_metric=INNER_PRODUCT", "--model-dir", str(knn_dir),
     ])
-    timings["knn transform"] = _stage("k-NN batch transform: verbose JSON Lines, like the cloud", [
+    timings["knn transform"] = _stage("knn transform: verbose batch transform JSON Lines, like the cloud", [
         "knn", "transform", "--model", str(knn_dir), "--input", str(vectors / "users.protobuf"),
         "--accept", "application/jsonlines; verbose=true", "--output-dir", str(knn_out),
     ])
@@ -93,7 +93,7 @@ def run(args: argparse.Namespace) -> int:
         "-k", str(args.k), "--exclude-seen", "--out", str(db),
     ])
 
-    test = metrics.get("test") or {}
+    test = metrics.get("test_metrics") or {}
     print("\n== result")
     if test:
         shown = ", ".join(f"{name} {value:.4f}" for name, value in test.items() if isinstance(value, (int, float)))
@@ -107,6 +107,10 @@ def run(args: argparse.Namespace) -> int:
         ).fetchall()
     print(f"stored {n_rows} recommendations for {n_users} users in {db} (table {table})")
     print(f"user {first}, top {len(top)}: " + ", ".join(f"#{r} item {i} ({s:.3f})" for r, i, s in top))
+    transform_out = knn_out / "users.protobuf.out"
+    first_line = transform_out.read_text().splitlines()[0]
+    print(f"k-NN batch transform, first query (SageMaker verbose JSON Lines, best match last), {transform_out}:")
+    print("  " + (first_line if len(first_line) < 300 else first_line[:297] + "..."))
     print("wall time by stage: " + ", ".join(f"{name} {sec:.1f} s" for name, sec in timings.items()))
     print(f"everything is under {out}")
     return 0
@@ -119,6 +123,4 @@ def features_items(path: Path) -> list:
 
 
 def _vector_dim(vectors: Path) -> int:
-    import numpy as np
-
-    return int(np.load(vectors / "items.npy", mmap_mode="r").shape[1])
+    return int(json.loads((vectors / "repackage.json").read_text())["dim"])

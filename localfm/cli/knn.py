@@ -45,7 +45,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     t.add_argument("--test", metavar="PATH", help="optional test channel: prints accuracy (classifier) or mse (regressor)")
     t.add_argument("--content-type", choices=("application/x-recordio-protobuf", "text/csv"),
                    help="training data format (default: detected per file)")
-    t.add_argument("--output", "-o", required=True, metavar="DIR", help="model folder to write")
+    t.add_argument("--model-dir", "--output", "-o", dest="output", required=True, metavar="DIR",
+                   help="model folder to write (SageMaker k-NN layout + model.tar.gz)")
     t.add_argument("--hp", action="append", default=[], metavar="NAME=VALUE",
                    help="a hyperparameter by its SageMaker name (repeatable; wins over --hyperparameters)")
     t.add_argument("--hyperparameters", metavar="FILE.json", help="SageMaker hyperparameters.json")
@@ -69,7 +70,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     x.add_argument("--model", "-m", required=True, metavar="PATH", help="k-NN model (folder, model.tar.gz, model_algo-1)")
     x.add_argument("--input", "-i", required=True, metavar="PATH", help="query file or folder of query files")
-    x.add_argument("--output", "-o", metavar="DIR", help="folder for the .out files (default: next to each input)")
+    x.add_argument("--output-dir", "--output", "-o", dest="output", metavar="DIR",
+                   help="folder for the .out files (default: next to each input)")
     x.add_argument("--accept", default="application/jsonlines", help=ACCEPT_HELP)
     x.add_argument("--content-type",
                    choices=("application/x-recordio-protobuf", "text/csv", "application/json", "application/jsonlines"),

@@ -50,7 +50,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="PATH.sqlite (default recommendations.sqlite), PATH.parquet, PATH.jsonl or postgresql://URL")
     p.add_argument("--table", default="recommendations", help="table name for SQLite/PostgreSQL")
     p.add_argument("--lock-timeout", type=float, default=5.0, help="seconds to wait for a locked database (default 5)")
-    p.add_argument("--batch-size", type=int, default=1024, help="users per batch (memory ~ batch × item block)")
+    p.add_argument("--batch-size", type=int, default=2048, help="users per batch (memory ~ batch × item block)")
     p.add_argument("--threads", type=int, help="CPU threads (default LOCALFM_THREADS or 2)")
     p.add_argument("--engine-mode", choices=("auto", "fp32", "bf16"), default="auto",
                    help="exact engine screening: auto (bf16 when the CPU has it), fp32, bf16; results are exact either way")

@@ -28,7 +28,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--validation", metavar="PATH",
                    help="LOCAL-ONLY validation channel: per-epoch validation metrics and, with "
                         "_local_early_stopping_patience, early stopping (SageMaker FM has no such channel)")
-    p.add_argument("--output", "-o", required=True, metavar="DIR", help="output folder for model.tar.gz + metrics.json")
+    p.add_argument("--model-dir", "--output", "-o", dest="output", required=True, metavar="DIR", help="output folder for model.tar.gz + metrics.json")
     p.add_argument("--hp", action="append", default=[], metavar="NAME=VALUE",
                    help="a hyperparameter by its SageMaker name (repeatable; wins over --hyperparameters)")
     p.add_argument("--hyperparameters", metavar="FILE.json", help="SageMaker hyperparameters.json (all values strings)")

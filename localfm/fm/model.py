@@ -13,10 +13,11 @@ SageMaker FM container (see docs/fm.md for the evidence):
   per-group multipliers and ``rescale_grad = 1/mini_batch_size``.
 
 Implementation: the sparse input is never densified. Each batch is precomputed once
-as (unique columns, inverse index, row segment, value) arrays; a step gathers the
-batch's rows of ``w``/``V``, computes scores with ``index_add_`` (embedding-bag style
-with per-sample weights), derives the gradient by hand (no autograd graph) and updates
-only those rows. All tensors are float32.
+(distinct columns, inverse index, row segments, values, CSR patterns); a step gathers
+the batch's rows of one (d, 3, k+1) table holding ``[v | w]`` and both Adam moments,
+computes the sums with ``embedding_bag`` (per-sample weights = feature values),
+derives the gradient by hand (no autograd graph; the scatter is one sparse x dense
+product), updates only those rows and scatters them back. All tensors are float32.
 """
 from __future__ import annotations
 
@@ -97,39 +98,60 @@ def make_batches(X: sp.csr_matrix, y: np.ndarray, batch_size: int, order: np.nda
     """Split rows (in ``order``, default file order) into padded mini-batches.
 
     The last partial batch is filled up to ``batch_size`` by wrapping around to the
-    first rows, as MXNet's ``last_batch_handle='pad'`` does.
+    first rows, as MXNet's ``last_batch_handle='pad'`` does. In file order full
+    batches are plain slices of the CSR arrays (no row gather), and one stable
+    argsort per batch yields the distinct columns, the inverse index and the
+    column-grouped order used by the gradient scatter.
     """
     import torch
 
     n = X.shape[0]
-    order = np.arange(n) if order is None else np.asarray(order)
     n_batches = max(1, math.ceil(n / batch_size))
+    indptr, indices, data = X.indptr, X.indices, X.data
+    y = np.asarray(y, dtype=np.float32)
     out: list[Batch] = []
     for b in range(n_batches):
-        pos = np.arange(b * batch_size, (b + 1) * batch_size) % n if n else np.zeros(0, dtype=np.int64)
-        rows = order[pos]
-        sub = X[rows]  # CSR row gather (no densify)
-        cols, inv = np.unique(sub.indices, return_inverse=True)
-        inv = inv.astype(np.int64).reshape(-1)
-        seg = np.repeat(np.arange(sub.shape[0], dtype=np.int64), np.diff(sub.indptr))
-        # nonzeros grouped by column: the (U x B) CSR pattern of the gradient scatter
-        by_col = np.argsort(inv, kind="stable")
+        lo, hi = b * batch_size, (b + 1) * batch_size
+        if order is None and hi <= n:
+            p0, p1 = int(indptr[lo]), int(indptr[hi])
+            idx = indices[p0:p1]
+            val_np = data[p0:p1]
+            row_ptr = indptr[lo: hi + 1] - p0
+            yb = y[lo:hi]
+        else:
+            pos = np.arange(lo, hi) % n
+            rows = pos if order is None else np.asarray(order)[pos]
+            sub = X[rows]  # CSR row gather (no densify)
+            idx, val_np, row_ptr, yb = sub.indices, sub.data, sub.indptr, y[rows]
+        size = hi - lo
+        nnz = idx.shape[0]
+        by_col = np.argsort(idx, kind="stable")
+        sorted_cols = idx[by_col]
+        first = np.empty(nnz, dtype=bool)
+        first[:1] = True
+        np.not_equal(sorted_cols[1:], sorted_cols[:-1], out=first[1:])
+        cols = sorted_cols[first].astype(np.int64)
+        inv = np.empty(nnz, dtype=np.int64)
+        inv[by_col] = np.cumsum(first) - 1
+        counts = np.diff(np.append(np.flatnonzero(first), nnz))
         col_ptr = np.zeros(cols.shape[0] + 1, dtype=np.int64)
-        np.cumsum(np.bincount(inv, minlength=cols.shape[0]), out=col_ptr[1:])
+        np.cumsum(counts, out=col_ptr[1:])
+        seg = np.repeat(np.arange(size, dtype=np.int64), np.diff(row_ptr))
+        val = torch.from_numpy(np.array(val_np, dtype=np.float32))
         out.append(
             Batch(
-                cols=torch.from_numpy(cols_np := cols.astype(np.int64)),
-                cols_np=cols_np,
+                cols=torch.from_numpy(cols),
+                cols_np=cols,
                 inv=torch.from_numpy(inv),
-                by_col=torch.from_numpy(by_col),
+                seg=torch.from_numpy(seg),
+                val=val,
+                val_sq=val * val,
+                offsets=torch.from_numpy(np.asarray(row_ptr[:-1], dtype=np.int64)),
+                by_col=torch.from_numpy(by_col.astype(np.int64)),
                 col_ptr=torch.from_numpy(col_ptr),
                 col_rows=torch.from_numpy(seg[by_col]),
-                seg=torch.from_numpy(seg),
-                val=(val := torch.from_numpy(np.ascontiguousarray(sub.data, dtype=np.float32))),
-                val_sq=val * val,
-                offsets=torch.from_numpy(sub.indptr[:-1].astype(np.int64)),
-                y=torch.from_numpy(np.ascontiguousarray(y[rows], dtype=np.float32)),
-                size=int(sub.shape[0]),
+                y=torch.from_numpy(np.array(yb, dtype=np.float32)),
+                size=size,
             )
         )
     return out

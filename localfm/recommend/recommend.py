@@ -234,7 +234,7 @@ def recommend(
     item_rows: np.ndarray | None = None,
     index: str = EXACT,
     sigmoid: bool = False,
-    batch_size: int = 1024,
+    batch_size: int = 2048,
     threads: int | None = None,
     mode: str = "auto",
     recall_users: int = 1000,

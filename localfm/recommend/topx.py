@@ -11,10 +11,13 @@ How it stays exact and fast:
   ``batch × block`` (never users × items).
 * Items are visited in decreasing norm order, so good candidates come early and the
   running k-th best score (the threshold) rises fast.
-* The first block is scored exactly (float32 GEMM) and seeds the running top-k. For
-  later blocks only scores above the user's threshold can matter. Those are found by
-  a threshold compare over the block (one cheap pass) instead of a selection
-  algorithm, and merged into the running top-k with a tiny ``topk``.
+* The first block is scored exactly (float32 GEMM) and seeds a per-user top-k. For
+  later blocks only scores above the user's threshold can matter. With numba
+  installed (``kernel="numba"``, see ``_heapscan.py``) one GIL-free pass per block
+  counts winners per 32-score chunk with SIMD and updates a min-heap only inside
+  chunks that have one; one Python thread per core, each with single-threaded torch
+  GEMMs. Without numba (``kernel="torch"``) the same algorithm uses torch ops
+  (compare, nonzero, a small ``topk`` merge): exact, but slower.
 * On CPUs with bfloat16 dot-product instructions (AVX512_BF16 / AMX) the later blocks
   are screened with a bfloat16 GEMM, twice the float32 throughput. Screening uses a
   rigorous error bound: ``|bf16 score − exact| ≤ 2⁻⁶·‖u‖·‖i‖`` (input rounding 2·2⁻⁸,
@@ -387,7 +390,7 @@ def _scan_users(
 @functools.cache
 def numba_available() -> bool:
     try:
-        import numba  # noqa: F401
+        import numba  # noqa: F401 - availability probe
     except ImportError:
         return False
     return True

@@ -5,7 +5,6 @@ import io
 import json
 import sqlite3
 import subprocess
-import sys
 import tarfile
 import zipfile
 from pathlib import Path

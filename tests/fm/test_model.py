@@ -42,10 +42,16 @@ def test_predict_scores_matches_dense_formula():
     np.testing.assert_allclose(got, _dense_scores(init, X), rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("ragged", [False, True])
 @pytest.mark.parametrize("ptype", ["binary_classifier", "regressor"])
-def test_hand_derived_gradient_matches_autograd(ptype):
+def test_hand_derived_gradient_matches_autograd(ptype, ragged):
     """One full-batch SGD step with lr 1 and no wd moves each parameter by -grad(mean loss)."""
     X, rng = _data()
+    if ragged:  # rows with 0..4 nonzeros, some empty, non-binary values
+        keep = rng.random(X.nnz) < 0.4
+        X = sp.csr_matrix((X.data * keep, X.indices, X.indptr), shape=X.shape)
+        X.eliminate_zeros()
+        assert (np.diff(X.indptr) == 0).any() and len(set(np.diff(X.indptr))) > 2
     n, d, k = X.shape[0], X.shape[1], 4
     y = (rng.random(n) < 0.5).astype(np.float32) if ptype == "binary_classifier" else rng.normal(3, 1, n).astype(np.float32)
     init = _weights(d, k, rng)

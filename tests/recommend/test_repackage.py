@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import scipy.sparse as sp
-from tests.recommend.recommend_fakes import FakeWeights, make_space, naive_fm_score, random_weights
+from tests.recommend.recommend_fakes import make_space, naive_fm_score, random_weights
 
 from localfm.errors import LocalFMError
 from localfm.recommend.repackage import fm_scores, item_vectors, knn_labels, repackage, user_vectors

@@ -6,7 +6,9 @@ import pytest
 import scipy.sparse as sp
 
 from localfm.errors import LocalFMError
-from localfm.recommend.topx import top_x, trim
+from localfm.recommend.topx import numba_available, top_x, trim
+
+KERNELS = ["torch", pytest.param("numba", marks=pytest.mark.skipif(not numba_available(), reason="numba not installed"))]
 
 
 def _brute(U, I, k, exclude=None):
@@ -40,7 +42,7 @@ def _fm_like(n_users, n_items, d=17, seed=0):
 
 
 @pytest.mark.parametrize("mode", ["fp32", "bf16"])
-@pytest.mark.parametrize("kernel", ["torch", "numba"])
+@pytest.mark.parametrize("kernel", KERNELS)
 def test_equals_brute_force_across_blocks_and_batches(mode, kernel):
     U, I = _fm_like(300, 1000, seed=1)
     res = top_x(U, I, 50, mode=mode, kernel=kernel, batch_size=64, block_size=128)
@@ -49,7 +51,7 @@ def test_equals_brute_force_across_blocks_and_batches(mode, kernel):
 
 
 @pytest.mark.parametrize("mode", ["fp32", "bf16"])
-@pytest.mark.parametrize("kernel", ["torch", "numba"])
+@pytest.mark.parametrize("kernel", KERNELS)
 def test_random_gaussian_vectors(mode, kernel):
     rng = np.random.default_rng(2)
     U = rng.standard_normal((200, 33)).astype(np.float32)
@@ -58,10 +60,9 @@ def test_random_gaussian_vectors(mode, kernel):
 
 
 @pytest.mark.parametrize("mode", ["fp32", "bf16"])
-@pytest.mark.parametrize("kernel", ["torch", "numba"])
+@pytest.mark.parametrize("kernel", KERNELS)
 def test_exclusions_give_exact_top_k_after_filtering(mode, kernel):
     U, I = _fm_like(120, 400, seed=3)
-    rng = np.random.default_rng(3)
     # Exclude each user's true top-20 plus random items: a naive top-k-then-filter would come up short.
     S = U @ I.T
     top = np.argsort(-S, axis=1)[:, :20]
@@ -76,7 +77,7 @@ def test_exclusions_give_exact_top_k_after_filtering(mode, kernel):
         assert not dense[r, res.ids[r]].any()
 
 
-@pytest.mark.parametrize("kernel", ["torch", "numba"])
+@pytest.mark.parametrize("kernel", KERNELS)
 @pytest.mark.parametrize("mode", ["fp32", "bf16"])
 def test_fewer_items_than_k_and_fully_excluded_users_are_padded(kernel, mode):
     U, I = _fm_like(5, 8, seed=4)
@@ -91,7 +92,7 @@ def test_fewer_items_than_k_and_fully_excluded_users_are_padded(kernel, mode):
     assert sorted(kept[2][0].tolist()) == list(range(8))
 
 
-@pytest.mark.parametrize("kernel", ["torch", "numba"])
+@pytest.mark.parametrize("kernel", KERNELS)
 def test_ties_are_ordered_by_item_row(kernel):
     U = np.ones((2, 3), np.float32)
     I = np.ones((6, 3), np.float32)
@@ -114,6 +115,21 @@ def test_nan_vectors_are_rejected():
     I[2, 1] = np.nan
     with pytest.raises(LocalFMError, match="item vectors: row 2"):
         top_x(U, I, 2)
+
+
+def test_bf16_keys_are_monotone_and_conservative():
+    from localfm.recommend.topx import to_bf16
+
+    pytest.importorskip("numba")
+    from localfm.recommend._heapscan import _key, bf16_keys
+
+    vals = np.array([-np.inf, -3e38, -5.0, -1.0, -1e-3, 0.0, 1e-3, 1.0, 2.5, 7.0, 3e38], np.float32)
+    bits = to_bf16(vals).view(__import__("torch").int16).numpy()
+    keys = [_key(b) for b in bits]
+    assert keys == sorted(keys)
+    lims = bf16_keys(vals)
+    # The key of each limit is at or below the key of the value itself: the screen never drops it.
+    assert all(lim <= k for lim, k in zip(lims.tolist(), keys))
 
 
 def test_dimension_mismatch():
