@@ -21,7 +21,7 @@ from localfm.errors import LocalFMError
 from . import BENCHMARKS
 from .data import ML25M_ROWS, BenchConfig
 from .machine import machine_info, utc_now
-from .results import RESULTS_DIR, load_result, summary_markdown, write_result
+from .results import RESULTS_DIR, detail_markdown, load_result, readme_markdown, summary_markdown, write_result
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -44,6 +44,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--verbose", action="store_true", help="show localfm's own progress bars too")
     p.add_argument("--report", action="store_true",
                    help="print the Performance markdown from existing results and exit")
+    p.add_argument("--readme", action="store_true",
+                   help="print the short README Performance section from existing results and exit")
     p.add_argument("--replot", action="store_true",
                    help="redraw the PNGs from the existing results files (no measuring) and exit")
     return p
@@ -66,6 +68,10 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.report:
         sys.stdout.write(summary_markdown(args.out))
+        sys.stdout.write("\n## Latest results\n\n" + detail_markdown(args.out))
+        return 0
+    if args.readme:
+        sys.stdout.write(readme_markdown(args.out))
         return 0
     if args.replot:
         return replot(args.out, args.only or list(BENCHMARKS))

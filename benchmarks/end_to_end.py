@@ -212,3 +212,17 @@ def plot(payload: dict[str, Any], out_dir: Any) -> list[str]:
     from .plots import stage_bars
 
     return [stage_bars(payload, out_dir)]
+
+
+def tables(payload: dict[str, Any]) -> str:
+    """Markdown: wall seconds and peak RSS per stage for each pipeline."""
+    lines = ["| pipeline | stage | wall s | peak RSS MiB |", "| --- | --- | --- | --- |"]
+    for p in payload.get("pipelines", []):
+        for s in p["stages"]:
+            rss = s.get("peak_rss_bytes")
+            lines.append(f"| {p['name']} | {s['stage']} | {s['wall_s']:.1f} | {'n/a' if rss is None else f'{rss / 2**20:,.0f}'} |")
+        rows = p.get("sqlite_rows")
+        lines.append(f"| {p['name']} | **total** ({'ok' if p['ok'] else 'FAILED at ' + str(p.get('failed_at'))}"
+                     f"{'' if rows is None else f', {rows:,} rows in SQLite'}) | **{p['total_wall_s']:.1f}** | "
+                     f"**{(p['peak_rss_bytes'] or 0) / 2**20:,.0f}** |")
+    return "\n".join(lines) + "\n"

@@ -124,21 +124,28 @@ def training_curves(payload: dict[str, Any], out_dir: Path) -> str:
 
 
 def stage_bars(payload: dict[str, Any], out_dir: Path) -> str:
-    """End-to-end wall time per stage, one stacked bar per pipeline."""
+    """End-to-end wall time per stage, one stacked bar per pipeline (input generation hatched)."""
     plt = _plt()
     pipes = payload.get("pipelines", [])
-    fig, ax = plt.subplots(figsize=(8, 1.2 + 0.6 * max(1, len(pipes))))
+    fig, ax = plt.subplots(figsize=(9, 1.6 + 0.7 * max(1, len(pipes))))
+    colours: dict[str, Any] = {}
+    palette = plt.get_cmap("tab10")
     for i, p in enumerate(pipes):
         left = 0.0
         for st in p.get("stages", []):
             w = st.get("wall_s") or 0.0
-            ax.barh(i, w, left=left)
-            if w > 0:
-                ax.text(left + w / 2, i, st["stage"], ha="center", va="center", fontsize=7)
+            kind = st["stage"].split(" (")[0]
+            uncounted = "not counted" in st["stage"]
+            if kind not in colours:
+                colours[kind] = "lightgrey" if uncounted else palette(len(colours))
+            ax.barh(i, w, left=left, color=colours[kind], hatch="//" if uncounted else None,
+                    edgecolor="white", label=kind if kind not in ax.get_legend_handles_labels()[1] else None)
             left += w
+        ax.text(left, i, f" {p.get('total_wall_s', 0):.1f} s", va="center", fontsize=8)
     ax.set_yticks(range(len(pipes)))
     ax.set_yticklabels([p["name"] for p in pipes], fontsize=8)
-    ax.set_xlabel("seconds")
+    ax.set_xlabel("seconds (each stage a separate process; hatched = input generation, not in the total)")
     ax.set_title("End to end wall time by stage", fontsize=10)
+    ax.legend(fontsize=7, loc="center right")
     _stamp(ax, payload)
     return _save(fig, Path(out_dir) / "end_to_end.png")

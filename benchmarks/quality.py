@@ -193,6 +193,12 @@ def run(cfg: BenchConfig) -> dict[str, Any]:
     if cc:
         curves["SageMaker cloud job ua (train)"] = {"metrics": cc}
     payload["training_curves"] = curves
+    if len(curves) == 2:
+        local, remote = (c["metrics"] for c in curves.values())
+        payload["train_curve_max_abs_diff_vs_cloud"] = {
+            m: max(abs(a - b) for a, b in zip(local[m], remote[m])) for m in local if local[m] and remote.get(m)}
+    if CLOUD_RESULTS.is_file():
+        payload["cloud_test_metrics"] = json.loads(CLOUD_RESULTS.read_text()).get("test_metrics")
     payload["headline"] = headline(payload)
     return payload
 
@@ -212,6 +218,15 @@ def headline(payload: dict[str, Any]) -> list[dict[str, Any]]:
         out.append({"what": f"NDCG@10 FM binary {tag} (P@10 {r['precision@10']:.3f}, R@10 {r['recall@10']:.3f}; "
                     f"popularity NDCG@10 {p['ndcg@10']:.3f}, P@10 {p['precision@10']:.3f})",
                     "value": r["ndcg@10"], "unit": "", "target": "", "digits": 3})
+    cloud = payload.get("cloud_test_metrics")
+    ua = next((m for m in payload.get("models", []) if m["split"] == "ua" and m["features"] == "ids"), None)
+    if cloud and ua and payload.get("epochs") == 30:
+        out.append({"what": "ua binary test accuracy, localfm − real SageMaker job (same data and hyperparameters; "
+                    f"cloud {cloud['binary_classification_accuracy']:.4f}, F1 {cloud['binary_f_1.000']:.4f} vs "
+                    f"local {ua['binary']['f1']:.4f}, cross-entropy {cloud['binary_classification_cross_entropy']:.4f}"
+                    f" vs local {ua['binary']['cross_entropy']:.4f})",
+                    "value": ua["binary"]["accuracy"] - cloud["binary_classification_accuracy"], "unit": "",
+                    "target": "", "digits": 4})
     return [o for o in out if not (isinstance(o["value"], float) and math.isnan(o["value"]))]
 
 
@@ -219,3 +234,29 @@ def plot(payload: dict[str, Any], out_dir: Any) -> list[str]:
     from .plots import training_curves
 
     return [training_curves(payload, out_dir)] if payload.get("training_curves") else []
+
+
+def tables(payload: dict[str, Any]) -> str:
+    """Markdown: the quality metrics per split/features next to the baselines."""
+    base = {b["split"]: b for b in payload.get("baselines", [])}
+    lines = ["| split | model | RMSE | accuracy | F1 | cross-entropy | P@10 | R@10 | NDCG@10 |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for m in payload.get("models", []):
+        r, b = m["ranking_fm_binary"], m["binary"]
+        rr = m["ranking_fm_regressor"]
+        lines.append(f"| {m['split']} | FM, {m['features']} | {m['regressor']['rmse']:.4f} | {b['accuracy']:.4f} | "
+                     f"{b['f1']:.4f} | {b['cross_entropy']:.4f} | {r['precision@10']:.4f} | {r['recall@10']:.4f} | "
+                     f"{r['ndcg@10']:.4f} |")
+        lines.append(f"| {m['split']} | FM regressor scores for ranking, {m['features']} | | | | | "
+                     f"{rr['precision@10']:.4f} | {rr['recall@10']:.4f} | {rr['ndcg@10']:.4f} |")
+    for split, b in base.items():
+        p = b["ranking_popularity"]
+        bb = b["binary_base_rate"]
+        lines.append(f"| {split} | baselines: global mean / base rate / popularity | {b['regressor_global_mean']['rmse']:.4f} | "
+                     f"{bb['accuracy']:.4f} | {bb['f1']:.4f} | {bb['cross_entropy']:.4f} | {p['precision@10']:.4f} | "
+                     f"{p['recall@10']:.4f} | {p['ndcg@10']:.4f} |")
+    cloud = payload.get("cloud_test_metrics")
+    if cloud:
+        lines.append(f"| ua | real SageMaker job (cloud fixture, 30 epochs) | | {cloud['binary_classification_accuracy']:.4f} | "
+                     f"{cloud['binary_f_1.000']:.4f} | {cloud['binary_classification_cross_entropy']:.4f} | | | |")
+    return "\n".join(lines) + "\n"

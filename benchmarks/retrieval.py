@@ -242,3 +242,31 @@ def plot(payload: dict[str, Any], out_dir: Any) -> list[str]:
     if payload.get("approximate"):
         paths.append(recall_time(payload, out_dir))
     return paths
+
+
+def tables(payload: dict[str, Any]) -> str:
+    """Markdown: seconds / GFLOP/s / fraction of peak / agreement per size and engine."""
+    peak = payload.get("sgemm_peak", {})
+    after = payload.get("sgemm_peak_after", {})
+    lines = [f"sgemm peak measured in this run: {peak.get('peak_gflops', 0):.0f} GFLOP/s at the start "
+             f"(numpy {peak.get('numpy_gflops', 0):.0f}, torch {peak.get('torch_gflops', 0):.0f}), "
+             f"{after.get('peak_gflops', 0):.0f} GFLOP/s at the end (the machine is shared: its speed drifts).", "",
+             "| users × items | engine | median s | GFLOP/s | of peak | vs FAISS | same sets as FAISS | exact up to ties (float64 sample) |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for s in payload.get("exact", []):
+        for name, e in s["engines"].items():
+            extra = f" (scaled from {e['extrapolated_from_users']:,} users)" if "extrapolated_from_users" in e else ""
+            same = e.get("same_sets_as_faiss")
+            lines.append(f"| {s['users']:,} × {s['items']:,} | {name}{extra} | {e['median_s']:.2f} | {e['gflops']:.1f} | "
+                         f"{e['fraction_of_sgemm_peak']:.2f} | {e.get('speedup_vs_faiss', float('nan')):.2f}× | "
+                         f"{'—' if same is None else f'{same:.5f}'} | {e['agreement_vs_float64']['exact_up_to_ties']:.4f} |")
+    ann = payload.get("approximate")
+    if ann:
+        lines += ["", f"Approximate indexes on {ann['users']:,} × {ann['items']:,} ({ann['queries']:,} sampled users, "
+                  f"exact FAISS search {ann['exact_reference']['search_s']:.2f} s; nlist {ann.get('nlist')}; build "
+                  + ", ".join(f"{k} {v:.1f} s" for k, v in ann["build_s"].items()) + "):", "",
+                  "| index | setting | search s | recall@k | speed vs exact |", "| --- | --- | --- | --- | --- |"]
+        for name, pts in ann["curves"].items():
+            for p in pts:
+                lines.append(f"| {name} | {p['param']} | {p['search_s']:.3f} | {p['recall']:.3f} | {p['speedup_vs_flat']:.1f}× |")
+    return "\n".join(lines) + "\n"

@@ -197,3 +197,27 @@ def plot(payload: dict[str, Any], out_dir: Any) -> list[str]:
     from .plots import throughput_bars
 
     return [throughput_bars(payload, out_dir)]
+
+
+def tables(payload: dict[str, Any]) -> str:
+    """Markdown: samples/s per cell (medians) and the speedups, from the results payload."""
+    lines = ["| dataset | k | batch | naive autograd | localfm SageMaker | localfm fastest | SageMaker/naive | fastest/naive |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for r in payload.get("grid", []):
+        def rate(key: str) -> str:
+            return f"{r[key]['samples_per_s']:,.0f}" if key in r else "n/a"
+
+        def ratio(key: str) -> str:
+            return f"{r[key]:.1f}×" if key in r else "n/a"
+
+        lines.append(f"| {r['dataset']} | {r['num_factors']} | {r['mini_batch_size']} | {rate('naive_autograd')} | "
+                     f"{rate('localfm_sagemaker')} | {rate('localfm_fast')} | {ratio('speedup_sagemaker_vs_naive')} | "
+                     f"{ratio('speedup_fast_vs_naive')} |")
+    le = payload.get("large_epoch")
+    if le:
+        lines.append("")
+        lines.append(f"One epoch over {le['rows']:,} synthetic rows (k=64, batch 5000): " + "; ".join(
+            f"{m} {le[m]['epoch_s']:.1f} s ({le[m]['samples_per_s']:,.0f} samples/s, "
+            f"{le[m]['epoch_s_at_25M_extrapolated']:.0f} s scaled to 25M rows)"
+            for m in ("localfm_fast", "localfm_sagemaker") if m in le) + ".")
+    return "\n".join(lines) + "\n"

@@ -79,6 +79,25 @@ def test_summary_markdown_quotes_results(smoke_results):
     assert "(quick)" in text  # smoke/quick results are marked as such
 
 
+def test_report_readme_and_replot_read_results_files(smoke_results, capsys):
+    _, out = smoke_results
+    assert main(["--report", "--out", str(out)]) == 0
+    report = capsys.readouterr().out
+    assert "## Latest results" in report and "retrieval.json" in report
+    assert main(["--readme", "--out", str(out)]) == 0
+    readme = capsys.readouterr().out
+    assert readme.startswith("## Performance") and "retrieval_vs_size.png" in readme
+    png = out / "retrieval_vs_size.png"
+    png.unlink()
+    assert main(["--replot", "--only", "retrieval", "--out", str(out)]) == 0
+    assert png.stat().st_size > 1000
+
+
+def test_report_without_results_says_so(tmp_path, capsys):
+    assert main(["--readme", "--out", str(tmp_path)]) == 0
+    assert "No results yet" in capsys.readouterr().out
+
+
 def test_exact_baselines_match_reference():
     rng = np.random.default_rng(1)
     U = rng.standard_normal((70, 9), dtype=np.float32)
