@@ -1,12 +1,65 @@
 """localfm: an offline twin of SageMaker Factorization Machines + k-NN top-x.
 
 Data flows one way: data → train → model artifact → repackage → index →
-recommendations → store. The public API is re-exported here.
+recommendations → store. The public API below is re-exported lazily (PEP 562), so
+``import localfm`` and ``localfm --help`` do not pay for torch and FAISS until a
+name that needs them is used.
+
+>>> from localfm import FactorizationMachine, FeatureSpace, load_fm, repackage, top_x  # doctest: +SKIP
 """
 from __future__ import annotations
 
-__version__ = "0.1.0"
+import importlib
+from typing import Any
 
 from .errors import LocalFMError
 
-__all__ = ["LocalFMError", "__version__"]
+__version__ = "0.1.0"
+
+# public name -> module that defines it
+_EXPORTS = {
+    # data
+    "FeatureSpace": "localfm.data.features",
+    "load_movielens": "localfm.data.movielens",
+    "read_interactions": "localfm.data.tabular",
+    "make_split": "localfm.data.splits",
+    # io
+    "FMWeights": "localfm.io.artifacts",
+    "load_fm": "localfm.io.artifacts",
+    "save_fm": "localfm.io.artifacts",
+    "open_artifact": "localfm.io.artifacts",
+    "read_matrix": "localfm.io.recordio",
+    "write_sparse": "localfm.io.recordio",
+    "write_dense": "localfm.io.recordio",
+    # fm
+    "FactorizationMachine": "localfm.fm.model",
+    # knn
+    "KNN": "localfm.knn.model",
+    "build_index": "localfm.knn.index",
+    "recall_at_k": "localfm.knn.index",
+    # recommend
+    "repackage": "localfm.recommend.repackage",
+    "Repackaged": "localfm.recommend.repackage",
+    "top_x": "localfm.recommend.topx",
+    "recommend": "localfm.recommend.recommend",
+    "write_results": "localfm.recommend.sinks",
+    "read_results": "localfm.recommend.sinks",
+    # parity
+    "read_training": "localfm.parity.cloudlog",
+    "compare_training": "localfm.parity.compare",
+}
+
+__all__ = ["LocalFMError", "__version__", *_EXPORTS]
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'localfm' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)
