@@ -13,6 +13,7 @@ Also the ranking metrics (precision/recall/NDCG@k) shared by the quality benchma
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -196,7 +197,7 @@ def popularity_scores(train_items: np.ndarray, n_items: int,
     return liked + count / (count.max() + 1.0)
 
 
-def ranking_metrics(score_fn, n_users: int, n_items: int, train_users: np.ndarray,
+def ranking_metrics(score_fn: Callable[[np.ndarray], np.ndarray], n_users: int, n_items: int, train_users: np.ndarray,
                     train_items: np.ndarray, test_users: np.ndarray, test_items: np.ndarray,
                     test_ratings: np.ndarray, k: int = 10, min_rating: float = 4.0,
                     chunk: int = 1024) -> dict[str, float]:

@@ -13,9 +13,6 @@ Pipelines:
 - the synthetic ML-25M-shaped set (``synthetic_rows`` rows; random 10% test split),
   one epoch, k=64, batch 5000, then all-users top-100 with already-rated items
   excluded. Generating the synthetic Parquet is timed but not part of the total.
-
-The recommend stage uses ``localfm recommend`` when that subcommand exists, otherwise
-``python -m benchmarks.stages recommend`` (same library calls); the results say which.
 """
 from __future__ import annotations
 
@@ -52,20 +49,11 @@ def _localfm(*args: str) -> list[str]:
     return [sys.executable, "-m", "localfm", "--quiet", *args]
 
 
-def _has_cli(name: str) -> bool:
-    return (REPO / "localfm" / "cli" / f"{name}.py").is_file()
-
-
-def recommend_argv(model: Path, data_dir: Path, k: int, db: Path) -> tuple[list[str], str]:
-    """argv for the recommend stage, and which implementation it is."""
-    if _has_cli("recommend"):
-        return _localfm("recommend", "--model", str(model), "--features", str(data_dir / "features.json"),
-                        "--interactions", str(data_dir / "train_interactions.parquet"), "--exclude-seen",
-                        "--k", str(k), "--out", str(db)), "localfm recommend"
-    return [sys.executable, "-m", "benchmarks.stages", "recommend", "--model", str(model),
-            "--features", str(data_dir / "features.json"),
-            "--interactions", str(data_dir / "train_interactions.parquet"), "--k", str(k),
-            "--out", f"sqlite:///{db}"], "benchmarks.stages recommend (library API; no localfm recommend CLI yet)"
+def recommend_argv(model: Path, data_dir: Path, k: int, db: Path) -> list[str]:
+    """``localfm recommend``: exact top-k for every user, rated items excluded, into SQLite."""
+    return _localfm("recommend", "--model", str(model), "--features", str(data_dir / "features.json"),
+                    "--interactions", str(data_dir / "train_interactions.parquet"), "--exclude-seen",
+                    "--k", str(k), "--out", str(db))
 
 
 def _stage(name: str, argv: list[str], **extra: Any) -> dict[str, Any]:
@@ -109,14 +97,14 @@ def ml100k_pipeline(cfg: BenchConfig, work: Path, epochs: int) -> dict[str, Any]
     hp["epochs"] = str(epochs)
     hp_file = work / f"hp-{epochs}.json"
     hp_file.write_text(json.dumps(hp))
-    rec, impl = recommend_argv(model_dir / "model.tar.gz", data, cfg.retrieval_k, db)
+    rec = recommend_argv(model_dir / "model.tar.gz", data, cfg.retrieval_k, db)
     stages = [
         ("prepare", _localfm("prepare", "movielens", str(cfg.ml100k_dir), "--split", "ua", "--label", "binary:4",
                              "--columns", "train", "--drop-unseen", "--order", "file", "--out", str(data)), {}),
         ("train", _localfm("train", "--train", str(data / "train.protobuf"), "--test", str(data / "test.protobuf"),
                            "-o", str(model_dir), "--hyperparameters", str(hp_file), "--seed", "0",
                            "--quiet-log"), {"hyperparameters": hp}),
-        (f"top-{cfg.retrieval_k} → SQLite", rec, {"implementation": impl}),
+        (f"top-{cfg.retrieval_k} → SQLite", rec, {}),
     ]
     res = _pipeline(f"ml-100k ua, cloud config, {epochs} epochs", stages, db)
     metrics = model_dir / "metrics.json"
@@ -135,7 +123,7 @@ def large_pipeline(cfg: BenchConfig, work: Path) -> dict[str, Any]:
     parquet = work / "synthetic.parquet"
     hp = {"feature_dim": "0", "predictor_type": "binary_classifier", "num_factors": "64", "epochs": "1",
           "mini_batch_size": "5000"}
-    rec, impl = recommend_argv(model_dir / "model.tar.gz", data, cfg.retrieval_k, db)
+    rec = recommend_argv(model_dir / "model.tar.gz", data, cfg.retrieval_k, db)
     stages: list[tuple[str, list[str], dict[str, Any]]] = [
         ("generate synthetic parquet (input, not counted)",
          [sys.executable, "-m", "benchmarks.stages", "synth", "--rows", str(cfg.synthetic_rows),
@@ -156,7 +144,7 @@ def large_pipeline(cfg: BenchConfig, work: Path) -> dict[str, Any]:
     more = [
         ("train", _localfm("train", "--train", str(data / "train.protobuf"), "-o", str(model_dir),
                            "--hyperparameters", str(hp_file), "--seed", "0", "--quiet-log"), {"hyperparameters": hp}),
-        (f"top-{cfg.retrieval_k} → SQLite", rec, {"implementation": impl}),
+        (f"top-{cfg.retrieval_k} → SQLite", rec, {}),
     ]
     rest = _pipeline("rest", more, db)
     stages_all = out["stages"] + rest["stages"]

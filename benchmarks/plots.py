@@ -33,6 +33,14 @@ def _stamp(ax: Any, payload: dict[str, Any]) -> None:
             transform=ax.transAxes, ha="right", va="bottom", fontsize=6, color="grey")
 
 
+def _plain_log_ticks(axis: Any) -> None:
+    """Log axis without the crowded 3×10⁻¹-style minor labels."""
+    from matplotlib.ticker import LogFormatterSciNotation, NullFormatter
+
+    axis.set_major_formatter(LogFormatterSciNotation())
+    axis.set_minor_formatter(NullFormatter())
+
+
 def throughput_bars(payload: dict[str, Any], out_dir: Path) -> str:
     """Samples/s per (dataset, k, batch), one bar per trainer, log scale."""
     plt = _plt()
@@ -95,6 +103,7 @@ def recall_time(payload: dict[str, Any], out_dir: Path) -> str:
     if exact:
         ax.axvline(exact["search_s"], color="k", ls="--", lw=0.8, label=exact["name"] + " (exact)")
     ax.set_xscale("log")
+    _plain_log_ticks(ax.xaxis)
     ax.set_xlabel(f"search seconds for {ann.get('queries', '?')} queries")
     ax.set_ylabel(f"recall@{payload.get('k', '')}")
     ax.set_title(f"Approximate indexes, {ann.get('users', '?')}×{ann.get('items', '?')} catalogue", fontsize=10)

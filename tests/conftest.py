@@ -7,6 +7,9 @@ cleanly with a reason when it is absent.
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -57,3 +60,70 @@ def cli(capsys):
         return code, out, err
 
     return run
+
+
+# A real S3 API for the s3:// tests: ThreadedMotoServer on loopback, in a child process
+# so its in-memory object store does not count against the test process's memory.
+_MOTO_SERVER = """
+import sys
+from moto.server import ThreadedMotoServer
+server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+server.start()
+print(server.get_host_and_port()[1], flush=True)
+sys.stdin.read()  # run until the fixture closes our stdin
+server.stop()
+"""
+
+S3_TEST_SECRET = "s3cr3t-never-shown"
+
+
+@pytest.fixture(scope="session")
+def moto_endpoint() -> Iterator[str]:
+    """URL of a moto S3 server on 127.0.0.1 (one per test session)."""
+    pytest.importorskip("boto3")
+    pytest.importorskip("moto.server")
+    proc = subprocess.Popen(
+        [sys.executable, "-c", _MOTO_SERVER], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL, text=True,
+    )
+    try:
+        assert proc.stdout is not None
+        line = proc.stdout.readline()
+        if not line.strip().isdigit():
+            pytest.fail(f"moto server did not start (got {line!r})")
+        yield f"http://127.0.0.1:{int(line)}"
+    finally:
+        assert proc.stdin is not None
+        proc.stdin.close()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def make_s3_bucket(endpoint: str, bucket: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path):  # noqa: ANN201
+    """Point localfm (and boto3) at ``endpoint`` with dummy credentials; return a client with ``bucket``."""
+    import boto3
+
+    monkeypatch.setenv("LOCALFM_S3_ENDPOINT_URL", endpoint)
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", S3_TEST_SECRET)
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+    # Never read the developer's real AWS config or reach instance metadata.
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "no-config"))
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "no-credentials"))
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+    monkeypatch.delenv("AWS_PROFILE", raising=False)
+    monkeypatch.delenv("AWS_SESSION_TOKEN", raising=False)
+    # boto3's default session caches resolved credentials for the process; start fresh
+    # so each test sees exactly the environment it set.
+    monkeypatch.setattr(boto3, "DEFAULT_SESSION", None)
+    from localfm.io.uri import s3_client
+
+    client = s3_client()
+    try:
+        client.create_bucket(Bucket=bucket)
+    except client.exceptions.BucketAlreadyOwnedByYou:
+        pass
+    return client

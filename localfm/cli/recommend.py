@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 
 from ..errors import LocalFMError
@@ -42,7 +43,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--index-metric", default="INNER_PRODUCT",
                    help="INNER_PRODUCT (default: FM score order), or COSINE / L2 to mirror a k-NN configured so "
                         "(then a FAISS index is used and recall vs the exact FM ranking is reported)")
-    p.add_argument("--nprobe", type=int, default=5, help="IVF lists searched per query (SageMaker's hidden default 5)")
+    p.add_argument("--nprobe", default="auto", metavar="auto|N",
+                   help="IVF lists searched per query: auto (default) raises it from SageMaker's hidden default 5 "
+                        "until recall@k on sampled users reaches --target-recall; an integer N is used as given "
+                        "(--nprobe 5 = the cloud's setting)")
+    p.add_argument("--target-recall", type=float, default=0.95,
+                   help="recall@k that --nprobe auto must reach, against the exact ranking (default 0.95)")
+    p.add_argument("--tune-users", type=int, default=1000,
+                   help="users sampled to tune --nprobe auto (at most half the users; the rest are held out; default 1000)")
     p.add_argument("--recall-users", type=int, default=1000,
                    help="users sampled to measure recall@k of an approximate index (0 = skip)")
     p.add_argument("--sigmoid", action="store_true", help="store sigmoid(FM score) (binary_classifier models)")
@@ -70,6 +78,25 @@ def _id_list(text: str | None, what: str) -> list[str] | None:
     if not items:
         raise LocalFMError(f"{what}: no ids given")
     return items
+
+
+def _recall_note(stats) -> str:  # noqa: ANN001 - RecommendStats
+    """One human line about nprobe and recall: the JSON summary has the same, this is for eyes."""
+    parts = []
+    n = stats.nprobe
+    if n is not None:
+        if n["mode"] == "auto":
+            verdict = "" if n["met"] else f" (target {n['target']} NOT met even at nprobe = nlist)"
+            parts.append(f"nprobe auto -> {n['nprobe']} of {n['nlist']} lists, recall {n['tuning_recall']:.4f} "
+                         f"on {n['tuning_users']} tuning users (target {n['target']}){verdict}")
+        else:
+            parts.append(f"nprobe {n['nprobe']} of {n['nlist']} lists (fixed)")
+    r = stats.recall
+    if r is not None:
+        parts.append(f"recall@{r['k']} {r['recall']:.4f} on {r['users']} users")
+        if r.get("held_out_recall") is not None:
+            parts.append(f"{r['held_out_recall']:.4f} on {r['held_out_users']} held-out users")
+    return "; ".join(parts)
 
 
 def handler(args: argparse.Namespace) -> int:
@@ -127,11 +154,13 @@ def handler(args: argparse.Namespace) -> int:
     stats = RecommendStats()
     kinds = {"user_id_kind": "int" if rep.user_ids.dtype.kind in "iu" else "text",
              "item_id_kind": "int" if rep.item_ids.dtype.kind in "iu" else "text"}
-    index_options = {"nprobe": args.nprobe} if index in ("faiss.IVFFlat", "faiss.IVFPQ") else {}
+    from ..recommend.recommend import _check_nprobe
+
+    index_options = {"nprobe": _check_nprobe(args.nprobe)} if index in ("faiss.IVFFlat", "faiss.IVFPQ") else {}
     batches = recommend(
         rep, k, seen=seen, item_rows=item_rows, index=index, sigmoid=args.sigmoid, batch_size=args.batch_size,
         threads=args.threads, mode=args.engine_mode, recall_users=args.recall_users, stats=stats,
-        index_options=index_options, metric=metric,
+        index_options=index_options, metric=metric, target_recall=args.target_recall, tune_users=args.tune_users,
     )
     with open_sink(args.out, table=args.table, lock_timeout=args.lock_timeout, **kinds) as write:
         for batch in batches:
@@ -150,5 +179,10 @@ def handler(args: argparse.Namespace) -> int:
     }
     if stats.recall is not None:
         summary["recall"] = stats.recall
+    if stats.nprobe is not None:
+        summary["nprobe"] = stats.nprobe
+    note = _recall_note(stats)
+    if note:
+        print(f"localfm recommend: {note}", file=sys.stderr)
     print(json.dumps(summary))
     return 0

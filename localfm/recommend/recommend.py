@@ -34,6 +34,12 @@ from .topx import default_threads, iter_top_x, validate_k
 
 EXACT = "exact"
 APPROX_INDEXES = ("faiss.Flat", "faiss.IVFFlat", "faiss.HNSW", "faiss.IVFPQ")
+IVF_INDEXES = ("faiss.IVFFlat", "faiss.IVFPQ")
+# The cloud's hidden k-NN default. ``nprobe="auto"`` starts here and only ever raises it,
+# so wherever SageMaker's setting is already good enough the result is the cloud's.
+START_NPROBE = 5
+DEFAULT_TARGET_RECALL = 0.95
+DEFAULT_TUNE_USERS = 1000
 
 
 @dataclass
@@ -46,6 +52,8 @@ class RecommendStats:
     index: str = EXACT
     seconds: float = 0.0
     recall: dict[str, Any] | None = None
+    # IVF indexes: how nprobe was chosen ({"mode": "auto"|"fixed", "nprobe", ...}).
+    nprobe: dict[str, Any] | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -241,6 +249,8 @@ def recommend(
     stats: RecommendStats | None = None,
     index_options: dict[str, Any] | None = None,
     metric: str = "INNER_PRODUCT",
+    target_recall: float = DEFAULT_TARGET_RECALL,
+    tune_users: int = DEFAULT_TUNE_USERS,
 ) -> Iterator[ResultBatch]:
     """Stream top-``k`` results for every user of ``rep``, one :class:`ResultBatch` per user batch.
 
@@ -252,6 +262,13 @@ def recommend(
     ``INNER_PRODUCT`` (COSINE, L2: mirroring a k-NN configured so) implies a FAISS
     index (``faiss.Flat`` for ``"exact"``) and is *not* FM-score order; its recall
     against the exact FM ranking is reported.
+
+    IVF indexes (``faiss.IVFFlat``, ``faiss.IVFPQ``) take ``index_options["nprobe"]``:
+    an integer is used as given; ``"auto"`` (the default) raises nprobe from the
+    cloud's 5 until recall@k on a seeded sample of at most ``tune_users`` users (half
+    the users at most, so the rest stay held out) reaches ``target_recall``; see
+    :func:`tune_nprobe`. ``stats.nprobe`` records the choice, and ``stats.recall``
+    adds the recall on users the tuning never saw.
     """
     k = validate_k(k)
     stats = stats if stats is not None else RecommendStats()
@@ -283,19 +300,184 @@ def recommend(
         from ..knn.index import build_index, configure_threads, normalize_index_type
 
         name = normalize_index_type(index)
+        opts = dict(index_options or {})
+        auto = False
+        if name in IVF_INDEXES:
+            auto = _check_nprobe(opts.get("nprobe", "auto")) == "auto"
+            if auto:
+                opts["nprobe"] = START_NPROBE
+                if not 0.0 < float(target_recall) <= 1.0:
+                    raise LocalFMError(f"--target-recall: expected a number in (0, 1], got {target_recall}")
+                if int(tune_users) < 1:
+                    raise LocalFMError(f"--tune-users: expected a positive integer, got {tune_users}")
         configure_threads()
         t0 = time.perf_counter()
-        idx = build_index(I, index_type=name, index_metric=metric, **(index_options or {}))
+        idx = build_index(I, index_type=name, index_metric=metric, **opts)
         stats.index = name
+        ref = _Reference(U, I, k, sub_seen, threads, metric)
+        tuned_rows = None
+        if auto and U.shape[0]:
+            stats.nprobe = tune_nprobe(idx, ref, target=float(target_recall), tune_users=int(tune_users))
+            tuned_rows = np.asarray(stats.nprobe.pop("_rows"))
+        elif name in IVF_INDEXES:
+            stats.nprobe = {"mode": "auto" if auto else "fixed", "nprobe": int(idx.nprobe),
+                            "nlist": int(idx.extra.get("nlist", 0))}
         exact_equivalent = name == "faiss.Flat" and metric == "INNER_PRODUCT"
         if not exact_equivalent and recall_users > 0 and U.shape[0]:
-            stats.recall = measure_recall(idx, U, I, k, sub_seen, recall_users, threads)
+            stats.recall = measure_recall(idx, U, I, k, sub_seen, recall_users, threads, ref=ref, tuned_rows=tuned_rows)
         source = _index_iter(idx, U, k, sub_seen, batch_size, I.shape[0])
     for first, ids in source:
         batch = _to_batch(rep, first, ids, item_rows, sigmoid)
         stats.rows += len(batch)
         yield batch
     stats.seconds = time.perf_counter() - t0
+
+
+def _check_nprobe(value: Any) -> int | str:
+    """``"auto"`` or a positive integer (what ``--nprobe`` accepts)."""
+    if isinstance(value, str) and value.strip().lower() == "auto":
+        return "auto"
+    try:
+        n = int(value)
+    except (TypeError, ValueError):
+        raise LocalFMError(f"--nprobe: expected 'auto' or a positive integer, got {value!r}") from None
+    if isinstance(value, bool) or n < 1 or (isinstance(value, float) and n != value):
+        raise LocalFMError(f"--nprobe: expected 'auto' or a positive integer, got {value!r}")
+    return n
+
+
+def _sample_rows(n: int, size: int, seed: int) -> np.ndarray:
+    """A sorted, seeded sample of ``size`` of ``range(n)`` (all of them when size >= n)."""
+    rng = np.random.default_rng(seed)
+    return np.sort(rng.choice(n, size=min(size, n), replace=False))
+
+
+def _recall_rows(approx: np.ndarray, exact: np.ndarray) -> np.ndarray:
+    """Per-row recall (as :func:`localfm.knn.index.recall_at_k`, which returns only the mean)."""
+    out = np.ones(exact.shape[0], dtype=np.float64)
+    for r, (a_row, e_row) in enumerate(zip(approx, exact)):
+        e = np.unique(e_row[e_row >= 0])
+        if e.size:
+            out[r] = np.intersect1d(a_row[a_row >= 0], e).size / e.size
+    return out
+
+
+@dataclass
+class _Reference:
+    """Exact top-k ids for any subset of users, computed once per user and cached.
+
+    Two references: ``fm`` is the exact FM ranking (the exact engine: what
+    ``recall`` has always been measured against); ``metric`` is exact search in
+    the index's own metric, which is what nprobe can improve: the same as ``fm``
+    for INNER_PRODUCT, a ``faiss.Flat`` of that metric for COSINE / L2 (whose
+    order differs from FM order at any nprobe). Both apply the exclusions, so
+    recall is that of the final post-exclusion top-k.
+    """
+
+    U: np.ndarray
+    I: np.ndarray
+    k: int
+    seen: sp.csr_matrix | None
+    threads: int
+    metric: str
+    _cache: dict[str, dict[int, np.ndarray]] = field(default_factory=lambda: {"fm": {}, "metric": {}})
+    _flat: Any = None
+
+    def ids(self, rows: np.ndarray, kind: str = "metric") -> np.ndarray:
+        if kind == "metric" and self.metric == "INNER_PRODUCT":
+            kind = "fm"
+        cache = self._cache[kind]
+        todo = np.array([r for r in rows.tolist() if r not in cache], dtype=np.int64)
+        if todo.size:
+            ss = self.seen[todo] if self.seen is not None else None
+            if kind == "fm":
+                got = np.concatenate([ids for _, ids in _exact_iter(self.U[todo], self.I, self.k, ss, 1024,
+                                                                    self.threads, "auto")])
+            else:
+                if self._flat is None:
+                    from ..knn.index import build_index
+
+                    self._flat = build_index(self.I, index_type="faiss.Flat", index_metric=self.metric)
+                got = np.concatenate([ids for _, ids in _index_iter(self._flat, self.U[todo], self.k, ss, 1024,
+                                                                    self.I.shape[0])])
+            cache.update(zip(todo.tolist(), got))
+        return np.stack([cache[r] for r in rows.tolist()]) if rows.size else np.empty((0, self.k), np.int64)
+
+    def approx(self, idx: Any, rows: np.ndarray) -> np.ndarray:
+        ss = self.seen[rows] if self.seen is not None else None
+        return np.concatenate([ids for _, ids in _index_iter(idx, self.U[rows], self.k, ss, 1024, self.I.shape[0])])
+
+
+def tune_nprobe(
+    idx: Any,
+    ref: _Reference,
+    *,
+    target: float = DEFAULT_TARGET_RECALL,
+    tune_users: int = DEFAULT_TUNE_USERS,
+    seed: int = 1,
+) -> dict[str, Any]:
+    """Set ``idx.nprobe`` to the smallest value >= 5 whose recall@k reaches ``target``.
+
+    Why not :func:`localfm.knn.index.tune_nprobe`: that one measures plain search of
+    training rows against FAISS exact search and stops at a doubling. Here recall is
+    that of what ``recommend`` stores — user queries, exclusions applied, compared
+    with the exact engine — and the answer is the smallest nprobe, not the next
+    power of two times 5 (each extra list probed costs search time on every user).
+
+    Search: nprobe 5, 10, 20, ... (capped at nlist) until the target is met, then a
+    bisection between the last failing and the first passing value. For IVFFlat
+    recall cannot fall when nprobe rises (a superset of cells, exact distances), so
+    the bisection finds the true minimum; for IVFPQ it is a good approximation and
+    the returned recall is always the one measured at the chosen value.
+
+    Tuning users are a seeded sample of ``min(tune_users, n_users // 2)`` users so
+    that the other half stays available for an honest held-out check
+    (:func:`measure_recall`). Returns a dict for the summary; key ``_rows`` holds
+    the tuning rows (the caller removes it).
+    """
+    n = ref.U.shape[0]
+    nlist = int(idx.extra.get("nlist") or 1)
+    rows = _sample_rows(n, min(tune_users, max(1, n // 2)), seed)
+    exact = ref.ids(rows)
+    tried: dict[int, float] = {}
+
+    def recall_at(p: int) -> float:
+        if p not in tried:
+            idx.nprobe = p
+            tried[p] = float(_recall_rows(ref.approx(idx, rows), exact).mean())
+        return tried[p]
+
+    lo, hi = 0, None
+    p = min(START_NPROBE, nlist)
+    while True:
+        if recall_at(p) >= target:
+            hi = p
+            break
+        lo = p
+        if p >= nlist:
+            break
+        p = min(2 * p, nlist)
+    if hi is not None and lo > 0:
+        while hi - lo > 1:
+            mid = (lo + hi) // 2
+            if recall_at(mid) >= target:
+                hi = mid
+            else:
+                lo = mid
+    chosen = hi if hi is not None else nlist
+    idx.nprobe = chosen
+    return {
+        "mode": "auto",
+        "nprobe": int(chosen),
+        "nlist": nlist,
+        "target": float(target),
+        "met": hi is not None,
+        "tuning_users": int(rows.size),
+        "tuning_recall": recall_at(chosen),
+        "reference": "exact FM ranking" if ref.metric == "INNER_PRODUCT" else f"exact {ref.metric} search",
+        "tried": [{"nprobe": int(q), "recall": r} for q, r in tried.items()],
+        "_rows": rows,
+    }
 
 
 def measure_recall(
@@ -307,14 +489,29 @@ def measure_recall(
     n_users: int,
     threads: int,
     seed: int = 0,
+    *,
+    ref: _Reference | None = None,
+    tuned_rows: np.ndarray | None = None,
 ) -> dict[str, Any]:
-    """recall@k of an approximate index against the exact engine, on a seeded user sample."""
-    from ..knn.index import recall_at_k
+    """recall@k of an approximate index against the exact engine, on a seeded user sample.
 
-    rng = np.random.default_rng(seed)
-    pick = np.sort(rng.choice(U.shape[0], size=min(n_users, U.shape[0]), replace=False))
-    Us = U[pick]
-    ss = seen[pick] if seen is not None else None
-    exact = np.concatenate([ids for _, ids in _exact_iter(Us, I, k, ss, 1024, threads, "auto")])
-    approx = np.concatenate([ids for _, ids in _index_iter(idx, Us, k, ss, 1024, I.shape[0])])
-    return {"k": int(min(k, I.shape[0])), "users": int(pick.size), "recall": float(recall_at_k(approx, exact))}
+    ``recall`` is over the whole sample (all users when there are at most
+    ``n_users``). When nprobe was tuned on ``tuned_rows``, the sample's other users
+    give ``held_out_recall`` (against the same reference the tuning used): the
+    number to trust, since the tuned nprobe was chosen to pass on the tuning users.
+    """
+    ref = ref if ref is not None else _Reference(U, I, k, seen, threads, "INNER_PRODUCT")
+    pick = _sample_rows(U.shape[0], n_users, seed)
+    approx = ref.approx(idx, pick)
+    out: dict[str, Any] = {
+        "k": int(min(k, I.shape[0])),
+        "users": int(pick.size),
+        "recall": float(_recall_rows(approx, ref.ids(pick, "fm")).mean()),
+    }
+    if tuned_rows is not None:
+        held = ~np.isin(pick, tuned_rows)
+        out["held_out_users"] = int(held.sum())
+        out["held_out_recall"] = (
+            float(_recall_rows(approx[held], ref.ids(pick[held], "metric")).mean()) if held.any() else None
+        )
+    return out

@@ -1,7 +1,5 @@
 import sqlite3
 
-import pytest
-
 
 def test_demo_runs_the_whole_pipeline_on_embedded_data(cli, tmp_path):
     code, out, err = cli("--quiet", "demo", "--out", tmp_path, "--epochs", "3", "-k", "7")

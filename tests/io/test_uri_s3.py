@@ -8,10 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import os
-import subprocess
-import sys
 import tracemalloc
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -21,69 +18,16 @@ pytest.importorskip("moto.server")
 
 from localfm.errors import LocalFMError  # noqa: E402
 from localfm.io import uri  # noqa: E402
+from tests.conftest import S3_TEST_SECRET, make_s3_bucket  # noqa: E402
 
 BUCKET = "localfm-test"
-SECRET = "s3cr3t-never-shown"
-
-
-# The server runs ThreadedMotoServer in a child process so that its in-memory object
-# store does not count against the client's memory in the streaming test.
-_SERVER = """
-import sys, time
-from moto.server import ThreadedMotoServer
-server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-server.start()
-print(server.get_host_and_port()[1], flush=True)
-sys.stdin.read()  # run until the test closes our stdin
-server.stop()
-"""
-
-
-@pytest.fixture(scope="module")
-def s3_endpoint() -> Iterator[str]:
-    proc = subprocess.Popen(
-        [sys.executable, "-c", _SERVER], stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True
-    )
-    try:
-        assert proc.stdout is not None
-        line = proc.stdout.readline()
-        if not line.strip().isdigit():
-            pytest.fail(f"moto server did not start (got {line!r})")
-        yield f"http://127.0.0.1:{int(line)}"
-    finally:
-        assert proc.stdin is not None
-        proc.stdin.close()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+SECRET = S3_TEST_SECRET
 
 
 @pytest.fixture
-def s3(s3_endpoint: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path):  # noqa: ANN201 - boto3 client
-    """Point localfm (and boto3) at the moto server with dummy credentials; a fresh bucket."""
-    monkeypatch.setenv("LOCALFM_S3_ENDPOINT_URL", s3_endpoint)
-    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
-    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", SECRET)
-    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
-    # Never read the developer's real AWS config or reach instance metadata.
-    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "no-config"))
-    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "no-credentials"))
-    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
-    monkeypatch.delenv("AWS_PROFILE", raising=False)
-    monkeypatch.delenv("AWS_SESSION_TOKEN", raising=False)
-    # boto3's default session caches resolved credentials for the process; start fresh
-    # so each test sees exactly the environment it set.
-    import boto3
-
-    monkeypatch.setattr(boto3, "DEFAULT_SESSION", None)
-    client = uri.s3_client()
-    try:
-        client.create_bucket(Bucket=BUCKET)
-    except client.exceptions.BucketAlreadyOwnedByYou:
-        pass
-    return client
+def s3(moto_endpoint: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path):  # noqa: ANN201 - boto3 client
+    """localfm pointed at the session's moto server with dummy credentials; a fresh bucket."""
+    return make_s3_bucket(moto_endpoint, BUCKET, monkeypatch, tmp_path)
 
 
 def test_split_and_is_s3() -> None:

@@ -12,13 +12,12 @@ import contextlib
 import io
 import json
 import shutil
-import subprocess
-import sys
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+
+from tests.conftest import make_s3_bucket
 
 
 def run_cli(*args: str) -> tuple[int, str, str]:
@@ -86,61 +85,8 @@ def fixture_report(byo_run: Path, tmp_path_factory: pytest.TempPathFactory) -> F
 
 
 # ------------------------------------------------------------------ S3 (moto server)
-_SERVER = """
-import sys
-from moto.server import ThreadedMotoServer
-server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-server.start()
-print(server.get_host_and_port()[1], flush=True)
-sys.stdin.read()
-server.stop()
-"""
-
-
-@pytest.fixture(scope="session")
-def moto_endpoint() -> Iterator[str]:
-    """A moto S3 server on loopback (ThreadedMotoServer in a child process)."""
-    pytest.importorskip("boto3")
-    pytest.importorskip("moto.server")
-    proc = subprocess.Popen(
-        [sys.executable, "-c", _SERVER], stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True
-    )
-    try:
-        assert proc.stdout is not None
-        line = proc.stdout.readline()
-        if not line.strip().isdigit():
-            pytest.fail(f"moto server did not start (got {line!r})")
-        yield f"http://127.0.0.1:{int(line)}"
-    finally:
-        assert proc.stdin is not None
-        proc.stdin.close()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-
-
 @pytest.fixture
 def s3_bucket(moto_endpoint: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path):  # noqa: ANN201
-    """(client, bucket) with localfm pointed at the moto server and dummy credentials."""
-    import boto3
-
-    monkeypatch.setenv("LOCALFM_S3_ENDPOINT_URL", moto_endpoint)
-    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
-    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
-    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
-    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "no-config"))
-    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "no-credentials"))
-    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
-    monkeypatch.delenv("AWS_PROFILE", raising=False)
-    monkeypatch.setattr(boto3, "DEFAULT_SESSION", None)
-    from localfm.io.uri import s3_client
-
-    client = s3_client()
+    """(client, bucket) with localfm pointed at the session's moto server and dummy credentials."""
     bucket = "parity-runs"
-    try:
-        client.create_bucket(Bucket=bucket)
-    except client.exceptions.BucketAlreadyOwnedByYou:
-        pass
-    return client, bucket
+    return make_s3_bucket(moto_endpoint, bucket, monkeypatch, tmp_path), bucket

@@ -1,0 +1,341 @@
+"""Compiled (numba) training engine: one call runs a whole FM epoch with SageMaker semantics.
+
+Why: at the cloud job's ``mini_batch_size=200`` the torch engine in
+:mod:`localfm.fm.model` spends most of each step in Python and torch dispatch
+(~25 small ops per batch) rather than arithmetic. This module does the same work
+in one ``@njit`` function per epoch, with no per-batch allocation, directly on the
+CSR arrays and on the trainer's (d, 3, k+1) table ``P`` (``P[:, 0] = [v | w]``,
+``P[:, 1]`` = Adam m, ``P[:, 2]`` = Adam v), so results match the torch engine to
+float32 rounding while running several times faster (numbers in docs/fm.md).
+
+Semantics reproduced step for step from the torch engine (``FactorizationMachine._fit``):
+
+- batches of ``mini_batch_size`` rows in ``order`` (file order unless the local
+  shuffle is on), the last one padded by wrapping around to the first rows;
+- per batch: forward on the *pre-update* weights, scores stored for the epoch's
+  pooled metrics (computed afterwards by :class:`localfm.fm.metrics.MetricAccumulator`
+  on exactly these float32 scores, so the metric code path is shared);
+- gradient ``g = rescale * (sigmoid(s) - y)`` (binary) or ``rescale * (s - y)``,
+  ``dv_j = sum_i g_i x_ij S_i - v_j sum_i g_i x_ij^2``, ``dw_j = sum_i g_i x_ij``, summed
+  per distinct column in batch-row order (the lazy update sees each touched row once);
+- the optimizer step on the touched rows only, with the same float32 formulas and
+  operation order as :func:`localfm.fm.optim.step_gathered` (torch lerp form of
+  Adam's first moment, ``addcmul`` / ``addcdiv`` association), the bias as
+  :func:`localfm.fm.optim.step_scalar`. Adam's bias-corrected step sizes are
+  computed in Python (``adam_coefficient``) and passed in, so ``pow`` rounding is
+  identical too.
+
+The kernel is serial: it is deterministic (seeded runs give identical bytes) and
+leaves the other core free; a batch of 200 rows x 2 nonzeros is too little work to
+split across threads profitably.
+
+Without numba installed the kernels below are plain Python functions that are never
+called: :func:`resolve_engine` picks the torch engine instead.
+"""
+from __future__ import annotations
+
+import functools
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+
+from ..errors import LocalFMError
+from .optim import BETA1, BETA2, adam_coefficient
+
+try:  # numba is a project dependency, but the trainer must still work without it
+    from numba import njit
+
+    HAVE_NUMBA = True
+except ImportError:  # pragma: no cover - exercised only where numba is missing
+    HAVE_NUMBA = False
+
+    def njit(*args: Any, **kwargs: Any):  # noqa: ANN201 - no-op decorator stand-in
+        if args and callable(args[0]):
+            return args[0]
+        return lambda f: f
+
+
+ENGINES = ("auto", "numba", "torch")
+#: optimizer codes of the kernel (``_local_optimizer`` values)
+OPTIMIZERS = {"adam": 0, "adamw": 1, "sgd": 2, "adagrad": 3}
+
+
+@functools.cache
+def numba_available() -> bool:
+    return HAVE_NUMBA
+
+
+def unsupported_options(hp: Mapping[str, Any]) -> list[str]:
+    """The options set in ``hp`` that only the torch engine implements (empty = numba can run)."""
+    out = []
+    if not hp["_local_lazy_wd"]:
+        out.append("_local_lazy_wd=false")
+    if hp["_local_optimizer"] not in OPTIMIZERS:
+        out.append(f"_local_optimizer={hp['_local_optimizer']}")
+    return out
+
+
+def resolve_engine(hp: Mapping[str, Any]) -> str:
+    """``numba`` or ``torch`` for these hyperparameters (``_local_engine``: auto|numba|torch).
+
+    ``auto`` takes numba when it is importable and every option is supported, else torch
+    (same results, slower). An explicit ``numba`` that cannot run is an error rather than a
+    silent fallback, so a benchmark never measures the wrong engine.
+    """
+    engine = hp.get("_local_engine", "auto")
+    if engine not in ENGINES:
+        raise LocalFMError(f"hyperparameter '_local_engine': expected one of {', '.join(ENGINES)}, got {engine!r}")
+    if engine == "torch":
+        return "torch"
+    missing = unsupported_options(hp)
+    if engine == "numba":
+        if not numba_available():
+            raise LocalFMError("hyperparameter '_local_engine'=numba needs the numba package: pip install numba")
+        if missing:
+            raise LocalFMError(
+                f"hyperparameter '_local_engine'=numba does not support {', '.join(missing)}; "
+                "use _local_engine=auto or torch"
+            )
+        return "numba"
+    return "numba" if numba_available() and not missing else "torch"
+
+
+# ----------------------------------------------------------------------------- kernels
+@njit(cache=True, fastmath={"reassoc", "nsz"})
+def _sumsq(a, n):  # noqa: ANN001, ANN202 - numba
+    """sum(a[:n]**2) in float32, vectorised (reassociated like torch's own ``sum(1)``)."""
+    acc = np.float32(0.0)
+    for f in range(n):
+        acc += a[f] * a[f]
+    return acc
+
+
+@njit(cache=True)
+def _bias_step(state, grad, kind, lr, wd, clip, use_clip, eps, coef, lr_scale):  # noqa: ANN001, ANN202
+    """:func:`localfm.fm.optim.step_scalar` on ``state = [w0, m, v]`` (float32), in place."""
+    w = state[0]
+    g = np.float32(grad)
+    if use_clip:
+        g = min(max(g, -clip), clip)
+    decay = np.float32(0.0)
+    if kind == 1:
+        decay = w * wd * lr * lr_scale
+    else:
+        g = g + wd * w
+    if kind == 2:
+        w_new = w - lr_scale * lr * g
+    elif kind == 3:
+        state[2] = state[2] + g * g
+        w_new = w - lr_scale * lr * g / (np.sqrt(state[2]) + eps)
+    else:
+        state[1] = np.float32(BETA1) * state[1] + np.float32(1.0 - BETA1) * g
+        state[2] = np.float32(BETA2) * state[2] + np.float32(1.0 - BETA2) * g * g
+        w_new = w - coef * lr * state[1] / (np.sqrt(state[2]) + eps)
+    state[0] = w_new - decay
+
+
+@njit(cache=True)
+def train_epoch(  # noqa: ANN201, PLR0913, PLR0912, PLR0915 - one flat kernel on purpose
+    indptr, indices, data, y, order, batch_size, P, lr, wd, decay, kind, clip, use_clip, eps, rescale,
+    binary, use_bias, bias, bias_lr, bias_wd, bias_decay, coefs, lr_scale, slot, scores_out, labels_out,
+):
+    """One epoch over ``order`` in batches of ``batch_size``; updates ``P`` and ``bias`` in place.
+
+    ``P`` (d, 3, k+1) float32: weights ``[v | w]``, Adam m, Adam v per feature row.
+    ``lr``/``wd``/``decay`` (k+1,) float32 per-column settings (``decay`` = wd*lr*lr_scale
+    for adamw). ``bias`` = [w0, m, v] float32. ``coefs[b]`` is the float32 bias-corrected
+    Adam step factor of batch b. ``slot`` (d,) int32 all -1 (scratch: column -> position
+    among the batch's distinct columns; restored to -1 on return). Writes every padded
+    row's pre-update score and label to ``scores_out`` / ``labels_out``.
+    """
+    n = order.shape[0]
+    k1 = P.shape[2]
+    k = k1 - 1
+    n_batches = scores_out.shape[0] // batch_size
+    # largest number of nonzeros in one (padded) batch: sizes the scratch buffers once
+    max_nnz = 0
+    for b in range(n_batches):
+        cnt = 0
+        for i in range(batch_size):
+            row = order[(b * batch_size + i) % n]
+            cnt += indptr[row + 1] - indptr[row]
+        max_nnz = max(max_nnz, cnt)
+    inv = np.empty(max_nnz, np.int64)
+    val = np.empty(max_nnz, np.float32)
+    cols = np.empty(max(max_nnz, 1), np.int64)
+    nrm = np.empty(max(max_nnz, 1), np.float32)
+    G = np.empty((max(max_nnz, 1), k1), np.float32)
+    cacc = np.empty(max(max_nnz, 1), np.float32)
+    S = np.empty((batch_size, k1), np.float32)
+    gs = np.empty(batch_size, np.float32)
+    rowptr = np.empty(batch_size + 1, np.int64)
+    half = np.float32(0.5)
+    one = np.float32(1.0)
+    zero = np.float32(0.0)
+    b1w = np.float32(1.0 - BETA1)  # torch lerp weight
+    b2 = np.float32(BETA2)
+    b2w = np.float32(1.0 - BETA2)
+    for b in range(n_batches):
+        base = b * batch_size
+        # -- gather the batch: distinct columns (first-seen order) and each nonzero's slot
+        nz = 0
+        U = 0
+        for i in range(batch_size):
+            row = order[(base + i) % n]
+            rowptr[i] = nz
+            labels_out[base + i] = y[row]
+            for p in range(indptr[row], indptr[row + 1]):
+                c = indices[p]
+                u = slot[c]
+                if u < 0:
+                    u = U
+                    slot[c] = U
+                    cols[U] = c
+                    nrm[U] = _sumsq(P[c, 0], k)
+                    U += 1
+                inv[nz] = u
+                val[nz] = data[p]
+                nz += 1
+        rowptr[batch_size] = nz
+        # -- forward on pre-update weights: S_i = sum_j x_ij [v_j | w_j]
+        w0 = bias[0]
+        for i in range(batch_size):
+            Si = S[i]
+            for f in range(k1):
+                Si[f] = zero
+            sq = zero
+            for q in range(rowptr[i], rowptr[i + 1]):
+                x = val[q]
+                u = inv[q]
+                Wc = P[cols[u], 0]
+                for f in range(k1):
+                    Si[f] += x * Wc[f]
+                sq += (x * x) * nrm[u]
+            s = (_sumsq(Si, k) - sq) * half + Si[k]
+            if use_bias:
+                s = s + w0
+            scores_out[base + i] = s
+            if binary:
+                out = one / (one + np.exp(-s))
+            else:
+                out = s
+            gs[i] = (out - labels_out[base + i]) * rescale
+        # -- gradient per distinct column, accumulated in batch-row order
+        for u in range(U):
+            Gu = G[u]
+            for f in range(k1):
+                Gu[f] = zero
+            cacc[u] = zero
+        gsum = 0.0
+        for i in range(batch_size):
+            g = gs[i]
+            gsum += g
+            Si = S[i]
+            for q in range(rowptr[i], rowptr[i + 1]):
+                u = inv[q]
+                gx = g * val[q]
+                Gu = G[u]
+                for f in range(k):
+                    Gu[f] += gx * Si[f]
+                Gu[k] += gx
+                cacc[u] += gx * val[q]
+        # -- optimizer step on the touched rows (lazy update)
+        ncoef = -coefs[b]
+        for u in range(U):
+            c = cols[u]
+            Gu = G[u]
+            Wc = P[c, 0]
+            Mc = P[c, 1]
+            Vc = P[c, 2]
+            cc = cacc[u]
+            for f in range(k):
+                Gu[f] = Gu[f] - Wc[f] * cc
+            for f in range(k1):
+                g = Gu[f]
+                if use_clip:
+                    g = min(max(g, -clip), clip)
+                w = Wc[f]
+                if kind == 1:
+                    dec = w * decay[f]
+                else:
+                    g = g + w * wd[f]
+                if kind == 2:
+                    Wc[f] = w - lr_scale * (g * lr[f])
+                elif kind == 3:
+                    v = Vc[f] + g * g
+                    Vc[f] = v
+                    Wc[f] = w + ((-lr_scale) * (g * lr[f])) / (np.sqrt(v) + eps)
+                else:
+                    m = Mc[f]
+                    m = m + b1w * (g - m)
+                    v = Vc[f] * b2 + (b2w * g) * g
+                    Mc[f] = m
+                    Vc[f] = v
+                    w = w + (ncoef * (m * lr[f])) / (np.sqrt(v) + eps)
+                    if kind == 1:
+                        w = w - dec
+                    Wc[f] = w
+            slot[c] = -1
+        if use_bias:
+            _bias_step(bias, gsum, kind, bias_lr, bias_wd, clip, use_clip, eps, coefs[b], lr_scale)
+
+
+# ----------------------------------------------------------------------------- driver
+def epoch_coefficients(kind: str, t_first: int, n_batches: int, lr_scale: float) -> np.ndarray:
+    """Per-batch float32 step factors, exactly as the torch engine rounds them.
+
+    Adam: ``float32(adam_coefficient(1, t) * lr_scale)`` for t = t_first .. (Python's
+    ``pow``, so identical bits); the other optimizers use ``lr_scale`` itself.
+    """
+    if kind in ("adam", "adamw"):
+        return np.array([adam_coefficient(1.0, t) * lr_scale for t in range(t_first, t_first + n_batches)],
+                        dtype=np.float32)
+    return np.full(n_batches, lr_scale, dtype=np.float32)
+
+
+def run_epoch(
+    X: Any,
+    y: np.ndarray,
+    order: np.ndarray,
+    batch_size: int,
+    P: np.ndarray,
+    bias: np.ndarray,
+    slot: np.ndarray,
+    hp: Mapping[str, Any],
+    t_first: int,
+    lr_scale: float,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Train one epoch with the numba kernel; returns the (scores, labels) of every padded row.
+
+    ``P`` (the trainer's table, float32 (d, 3, k+1)) and ``bias`` ([w0, m, v] float32)
+    are updated in place; ``t_first`` is the optimizer step number of the first batch.
+    Per-column settings are built with float32 products in the torch engine's order.
+    """
+    n = order.shape[0]
+    n_batches = max(1, -(-n // batch_size))
+    k = P.shape[2] - 1
+    glr, gwd = hp["_learning_rate"], hp["_wd"]
+    use_linear = hp["use_linear"]
+    lin_lr = glr * hp["linear_lr"] if use_linear else 0.0
+    lin_wd = gwd * hp["linear_wd"] if use_linear else 0.0
+    lr = np.array([glr * hp["factors_lr"]] * k + [lin_lr], dtype=np.float32)
+    wd = np.array([gwd * hp["factors_wd"]] * k + [lin_wd], dtype=np.float32)
+    ls = np.float32(lr_scale)
+    decay = (wd * lr) * ls  # torch: cfg.wd * cfg.lr * lr_scale (float32)
+    kind = hp["_local_optimizer"]
+    clip = hp["clip_gradient"]
+    rescale = hp["rescale_grad"] if hp["rescale_grad"] is not None else 1.0 / batch_size
+    bias_lr = np.float32(glr * hp["bias_lr"])
+    bias_wd = np.float32(gwd * hp["bias_wd"])
+    scores = np.empty(n_batches * batch_size, dtype=np.float32)
+    labels = np.empty(n_batches * batch_size, dtype=np.float32)
+    train_epoch(
+        X.indptr.astype(np.int64, copy=False), X.indices.astype(np.int64, copy=False),
+        X.data.astype(np.float32, copy=False), y, order.astype(np.int64, copy=False), int(batch_size), P,
+        lr, wd, decay, OPTIMIZERS[kind], np.float32(clip if clip is not None else 0.0), clip is not None,
+        np.float32(hp["eps"]), np.float32(rescale), hp["predictor_type"] == "binary_classifier",
+        bool(hp["use_bias"]), bias, bias_lr, bias_wd, np.float32(0.0),
+        epoch_coefficients(kind, t_first, n_batches, lr_scale), ls, slot, scores, labels,
+    )
+    return scores, labels
