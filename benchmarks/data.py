@@ -98,7 +98,12 @@ class BenchConfig:
                 quality_epochs=1,
             )
         sizes.update(overrides)
-        return cls(mode=mode, **sizes)  # type: ignore[arg-type]
+        cfg = cls(mode=mode, **sizes)  # type: ignore[arg-type]
+        if cfg.synthetic_rows < 1000:
+            raise LocalFMError(f"--rows: expected at least 1000 synthetic rows, got {cfg.synthetic_rows}")
+        if cfg.repeats < 1:
+            raise LocalFMError(f"--repeats: expected a positive integer, got {cfg.repeats}")
+        return cfg
 
 
 @dataclass

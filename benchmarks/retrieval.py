@@ -251,15 +251,21 @@ def tables(payload: dict[str, Any]) -> str:
     lines = [f"sgemm peak measured in this run: {peak.get('peak_gflops', 0):.0f} GFLOP/s at the start "
              f"(numpy {peak.get('numpy_gflops', 0):.0f}, torch {peak.get('torch_gflops', 0):.0f}), "
              f"{after.get('peak_gflops', 0):.0f} GFLOP/s at the end (the machine is shared: its speed drifts).", "",
-             "| users × items | engine | median s | GFLOP/s | of peak | vs FAISS | same sets as FAISS | exact up to ties (float64 sample) |",
+             "| users × items | engine | median s | GFLOP/s | of peak | vs FAISS | same sets as FAISS "
+             "(differing users correct up to float32 ties) | exact up to ties (float64 sample) |",
              "| --- | --- | --- | --- | --- | --- | --- | --- |"]
     for s in payload.get("exact", []):
         for name, e in s["engines"].items():
             extra = f" (scaled from {e['extrapolated_from_users']:,} users)" if "extrapolated_from_users" in e else ""
             same = e.get("same_sets_as_faiss")
+            if same is not None and e.get("rows_differing"):
+                ties = e.get("differing_rows_engine_exact_up_to_ties", float("nan"))
+                same_txt = f"{same:.5f} ({e['rows_differing']} users: {ties:.2f})"
+            else:
+                same_txt = "—" if same is None else f"{same:.5f}"
             lines.append(f"| {s['users']:,} × {s['items']:,} | {name}{extra} | {e['median_s']:.2f} | {e['gflops']:.1f} | "
                          f"{e['fraction_of_sgemm_peak']:.2f} | {e.get('speedup_vs_faiss', float('nan')):.2f}× | "
-                         f"{'—' if same is None else f'{same:.5f}'} | {e['agreement_vs_float64']['exact_up_to_ties']:.4f} |")
+                         f"{same_txt} | {e['agreement_vs_float64']['exact_up_to_ties']:.4f} |")
     ann = payload.get("approximate")
     if ann:
         lines += ["", f"Approximate indexes on {ann['users']:,} × {ann['items']:,} ({ann['queries']:,} sampled users, "

@@ -86,16 +86,17 @@ def _recall_note(stats) -> str:  # noqa: ANN001 - RecommendStats
     n = stats.nprobe
     if n is not None:
         if n["mode"] == "auto":
-            verdict = "" if n["met"] else f" (target {n['target']} NOT met even at nprobe = nlist)"
+            verdict = f"target {n['target']}" if n["met"] else f"target {n['target']} NOT met even at nprobe = nlist"
             parts.append(f"nprobe auto -> {n['nprobe']} of {n['nlist']} lists, recall {n['tuning_recall']:.4f} "
-                         f"on {n['tuning_users']} tuning users (target {n['target']}){verdict}")
+                         f"on {n['tuning_users']} tuning users ({verdict})")
         else:
             parts.append(f"nprobe {n['nprobe']} of {n['nlist']} lists (fixed)")
     r = stats.recall
     if r is not None:
         parts.append(f"recall@{r['k']} {r['recall']:.4f} on {r['users']} users")
         if r.get("held_out_recall") is not None:
-            parts.append(f"{r['held_out_recall']:.4f} on {r['held_out_users']} held-out users")
+            parts.append(f"{r['held_out_recall']:.4f} on {r['held_out_users']} held-out users "
+                         f"(vs {r['held_out_reference']})")
     return "; ".join(parts)
 
 

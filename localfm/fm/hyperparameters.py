@@ -75,6 +75,9 @@ FM_HYPERPARAMETERS: list[HP] = [
     HP("_local_early_stopping_patience", "int", default=0, low=0,
        doc="LOCAL-ONLY: stop after N epochs without validation improvement and keep the best "
            "epoch (0 = off; needs validation data)"),
+    HP("_local_engine", "str", default="auto", choices=("auto", "numba", "torch"),
+       doc="LOCAL-ONLY: training engine: numba (compiled epoch loop, same results, faster), torch, "
+           "or auto (numba when installed and every option is supported)"),
     HP("_local_validation_fraction", "float", default=0.0, low=0, high=0.5, high_open=True,
        doc="LOCAL-ONLY: hold out a seeded random fraction of training rows for validation / early stopping"),
 ]

@@ -337,65 +337,89 @@ class FactorizationMachine:
         self.history_ = log
 
         shuffle = hp["_local_shuffle"]
-        batches = None if shuffle else make_batches(X, y, B)
+        from .fast import resolve_engine, run_epoch
+
+        # numba: one compiled call per epoch (same arithmetic, see fast.py); torch: per-batch ops
+        engine = self.engine_ = resolve_engine(hp)
+        batches = None if shuffle or engine == "numba" else make_batches(X, y, B)
+        if engine == "numba":
+            bias_state = np.array([w0, 0.0, 0.0], dtype=np.float32)  # [w0, Adam m, Adam v]
+            slot = np.full(d, -1, dtype=np.int32)
+            file_order = np.arange(X.shape[0], dtype=np.int64)
+            run_epoch(X, y, file_order, B, P_np, bias_state, slot, hp, 1, 1.0, dry_run=True)
         best: tuple[float, int, tuple] | None = None
         bad_epochs = 0
         from ..progress import progress
 
         for epoch in progress(range(epochs), desc="train", unit="epoch"):
-            if shuffle:
-                batches = make_batches(X, y, B, order=rng.permutation(X.shape[0]))
-            assert batches is not None
             lr_scale = _schedule(hp["_local_lr_schedule"], epoch, epochs)
-            scores_all = torch.empty(len(batches) * B, dtype=torch.float32)
-            labels_all = torch.empty(len(batches) * B, dtype=torch.float32)
-            start = time.perf_counter()
-            with torch.no_grad(), warnings.catch_warnings():
-                warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")
-                for bi, bt in enumerate(batches):
-                    Pu_np = P_np.take(bt.cols_np, axis=0)  # (U, 3, k+1) rows touched by the batch
-                    Pu = torch.from_numpy(Pu_np)
-                    Wu = Pu[:, 0]
-                    # [sum_j x_j v_j | sum_j x_j w_j] per row: one fused gather-scale-sum
-                    S = embedding_bag(bt.inv, Wu, bt.offsets, mode="sum", per_sample_weights=bt.val)
-                    Vu = Wu[:, :k]
-                    nrm = (Vu * Vu).sum(1, keepdim=True)  # |v_j|^2 per touched row
-                    sq = embedding_bag(bt.inv, nrm, bt.offsets, mode="sum", per_sample_weights=bt.val_sq)
-                    Sv = S[:, :k]
-                    score = (Sv * Sv).sum(1).sub_(sq.squeeze(1)).mul_(0.5).add_(S[:, k])
-                    if use_bias:
-                        score += float(w0)
-                    off = bi * B
-                    scores_all[off: off + bt.size] = score
-                    labels_all[off: off + bt.size] = bt.y
-                    # d(loss)/d(score), rescaled: sigmoid(s)-y (log loss) or s-y (squared error)
-                    g = (torch.sigmoid(score) if binary else score).sub_(bt.y).mul_(rescale)
-                    gx = g.index_select(0, bt.seg).mul_(bt.val)  # (nnz,)
-                    # dv_j = sum_i g_i x_ij s_i - v_j sum_i g_i x_ij^2 ; dw_j = sum_i g_i x_ij.
-                    # Putting 1 in the w slot of S makes the first sum give dw_j too.
-                    S[:, k] = 1.0
-                    # GU = M @ S with M[u, i] = g_i x_iu: one sparse x dense product instead
-                    # of gather + scale + scatter over the nonzeros (~45 % faster, measured)
-                    M = torch.sparse_csr_tensor(bt.col_ptr, bt.col_rows, gx.index_select(0, bt.by_col),
-                                                (Wu.shape[0], bt.size), check_invariants=False)
-                    GU = M @ S
-                    c = torch.zeros(Wu.shape[0]).index_add_(0, bt.inv, gx.mul_(bt.val))
-                    GU[:, :k].addcmul_(Vu, c.unsqueeze(1), value=-1.0)
-                    t_step += 1
-                    step_gathered(Wu, Pu[:, 1], Pu[:, 2], GU, cfg_t, t_step, lr_scale)
-                    P_np[bt.cols_np] = Pu_np
-                    if not lazy_wd:
-                        decay_absent_rows(W, bt.cols, cfg_t, lr_scale)
-                    if use_bias:
-                        w0 = step_scalar(w0, st_b, float(g.sum()), cfg_b, lr_scale)
-                    if bi % interval == 0:
-                        acc = MetricAccumulator(ptype)
-                        acc.update_torch(scores_all[off: off + bt.size], bt.y)
-                        log.batch(epoch, bi, acc.result())
-            seconds = time.perf_counter() - start
-            acc = MetricAccumulator(ptype)
-            acc.update_torch(scores_all, labels_all)
-            log.epoch(epoch, acc.result(), X.shape[0], seconds)
+            if engine == "numba":
+                order = rng.permutation(X.shape[0]) if shuffle else file_order
+                start = time.perf_counter()
+                scores_np, labels_np = run_epoch(X, y, order, B, P_np, bias_state, slot, hp, t_step + 1, lr_scale)
+                t_step += scores_np.shape[0] // B
+                w0 = bias_state[0]
+                seconds = time.perf_counter() - start
+                for bi in range(0, scores_np.shape[0] // B, interval):
+                    acc = MetricAccumulator(ptype)
+                    acc.update(scores_np[bi * B: (bi + 1) * B], labels_np[bi * B: (bi + 1) * B])
+                    log.batch(epoch, bi, acc.result())
+                acc = MetricAccumulator(ptype)
+                acc.update(scores_np, labels_np)
+                log.epoch(epoch, acc.result(), X.shape[0], seconds)
+            else:
+                if shuffle:
+                    batches = make_batches(X, y, B, order=rng.permutation(X.shape[0]))
+                assert batches is not None
+                scores_all = torch.empty(len(batches) * B, dtype=torch.float32)
+                labels_all = torch.empty(len(batches) * B, dtype=torch.float32)
+                start = time.perf_counter()
+                with torch.no_grad(), warnings.catch_warnings():
+                    warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")
+                    for bi, bt in enumerate(batches):
+                        Pu_np = P_np.take(bt.cols_np, axis=0)  # (U, 3, k+1) rows touched by the batch
+                        Pu = torch.from_numpy(Pu_np)
+                        Wu = Pu[:, 0]
+                        # [sum_j x_j v_j | sum_j x_j w_j] per row: one fused gather-scale-sum
+                        S = embedding_bag(bt.inv, Wu, bt.offsets, mode="sum", per_sample_weights=bt.val)
+                        Vu = Wu[:, :k]
+                        nrm = (Vu * Vu).sum(1, keepdim=True)  # |v_j|^2 per touched row
+                        sq = embedding_bag(bt.inv, nrm, bt.offsets, mode="sum", per_sample_weights=bt.val_sq)
+                        Sv = S[:, :k]
+                        score = (Sv * Sv).sum(1).sub_(sq.squeeze(1)).mul_(0.5).add_(S[:, k])
+                        if use_bias:
+                            score += float(w0)
+                        off = bi * B
+                        scores_all[off: off + bt.size] = score
+                        labels_all[off: off + bt.size] = bt.y
+                        # d(loss)/d(score), rescaled: sigmoid(s)-y (log loss) or s-y (squared error)
+                        g = (torch.sigmoid(score) if binary else score).sub_(bt.y).mul_(rescale)
+                        gx = g.index_select(0, bt.seg).mul_(bt.val)  # (nnz,)
+                        # dv_j = sum_i g_i x_ij s_i - v_j sum_i g_i x_ij^2 ; dw_j = sum_i g_i x_ij.
+                        # Putting 1 in the w slot of S makes the first sum give dw_j too.
+                        S[:, k] = 1.0
+                        # GU = M @ S with M[u, i] = g_i x_iu: one sparse x dense product instead
+                        # of gather + scale + scatter over the nonzeros (~45 % faster, measured)
+                        M = torch.sparse_csr_tensor(bt.col_ptr, bt.col_rows, gx.index_select(0, bt.by_col),
+                                                    (Wu.shape[0], bt.size), check_invariants=False)
+                        GU = M @ S
+                        c = torch.zeros(Wu.shape[0]).index_add_(0, bt.inv, gx.mul_(bt.val))
+                        GU[:, :k].addcmul_(Vu, c.unsqueeze(1), value=-1.0)
+                        t_step += 1
+                        step_gathered(Wu, Pu[:, 1], Pu[:, 2], GU, cfg_t, t_step, lr_scale)
+                        P_np[bt.cols_np] = Pu_np
+                        if not lazy_wd:
+                            decay_absent_rows(W, bt.cols, cfg_t, lr_scale)
+                        if use_bias:
+                            w0 = step_scalar(w0, st_b, float(g.sum()), cfg_b, lr_scale)
+                        if bi % interval == 0:
+                            acc = MetricAccumulator(ptype)
+                            acc.update_torch(scores_all[off: off + bt.size], bt.y)
+                            log.batch(epoch, bi, acc.result())
+                seconds = time.perf_counter() - start
+                acc = MetricAccumulator(ptype)
+                acc.update_torch(scores_all, labels_all)
+                log.epoch(epoch, acc.result(), X.shape[0], seconds)
             if X_val is not None:
                 Wn = W.numpy()
                 vals = _evaluate(float(w0), Wn[:, k].copy(), Wn[:, :k].copy(), X_val, y_val, ptype)

@@ -185,6 +185,13 @@ def test_presets_and_bad_mode():
     from localfm.errors import LocalFMError
 
     assert BenchConfig.preset("full").synthetic_rows == 5_000_000
-    assert BenchConfig.preset("quick", synthetic_rows=7).synthetic_rows == 7
+    assert BenchConfig.preset("quick", synthetic_rows=7000).synthetic_rows == 7000
     with pytest.raises(LocalFMError):
         BenchConfig.preset("huge")
+    with pytest.raises(LocalFMError, match="--rows"):
+        BenchConfig.preset("quick", synthetic_rows=5)
+
+
+def test_cli_rejects_bad_sizes_with_exit_2(capsys):
+    assert main(["--smoke", "--rows", "0"]) == 2
+    assert "--rows" in capsys.readouterr().err

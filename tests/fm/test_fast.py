@@ -1,0 +1,184 @@
+"""The numba training engine (localfm.fm.fast) gives the torch engine's results.
+
+Both engines run the same SageMaker semantics (padded last batch, pre-update metrics,
+lazy Adam on the batch's distinct rows); the compiled one must agree to float32
+rounding on every option it claims to support, and the engine choice must fall back /
+fail loudly where it does not.
+"""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import scipy.sparse as sp
+
+from localfm.errors import LocalFMError
+from localfm.fm import FactorizationMachine, fast
+
+pytestmark = pytest.mark.skipif(not fast.numba_available(), reason="numba not installed")
+
+
+def _ragged(n=157, d=23, seed=0):
+    """Rows with 0..4 nonzeros (some empty), non-binary values, canonical CSR."""
+    rng = np.random.default_rng(seed)
+    nnz = rng.integers(0, 5, n)
+    rows = np.repeat(np.arange(n), nnz)
+    cols = np.concatenate([rng.choice(d, c, replace=False) for c in nnz])
+    vals = rng.uniform(0.2, 2.5, rows.size).astype(np.float32)
+    X = sp.csr_matrix((vals, (rows, cols)), shape=(n, d), dtype=np.float32)
+    assert (np.diff(X.indptr) == 0).any()
+    return X, rng
+
+
+def _labels(ptype, n, rng):
+    if ptype == "binary_classifier":
+        return (rng.random(n) < 0.5).astype(np.float32)
+    return rng.normal(3.0, 1.0, n).astype(np.float32)
+
+
+def _both(hp, X, y, seed=1, **fit):
+    a = FactorizationMachine(seed=seed, _local_engine="numba", **hp).fit(X, y, **fit)
+    b = FactorizationMachine(seed=seed, _local_engine="torch", **hp).fit(X, y, **fit)
+    assert (a.engine_, b.engine_) == ("numba", "torch")
+    return a, b
+
+
+def _assert_same(a, b, metric_tol=1e-6):
+    ha, hb = a.history_.train_metrics_per_epoch, b.history_.train_metrics_per_epoch
+    assert len(ha) == len(hb)
+    for ea, eb in zip(ha, hb):
+        assert ea.keys() == eb.keys()
+        for m in ea:
+            assert ea[m] == pytest.approx(eb[m], abs=metric_tol), (ea["epoch"], m)
+    scale = max(1.0, float(np.abs(b.V_).max()))
+    np.testing.assert_allclose(a.V_, b.V_, rtol=1e-4, atol=1e-5 * scale)
+    np.testing.assert_allclose(a.w_, b.w_, rtol=1e-4, atol=1e-6)
+    assert a.w0_ == pytest.approx(b.w0_, rel=1e-5, abs=1e-7)
+
+
+OPTIONS = [
+    pytest.param({}, id="cloud-adam"),
+    pytest.param({"_local_optimizer": "adamw", "linear_wd": "0.1", "factors_wd": "0.1",
+                  "_local_shuffle": "true", "_local_lr_schedule": "cosine"}, id="adamw-shuffle-cosine"),
+    pytest.param({"_local_optimizer": "sgd", "clip_gradient": "0.002", "rescale_grad": "0.01"}, id="sgd-clip-rescale"),
+    pytest.param({"_local_optimizer": "adagrad", "use_bias": "false", "_local_lr_schedule": "linear"},
+                 id="adagrad-nobias"),
+    pytest.param({"use_linear": "false", "bias_init_method": "constant", "bias_init_value": "0.5"}, id="nolinear"),
+]
+
+
+@pytest.mark.parametrize("options", OPTIONS)
+@pytest.mark.parametrize("ptype", ["binary_classifier", "regressor"])
+def test_numba_matches_torch(ptype, options):
+    X, rng = _ragged()
+    y = _labels(ptype, X.shape[0], rng)
+    # 157 rows in batches of 20: 8 batches, the last one padded with rows 0..2
+    hp = dict(feature_dim=X.shape[1], num_factors=6, predictor_type=ptype, epochs=4, mini_batch_size=20,
+              factors_lr="0.01", linear_lr="0.01", factors_init_sigma="0.1", **options)
+    a, b = _both(hp, X, y)
+    _assert_same(a, b)
+
+
+def test_batch_larger_than_data_wraps_several_times():
+    X, rng = _ragged(n=9)
+    y = _labels("binary_classifier", 9, rng)
+    hp = dict(feature_dim=X.shape[1], num_factors=3, predictor_type="binary_classifier", epochs=3,
+              mini_batch_size=25, factors_lr="0.05")
+    a, b = _both(hp, X, y)
+    _assert_same(a, b)
+    acc = a.history_.train_metrics_per_epoch[0]["binary_classification_accuracy"]
+    assert acc * 25 == pytest.approx(round(acc * 25))  # the 25 padded rows are counted
+
+
+def test_batch_log_lines_and_test_metrics_match():
+    X, rng = _ragged(n=300)
+    y = _labels("binary_classifier", 300, rng)
+    hp = dict(feature_dim=X.shape[1], num_factors=4, predictor_type="binary_classifier", epochs=2,
+              mini_batch_size=16, batch_metrics_publish_interval=5)
+    a, b = _both(hp, X, y, X_test=X[:50], y_test=y[:50])
+
+    def batch_lines(m):
+        return [ln.split("] ", 1)[1] for ln in m.history_.lines if "batch=" in ln]
+
+    assert len(batch_lines(a)) == 2 * 4 * 3  # epochs x batches 0,5,10,15 x 3 metrics
+    for la, lb in zip(batch_lines(a), batch_lines(b), strict=True):
+        assert la.rsplit("=", 1)[0] == lb.rsplit("=", 1)[0]
+        assert float(la.rsplit("=", 1)[1]) == pytest.approx(float(lb.rsplit("=", 1)[1]), abs=1e-6)
+    for m, v in b.history_.test_metrics.items():
+        assert a.history_.test_metrics[m] == pytest.approx(v, abs=1e-6)
+
+
+def test_early_stopping_with_validation_matches():
+    X, rng = _ragged(n=400)
+    y = _labels("regressor", 400, rng)
+    hp = dict(feature_dim=X.shape[1], num_factors=4, predictor_type="regressor", epochs=12, mini_batch_size=32,
+              bias_lr="0.05", linear_lr="0.05", factors_lr="0.05", _local_validation_fraction="0.2",
+              _local_early_stopping_patience="2")
+    a, b = _both(hp, X, y)
+    assert a.best_epoch_ == b.best_epoch_
+    _assert_same(a, b)
+    va, vb = a.history_.validation_metrics_per_epoch, b.history_.validation_metrics_per_epoch
+    assert [e["rmse"] for e in va] == pytest.approx([e["rmse"] for e in vb], abs=1e-6)
+
+
+def test_seeded_numba_runs_are_bit_identical():
+    X, rng = _ragged()
+    y = _labels("binary_classifier", X.shape[0], rng)
+    hp = dict(feature_dim=X.shape[1], num_factors=5, predictor_type="binary_classifier", epochs=3,
+              mini_batch_size=13, _local_shuffle="true")
+    a, b, c = (FactorizationMachine(seed=s, **hp).fit(X, y) for s in (3, 3, 4))
+    assert a.engine_ == "numba"
+    assert a.V_.tobytes() == b.V_.tobytes() and a.w_.tobytes() == b.w_.tobytes() and a.w0_ == b.w0_
+    assert a.history_.train_metrics_per_epoch == b.history_.train_metrics_per_epoch
+    assert a.V_.tobytes() != c.V_.tobytes()
+
+
+def test_lazy_update_leaves_absent_rows_untouched():
+    from types import SimpleNamespace
+
+    X, rng = _ragged(n=80, d=20)
+    X = sp.hstack([X, sp.csr_matrix((80, 10), dtype=np.float32)], format="csr")  # columns 20.. never used
+    y = _labels("binary_classifier", 80, rng)
+    init = SimpleNamespace(w0=0.1, w=rng.normal(0, 0.5, 30).astype(np.float32),
+                           V=rng.normal(0, 0.5, (30, 3)).astype(np.float32))
+    fm = FactorizationMachine(feature_dim=30, num_factors=3, predictor_type="binary_classifier", epochs=2,
+                              mini_batch_size=8, _local_engine="numba").fit(X, y, init=init)
+    np.testing.assert_array_equal(fm.V_[20:], init.V[20:])
+    np.testing.assert_array_equal(fm.w_[20:], init.w[20:])
+    assert not np.array_equal(fm.V_[:20], init.V[:20])
+
+
+def test_engine_selection(monkeypatch):
+    base = dict(feature_dim=5, num_factors=2, predictor_type="regressor")
+    assert fast.resolve_engine(FactorizationMachine(**base).hp_) == "numba"
+    assert fast.resolve_engine(FactorizationMachine(**base, _local_engine="torch").hp_) == "torch"
+    nonlazy = FactorizationMachine(**base, _local_lazy_wd="false").hp_
+    assert fast.resolve_engine(nonlazy) == "torch"  # auto falls back for what numba does not implement
+    with pytest.raises(LocalFMError, match=r"_local_engine'=numba does not support _local_lazy_wd=false"):
+        fast.resolve_engine({**nonlazy, "_local_engine": "numba"})
+    with pytest.raises(LocalFMError, match="_local_engine"):
+        FactorizationMachine(**base, _local_engine="cuda")
+    monkeypatch.setattr(fast, "numba_available", lambda: False)
+    assert fast.resolve_engine(FactorizationMachine(**base).hp_) == "torch"
+    with pytest.raises(LocalFMError, match="needs the numba package"):
+        fast.resolve_engine(FactorizationMachine(**base, _local_engine="numba").hp_)
+
+
+def test_non_lazy_wd_trains_with_torch_under_auto():
+    X, rng = _ragged()
+    y = _labels("regressor", X.shape[0], rng)
+    fm = FactorizationMachine(seed=0, feature_dim=X.shape[1], num_factors=3, predictor_type="regressor",
+                              _local_lazy_wd="false").fit(X, y)
+    assert fm.engine_ == "torch"
+
+
+def test_ml100k_cloud_setup_engines_agree(ml100k_dir, tmp_path):
+    """The cloud job's setup (ua.base, binary:4, k=64, batch 200), 3 epochs: metrics within 1e-6."""
+    from localfm.cli import main
+    from localfm.io.recordio import read_matrix
+
+    assert main(["--quiet", "prepare", "movielens", str(ml100k_dir), "--split", "ua", "--label", "binary:4",
+                 "--columns", "train", "--drop-unseen", "--order", "file", "--out", str(tmp_path)]) == 0
+    tr = read_matrix(tmp_path / "train.protobuf")
+    hp = dict(feature_dim=2623, predictor_type="binary_classifier", num_factors=64, epochs=3, mini_batch_size=200)
+    a, b = _both(hp, tr.X, tr.y, seed=0)
+    _assert_same(a, b)
