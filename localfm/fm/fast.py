@@ -223,37 +223,40 @@ def train_epoch(  # noqa: ANN201, PLR0913, PLR0912, PLR0915 - one flat kernel on
     zero = np.float32(0.0)
     for b in range(n_batches):
         base = b * batch_size
-        # -- gather the batch: distinct columns (first-seen order) and each nonzero's slot
+        # -- one pass over the batch's rows: give each new column a slot (first-seen order),
+        # zero its gradient row, and run the forward on the pre-update weights,
+        # S_i = sum_j x_ij [v_j | w_j]. One pass means each (cold) table row is fetched
+        # from memory once for the forward; with large feature_dim that is what costs.
         nz = 0
         U = 0
+        w0 = bias[0]
         for i in range(batch_size):
             row = order[(base + i) % n]
             rowptr[i] = nz
-            labels_out[base + i] = y[row]
+            yi = y[row]
+            labels_out[base + i] = yi
+            Si = S[i]
+            for f in range(k1):
+                Si[f] = zero
+            sq = zero
             for p in range(indptr[row], indptr[row + 1]):
                 c = indices[p]
+                Wc = P[c, 0]
                 u = slot[c]
                 if u < 0:
                     u = U
                     slot[c] = U
                     cols[U] = c
-                    nrm[U] = _sumsq(P[c, 0], k)
+                    nrm[U] = _sumsq(Wc, k)
+                    Gu = G[U]
+                    for f in range(k1):
+                        Gu[f] = zero
+                    cacc[U] = zero
                     U += 1
+                x = data[p]
                 inv[nz] = u
-                val[nz] = data[p]
+                val[nz] = x
                 nz += 1
-        rowptr[batch_size] = nz
-        # -- forward on pre-update weights: S_i = sum_j x_ij [v_j | w_j]
-        w0 = bias[0]
-        for i in range(batch_size):
-            Si = S[i]
-            for f in range(k1):
-                Si[f] = zero
-            sq = zero
-            for q in range(rowptr[i], rowptr[i + 1]):
-                x = val[q]
-                u = inv[q]
-                Wc = P[cols[u], 0]
                 for f in range(k1):
                     Si[f] += x * Wc[f]
                 sq += (x * x) * nrm[u]
@@ -265,13 +268,9 @@ def train_epoch(  # noqa: ANN201, PLR0913, PLR0912, PLR0915 - one flat kernel on
                 out = one / (one + np.exp(-s))
             else:
                 out = s
-            gs[i] = (out - labels_out[base + i]) * rescale
+            gs[i] = (out - yi) * rescale
+        rowptr[batch_size] = nz
         # -- gradient per distinct column, accumulated in batch-row order
-        for u in range(U):
-            Gu = G[u]
-            for f in range(k1):
-                Gu[f] = zero
-            cacc[u] = zero
         gsum = 0.0
         for i in range(batch_size):
             g = gs[i]

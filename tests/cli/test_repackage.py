@@ -30,8 +30,7 @@ def demo(tmp_path_factory):
     root = tmp_path_factory.mktemp("demo")
     code = cli_main(["--quiet", "prepare", "movielens", "--split", "ua", "--features", "ids+side",
                      "--columns", "train", "--out", str(root / "data")])
-    if code != 0:
-        pytest.skip("localfm prepare on the embedded synthetic dataset failed")
+    assert code == 0, "localfm prepare on the embedded synthetic dataset failed"
     space = FeatureSpace.load(root / "data" / "features.json")
     rng = np.random.default_rng(1)
     d = space.feature_dim
