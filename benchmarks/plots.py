@@ -46,7 +46,8 @@ def throughput_bars(payload: dict[str, Any], out_dir: Path) -> str:
     plt = _plt()
     grid = payload.get("grid", [])
     datasets = list(dict.fromkeys(r["dataset"] for r in grid))
-    impls = [i for i in ("naive_autograd", "localfm_sagemaker", "localfm_fast") if any(i in r for r in grid)]
+    impls = [i for i in ("naive_autograd", "localfm_sagemaker_torch", "localfm_sagemaker", "localfm_fast")
+             if any(i in r for r in grid)]
     fig, axes = plt.subplots(len(datasets) or 1, 1, figsize=(10, 3.2 * max(1, len(datasets))), squeeze=False)
     for ax, ds in zip(axes[:, 0], datasets):
         rows = [r for r in grid if r["dataset"] == ds]

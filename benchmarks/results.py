@@ -131,6 +131,7 @@ def readme_markdown(out_dir: Path = RESULTS_DIR) -> str:
         le = tt.get("large_epoch")
         if le and "localfm_sagemaker" in le:
             best = min(le[m]["epoch_s_at_25M_extrapolated"] for m in ("localfm_sagemaker", "localfm_fast") if m in le)
+            best = min(best, le["localfm_sagemaker"]["epoch_s_at_25M_extrapolated"])
             rows.append(f"| ML-25M-shaped epoch (k=64, batch 5000; measured on {le['rows']:,} rows, scaled to 25M) | "
                         f"{best:.0f} s | ≤ 15 s | {tt['date'][:10]} |")
     if rt and rt.get("exact"):
@@ -141,8 +142,10 @@ def readme_markdown(out_dir: Path = RESULTS_DIR) -> str:
                         f"IndexFlatIP on the same vectors ({lf['median_s']:.0f} s vs {fa['median_s']:.0f} s; same id sets "
                         f"for {lf.get('same_sets_as_faiss', float('nan')):.5f} of users) | {lf['speedup_vs_faiss']:.2f}× | "
                         f"≥ 2×, identical | {rt['date'][:10]} |")
+            from .retrieval import best_peak
+
             rows.append(f"| all-users top-{rt['k']}, ML-25M shape | {lf['median_s']:.0f} s "
-                        f"({lf['fraction_of_sgemm_peak']:.2f} of this run's sgemm peak) | ≤ 30 s | {rt['date'][:10]} |")
+                        f"({lf['gflops'] / best_peak(rt):.2f} of this run's best sgemm peak) | ≤ 30 s | {rt['date'][:10]} |")
     if e2e:
         for p in e2e.get("pipelines", []):
             if p["ok"] and ("30 epochs" in p["name"] or p["name"].startswith("synthetic")):

@@ -204,6 +204,16 @@ def run(cfg: BenchConfig) -> dict[str, Any]:
     return payload
 
 
+def best_peak(payload: dict[str, Any]) -> float:
+    """The higher of the sgemm peaks measured at the start and the end of the run.
+
+    On a shared machine one of the two can land in a neighbour's burst; the higher one
+    is the better estimate of what the hardware does, so fractions quoted in docs use it.
+    """
+    peaks = [payload.get(k, {}).get("peak_gflops") for k in ("sgemm_peak", "sgemm_peak_after")]
+    return max(p for p in peaks if p)
+
+
 def headline(payload: dict[str, Any]) -> list[dict[str, Any]]:
     out: list[dict[str, Any]] = []
     if not payload.get("exact"):
@@ -224,8 +234,8 @@ def headline(payload: dict[str, Any]) -> list[dict[str, Any]]:
                     f"exact up to ties: {agree:.4f})",
                     "value": lf["speedup_vs_faiss"], "unit": "×", "target": "≥ 2×, identical results"})
         out.append({"what": f"exact top-{payload['k']} all users {size}: localfm seconds "
-                    f"({lf['fraction_of_sgemm_peak']:.2f} of measured sgemm peak "
-                    f"{payload['sgemm_peak']['peak_gflops']:.0f} GFLOP/s)",
+                    f"({lf['gflops'] / best_peak(payload):.2f} of the best sgemm peak measured in the run, "
+                    f"{best_peak(payload):.0f} GFLOP/s)",
                     "value": lf["median_s"], "unit": " s", "target": "≤ 30 s", "digits": 1})
     for base in ("numpy", "torch"):
         row = big["engines"].get(base)
@@ -250,7 +260,8 @@ def tables(payload: dict[str, Any]) -> str:
     after = payload.get("sgemm_peak_after", {})
     lines = [f"sgemm peak measured in this run: {peak.get('peak_gflops', 0):.0f} GFLOP/s at the start "
              f"(numpy {peak.get('numpy_gflops', 0):.0f}, torch {peak.get('torch_gflops', 0):.0f}), "
-             f"{after.get('peak_gflops', 0):.0f} GFLOP/s at the end (the machine is shared: its speed drifts).", "",
+             f"{after.get('peak_gflops', 0):.0f} GFLOP/s at the end (the machine is shared: its speed drifts); "
+             f"\"of peak\" below is relative to the higher one, {best_peak(payload):.0f} GFLOP/s.", "",
              "| users × items | engine | median s | GFLOP/s | of peak | vs FAISS | same sets as FAISS "
              "(differing users correct up to float32 ties) | exact up to ties (float64 sample) |",
              "| --- | --- | --- | --- | --- | --- | --- | --- |"]
@@ -264,7 +275,7 @@ def tables(payload: dict[str, Any]) -> str:
             else:
                 same_txt = "—" if same is None else f"{same:.5f}"
             lines.append(f"| {s['users']:,} × {s['items']:,} | {name}{extra} | {e['median_s']:.2f} | {e['gflops']:.1f} | "
-                         f"{e['fraction_of_sgemm_peak']:.2f} | {e.get('speedup_vs_faiss', float('nan')):.2f}× | "
+                         f"{e['gflops'] / best_peak(payload):.2f} | {e.get('speedup_vs_faiss', float('nan')):.2f}× | "
                          f"{same_txt} | {e['agreement_vs_float64']['exact_up_to_ties']:.4f} |")
     ann = payload.get("approximate")
     if ann:

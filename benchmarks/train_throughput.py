@@ -43,10 +43,12 @@ def fm_class() -> Any | None:
 
 
 def fast_mode_hyperparameters() -> dict[str, Any]:
-    """Local-only hyperparameters for localfm's fastest training mode, as far as it has one.
+    """Local-only hyperparameters for localfm's fastest training mode.
 
     Uses only switches the FM hyperparameter table declares (so this never breaks
-    when it changes): plain SGD skips Adam's two moment slots per touched row.
+    when it changes): the compiled engine (``_local_engine=numba``) when the table has
+    it and numba is installed, and plain SGD (no Adam moment slots per touched row)
+    with a global step large enough for SGD to learn (Adam's default is 1.0).
     """
     try:
         from localfm.fm.hyperparameters import FM_HYPERPARAMETERS
@@ -54,14 +56,53 @@ def fast_mode_hyperparameters() -> dict[str, Any]:
         return {}
     table = {hp.name: hp for hp in FM_HYPERPARAMETERS}
     fast: dict[str, Any] = {}
-    for name in ("_local_fast", "_local_fast_path"):
-        if name in table:
-            fast[name] = True
+    engine = table.get("_local_engine")
+    if engine is not None and engine.choices and "numba" in engine.choices:
+        try:
+            from localfm.fm.fast import numba_available
+
+            if numba_available():
+                fast["_local_engine"] = "numba"
+        except ImportError:
+            pass
     opt = table.get("_local_optimizer")
     if opt is not None and opt.choices and "sgd" in opt.choices:
         fast["_local_optimizer"] = "sgd"
-        fast["_learning_rate"] = 100.0  # sgd needs a larger global step than Adam's 1.0
+        fast["_learning_rate"] = 100.0
     return fast
+
+
+def torch_engine_hyperparameters() -> dict[str, Any] | None:
+    """SageMaker semantics forced onto the torch engine (what runs without numba), if selectable."""
+    try:
+        from localfm.fm.hyperparameters import FM_HYPERPARAMETERS
+    except ImportError:
+        return None
+    names = {hp.name for hp in FM_HYPERPARAMETERS}
+    return {"_local_engine": "torch"} if "_local_engine" in names else None
+
+
+def resolved_engine(extra: dict[str, Any]) -> str | None:
+    """Which engine ``FactorizationMachine`` picks for these hyperparameters (recorded in results)."""
+    try:
+        from localfm.fm.fast import resolve_engine
+        from localfm.fm.hyperparameters import parse_fm
+    except ImportError:
+        return None
+    hp = parse_fm({"feature_dim": 2, "num_factors": 1, "predictor_type": "binary_classifier", **extra})
+    return resolve_engine(hp)
+
+
+def localfm_modes() -> dict[str, dict[str, Any]]:
+    """Trainer name -> extra hyperparameters, for the localfm variants that exist."""
+    modes: dict[str, dict[str, Any]] = {"localfm_sagemaker": {}}
+    torch_hp = torch_engine_hyperparameters()
+    if torch_hp is not None:
+        modes["localfm_sagemaker_torch"] = torch_hp
+    fast = fast_mode_hyperparameters()
+    if fast:
+        modes["localfm_fast"] = fast
+    return modes
 
 
 def time_localfm(data: Ratings, num_factors: int, batch: int, extra: dict[str, Any], seed: int) -> dict[str, Any]:
@@ -97,44 +138,37 @@ def _summarise(runs: list[dict[str, Any]], cut: float | None = None) -> dict[str
 
 
 def _grid(cfg: BenchConfig, data: Ratings, label: str, naive_cut: float | None) -> list[dict[str, Any]]:
-    """Every (k, batch) cell; repeats interleave the trainers (naive, sagemaker, fast, naive, ...)
+    """Every (k, batch) cell; repeats interleave the trainers (naive, localfm modes, naive, ...)
     so a neighbour's load burst hits all of them alike and the ratios stay fair."""
     rows: list[dict[str, Any]] = []
-    fast = fast_mode_hyperparameters()
-    have_fm = fm_class() is not None
+    modes = localfm_modes() if fm_class() is not None else {}
+    for extra in modes.values():  # warm-up: JIT compilation and first-call costs are not throughput
+        time_localfm(data.subset(min(len(data), 2000)), 8, 200, extra, 0)
     combos = [(k, b) for k in cfg.train_factors for b in cfg.train_batches]
     for k, b in progress(combos, desc=f"train grid {label}", disable=False):
-        runs: dict[str, list[dict[str, Any]]] = {"naive_autograd": []}
-        if have_fm:
-            runs["localfm_sagemaker"] = []
-            if fast:
-                runs["localfm_fast"] = []
+        runs: dict[str, list[dict[str, Any]]] = {"naive_autograd": [], **{m: [] for m in modes}}
         for r in range(cfg.repeats):
             runs["naive_autograd"].append(time_naive(data, k, b, r, naive_cut))
-            if have_fm:
-                runs["localfm_sagemaker"].append(time_localfm(data, k, b, {}, r))
-                if fast:
-                    runs["localfm_fast"].append(time_localfm(data, k, b, fast, r))
+            for mode, extra in modes.items():
+                runs[mode].append(time_localfm(data, k, b, extra, r))
         row: dict[str, Any] = {"dataset": label, "num_factors": k, "mini_batch_size": b}
         row["naive_autograd"] = _summarise(runs["naive_autograd"], naive_cut)
         naive = row["naive_autograd"]["samples_per_s"]
-        for impl in ("localfm_sagemaker", "localfm_fast"):
-            if impl in runs:
-                row[impl] = _summarise(runs[impl])
-                short = impl.split("_", 1)[1]
-                row[f"speedup_{short}_vs_naive"] = row[impl]["samples_per_s"] / naive
+        for mode in modes:
+            row[mode] = _summarise(runs[mode])
+            row[f"speedup_{mode.split('_', 1)[1]}_vs_naive"] = row[mode]["samples_per_s"] / naive
         rows.append(row)
     return rows
 
 
 def large_epoch(cfg: BenchConfig, data: Ratings) -> dict[str, Any]:
-    """One full epoch over the synthetic set with the fastest mode (batch 5000, k=64)."""
+    """One full epoch over the synthetic set in every localfm mode (batch 5000, k=64)."""
     FM = fm_class()
     assert FM is not None
     X = data.onehot()
     y = data.binary()
     out: dict[str, Any] = {"rows": len(data), "num_factors": 64, "mini_batch_size": 5000}
-    for mode, extra in (("localfm_fast", fast_mode_hyperparameters()), ("localfm_sagemaker", {})):
+    for mode, extra in localfm_modes().items():
         model = FM(feature_dim=X.shape[1], num_factors=64, predictor_type="binary_classifier",
                    epochs=1, mini_batch_size=5000, seed=0, **extra)
         start = time.perf_counter()
@@ -149,6 +183,8 @@ def run(cfg: BenchConfig) -> dict[str, Any]:
     """Measure the grid(s); returns the results payload (see module docstring)."""
     payload: dict[str, Any] = {"quick": cfg.quick, "mode": cfg.mode, "notes": []}
     payload["fast_mode_hyperparameters"] = fast_mode_hyperparameters()
+    payload["localfm_modes"] = {m: {"hyperparameters": extra, "engine": resolved_engine(extra)}
+                                for m, extra in localfm_modes().items()} if fm_class() is not None else {}
     if fm_class() is None:
         payload["notes"].append("localfm.fm.model.FactorizationMachine not importable: only the naive FM ran")
     rows: list[dict[str, Any]] = []
@@ -176,7 +212,8 @@ def headline(payload: dict[str, Any]) -> list[dict[str, Any]]:
     grid = payload.get("grid", [])
     for ds in dict.fromkeys(r["dataset"] for r in grid):
         rows = [r for r in grid if r["dataset"] == ds]
-        for key, mode in (("speedup_fast_vs_naive", "fastest mode"), ("speedup_sagemaker_vs_naive", "SageMaker mode")):
+        for key, mode in (("speedup_fast_vs_naive", "fastest mode"), ("speedup_sagemaker_vs_naive", "SageMaker mode"),
+                          ("speedup_sagemaker_torch_vs_naive", "SageMaker mode on the torch engine")):
             vals = [r[key] for r in rows if key in r]
             if vals:
                 out.append({"what": f"training samples/s, localfm {mode} / naive autograd FM, {ds} "
@@ -184,7 +221,7 @@ def headline(payload: dict[str, Any]) -> list[dict[str, Any]]:
                             "value": statistics.median(vals), "unit": "×", "target": "≥ 3×", "digits": 1})
     le = payload.get("large_epoch")
     if le:
-        for mode in ("localfm_fast", "localfm_sagemaker"):
+        for mode in ("localfm_fast", "localfm_sagemaker", "localfm_sagemaker_torch"):
             if mode in le:
                 m = le[mode]
                 out.append({"what": f"ML-25M-shaped epoch, {mode}, k=64 batch 5000 ({m['epoch_s']:.1f} s measured on "
@@ -201,8 +238,15 @@ def plot(payload: dict[str, Any], out_dir: Any) -> list[str]:
 
 def tables(payload: dict[str, Any]) -> str:
     """Markdown: samples/s per cell (medians) and the speedups, from the results payload."""
-    lines = ["| dataset | k | batch | naive autograd | localfm SageMaker | localfm fastest | SageMaker/naive | fastest/naive |",
-             "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+    modes = payload.get("localfm_modes", {})
+    lines = []
+    if modes:
+        lines.append("Trainers: naive autograd FM (1 torch thread); " + "; ".join(
+            f"`{m}` = {v['hyperparameters'] or 'defaults'} (engine {v['engine']})" for m, v in modes.items()) + ".")
+        lines.append("")
+    lines += ["| dataset | k | batch | naive autograd | localfm SageMaker | localfm SageMaker (torch engine) | "
+              "localfm fastest | SageMaker/naive | torch engine/naive | fastest/naive |",
+              "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for r in payload.get("grid", []):
         def rate(key: str) -> str:
             return f"{r[key]['samples_per_s']:,.0f}" if key in r else "n/a"
@@ -211,7 +255,8 @@ def tables(payload: dict[str, Any]) -> str:
             return f"{r[key]:.1f}×" if key in r else "n/a"
 
         lines.append(f"| {r['dataset']} | {r['num_factors']} | {r['mini_batch_size']} | {rate('naive_autograd')} | "
-                     f"{rate('localfm_sagemaker')} | {rate('localfm_fast')} | {ratio('speedup_sagemaker_vs_naive')} | "
+                     f"{rate('localfm_sagemaker')} | {rate('localfm_sagemaker_torch')} | {rate('localfm_fast')} | "
+                     f"{ratio('speedup_sagemaker_vs_naive')} | {ratio('speedup_sagemaker_torch_vs_naive')} | "
                      f"{ratio('speedup_fast_vs_naive')} |")
     le = payload.get("large_epoch")
     if le:
@@ -219,5 +264,5 @@ def tables(payload: dict[str, Any]) -> str:
         lines.append(f"One epoch over {le['rows']:,} synthetic rows (k=64, batch 5000): " + "; ".join(
             f"{m} {le[m]['epoch_s']:.1f} s ({le[m]['samples_per_s']:,.0f} samples/s, "
             f"{le[m]['epoch_s_at_25M_extrapolated']:.0f} s scaled to 25M rows)"
-            for m in ("localfm_fast", "localfm_sagemaker") if m in le) + ".")
+            for m in ("localfm_fast", "localfm_sagemaker", "localfm_sagemaker_torch") if m in le) + ".")
     return "\n".join(lines) + "\n"

@@ -12,7 +12,11 @@ SageMaker FM container (see docs/fm.md for the evidence):
 - MXNet-style lazy Adam (:mod:`localfm.fm.optim`) with global lr/wd 1.0 times the
   per-group multipliers and ``rescale_grad = 1/mini_batch_size``.
 
-Implementation: the sparse input is never densified. Each batch is precomputed once
+Two engines compute the same thing (``_local_engine``, docs/fm.md "Training engine"):
+the compiled numba epoch of :mod:`localfm.fm.fast` (default when numba is installed
+and the options are supported) and the torch per-batch loop below (the reference).
+
+Implementation (torch engine): the sparse input is never densified. Each batch is precomputed once
 (distinct columns, inverse index, row segments, values, CSR patterns); a step gathers
 the batch's rows of one (d, 3, k+1) table holding ``[v | w]`` and both Adam moments,
 computes the sums with ``embedding_bag`` (per-sample weights = feature values),
@@ -237,9 +241,10 @@ class FactorizationMachine:
         log: TrainingLog | None = None,
     ) -> FactorizationMachine:
         """Train; ``init`` (FMWeights or an artifact path) warm-starts from any FM model."""
-        import torch
+        from .fast import resolve_engine
 
         hp = self.hp_
+        engine = resolve_engine(hp)  # before reading data: an impossible engine request fails fast
         ptype = hp["predictor_type"]
         X = _as_csr(X, "training data")
         if X.shape[0] == 0:
@@ -277,19 +282,22 @@ class FactorizationMachine:
                 "(_local_validation_fraction > 0 or fit(X_val=..., y_val=...))"
             )
 
+        if engine == "numba":  # serial kernel; no torch needed (its import alone costs ~1 s)
+            return self._fit(X, y, X_test, y_test, X_val, y_val, init, log, engine)
+        import torch
+
         threads = torch.get_num_threads()
         # One thread: the per-batch ops are small, and intra-op threads only add
         # synchronisation (2.3x slower measured at mini_batch_size 200 on 2 busy cores).
         torch.set_num_threads(1)
         try:
-            return self._fit(X, y, X_test, y_test, X_val, y_val, init, log)
+            return self._fit(X, y, X_test, y_test, X_val, y_val, init, log, engine)
         finally:
             torch.set_num_threads(threads)
 
-    def _fit(self, X, y, X_test, y_test, X_val, y_val, init, log) -> FactorizationMachine:  # noqa: ANN001
-        import torch
-
+    def _fit(self, X, y, X_test, y_test, X_val, y_val, init, log, engine) -> FactorizationMachine:  # noqa: ANN001
         hp = self.hp_
+        self.engine_ = engine
         ptype = hp["predictor_type"]
         patience = hp["_local_early_stopping_patience"]
         rng = np.random.default_rng(self.seed)
@@ -305,28 +313,33 @@ class FactorizationMachine:
         # into a table that, for large feature_dim, does not fit in cache); per-column
         # lr/wd vectors keep the groups' separate multipliers.
         d = V_np.shape[0]
-        P = torch.zeros(d, 3, k + 1, dtype=torch.float32)
-        P[:, 0, :k] = torch.from_numpy(V_np)
-        P[:, 0, k] = torch.from_numpy(w_np)
-        W = P[:, 0]
-        P_np = P.numpy()  # same memory: numpy's take/fancy assignment gather and scatter rows
-        # 2-3x faster than torch's index_select/index_copy_ on CPU (measured)
-        from torch.nn.functional import embedding_bag
+        if engine == "torch":
+            import torch
+            from torch.nn.functional import embedding_bag
 
-        from .optim import OptimizerConfig, ScalarState, decay_absent_rows, step_gathered, step_scalar
+            from .optim import OptimizerConfig, ScalarState, decay_absent_rows, step_gathered, step_scalar
 
-        glr, gwd = hp["_learning_rate"], hp["_wd"]
-        use_bias, use_linear = hp["use_bias"], hp["use_linear"]
-        common = dict(eps=hp["eps"], clip=hp["clip_gradient"], kind=hp["_local_optimizer"])
-        lin_lr = glr * hp["linear_lr"] if use_linear else 0.0
-        lin_wd = gwd * hp["linear_wd"] if use_linear else 0.0
-        cfg_b = OptimizerConfig(lr=glr * hp["bias_lr"], wd=gwd * hp["bias_wd"], **common)
-        cfg_t = OptimizerConfig(
-            lr=torch.tensor([glr * hp["factors_lr"]] * k + [lin_lr], dtype=torch.float32),
-            wd=torch.tensor([gwd * hp["factors_wd"]] * k + [lin_wd], dtype=torch.float32),
-            **common,
-        )
-        st_b, t_step = ScalarState(), 0
+            P = torch.zeros(d, 3, k + 1, dtype=torch.float32)
+            W = P[:, 0]
+            P_np = P.numpy()  # same memory: numpy's take/fancy assignment gather and scatter rows
+            # 2-3x faster than torch's index_select/index_copy_ on CPU (measured)
+            glr, gwd = hp["_learning_rate"], hp["_wd"]
+            common = dict(eps=hp["eps"], clip=hp["clip_gradient"], kind=hp["_local_optimizer"])
+            lin_lr = glr * hp["linear_lr"] if hp["use_linear"] else 0.0
+            lin_wd = gwd * hp["linear_wd"] if hp["use_linear"] else 0.0
+            cfg_b = OptimizerConfig(lr=glr * hp["bias_lr"], wd=gwd * hp["bias_wd"], **common)
+            cfg_t = OptimizerConfig(
+                lr=torch.tensor([glr * hp["factors_lr"]] * k + [lin_lr], dtype=torch.float32),
+                wd=torch.tensor([gwd * hp["factors_wd"]] * k + [lin_wd], dtype=torch.float32),
+                **common,
+            )
+            st_b = ScalarState()
+        else:
+            P_np = np.zeros((d, 3, k + 1), dtype=np.float32)
+        P_np[:, 0, :k] = V_np
+        P_np[:, 0, k] = w_np
+        t_step = 0
+        use_bias = hp["use_bias"]
         lazy_wd = hp["_local_lazy_wd"]
         binary = ptype == "binary_classifier"
         B = hp["mini_batch_size"]
@@ -337,10 +350,9 @@ class FactorizationMachine:
         self.history_ = log
 
         shuffle = hp["_local_shuffle"]
-        from .fast import resolve_engine, run_epoch
+        from .fast import run_epoch
 
         # numba: one compiled call per epoch (same arithmetic, see fast.py); torch: per-batch ops
-        engine = self.engine_ = resolve_engine(hp)
         batches = None if shuffle or engine == "numba" else make_batches(X, y, B)
         if engine == "numba":
             bias_state = np.array([w0, 0.0, 0.0], dtype=np.float32)  # [w0, Adam m, Adam v]
@@ -421,24 +433,25 @@ class FactorizationMachine:
                 acc.update_torch(scores_all, labels_all)
                 log.epoch(epoch, acc.result(), X.shape[0], seconds)
             if X_val is not None:
-                Wn = W.numpy()
+                Wn = P_np[:, 0]
                 vals = _evaluate(float(w0), Wn[:, k].copy(), Wn[:, :k].copy(), X_val, y_val, ptype)
                 log.validation(epoch, vals)
                 if patience:
                     key = "binary_classification_cross_entropy" if binary else "rmse"
                     if best is None or vals[key] < best[0]:
-                        best = (vals[key], epoch, (w0, W.clone()))
+                        best = (vals[key], epoch, (w0, P_np[:, 0].copy()))
                         bad_epochs = 0
                     else:
                         bad_epochs += 1
                         if bad_epochs >= patience:
                             break
+        W_final = P_np[:, 0]
         if patience and best is not None:
-            w0, W = best[2]
+            w0, W_final = best[2]
             self.best_epoch_ = best[1]
         self.w0_ = float(w0)
-        self.w_ = np.ascontiguousarray(W.numpy()[:, k])
-        self.V_ = np.ascontiguousarray(W.numpy()[:, :k])
+        self.w_ = np.ascontiguousarray(W_final[:, k])
+        self.V_ = np.ascontiguousarray(W_final[:, :k])
         if X_test is not None:
             log.test(_evaluate(self.w0_, self.w_, self.V_, X_test, y_test, ptype))
         return self

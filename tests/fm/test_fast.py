@@ -182,3 +182,45 @@ def test_ml100k_cloud_setup_engines_agree(ml100k_dir, tmp_path):
     hp = dict(feature_dim=2623, predictor_type="binary_classifier", num_factors=64, epochs=3, mini_batch_size=200)
     a, b = _both(hp, tr.X, tr.y, seed=0)
     _assert_same(a, b)
+
+
+def test_step_size_formula_matches_optim_bit_for_bit():
+    from localfm.fm import optim
+
+    assert (fast.BETA1, fast.BETA2) == (optim.BETA1, optim.BETA2)
+    for t in (1, 2, 3, 10, 453, 13590, 10**6):
+        for lr in (1.0, 0.5, 1e-4):
+            assert fast.adam_coefficient(lr, t) == optim.adam_coefficient(lr, t)
+
+
+def test_numba_engine_does_not_import_torch():
+    """The numba path must stay torch-free: importing torch costs ~1 s per `localfm train`."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, numpy as np, scipy.sparse as sp\n"
+        "from localfm.fm import FactorizationMachine\n"
+        "X = sp.random(30, 6, density=0.3, format='csr', dtype=np.float32, random_state=0)\n"
+        "fm = FactorizationMachine(feature_dim=6, num_factors=2, predictor_type='regressor', seed=0)\n"
+        "fm.fit(X, np.arange(30, dtype=np.float32), X, np.arange(30, dtype=np.float32))\n"
+        "assert fm.engine_ == 'numba', fm.engine_\n"
+        "assert 'torch' not in sys.modules\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+
+
+def test_large_table_prefetch_path_matches():
+    """feature_dim 40,000 x k 63: a 30 MB table, above PREFETCH_MIN_BYTES, so the kernel prefetches."""
+    d, k = 40_000, 63
+    assert d * 3 * (k + 1) * 4 > fast.PREFETCH_MIN_BYTES
+    rng = np.random.default_rng(5)
+    n = 300
+    rows = np.repeat(np.arange(n), 2)
+    cols = np.stack([rng.integers(0, 1000, n), rng.integers(1000, d, n)], axis=1).reshape(-1)
+    X = sp.csr_matrix((np.ones(2 * n, np.float32), (rows, cols)), shape=(n, d))
+    y = _labels("binary_classifier", n, rng)
+    hp = dict(feature_dim=d, num_factors=k, predictor_type="binary_classifier", epochs=2, mini_batch_size=64)
+    a, b = _both(hp, X, y)
+    _assert_same(a, b)

@@ -1,6 +1,6 @@
 """Exact top-x engine vs FAISS IndexFlatIP.search on identical vectors (a script, not a test).
 
-    python tests/recommend/bench_topx.py --users 20000 --items 62000 --dim 65 --k 100 --kind fm
+    python -m benchmarks.topx_vs_faiss --users 20000 --items 62000 --dim 65 --k 100 --kind fm
 
 Runs FAISS and the engine alternately ``--repeat`` times with the same thread count and
 reports the best wall-clock and CPU time of each (CPU time is steadier on a shared
