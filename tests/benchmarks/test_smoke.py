@@ -155,7 +155,6 @@ def test_ranking_metrics_perfect_and_popularity_cases():
 
 
 def test_quality_scorer_matches_fm_decision_function():
-    pytest.importorskip("localfm.fm.model")
     import scipy.sparse as sp
 
     from benchmarks.quality import design, entity_matrices, score_function

@@ -79,7 +79,6 @@ def test_sagemaker_fixtures(cli, sagemaker_fixtures):
 
 
 def test_recordio_file(cli, sagemaker_fixtures):
-    pytest.importorskip("localfm.io.recordio")
     code, out, err = cli("inspect", sagemaker_fixtures / "ufo-train.recordio-protobuf", "--json")
     assert code == 0, err
     doc = json.loads(out)

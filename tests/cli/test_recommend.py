@@ -8,32 +8,19 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from localfm.cli import main as cli_main
+from tests.cli.conftest import random_fm
 
-pytest.importorskip("localfm.io.artifacts")
-pytest.importorskip("localfm.data.features")
 
 
 def _model(path: Path, feature_dim: int, factors: int = 8, seed: int = 0, ptype: str = "binary_classifier") -> Path:
-    from localfm.io.artifacts import FMWeights, save_fm
-
-    rng = np.random.default_rng(seed)
-    w = FMWeights(0.3, rng.normal(0, 0.3, feature_dim), rng.normal(0, 0.3, (feature_dim, factors)), ptype)
-    save_fm(path, w)
-    return path
+    return random_fm(path, feature_dim, factors=factors, seed=seed, predictor_type=ptype)
 
 
 @pytest.fixture(scope="module")
-def demo(tmp_path_factory):
+def demo(synthetic_side, tmp_path_factory):
     """The embedded synthetic MovieLens, prepared with side features, plus a random-weight FM."""
-    from localfm.data.features import FeatureSpace
-
-    root = tmp_path_factory.mktemp("demo")
-    code = cli_main(["--quiet", "prepare", "movielens", "--split", "ua", "--features", "ids+side",
-                     "--columns", "train", "--out", str(root / "data")])
-    assert code == 0, "localfm prepare on the embedded synthetic dataset failed"
-    space = FeatureSpace.load(root / "data" / "features.json")
-    model = _model(root / "model.tar.gz", space.feature_dim)
+    root, space = synthetic_side
+    model = _model(tmp_path_factory.mktemp("recommend-model") / "model.tar.gz", space.feature_dim)
     return root, space, model
 
 
@@ -260,7 +247,6 @@ def test_ml100k_top100_all_users_equals_brute_force(cli, ml100k_dir, tmp_path):
 @pytest.mark.slow
 def test_ml100k_trained_model_exact_excluding_seen_and_approximate_recall(cli, ml100k_dir, cloud_fixture, tmp_path):
     """A model trained here with the cloud job's hyperparameters (3 epochs instead of 30 to stay fast)."""
-    pytest.importorskip("localfm.fm")
     from localfm.data.features import FeatureSpace
     from localfm.io.artifacts import load_fm
 

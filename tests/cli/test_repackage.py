@@ -12,31 +12,19 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from localfm.cli import main as cli_main
+from tests.cli.conftest import random_fm
 
-pytest.importorskip("localfm.io.artifacts")
-pytest.importorskip("localfm.io.recordio")
-pytest.importorskip("localfm.data.features")
 
 REPO = Path(__file__).resolve().parents[2]
 MXNET_PY = REPO / ".mxnet-venv" / "bin" / "python"
 
 
 @pytest.fixture(scope="module")
-def demo(tmp_path_factory):
-    from localfm.data.features import FeatureSpace
-    from localfm.io.artifacts import FMWeights, save_fm
-
-    root = tmp_path_factory.mktemp("demo")
-    code = cli_main(["--quiet", "prepare", "movielens", "--split", "ua", "--features", "ids+side",
-                     "--columns", "train", "--out", str(root / "data")])
-    assert code == 0, "localfm prepare on the embedded synthetic dataset failed"
-    space = FeatureSpace.load(root / "data" / "features.json")
-    rng = np.random.default_rng(1)
-    d = space.feature_dim
-    weights = FMWeights(-0.2, rng.normal(0, 0.3, d), rng.normal(0, 0.3, (d, 6)), "binary_classifier")
-    save_fm(root / "model.tar.gz", weights)
-    return root, space, root / "model.tar.gz"
+def demo(synthetic_side, tmp_path_factory):
+    root, space = synthetic_side
+    model = random_fm(tmp_path_factory.mktemp("repackage-model") / "model.tar.gz", space.feature_dim,
+                      factors=6, seed=1, w0=-0.2)
+    return root, space, model
 
 
 def test_outputs_reproduce_fm_scores_for_every_pair(cli, demo, tmp_path):

@@ -123,7 +123,7 @@ def test_knn_labels_are_ids_when_float32_exact_else_row_index():
 
 
 def test_write_repackaged_outputs(tmp_path):
-    recordio = pytest.importorskip("localfm.io.recordio")
+    from localfm.io import recordio
     pq = pytest.importorskip("pyarrow.parquet")
     from localfm.recommend.repackage import write_repackaged
 
