@@ -171,13 +171,9 @@ def parse_assignments(pairs: Sequence[str]) -> dict[str, str]:
 
 def load_json(path: str | Path) -> dict[str, str]:
     """Read a SageMaker ``hyperparameters.json`` (all values strings, but numbers accepted)."""
-    path = Path(path)
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise LocalFMError(f"{path}: hyperparameters file not found") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise LocalFMError(f"{path}: not valid JSON ({exc})") from None
+    from .io.jsonfile import read_json
+
+    data = read_json(path, what="hyperparameters file")
     if not isinstance(data, dict):
         raise LocalFMError(f"{path}: expected a JSON object of name -> value")
     return {str(k): v if isinstance(v, str) else json.dumps(v) if not isinstance(v, (int, float)) else str(v) for k, v in data.items()}

@@ -9,7 +9,6 @@ atomically; otherwise the response goes to stdout.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
@@ -55,11 +54,9 @@ def _read(path: Path, content_type: str | None, feature_dim: int):  # noqa: ANN2
 
     kind = content_type or (JSON if path.suffix.lower() == ".json" else "application/x-recordio-protobuf")
     if kind == JSON:
-        try:
-            doc = json.loads(path.read_text(encoding="utf-8"))
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise LocalFMError(f"{path}: not valid JSON ({exc})") from None
-        return parse_json_instances(doc, feature_dim, source=str(path))
+        from ..io.jsonfile import read_json
+
+        return parse_json_instances(read_json(path, what="request file"), feature_dim, source=str(path))
     X, _ = read_channel(str(path), need_labels=False)
     if X.shape[1] != feature_dim:
         raise LocalFMError(f"{path}: records have {X.shape[1]} features, the model expects feature_dim {feature_dim}")

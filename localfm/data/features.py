@@ -223,14 +223,9 @@ class FeatureSpace:
 
     @classmethod
     def load(cls, path: str | Path) -> FeatureSpace:
-        path = Path(path)
-        try:
-            data = json.loads(path.read_text(encoding="utf-8"))
-        except FileNotFoundError:
-            raise LocalFMError(f"{path}: features file not found") from None
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise LocalFMError(f"{path}: not valid JSON ({exc})") from None
-        return cls.from_dict(data, where=str(path))
+        from ..io.jsonfile import read_json
+
+        return cls.from_dict(read_json(path, what="features file"), where=str(path))
 
     @classmethod
     def from_dict(cls, data: Any, *, where: str = "features.json") -> FeatureSpace:

@@ -25,11 +25,11 @@ its channels made at test time (see tests/parity/conftest.py).
 """
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import LocalFMError
+from ..io.jsonfile import read_json
 from ..hyperparams import load_json
 from .cloudlog import RecordedScores, TrainingMetrics, parse_metrics_json, parse_training_log, recorded_scores
 
@@ -173,10 +173,4 @@ def recorded(lay: RunLayout) -> RecordedScores | None:
 
 def _json(path: Path | None) -> dict:
     assert path is not None
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise LocalFMError(f"{path}: not valid JSON ({exc})") from None
-    if not isinstance(data, dict):
-        raise LocalFMError(f"{path}: expected a JSON object")
-    return data
+    return read_json(path, expect_object=True)
