@@ -52,7 +52,22 @@ def build_parser() -> argparse.ArgumentParser:
         register = getattr(module, "register", None)
         if register is not None:
             register(sub)
+    _add_quiet_everywhere(sub)
     return parser
+
+
+def _add_quiet_everywhere(sub: argparse._SubParsersAction) -> None:
+    """Let ``--quiet`` also follow the (sub)command, where people tend to type it.
+
+    argparse only parses a subcommand's own options after its name, so every parser in
+    the tree gets a ``--quiet`` of its own (dest ``quiet_sub``, read by :func:`main`).
+    """
+    for parser in set(sub.choices.values()):
+        if "--quiet" not in parser._option_string_actions:
+            parser.add_argument("--quiet", dest="quiet_sub", action="store_true", help="no progress bars")
+        for action in parser._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                _add_quiet_everywhere(action)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
