@@ -171,13 +171,6 @@ def run(cfg: BenchConfig) -> dict[str, Any]:
         payload["notes"].append(f"MovieLens 100k not found at {cfg.ml100k_dir}: quality skipped")
         payload["headline"] = []
         return payload
-    try:
-        from localfm.fm.model import FactorizationMachine  # noqa: F401
-    except ImportError:
-        payload["notes"].append("localfm.fm not importable: only baselines measured")
-        payload["baselines"] = [baselines(cfg, s) for s in cfg.quality_splits]
-        payload["headline"] = []
-        return payload
     jobs = [(s, False) for s in cfg.quality_splits] + [(cfg.quality_splits[0], True)]
     for split, side in progress(jobs, desc="quality", disable=False):
         payload["models"].append(evaluate_split(cfg, split, side))

@@ -48,11 +48,9 @@ def make_vectors(n_users: int, n_items: int, dim: int, seed: int = 0) -> tuple[n
     return np.ascontiguousarray(U), np.ascontiguousarray(I)
 
 
-def localfm_engine() -> Any | None:
-    try:
-        from localfm.recommend.topx import top_x
-    except ImportError:
-        return None
+def localfm_engine() -> Any:
+    from localfm.recommend.topx import top_x
+
     return top_x
 
 
@@ -60,13 +58,13 @@ def _engines(k: int) -> dict[str, Any]:
     """name -> fn(U, I) -> (scores, ids), best first."""
     eng: dict[str, Any] = {}
     top_x = localfm_engine()
-    if top_x is not None:
-        def run_localfm(U: np.ndarray, I: np.ndarray, mode: str = "auto") -> tuple[np.ndarray, np.ndarray]:
-            r = top_x(U, I, k, mode=mode)
-            return r.scores, r.ids
 
-        eng["localfm"] = run_localfm
-        eng["localfm_fp32"] = lambda U, I: run_localfm(U, I, "fp32")
+    def run_localfm(U: np.ndarray, I: np.ndarray, mode: str = "auto") -> tuple[np.ndarray, np.ndarray]:
+        r = top_x(U, I, k, mode=mode)
+        return r.scores, r.ids
+
+    eng["localfm"] = run_localfm
+    eng["localfm_fp32"] = lambda U, I: run_localfm(U, I, "fp32")
     eng["faiss_flat_ip"] = lambda U, I: topk_faiss_flat(U, I, k)
     eng["numpy"] = lambda U, I: topk_numpy(U, I, k)
     eng["torch"] = lambda U, I: topk_torch(U, I, k)
@@ -189,17 +187,12 @@ def run(cfg: BenchConfig) -> dict[str, Any]:
     peak = sgemm_peak(n=1024 if cfg.mode == "smoke" else 2048, repeats=3 if cfg.mode == "smoke" else 5)
     payload: dict[str, Any] = {"quick": cfg.quick, "mode": cfg.mode, "k": cfg.retrieval_k,
                                "dim": cfg.retrieval_dim, "sgemm_peak": peak, "notes": []}
-    if localfm_engine() is None:
-        payload["notes"].append("localfm.recommend.topx not importable: localfm engine skipped")
     payload["exact"] = [exact_size(cfg, u, i, peak["peak_gflops"])
                         for u, i in progress(cfg.retrieval_sizes, desc="retrieval sizes", disable=False)]
     peak_after = sgemm_peak(n=1024 if cfg.mode == "smoke" else 2048, repeats=3)
     payload["sgemm_peak_after"] = peak_after
     u, i = cfg.retrieval_sizes[-1]
-    try:
-        payload["approximate"] = approximate(cfg, u, i)
-    except ImportError:
-        payload["notes"].append("localfm.knn.index not importable: approximate indexes skipped")
+    payload["approximate"] = approximate(cfg, u, i)
     payload["headline"] = headline(payload)
     return payload
 

@@ -33,82 +33,54 @@ from .data import ML25M_ROWS, BenchConfig, Ratings, ml100k_split, synthetic_rati
 NAME = "train_throughput"
 
 
-def fm_class() -> Any | None:
-    """localfm's FM estimator, or None while it is not importable."""
-    try:
-        from localfm.fm.model import FactorizationMachine
-    except ImportError:
-        return None
+def fm_class() -> Any:
+    """localfm's FM estimator (imported late: torch/numba load only when training is measured)."""
+    from localfm.fm.model import FactorizationMachine
+
     return FactorizationMachine
 
 
 def fast_mode_hyperparameters() -> dict[str, Any]:
     """Local-only hyperparameters for localfm's fastest training mode.
 
-    Uses only switches the FM hyperparameter table declares (so this never breaks
-    when it changes): the compiled engine (``_local_engine=numba``) when the table has
-    it and numba is installed, and plain SGD (no Adam moment slots per touched row)
-    with a global step large enough for SGD to learn (Adam's default is 1.0).
+    The compiled engine (``_local_engine=numba``) when numba is installed, and plain SGD
+    (no Adam moment slots per touched row) with a global step large enough for SGD to
+    learn (Adam's default is 1.0).
     """
-    try:
-        from localfm.fm.hyperparameters import FM_HYPERPARAMETERS
-    except ImportError:
-        return {}
-    table = {hp.name: hp for hp in FM_HYPERPARAMETERS}
-    fast: dict[str, Any] = {}
-    engine = table.get("_local_engine")
-    if engine is not None and engine.choices and "numba" in engine.choices:
-        try:
-            from localfm.fm.fast import numba_available
+    from localfm.fm.fast import numba_available
 
-            if numba_available():
-                fast["_local_engine"] = "numba"
-        except ImportError:
-            pass
-    opt = table.get("_local_optimizer")
-    if opt is not None and opt.choices and "sgd" in opt.choices:
-        fast["_local_optimizer"] = "sgd"
-        fast["_learning_rate"] = 100.0
+    fast: dict[str, Any] = {"_local_optimizer": "sgd", "_learning_rate": 100.0}
+    if numba_available():
+        fast["_local_engine"] = "numba"
     return fast
 
 
-def torch_engine_hyperparameters() -> dict[str, Any] | None:
-    """SageMaker semantics forced onto the torch engine (what runs without numba), if selectable."""
-    try:
-        from localfm.fm.hyperparameters import FM_HYPERPARAMETERS
-    except ImportError:
-        return None
-    names = {hp.name for hp in FM_HYPERPARAMETERS}
-    return {"_local_engine": "torch"} if "_local_engine" in names else None
+def torch_engine_hyperparameters() -> dict[str, Any]:
+    """SageMaker semantics forced onto the torch engine (what runs without numba)."""
+    return {"_local_engine": "torch"}
 
 
-def resolved_engine(extra: dict[str, Any]) -> str | None:
+def resolved_engine(extra: dict[str, Any]) -> str:
     """Which engine ``FactorizationMachine`` picks for these hyperparameters (recorded in results)."""
-    try:
-        from localfm.fm.fast import resolve_engine
-        from localfm.fm.hyperparameters import parse_fm
-    except ImportError:
-        return None
+    from localfm.fm.fast import resolve_engine
+    from localfm.fm.hyperparameters import parse_fm
+
     hp = parse_fm({"feature_dim": 2, "num_factors": 1, "predictor_type": "binary_classifier", **extra})
     return resolve_engine(hp)
 
 
 def localfm_modes() -> dict[str, dict[str, Any]]:
-    """Trainer name -> extra hyperparameters, for the localfm variants that exist."""
-    modes: dict[str, dict[str, Any]] = {"localfm_sagemaker": {}}
-    torch_hp = torch_engine_hyperparameters()
-    if torch_hp is not None:
-        modes["localfm_sagemaker_torch"] = torch_hp
-    fast = fast_mode_hyperparameters()
-    if fast:
-        modes["localfm_fast"] = fast
-    return modes
+    """Trainer name -> extra hyperparameters of each localfm variant measured."""
+    return {
+        "localfm_sagemaker": {},
+        "localfm_sagemaker_torch": torch_engine_hyperparameters(),
+        "localfm_fast": fast_mode_hyperparameters(),
+    }
 
 
 def time_localfm(data: Ratings, num_factors: int, batch: int, extra: dict[str, Any], seed: int) -> dict[str, Any]:
     """One timed ``fit`` of one epoch (batch preparation included)."""
     FM = fm_class()
-    assert FM is not None
     X = data.onehot()
     y = data.binary()
     model = FM(feature_dim=X.shape[1], num_factors=num_factors, predictor_type="binary_classifier",
@@ -141,7 +113,7 @@ def _grid(cfg: BenchConfig, data: Ratings, label: str, naive_cut: float | None) 
     """Every (k, batch) cell; repeats interleave the trainers (naive, localfm modes, naive, ...)
     so a neighbour's load burst hits all of them alike and the ratios stay fair."""
     rows: list[dict[str, Any]] = []
-    modes = localfm_modes() if fm_class() is not None else {}
+    modes = localfm_modes()
     for extra in modes.values():  # warm-up: JIT compilation and first-call costs are not throughput
         time_localfm(data.subset(min(len(data), 2000)), 8, 200, extra, 0)
     combos = [(k, b) for k in cfg.train_factors for b in cfg.train_batches]
@@ -164,7 +136,6 @@ def _grid(cfg: BenchConfig, data: Ratings, label: str, naive_cut: float | None) 
 def large_epoch(cfg: BenchConfig, data: Ratings) -> dict[str, Any]:
     """One full epoch over the synthetic set in every localfm mode (batch 5000, k=64)."""
     FM = fm_class()
-    assert FM is not None
     X = data.onehot()
     y = data.binary()
     out: dict[str, Any] = {"rows": len(data), "num_factors": 64, "mini_batch_size": 5000}

@@ -147,21 +147,12 @@ def _ndarray_target() -> Target:
         [sp.csr_matrix(np.array([[0, 1.0], [2.0, 0]], np.float32))],
         [],
         {},
+        [nd.RowSparse(np.ones((1, 2), np.float32), np.array([1]), (3, 2))],
     ]
-    if hasattr(nd, "RowSparse"):
-        try:
-            candidates.append([nd.RowSparse(np.ones((1, 2), np.float32), np.array([1]), (3, 2))])
-        except Exception:  # noqa: BLE001 - constructor signature belongs to another module
-            pass
-    for arrays in candidates:
-        try:
-            seeds.append(nd.dumps(arrays))
-        except Exception:  # noqa: BLE001 - a seed the writer refuses is simply not used
-            continue
-    try:
-        seeds.append(nd.dumps([np.float32(3.5) * np.ones(())], version=3))
-    except Exception:  # noqa: BLE001
-        pass
+    # Every seed must be writable: a writer regression should fail here, not quietly
+    # shrink the corpus (and with it what the fuzz run reaches).
+    seeds += [nd.dumps(arrays) for arrays in candidates]
+    seeds.append(nd.dumps([np.float32(3.5) * np.ones(())], version=3))
     calls = [("load", nd.load), ("describe", nd.describe)]
     return Target("ndarray", calls, seeds)
 
@@ -177,21 +168,28 @@ def _artifacts_target() -> Target:
     def load_fm(data: bytes) -> None:
         art.load_fm(io.BytesIO(data))
 
+    def inspect(data: bytes) -> None:
+        # ``localfm inspect`` describes every member (symbol graphs, NDArray lists,
+        # embedded RecordIO) with code of its own; it must fail only with LocalFMError.
+        from localfm.cli.inspect import _describe_member
+
+        opened = art.open_artifact(io.BytesIO(data))
+        for m in opened.members:
+            _describe_member(m, opened.source, values=False)
+
     seeds: list[bytes] = []
     for name in ("pca-model.tar.gz", "kmeans-model.tar.gz"):
         data = _fixture(name)
         if data is not None:
             seeds += [data, _gunzip(data)]
-    try:
-        rng = np.random.default_rng(0)
-        w = art.FMWeights(0.25, rng.normal(size=5).astype(np.float32), rng.normal(size=(5, 2)).astype(np.float32),
-                          "binary_classifier")
-        fm = art.fm_artifact_bytes(w, mtime=0)
-        seeds += [fm, _gunzip(fm)]
-        seeds += [m for m in _tar_members(fm) if m[:2] == b"PK"]
-    except Exception:  # noqa: BLE001 - a generated seed is optional
-        pass
-    calls = [("open_artifact", open_artifact), ("load_fm", load_fm)]
+    rng = np.random.default_rng(0)
+    w = art.FMWeights(0.25, rng.normal(size=5).astype(np.float32), rng.normal(size=(5, 2)).astype(np.float32),
+                      "binary_classifier")
+    fm = art.fm_artifact_bytes(w, mtime=0)
+    seeds += [fm, _gunzip(fm)]
+    seeds += [m for m in _tar_members(fm) if m[:2] == b"PK"]
+    seeds.append(art.fm_symbol_json(5, 2).encode())  # a bare symbol graph: inspect's own describer
+    calls = [("open_artifact", open_artifact), ("load_fm", load_fm), ("inspect", inspect)]
     return Target("artifacts", calls, seeds, [mutate_inside_gzip])
 
 

@@ -9,6 +9,7 @@ this is the cloud fixture's exact configuration.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import shlex
 import sqlite3
@@ -52,7 +53,10 @@ def run(args: argparse.Namespace) -> int:
     else:
         Path("localfm-demo").mkdir(exist_ok=True)
         out = Path(tempfile.mkdtemp(prefix=time.strftime("%Y%m%d-%H%M%S-"), dir="localfm-demo"))
-    out.mkdir(parents=True, exist_ok=True)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:  # e.g. --out names an existing file: bad input, not a traceback
+        raise LocalFMError(f"--out {out}: cannot create the demo folder ({exc.strerror or exc})") from None
     prepared, model_dir, vectors, knn_dir, knn_out = (
         out / "prepared", out / "model", out / "vectors", out / "knn-model", out / "knn-transform",
     )
@@ -98,7 +102,8 @@ def run(args: argparse.Namespace) -> int:
     if test:
         shown = ", ".join(f"{name} {value:.4f}" for name, value in test.items() if isinstance(value, (int, float)))
         print(f"test metrics: {shown}")
-    with sqlite3.connect(db) as con:
+    # sqlite3's own context manager only commits; closing() releases the file handle.
+    with contextlib.closing(sqlite3.connect(db)) as con:
         table = con.execute("SELECT name FROM sqlite_master WHERE type='table' ORDER BY name").fetchone()[0]
         n_rows, n_users = con.execute(f'SELECT COUNT(*), COUNT(DISTINCT user_id) FROM "{table}"').fetchone()
         first = con.execute(f'SELECT MIN(user_id) FROM "{table}"').fetchone()[0]

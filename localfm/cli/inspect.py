@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 from typing import Any
 
@@ -71,23 +72,25 @@ def _describe_ndarray(data: bytes, where: str, values: bool) -> dict[str, Any]:
     return {"named": names is not None, "count": len(arrays), "arrays": out}
 
 
-def _describe_symbol(data: bytes) -> dict[str, Any]:
+def _describe_symbol(data: bytes, where: str) -> dict[str, Any]:
+    """Summary of an MXNet symbol graph.
+
+    ``_classify`` only checks that ``nodes`` is a list and ``heads`` exists, so a
+    hand-edited or damaged graph (indices past the node list, nodes that are not
+    objects) reaches here; it is bad input (exit 2), not a crash.
+    """
     from ..io.artifacts import predictor_type_from_symbol
 
     graph = json.loads(data)
-    nodes = graph["nodes"]
-    args = [nodes[i]["name"] for i in graph.get("arg_nodes", [])]
-    heads = [nodes[h[0]].get("op") for h in graph.get("heads", [])]
+    try:
+        nodes = graph["nodes"]
+        args = [nodes[i]["name"] for i in graph.get("arg_nodes", [])]
+        heads = [nodes[h[0]].get("op") for h in graph.get("heads", [])]
+    except (KeyError, IndexError, TypeError, AttributeError) as exc:
+        raise LocalFMError(f"{where}: malformed MXNet symbol graph ({type(exc).__name__}: {exc}); "
+                           "expected arg_nodes/heads indexing objects in 'nodes'") from None
     return {"nodes": len(nodes), "arguments": args, "output_ops": heads,
             "predictor_type": predictor_type_from_symbol(graph)}
-
-
-def _recordio_describe() -> Any:
-    try:
-        from ..io import recordio
-    except ImportError:
-        return None
-    return getattr(recordio, "describe", None)
 
 
 def _describe_member(m: Any, where: str, values: bool) -> dict[str, Any]:
@@ -95,16 +98,13 @@ def _describe_member(m: Any, where: str, values: bool) -> dict[str, Any]:
     if m.kind == "ndarray-list":
         entry["ndarray"] = _describe_ndarray(m.data, f"{where}:{m.name}", values)
     elif m.kind == "mxnet-symbol":
-        entry["symbol"] = _describe_symbol(m.data)
+        entry["symbol"] = _describe_symbol(m.data, f"{where}:{m.name}")
     elif m.kind == "json" and m.size <= 1 << 20:
         entry["json"] = json.loads(m.data)
     elif m.kind == "recordio-protobuf":
-        describe = _recordio_describe()
-        if describe is not None:
-            try:
-                entry["recordio"] = describe(m.data)
-            except (TypeError, AttributeError):  # a describe() that only takes paths
-                pass
+        from ..io.recordio import describe
+
+        entry["recordio"] = describe(m.data)
     if m.children:
         entry["members"] = [_describe_member(c, where, values) for c in m.children]
     return entry
@@ -117,11 +117,9 @@ def inspect_path(path: str, *, values: bool = False) -> dict[str, Any]:
     if _is_local_recordio(path):
         # Training data can be many GB: stream it through the RecordIO reader instead
         # of loading it as an artifact.
-        describe = _recordio_describe()
-        if describe is None:
-            raise LocalFMError(f"{path}: RecordIO-protobuf file, but this localfm has no "
-                               "RecordIO reader (localfm.io.recordio.describe)")
         from pathlib import Path
+
+        from ..io.recordio import describe
 
         return {"path": str(path), "kind": "recordio-protobuf",
                 "members": [{"name": Path(path).name, "kind": "recordio-protobuf",
@@ -201,10 +199,25 @@ def _print_text(doc: dict[str, Any], out: Any) -> None:
               f"predictor_type={fm['predictor_type']} w0={fm['w0']:.6g}", file=out)
 
 
+def _json_safe(obj: Any) -> Any:
+    """Non-finite floats as strings ("nan", "inf", "-inf"), as parity's JSON does.
+
+    A diverged model (w0 NaN) or ``--values`` of such arrays would otherwise print the
+    bare ``NaN`` token, which is not JSON: jq and most parsers reject the whole document.
+    """
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else str(obj)
+    if isinstance(obj, dict):
+        return {k: _json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_json_safe(v) for v in obj]
+    return obj
+
+
 def handler(args: argparse.Namespace) -> int:
     doc = inspect_path(args.path, values=args.values)
     if args.json:
-        json.dump(doc, sys.stdout, indent=2)
+        json.dump(_json_safe(doc), sys.stdout, indent=2, allow_nan=False)
         sys.stdout.write("\n")
     else:
         _print_text(doc, sys.stdout)

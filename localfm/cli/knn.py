@@ -121,7 +121,8 @@ def train_handler(args: argparse.Namespace) -> int:
         summary["recall_refilled_fraction"] = rec["refilled_fraction"]
     if args.test:
         Xt, yt = read_training(args.test, args.content_type)
-        pred = model.predict(Xt) if Xt.shape[0] else Xt[:, :0].reshape(0)
+        # read_training never returns zero rows; errors name the test file, not "queries"
+        pred = model.neighbours(Xt, where=str(args.test)).predicted_label
         if model.predictor_type == "classifier":
             summary["test_accuracy"] = float((pred == yt).mean()) if yt.size else None
         else:
@@ -147,13 +148,9 @@ def transform_handler(args: argparse.Namespace) -> int:
             raise LocalFMError(f"--nprobe: expected a positive integer, got {args.nprobe}")
         assert model.index_ is not None
         model.index_.nprobe = args.nprobe
-    files = input_files(args.input)
-    groups: dict[Path, list[Path]] = {}
-    for f in files:
-        groups.setdefault(Path(args.output) if args.output else f.parent, []).append(f)
-    done = []
-    for out_dir, members in groups.items():
-        done += transform_files(model, members, out_dir, accept=args.accept, content_type=args.content_type)
+    files = input_files(args.input)  # one file, or the files of one folder: a single parent
+    out_dir = Path(args.output) if args.output else files[0].parent
+    done = transform_files(model, files, out_dir, accept=args.accept, content_type=args.content_type)
     for dest, n in done:
         print(f"{dest}\t{n} queries", file=sys.stdout)
     return 0

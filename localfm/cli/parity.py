@@ -134,26 +134,58 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 # --------------------------------------------------------------------------- handlers
+def _check_args(args: argparse.Namespace) -> None:
+    """Reject bad flags and an unusable --json / --plot target before any work (a local run takes minutes).
+
+    Without this a directory given as --json, or a file given as --plot, surfaced as
+    an OSError from the final write: exit 1, after the whole comparison had run; and a
+    negative --tol-score / --label-band / --tol-distance made every check fail (exit 3,
+    "drift") instead of naming the flag.
+    """
+    for name, value in sorted(vars(args).items()):
+        if (name.startswith("tol_") or name == "label_band") and value is not None and not value >= 0:
+            raise LocalFMError(f"--{name.replace('_', '-')}: expected a number >= 0, got {value}")
+    epochs = getattr(args, "epochs", None)
+    if epochs is not None and epochs < 1:  # before the local run it truncates
+        raise LocalFMError(f"--epochs: expected an integer >= 1, got {epochs}")
+    if args.max_failures < 0:
+        raise LocalFMError(f"--max-failures: expected an integer >= 0, got {args.max_failures}")
+    if args.json:
+        target = Path(args.json)
+        if target.is_dir():
+            raise LocalFMError(f"--json {target}: is a directory, expected a file path")
+        blocker = next((q for q in target.parents if q.exists()), None)
+        if blocker is not None and not blocker.is_dir():
+            raise LocalFMError(f"--json {target}: {blocker} is not a directory")
+    if args.plot:
+        target = Path(args.plot)
+        blocker = next((q for q in (target, *target.parents) if q.exists()), None)
+        if blocker is not None and not blocker.is_dir():
+            raise LocalFMError(f"--plot {target}: {blocker} is not a directory")
+
+
 def _finish(args: argparse.Namespace, comparisons: list[Any]) -> int:
     from ..parity.report import render_text, write_json
 
     sys.stdout.write(render_text(comparisons, max_failures=args.max_failures))
-    if args.json:
-        write_json(args.json, comparisons)
-    if args.plot:
-        from ..parity.plots import write_plots
+    try:
+        if args.json:
+            write_json(args.json, comparisons)
+        if args.plot:
+            from ..parity.plots import write_plots
 
-        for path in write_plots(comparisons, args.plot):
-            print(f"plot: {path}", file=sys.stderr)
+            for path in write_plots(comparisons, args.plot):
+                print(f"plot: {path}", file=sys.stderr)
+    except OSError as exc:
+        # Checked up front, but the file system can still refuse (permissions, disk full).
+        name = exc.filename or (args.json or args.plot)
+        raise LocalFMError(f"{name}: cannot write the report ({exc.strerror or exc})") from None
     return 0 if all(c.ok for c in comparisons) else EXIT_DRIFT
 
 
 def _tt(args: argparse.Namespace):  # noqa: ANN202
     from ..parity.compare import TrainingTolerances
 
-    for name in ("tol_train", "tol_test_acc", "tol_test_xent", "tol_test"):
-        if getattr(args, name) < 0:
-            raise LocalFMError(f"--{name.replace('_', '-')}: expected a number >= 0")
     return TrainingTolerances(train=args.tol_train, test_accuracy=args.tol_test_acc,
                               test_cross_entropy=args.tol_test_xent, test=args.tol_test)
 
@@ -161,8 +193,6 @@ def _tt(args: argparse.Namespace):  # noqa: ANN202
 def _limit_epochs(cloud: Any, epochs: int | None) -> None:
     if epochs is None:
         return
-    if epochs < 1:
-        raise LocalFMError(f"--epochs: expected an integer >= 1, got {epochs}")
     cloud.epochs = {e: v for e, v in cloud.epochs.items() if e < epochs}
     cloud.test = {}  # test metrics are after the full run; not comparable to a truncated one
 
@@ -181,6 +211,7 @@ def handle_training(args: argparse.Namespace) -> int:
     from ..parity.cloudlog import read_training
     from ..parity.compare import compare_training
 
+    _check_args(args)
     if not args.cloud_log and not args.cloud_metrics:
         raise LocalFMError("parity training: give --cloud-log and/or --cloud-metrics")
     if bool(args.local_metrics) == bool(args.train):
@@ -214,6 +245,7 @@ def handle_predictions(args: argparse.Namespace) -> int:
     from ..parity.compare import PredictionTolerances, compare_predictions
     from ..parity.local import load_model, predictions_from_model, read_input
 
+    _check_args(args)
     cloud = read_predictions(args.cloud)
     if args.local:
         if args.model or args.input:
@@ -233,6 +265,7 @@ def handle_knn(args: argparse.Namespace) -> int:
     from ..parity.cloudlog import read_knn
     from ..parity.compare import KNNTolerances, compare_knn
 
+    _check_args(args)
     if args.k is not None and args.k < 1:
         raise LocalFMError(f"--k: expected an integer >= 1, got {args.k}")
     tol = KNNTolerances(
@@ -250,6 +283,7 @@ def handle_models(args: argparse.Namespace) -> int:
     from ..io.artifacts import load_fm
     from ..parity.compare import ModelTolerances, compare_models
 
+    _check_args(args)
     if args.pairs < 2:
         raise LocalFMError(f"--pairs: expected an integer >= 2, got {args.pairs}")
     cloud, local = load_fm(args.cloud), load_fm(args.local)
@@ -311,6 +345,8 @@ def handle_fixture(args: argparse.Namespace) -> int:
     )
     from ..parity.local import fm_defaults, load_model, predictions_from_model, read_input
 
+    _check_args(args)
+    train_tol = _tt(args)  # validated before the local run, which takes minutes
     lay = layout.scan(args.run_dir)
     cloud = layout.cloud_training(lay)
     given = layout.given_hyperparameters(lay, cloud)
@@ -342,7 +378,7 @@ def handle_fixture(args: argparse.Namespace) -> int:
     if args.local_metrics and args.epochs is not None:
         local.epochs = {e: v for e, v in local.epochs.items() if e < args.epochs}
     _limit_epochs(cloud, args.epochs)
-    comparisons.append(compare_training(cloud, local, _tt(args)))
+    comparisons.append(compare_training(cloud, local, train_tol))
 
     # A truncated (--epochs) local model is not comparable to the cloud's final one.
     full = run if (run is not None and args.epochs is None) else None

@@ -39,7 +39,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def _inputs(path: Path) -> list[Path]:
     if path.is_dir():
-        files = sorted(f for f in path.iterdir() if f.is_file() and not f.name.startswith("."))
+        # *.out are our own responses (an --output equal to the input folder): never inputs
+        files = sorted(f for f in path.iterdir()
+                       if f.is_file() and not f.name.startswith(".") and f.suffix != ".out")
         if not files:
             raise LocalFMError(f"{path}: folder holds no input files")
         return files
@@ -66,7 +68,7 @@ def _read(path: Path, content_type: str | None, feature_dim: int):  # noqa: ANN2
 def handler(args: argparse.Namespace) -> int:
     from ..fm.inference import render
     from ..fm.model import FactorizationMachine
-    from ..io.atomic import atomic_write
+    from ..io.atomic import atomic_outputs
 
     model = FactorizationMachine.load(args.model, predictor_type=args.predictor_type)
     ptype = args.predictor_type or model.hp_["predictor_type"]
@@ -76,9 +78,13 @@ def handler(args: argparse.Namespace) -> int:
     bodies = [(f, render(model.predict(_read(f, args.content_type, feature_dim)), ptype, args.accept)) for f in files]
     if args.output:
         out_dir = Path(args.output)
-        for f, body in bodies:
-            with atomic_write(out_dir / f"{f.name}.out", "w", encoding="utf-8") as fh:
-                fh.write(body)
+        if out_dir.exists() and not out_dir.is_dir():
+            raise LocalFMError(f"{out_dir}: exists and is not a folder")
+        # One output set: if any write fails, no .out lands (a batch transform is all or nothing).
+        with atomic_outputs() as out:
+            for f, body in bodies:
+                with open(out.path(out_dir / f"{f.name}.out"), "w", encoding="utf-8") as fh:
+                    fh.write(body)
     else:
         for _, body in bodies:
             sys.stdout.write(body if body.endswith("\n") else body + "\n")

@@ -72,7 +72,12 @@ def _id_list(text: str | None, what: str) -> list[str] | None:
         path = Path(text[1:])
         if not path.is_file():
             raise LocalFMError(f"{what}: file {path} not found")
-        items = path.read_text(encoding="utf-8").replace(",", "\n").split()
+        try:
+            items = path.read_text(encoding="utf-8").replace(",", "\n").split()
+        except UnicodeDecodeError as exc:
+            raise LocalFMError(f"{what}: {path} is not UTF-8 text ({exc.reason} at byte {exc.start})") from None
+        except OSError as exc:
+            raise LocalFMError(f"{what}: cannot read {path} ({exc.strerror or exc})") from None
     else:
         items = [t.strip() for t in text.split(",") if t.strip()]
     if not items:
@@ -101,6 +106,8 @@ def _recall_note(stats) -> str:  # noqa: ANN001 - RecommendStats
 
 
 def handler(args: argparse.Namespace) -> int:
+    import numpy as np
+
     from ..data.features import FeatureSpace
     from ..io.artifacts import load_fm
     from ..recommend.recommend import (
@@ -121,6 +128,12 @@ def handler(args: argparse.Namespace) -> int:
     sink_kind(args.out)  # reject an unknown target before any work
     if args.batch_size <= 0:
         raise LocalFMError(f"--batch-size: expected a positive integer, got {args.batch_size}")
+    # Checked here, not left to the engine: a negative count silently became one thread,
+    # and a negative lock timeout is an SQL error from PostgreSQL only after all the work.
+    if args.threads is not None and args.threads <= 0:
+        raise LocalFMError(f"--threads: expected a positive integer, got {args.threads}")
+    if not args.lock_timeout >= 0:
+        raise LocalFMError(f"--lock-timeout: expected a number of seconds >= 0, got {args.lock_timeout}")
     from ..knn.index import check_metric, normalize_index_type
 
     metric = check_metric(args.index_metric)
@@ -134,6 +147,9 @@ def handler(args: argparse.Namespace) -> int:
     cold = False
     if users is not None:
         users = coerce_ids(users, space.user_ids, "--users")
+        # A user named twice (in --users and --users-file, say) would get every row twice.
+        _, first = np.unique(users, return_index=True)
+        users = users[np.sort(first)]
         known = positions(space.user_ids, users) >= 0
         if args.unknown_users == "skip":
             users = users[known]

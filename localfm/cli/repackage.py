@@ -11,6 +11,8 @@ from __future__ import annotations
 import argparse
 import json
 
+from ..errors import LocalFMError
+
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
@@ -32,10 +34,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def parse_id_list(text: str | None) -> list[str] | None:
-    """``"1, 2,3"`` → ["1", "2", "3"] (typed later against the feature space); None passes through."""
+    """``"1, 2,3"`` → ["1", "2", "3"] (typed later against the feature space); None passes through.
+
+    An empty list is bad input, as in ``localfm recommend``: ``--users ","`` used to
+    write a complete, valid-looking output set with zero users and exit 0.
+    """
     if text is None:
         return None
     ids = [t.strip() for t in text.split(",") if t.strip()]
+    if not ids:
+        raise LocalFMError("--users: no ids given (expected comma-separated user ids)")
     return ids
 
 

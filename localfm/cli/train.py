@@ -48,6 +48,9 @@ def handler(args: argparse.Namespace) -> int:
     given = collect(args.hyperparameters, args.hp)
     model = FactorizationMachine(seed=args.seed, **given)  # validates before reading data
     hp = model.hp_
+    out_dir = Path(args.output)
+    if out_dir.exists() and not out_dir.is_dir():  # fail before hours of training, not after
+        raise LocalFMError(f"{out_dir}: exists and is not a folder")
     X, y = read_channel(args.train, need_labels=True, feature_dim=hp["feature_dim"])
     X_test = y_test = None
     if args.test:
@@ -58,9 +61,6 @@ def handler(args: argparse.Namespace) -> int:
     log = TrainingLog(hp["predictor_type"], hp["epochs"], emit=not args.quiet_log)
     model.fit(X, y, X_test, y_test, X_val=X_val, y_val=y_val, init=args.init_model, log=log)
 
-    out_dir = Path(args.output)
-    if out_dir.exists() and not out_dir.is_dir():
-        raise LocalFMError(f"{out_dir}: exists and is not a folder")
     doc = {
         **log.as_dict(),
         "hyperparameters": {k: v for k, v in given.items()},

@@ -260,8 +260,23 @@ class FeatureSpace:
     def validate(self, where: str = "features") -> None:
         """Check the invariants lookups rely on (sorted unique ids, blocks sized to the id maps)."""
         for what, ids in (("user_ids", self.user_ids), ("item_ids", self.item_ids)):
+            if ids.ndim != 1:
+                raise LocalFMError(f"{where}: {what} must be a flat list of ids")
             if len(ids) > 1 and not np.all(ids[1:] > ids[:-1]):
                 raise LocalFMError(f"{where}: {what} must be unique and ascending")
+        spans = sorted((b.offset, b.size, b.name) for b in self.blocks)
+        for (off, size, name), nxt in zip(spans, spans[1:] + [None]):
+            # Column indices are built from these; a negative or overlapping block would
+            # surface much later as a scipy ValueError or silently mixed features.
+            if off < 0 or size < 0:
+                raise LocalFMError(f"{where}: block {name!r} has offset {off} and size {size}, expected >= 0")
+            if nxt is not None and off + size > nxt[0]:
+                raise LocalFMError(f"{where}: blocks {name!r} and {nxt[2]!r} overlap")
+        names = {b.name for b in self.blocks}
+        missing = [name for name in ("user_id", "item_id") if name not in names]
+        if missing:
+            # Every lookup goes through block("user_id"/"item_id"); without them it is a KeyError later.
+            raise LocalFMError(f"{where}: no {missing[0]!r} block (expected user_id and item_id blocks)")
         if self.block("user_id").size != len(self.user_ids) or self.block("item_id").size != len(self.item_ids):
             raise LocalFMError(f"{where}: user_id/item_id block sizes do not match the id lists")
 

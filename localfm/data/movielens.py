@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import io
 import zipfile
+import zlib
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -158,8 +159,12 @@ class _Source:
                 yield fh
 
     def read_bytes(self, name: str) -> bytes:
-        with self.open(name) as fh:
-            return fh.read()
+        """The whole member; a damaged zip member (bad deflate stream, CRC) is bad input, not a crash."""
+        try:
+            with self.open(name) as fh:
+                return fh.read()
+        except (zipfile.BadZipFile, zlib.error, EOFError, NotImplementedError, RuntimeError) as exc:
+            raise LocalFMError(f"{self.where(name)}: corrupt zip member ({exc})") from None
 
     def read_text(self, name: str, encoding: str) -> str:
         data = self.read_bytes(name)
@@ -304,9 +309,13 @@ def _lines(text: str) -> list[tuple[int, str]]:
 
 def _int(value: str, where: str, line: int, field: str) -> int:
     try:
-        return int(value)
+        number = int(value)
     except ValueError:
-        raise LocalFMError(f"{where} line {line}: {field} must be an integer, got {value!r}") from None
+        number = None
+    # Ids end up in int64 arrays; a bigger number would be an OverflowError there.
+    if number is None or not -(1 << 63) <= number < (1 << 63):
+        raise LocalFMError(f"{where} line {line}: {field} must be a 64-bit integer, got {value!r}")
+    return number
 
 
 def _read_100k_genres(src: _Source) -> list[str]:

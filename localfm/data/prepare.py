@@ -87,10 +87,12 @@ def shuffle_seed(order: str) -> int | None:
     kind, sep, seed = order.partition(":")
     if kind == "shuffle" and sep:
         try:
-            return int(seed)
+            value = int(seed)
         except ValueError:
-            pass
-    raise LocalFMError(f"--order {order!r}: expected file or shuffle:SEED (an integer seed)")
+            value = -1
+        if value >= 0:  # numpy's SeedSequence only takes non-negative seeds
+            return value
+    raise LocalFMError(f"--order {order!r}: expected file or shuffle:SEED (an integer seed >= 0)")
 
 
 def prepare_data(
@@ -193,19 +195,25 @@ def write_prepared(prepared: Prepared, out_dir: str | Path) -> list[Path]:
     if out.exists() and not out.is_dir():
         raise LocalFMError(f"--out {out}: exists and is not a directory")
     created = not out.exists()
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:  # a parent that is a file, no permission, read-only file system
+        raise LocalFMError(f"--out {out}: cannot create the directory ({exc.strerror or exc})") from None
     targets = [out / name for name in OUTPUT_FILES]
     try:
         with atomic_outputs() as outputs:
             steps = progress(total=len(targets), desc="prepare: write", unit="file")
-            write_sparse(outputs.path(targets[0]), prepared.X_train, prepared.y_train)
-            steps.update()
-            write_sparse(outputs.path(targets[1]), prepared.X_test, prepared.y_test)
-            steps.update()
-            prepared.space.save(outputs.path(targets[2]))
-            steps.update()
-            _write_interactions(outputs.path(targets[3]), prepared.train)
-            steps.update()
-            steps.close()
+            try:
+                write_sparse(outputs.path(targets[0]), prepared.X_train, prepared.y_train)
+                steps.update()
+                write_sparse(outputs.path(targets[1]), prepared.X_test, prepared.y_test)
+                steps.update()
+                prepared.space.save(outputs.path(targets[2]))
+                steps.update()
+                _write_interactions(outputs.path(targets[3]), prepared.train)
+                steps.update()
+            finally:  # a failed write must not leave a half-drawn bar above the error line
+                steps.close()
     except BaseException:
         if created and out.is_dir() and not any(out.iterdir()):
             out.rmdir()

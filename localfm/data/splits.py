@@ -143,8 +143,11 @@ def parse_split(spec: str, *, grouplens_ok: bool) -> tuple[str, tuple]:
             if len(parts) != 2:
                 raise ValueError
             fraction, seed = float(parts[0]), int(parts[1])
+            if seed < 0:  # numpy's SeedSequence only takes non-negative seeds
+                raise ValueError
         except ValueError:
-            raise LocalFMError(f"--split {spec!r}: expected random:FRACTION:SEED, e.g. random:0.2:42") from None
+            raise LocalFMError(f"--split {spec!r}: expected random:FRACTION:SEED with an integer SEED >= 0, "
+                               "e.g. random:0.2:42") from None
         if not 0.0 < fraction < 1.0:
             raise LocalFMError(f"--split {spec!r}: FRACTION must be in (0, 1)")
         return "random", (fraction, seed)

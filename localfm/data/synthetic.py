@@ -95,6 +95,8 @@ def default_dataset_path() -> Path:
 
 def generate(config: SyntheticConfig = SyntheticConfig()) -> dict[str, bytes]:
     """All files of the dataset as ``{name: bytes}`` (deterministic for a config)."""
+    if config.seed < 0:  # numpy's SeedSequence raises a bare ValueError for these
+        raise LocalFMError(f"synthetic dataset: --seed {config.seed}: expected an integer >= 0")
     rng = np.random.default_rng(config.seed)
     nu, ni = config.n_users, config.n_items
     if nu < 1 or ni <= config.min_ratings_per_user + 2:

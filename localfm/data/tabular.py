@@ -48,6 +48,9 @@ def read_interactions(
         raise LocalFMError(
             f"{path}: missing column {missing[0]!r}; available columns: {', '.join(table.column_names)}"
         )
+    repeated = [c for c in wanted if table.column_names.count(c) > 1]
+    if repeated:  # pyarrow would raise KeyError on lookup: which of the two was meant is unknowable
+        raise LocalFMError(f"{path}: column {repeated[0]!r} appears more than once in the header")
     if table.num_rows == 0:
         raise LocalFMError(f"{path}: no rows")
     user = _ids(table.column(user_col), path, user_col)
@@ -60,7 +63,9 @@ def read_interactions(
     if timestamp_col:
         column = table.column(timestamp_col)
         if pa.types.is_timestamp(column.type) or pa.types.is_date(column.type):
-            column = column.cast(pa.timestamp("s")).cast(pa.int64())
+            # Interactions hold whole seconds; pandas writes ns timestamps, so sub-second
+            # parts are normal and are dropped (a safe cast refuses with ArrowInvalid).
+            column = column.cast(pa.timestamp("s"), safe=False).cast(pa.int64())
         timestamp = _numeric(column, path, timestamp_col).astype(np.int64)
     return Interactions(user=user, item=item, rating=rating, timestamp=timestamp)
 
@@ -106,7 +111,14 @@ def _ids(column, path: Path, name: str) -> np.ndarray:  # noqa: ANN001 - pyarrow
         values = column.to_numpy()
         if np.all(np.isfinite(values)) and np.all(values == np.round(values)):
             return values.astype(np.int64)
-    return np.asarray(column.cast(pa.string()).to_pylist(), dtype=str)
+    # Nested columns (lists, structs) and non-UTF-8 bytes cannot be ids; Arrow says so with
+    # its own exception types, which must not escape as a crash.
+    try:
+        text = column.cast(pa.string())
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:
+        raise LocalFMError(f"{path}: column {name!r} of type {column.type} cannot be used as ids "
+                           f"(expected integers or UTF-8 text: {str(exc).splitlines()[0]})") from None
+    return np.asarray(text.to_pylist(), dtype=str)
 
 
 def _numeric(column, path: Path, name: str) -> np.ndarray:  # noqa: ANN001 - pyarrow ChunkedArray

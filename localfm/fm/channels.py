@@ -41,12 +41,13 @@ def read_channel(uri: str, *, need_labels: bool, feature_dim: int | None = None)
         files = sorted(f for f in p.iterdir() if f.is_file() and not f.name.startswith("."))
         if not files:
             raise LocalFMError(f"{uri}: folder holds no data files")
-        parts = [_read_one(str(f)) for f in files]
+        names = [str(f) for f in files]
     else:
-        parts = [_read_one(str(uri))]
+        names = [str(uri)]
+    parts = [_read_one(name) for name in names]
     widths = {X.shape[1] for X, _ in parts}
     if feature_dim is not None:
-        for (X, _), name in zip(parts, [uri] * len(parts)):
+        for (X, _), name in zip(parts, names):  # name the offending file, not just the folder
             if X.shape[1] != feature_dim:
                 raise LocalFMError(f"{name}: records have {X.shape[1]} features but feature_dim={feature_dim}")
     elif len(widths) > 1:

@@ -413,6 +413,10 @@ def run_epoch(
     charged with compilation.
     """
     n = order.shape[0]
+    if n == 0 and not dry_run:
+        # The kernel pads the last batch from row 0; with no rows it would read out of
+        # bounds and take the process down instead of raising.
+        raise LocalFMError("training data: no rows to train on")
     n_batches = 0 if dry_run else max(1, -(-n // batch_size))
     k = P.shape[2] - 1
     glr, gwd = hp["_learning_rate"], hp["_wd"]

@@ -67,7 +67,10 @@ def _as_csr(X: Any, what: str) -> sp.csr_matrix:
     if sp.issparse(X):
         X = sp.csr_matrix(X, dtype=np.float32)
     else:
-        arr = np.asarray(X, dtype=np.float32)
+        try:
+            arr = np.asarray(X, dtype=np.float32)
+        except (TypeError, ValueError) as exc:  # ragged rows, strings: bad input, not a crash
+            raise LocalFMError(f"{what}: expected a numeric 2-D matrix ({exc})") from None
         if arr.ndim != 2:
             raise LocalFMError(f"{what}: expected a 2-D matrix, got shape {arr.shape}")
         X = sp.csr_matrix(arr)
@@ -84,7 +87,10 @@ def _as_csr(X: Any, what: str) -> sp.csr_matrix:
 def _check_labels(y: Any, n: int, predictor_type: str, what: str) -> np.ndarray:
     if y is None:
         raise LocalFMError(f"{what}: labels are required for training")
-    y = np.asarray(y, dtype=np.float32).reshape(-1)
+    try:
+        y = np.asarray(y, dtype=np.float32).reshape(-1)
+    except (TypeError, ValueError) as exc:
+        raise LocalFMError(f"{what}: expected numeric labels ({exc})") from None
     if y.shape[0] != n:
         raise LocalFMError(f"{what}: {y.shape[0]} labels for {n} rows")
     if not np.all(np.isfinite(y)):
@@ -206,6 +212,7 @@ def predict_scores(w0: float, w: np.ndarray, V: np.ndarray, X: sp.csr_matrix) ->
 
 
 def sigmoid(s: np.ndarray) -> np.ndarray:
+    """float32 logistic; the tanh form cannot overflow for large |s| (exp(-s) can)."""
     s = np.asarray(s, dtype=np.float64)
     return (0.5 * (1.0 + np.tanh(0.5 * s))).astype(np.float32)
 
@@ -266,6 +273,13 @@ class FactorizationMachine:
             n_val = max(1, int(round(X.shape[0] * frac)))
             pick = np.random.default_rng(None if self.seed is None else [self.seed, 7]).permutation(X.shape[0])
             val_rows, train_rows = np.sort(pick[:n_val]), np.sort(pick[n_val:])
+            if train_rows.size == 0:
+                # An empty training set would reach the compiled epoch with nothing to
+                # pad from (it crashed the process); the hold-out needs >= 2 rows.
+                raise LocalFMError(
+                    f"hyperparameter '_local_validation_fraction': holding out {n_val} of "
+                    f"{X.shape[0]} training rows leaves none to train on"
+                )
             X, X_val = X[train_rows], X[val_rows]
             y, y_val = y[train_rows], y[val_rows]
         if X_val is not None:
@@ -470,7 +484,12 @@ class FactorizationMachine:
                 f"init model: has v {V.shape} and w1_weight {w.shape}, expected ({d}, {k}) and ({d},) "
                 "from feature_dim/num_factors"
             )
-        return np.array([weights.w0], dtype=np.float32), w.copy(), V.copy()
+        # Same masking as init_weights: with use_bias/use_linear false the training
+        # score leaves those terms out, so an inherited w0/w would be frozen in
+        # the saved model and shift every prediction away from what was trained.
+        w0 = np.array([weights.w0 if self.hp_["use_bias"] else 0.0], dtype=np.float32)
+        w = w.copy() if self.hp_["use_linear"] else np.zeros_like(w)
+        return w0, w, V.copy()
 
     # --------------------------------------------------------------- inference
     def decision_function(self, X: Any) -> np.ndarray:
@@ -492,10 +511,11 @@ class FactorizationMachine:
 
     def score(self, X: Any, y: Any) -> dict[str, float]:
         """The cloud's test metrics for (X, y)."""
-        self._check_fitted()
-        X = _as_csr(X, "input data")
-        y = _check_labels(y, X.shape[0], self.hp_["predictor_type"], "input data")
-        return _evaluate(self.w0_, self.w_, self.V_, X, y, self.hp_["predictor_type"])
+        scores = self.decision_function(X)  # same width check as predict (was a raw matmul ValueError)
+        y = _check_labels(y, scores.shape[0], self.hp_["predictor_type"], "input data")
+        acc = MetricAccumulator(self.hp_["predictor_type"])
+        acc.update(scores, y)
+        return acc.result()
 
     # ----------------------------------------------------------- persistence
     @property

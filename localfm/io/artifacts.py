@@ -15,6 +15,7 @@ size counted against a byte budget so a tar/zip bomb stops with a
 """
 from __future__ import annotations
 
+import glob
 import gzip
 import io
 import json
@@ -132,9 +133,7 @@ def fm_from_params(params: dict[str, Any], *, predictor_type: str | None = None,
         name = key.split(":", 1)[1] if key.startswith(("arg:", "aux:")) else key
         if val is None:
             continue
-        if isinstance(val, nd.RowSparse):
-            val = val.toarray()
-        elif hasattr(val, "toarray"):
+        if hasattr(val, "toarray"):  # RowSparse or scipy csr: the FM formula wants dense weights
             val = val.toarray()
         clean[name] = np.asarray(val)
     unknown = sorted(set(clean) - FM_PARAM_NAMES)
@@ -456,7 +455,7 @@ def _checkpoint_pair(path: Path) -> tuple[Path, Path] | None:
     name = path.name
     if name.endswith("-symbol.json"):
         prefix = name[: -len("-symbol.json")]
-        candidates = sorted(path.parent.glob(f"{glob_escape(prefix)}-[0-9][0-9][0-9][0-9].params"))
+        candidates = sorted(path.parent.glob(f"{glob.escape(prefix)}-[0-9][0-9][0-9][0-9].params"))
         if not candidates:
             raise LocalFMError(f"{path}: no matching {prefix}-NNNN.params next to it")
         return path, candidates[-1]
@@ -466,10 +465,6 @@ def _checkpoint_pair(path: Path) -> tuple[Path, Path] | None:
         if sym.is_file():
             return sym, path
     return None
-
-
-def glob_escape(text: str) -> str:
-    return re.sub(r"([\[\]*?])", r"[\1]", text)
 
 
 def open_artifact(uri: str | os.PathLike[str] | IO[bytes], *, max_bytes: int | None = None) -> Artifact:

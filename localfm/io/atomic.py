@@ -9,11 +9,14 @@ files at the target paths are left untouched.
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any
+
+from ..errors import LocalFMError
 
 
 def _current_umask() -> int:
@@ -26,8 +29,19 @@ _UMASK = _current_umask()
 
 
 def _tmp_sibling(path: Path) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    if path.is_dir():  # the final rename would fail with IsADirectoryError after all the work
+        raise LocalFMError(f"{path}: is a directory, expected a file path to write")
+    # An output path the user named that cannot exist (a parent is a file, no permission,
+    # read-only file system) is bad input: one LocalFMError naming it, exit 2, not a traceback.
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except (NotADirectoryError, FileExistsError, PermissionError, IsADirectoryError) as exc:
+        raise LocalFMError(f"{path}: cannot write here ({exc.strerror or exc})") from None
+    except OSError as exc:
+        if exc.errno not in (errno.EROFS, errno.ENAMETOOLONG):
+            raise
+        raise LocalFMError(f"{path}: cannot write here ({exc.strerror or exc})") from None
     os.close(fd)
     # mkstemp creates 0600; outputs should get the permissions a plain open() would give.
     os.chmod(name, 0o666 & ~_UMASK)
@@ -64,8 +78,15 @@ class OutputSet:
         return tmp
 
     def _commit(self) -> None:
-        for tmp, target in self._pending:
-            os.replace(tmp, target)
+        for done, (tmp, target) in enumerate(self._pending):
+            try:
+                os.replace(tmp, target)
+            except BaseException:
+                # e.g. a target that became a directory: the temporaries not yet renamed
+                # would otherwise stay behind as hidden .tmp files.
+                for rest, _ in self._pending[done:]:
+                    rest.unlink(missing_ok=True)
+                raise
 
     def _discard(self) -> None:
         for tmp, _ in self._pending:

@@ -23,6 +23,8 @@ def read_json(path: str | os.PathLike[str], *, what: str = "file", expect_object
         raise LocalFMError(f"{path}: {what} not found") from None
     except IsADirectoryError:
         raise LocalFMError(f"{path}: expected a {what}, found a directory") from None
+    except OSError as exc:  # permission denied, name too long, I/O error: still the user's file
+        raise LocalFMError(f"{path}: cannot read {what} ({exc.strerror or exc})") from None
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise LocalFMError(f"{path}: not valid JSON ({exc})") from None
     if expect_object and not isinstance(data, dict):

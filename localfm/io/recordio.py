@@ -99,7 +99,7 @@ def _open_source(src: Source) -> Iterator[tuple[IO[bytes], str, int | None]]:
     """Yield (binary stream, name for messages, total size or None)."""
     if isinstance(src, (bytes, bytearray, memoryview)):
         data = bytes(src)
-        yield io.BytesIO(data), "<bytes>", len(data)
+        yield io.BytesIO(data), _source_name(src), len(data)
         return
     if isinstance(src, (str, os.PathLike)):
         from .uri import is_s3, open_binary
@@ -109,10 +109,10 @@ def _open_source(src: Source) -> Iterator[tuple[IO[bytes], str, int | None]]:
         if not is_s3(src) and os.path.exists(src) and not os.access(src, os.R_OK):
             raise RecordIOError(f"{src}: permission denied")
         with open_binary(src) as fh:
-            yield fh, str(src), _stream_size(fh)
+            yield fh, _source_name(src), _stream_size(fh)
         return
     if hasattr(src, "read"):
-        yield src, str(getattr(src, "name", "<stream>")), _stream_size(src)
+        yield src, _source_name(src), _stream_size(src)
         return
     raise RecordIOError(f"source of type {type(src).__name__}: expected a path, bytes or a binary file")
 
@@ -392,6 +392,7 @@ def iter_records(src: Source) -> Iterator[Record]:
 
 
 def _source_name(src: Source) -> str:
+    """How errors name ``src``; computed before opening so streaming readers can name it too."""
     if isinstance(src, (bytes, bytearray, memoryview)):
         return "<bytes>"
     if isinstance(src, (str, os.PathLike)):
@@ -740,13 +741,7 @@ def _columns(fr: _Frames, name: str) -> _Columns:
     """Decode one block: fast path for SDK-layout records, exact decoder for the rest."""
     if len(fr) < _FAST_MIN_RECORDS:
         return _exact_columns(fr, name)
-    cols, ok = _fast_columns(fr)
-    if ok.all():
-        return cols
-    slow_idx = np.flatnonzero(~ok)
-    records = [_decode_at(fr, int(i), name) for i in slow_idx]
-    slow = _columns_from_records(records, fr.offsets[slow_idx])
-    return _merge(len(fr), ok, cols, slow)
+    return _fast_then_exact(fr, name)
 
 
 def _iter_columns(src: Source, block_bytes: int | None = None) -> Iterator[tuple[_Columns, int]]:
@@ -862,9 +857,7 @@ def read_matrix(src: Source, feature_dim: int | None = None) -> RecordIOMatrix:
     """
     from ..progress import progress
 
-    if feature_dim is not None and not 0 <= int(feature_dim) <= _MAX_DIM:
-        raise RecordIOError(f"feature_dim={feature_dim}: expected a non-negative integer")
-    name = _source_name(src)
+    _check_feature_dim(feature_dim)
     parts: list[_Columns] = []
     with _open_source(src) as (fh, name, size):
         bar = progress(total=size, desc=f"read {os.path.basename(name)}", unit="B", unit_scale=True)
@@ -877,13 +870,24 @@ def read_matrix(src: Source, feature_dim: int | None = None) -> RecordIOMatrix:
     return _matrix(_concat_columns(parts), name, feature_dim)
 
 
+def _check_feature_dim(feature_dim: int | None) -> None:
+    if feature_dim is not None and not 0 <= int(feature_dim) <= _MAX_DIM:
+        raise RecordIOError(f"feature_dim={feature_dim}: expected a non-negative integer")
+
+
 def iter_batches(src: Source, batch_size: int, feature_dim: int | None = None) -> Iterator[RecordIOMatrix]:
     """Stream ``batch_size``-row :class:`RecordIOMatrix` chunks (the last may be shorter).
 
     Memory stays at about one read block plus one batch, so files larger than RAM work.
+    Every batch has the same column count, as slices of :func:`read_matrix`'s matrix
+    would: without ``feature_dim`` the first batch fixes it (its records' shape, or
+    for shape-less sparse records its largest key + 1, since the file's largest key
+    is unknown until the end), and a later batch that disagrees is an error rather
+    than a silently narrower or wider matrix. Pass ``feature_dim`` for shape-less data.
     """
     if batch_size < 1:
         raise RecordIOError(f"batch_size={batch_size}: expected a positive integer")
+    _check_feature_dim(feature_dim)
     name = _source_name(src)
     pending: list[_Columns] = []
     have = 0
@@ -894,7 +898,9 @@ def iter_batches(src: Source, batch_size: int, feature_dim: int | None = None) -
         while have >= batch_size:
             allc = _concat_columns(pending)
             head, tail = _split_columns(allc, batch_size)
-            yield _matrix(head, name, feature_dim, done)
+            batch = _matrix(head, name, feature_dim, done)
+            feature_dim = batch.X.shape[1]
+            yield batch
             done += batch_size
             pending, have = [tail], tail.n
     if have:

@@ -99,8 +99,11 @@ def local_path(uri: str | os.PathLike[str], *, suffix: str = "") -> Iterator[Pat
 @contextlib.contextmanager
 def open_binary(uri: str | os.PathLike[str]) -> Iterator[IO[bytes]]:
     """Open a local path or S3 object for binary reading."""
-    with local_path(uri) as path, open(path, "rb") as fh:
-        yield fh
+    with local_path(uri) as path:
+        if path.is_dir():  # open() would raise IsADirectoryError: a wrong path, i.e. bad input
+            raise LocalFMError(f"{path}: is a directory, expected a file")
+        with open(path, "rb") as fh:
+            yield fh
 
 
 def read_bytes(uri: str | os.PathLike[str]) -> bytes:
@@ -119,8 +122,11 @@ def read_text(uri: str | os.PathLike[str], encoding: str = "utf-8") -> str:
 def upload(path: str | os.PathLike[str], uri: str) -> None:
     """Copy a local file to ``uri`` (S3 or a local path)."""
     if not is_s3(uri):
-        Path(uri).parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(path, uri)
+        from .atomic import atomic_write
+
+        # Same guarantee as every other output: a failed copy leaves the old file intact.
+        with open(path, "rb") as src, atomic_write(uri, "wb") as dst:
+            shutil.copyfileobj(src, dst)
         return
     bucket, key = split_s3(uri)
     try:

@@ -81,11 +81,13 @@ def read_training(uri: str | os.PathLike[str], content_type: str | None = None) 
     else:
         raise LocalFMError(f"{p}: training data not found")
     xs, ys = [], []
+    first: Path | None = None  # the file xs[0] came from (an empty files[0] is skipped)
     for f in files:
         x, y = _read_one(f, content_type)
         if xs and x.shape[0] and xs[0].shape[1] != x.shape[1]:
-            raise LocalFMError(f"{f}: {x.shape[1]} features, {files[0]} has {xs[0].shape[1]}")
+            raise LocalFMError(f"{f}: {x.shape[1]} features, {first} has {xs[0].shape[1]}")
         if x.shape[0]:
+            first = first or f
             xs.append(x)
             ys.append(y)
     if not xs:

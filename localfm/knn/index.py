@@ -356,16 +356,22 @@ class KNNIndex:
         projection = None
         if meta.get("dimension_reduction"):
             projection = Projection.from_json(meta["dimension_reduction"], where=where)
-        mips = meta.get("mips_max_norm")
-        pad = int(meta.get("pad") or 0)
+        try:
+            mips = None if meta.get("mips_max_norm") is None else float(meta["mips_max_norm"])
+            pad = int(meta.get("pad") or 0)
+            nprobe = int(meta.get("nprobe", 5))
+            ef_search = int(meta.get("ef_search", 128))
+            input_dim = None if "input_dim" not in meta else int(meta["input_dim"])
+        except (TypeError, ValueError) as exc:  # hand-edited metadata: bad input, not a crash
+            raise LocalFMError(f"{where}: malformed index metadata ({exc})") from None
         reduced_dim = int(idx.d) - pad - (1 if mips is not None else 0)
         if projection is not None and projection.target != reduced_dim:
             raise LocalFMError(
                 f"{where}: projection gives {projection.target} dims but the FAISS index expects {reduced_dim}"
             )
         dim = projection.input_dim if projection is not None else reduced_dim
-        if "input_dim" in meta and int(meta["input_dim"]) != dim:
-            raise LocalFMError(f"{where}: metadata input_dim {meta['input_dim']} does not match the index ({dim})")
+        if input_dim is not None and input_dim != dim:
+            raise LocalFMError(f"{where}: metadata input_dim {input_dim} does not match the index ({dim})")
         known = {"index_type", "index_metric", "input_dim", "normalize", "mips_max_norm", "pad",
                  "nprobe", "ef_search", "dimension_reduction"}
         return cls(
@@ -374,10 +380,10 @@ class KNNIndex:
             index_metric=metric,
             dim=dim,
             normalize=bool(meta.get("normalize", metric == "COSINE")),
-            mips_max_norm=None if mips is None else float(mips),
+            mips_max_norm=mips,
             pad=pad,
-            nprobe=int(meta.get("nprobe", 5)),
-            ef_search=int(meta.get("ef_search", 128)),
+            nprobe=nprobe,
+            ef_search=ef_search,
             projection=projection,
             extra={k: v for k, v in meta.items() if k not in known},
         )
@@ -524,6 +530,25 @@ def exact_index_like(index: KNNIndex, vectors: Any) -> KNNIndex:
     return build_index(vectors, index_type="faiss.Flat", index_metric=index.index_metric)
 
 
+def _exact_reference(
+    index: KNNIndex, vectors: Any, queries: Any | None, k: int, n_queries: int, seed: int
+) -> tuple[np.ndarray, int, np.ndarray]:
+    """``(queries, k', exact ids)`` shared by recall measurement and nprobe tuning.
+
+    One place for the query sample, so :func:`measure_recall` and :func:`tune_nprobe`
+    with the same seed judge the index on the same queries.
+    """
+    x = _indexed_vectors(index, vectors)
+    if queries is None:
+        rng = np.random.default_rng(seed)
+        q = x[np.sort(rng.choice(x.shape[0], size=min(n_queries, x.shape[0]), replace=False))]
+    else:
+        q = as_float_matrix(queries, what="queries", dim=index.dim)
+    kk = min(int(k), x.shape[0])
+    _, exact_ids = exact_index_like(index, x).search(q, kk, desc="exact search")
+    return q, kk, exact_ids
+
+
 def measure_recall(
     index: KNNIndex,
     vectors: Any,
@@ -539,16 +564,7 @@ def measure_recall(
     reference uses no dimension reduction, so the number includes what the
     reduction costs as well as what the approximate index costs.
     """
-    x = _indexed_vectors(index, vectors)
-    if queries is None:
-        rng = np.random.default_rng(seed)
-        pick = np.sort(rng.choice(x.shape[0], size=min(n_queries, x.shape[0]), replace=False))
-        q = x[pick]
-    else:
-        q = as_float_matrix(queries, what="queries", dim=index.dim)
-    kk = min(int(k), x.shape[0])
-    exact = exact_index_like(index, x)
-    _, exact_ids = exact.search(q, kk, desc="exact search")
+    q, kk, exact_ids = _exact_reference(index, vectors, queries, k, n_queries, seed)
     before = dict(index.search_stats)
     _, approx_ids = index.search(q, kk, desc="approximate search")
     refilled = index.search_stats["refilled"] - before["refilled"]
@@ -583,14 +599,7 @@ def tune_nprobe(
         raise LocalFMError(f"nprobe tuning applies to IVF indexes, not {index.index_type}")
     if not 0.0 < target <= 1.0:
         raise LocalFMError(f"target recall: expected a number in (0, 1], got {target}")
-    x = _indexed_vectors(index, vectors)
-    if queries is None:
-        rng = np.random.default_rng(seed)
-        q = x[np.sort(rng.choice(x.shape[0], size=min(n_queries, x.shape[0]), replace=False))]
-    else:
-        q = as_float_matrix(queries, what="queries", dim=index.dim)
-    kk = min(int(k), x.shape[0])
-    _, exact_ids = exact_index_like(index, x).search(q, kk, desc="exact search")
+    q, kk, exact_ids = _exact_reference(index, vectors, queries, k, n_queries, seed)
     nlist = int(_faiss().extract_index_ivf(index.faiss_index).nlist)
     tried: list[dict[str, float]] = []
     probe = max(1, index.nprobe)

@@ -133,7 +133,10 @@ class KNN:
         x = as_float_matrix(X, what=where, dim=self.feature_dim)
         if labels is None:
             raise LocalFMError(f"{where}: k-NN training needs a label for every row, found none")
-        y = np.asarray(labels, dtype=np.float32).reshape(-1)
+        try:
+            y = np.asarray(labels, dtype=np.float32).reshape(-1)
+        except (TypeError, ValueError) as exc:  # strings, ragged lists: bad input, not a crash
+            raise LocalFMError(f"{where}: labels must be numbers ({exc})") from None
         if y.shape[0] != x.shape[0]:
             raise LocalFMError(f"{where}: {x.shape[0]} rows but {y.shape[0]} labels")
         if not np.isfinite(y).all():
@@ -244,6 +247,10 @@ class KNN:
         if not isinstance(meta, dict):
             raise LocalFMError(f"{where}/{META_FILE}: expected a JSON object")
         extra = meta.get("localfm") if isinstance(meta.get("localfm"), dict) else {}
+        for key in ("index", "hyperparameters", "report"):
+            # The JSON is documented as hand-editable: a wrong shape is bad input (exit 2).
+            if not isinstance(extra.get(key) or {}, dict):
+                raise LocalFMError(f"{where}/{META_FILE}: 'localfm.{key}' must be a JSON object")
         index_meta = dict(extra.get("index") or {})
         index_meta["dimension_reduction"] = meta.get("dimension_reduction")
         if "normalize" in meta:
@@ -339,7 +346,7 @@ def _read_artifact(path: str | os.PathLike[str]) -> tuple[dict[str, bytes], str]
         raise LocalFMError(f"{p}: expected {TARBALL} or {', '.join(_NAMES)} in the model directory")
     if not p.is_file():
         raise LocalFMError(f"{p}: model not found")
-    if p.name == INDEX_FILE or p.name in _NAMES:
+    if p.name in _NAMES:
         d = p.parent
         missing = [n for n in _NAMES if not (d / n).is_file()]
         if missing:

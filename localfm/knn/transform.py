@@ -198,9 +198,13 @@ def _features_of(obj: Any, where: str) -> list[float]:
         shape = feats.get("shape")
         if not (isinstance(shape, list) and len(shape) == 1 and isinstance(shape[0], int)):
             raise LocalFMError(f"{where}: sparse features need \"shape\": [feature_dim]")
+        keys = feats["keys"]
+        if not isinstance(keys, list) or len(keys) != len(values):
+            # zip() would crash on a non-list and silently drop unmatched values
+            raise LocalFMError(f"{where}: sparse \"keys\" must be a list as long as \"values\"")
         dense = [0.0] * shape[0]
-        for key, val in zip(feats["keys"], values):
-            if not isinstance(key, int) or not 0 <= key < shape[0]:
+        for key, val in zip(keys, values):
+            if isinstance(key, bool) or not isinstance(key, int) or not 0 <= key < shape[0]:
                 raise LocalFMError(f"{where}: sparse key {key!r} outside [0, {shape[0]})")
             dense[key] = val
         return dense
@@ -293,6 +297,8 @@ def transform_files(
     ``(output path, number of queries)`` per input.
     """
     acc = parse_accept(accept)
+    if Path(output_dir).exists() and not Path(output_dir).is_dir():
+        raise LocalFMError(f"{output_dir}: exists and is not a folder")
     parsed: list[tuple[Path, np.ndarray]] = []
     for item in inputs:
         src = Path(item)

@@ -13,6 +13,8 @@ from __future__ import annotations
 import ast
 import json
 import math
+import numbers
+import operator
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -210,8 +212,12 @@ def _metric_rows(rows: Any, source: str, where: str) -> dict[int, dict[str, floa
         if all(isinstance(v, list) for v in rows.values()):  # {"accuracy": [..per epoch..]}
             for name, values in rows.items():
                 for e, v in enumerate(values):
-                    if v is not None:
-                        epochs.setdefault(e, {})[canonical_metric(name)] = float(v)
+                    if v is None:
+                        continue
+                    if isinstance(v, (bool, str)) or not isinstance(v, numbers.Real):
+                        # float("x") used to escape as ValueError: exit 1 instead of 2
+                        raise LocalFMError(f"{source}: '{where}.{name}[{e}]' expected a number, got {v!r}")
+                    epochs.setdefault(e, {})[canonical_metric(name)] = float(v)
             return epochs
         # {"0": {...}, "1": {...}}
         try:
@@ -223,7 +229,13 @@ def _metric_rows(rows: Any, source: str, where: str) -> dict[int, dict[str, floa
     for i, row in enumerate(rows):
         if not isinstance(row, Mapping):
             raise LocalFMError(f"{source}: '{where}[{i}]' expected an object of metric -> number")
-        e = int(row.get("epoch", i))
+        raw = row.get("epoch", i)
+        try:
+            # operator.index takes ints (numpy's too) and refuses "a", None and 1.5, which
+            # int() let escape as an exception (exit 1) or truncated silently.
+            e = operator.index(raw)
+        except TypeError:
+            raise LocalFMError(f"{source}: '{where}[{i}].epoch' expected an integer, got {raw!r}") from None
         epochs[e] = _named_values({k: v for k, v in row.items() if k != "epoch"}, source, f"{where}[{i}]")
     return epochs
 
@@ -306,13 +318,25 @@ def _looks_epochs(obj: Mapping[str, Any]) -> bool:
     return bool(obj) and all(isinstance(v, (list, Mapping)) for v in obj.values())
 
 
+def _read_text(uri: str | Path) -> str:
+    """The text of a local file or S3 object; a local folder is bad input, not an OSError.
+
+    ``localfm.io.uri`` only checks that a local path exists, so a folder given as
+    ``--cloud`` (an easy slip with SageMaker's output prefixes) used to exit 1 with
+    IsADirectoryError.
+    """
+    if not uri_io.is_s3(str(uri)) and Path(uri).is_dir():
+        raise LocalFMError(f"{uri}: is a folder, expected a file")
+    return uri_io.read_text(str(uri))
+
+
 def read_training(uri: str | Path) -> TrainingMetrics:
     """Read a training log (text) or a metrics JSON file, local path or ``s3://``.
 
     The format is sniffed from the content, not the name: JSON objects are metrics
     files, anything else is parsed as log text.
     """
-    text = uri_io.read_text(str(uri))
+    text = _read_text(uri)
     stripped = text.lstrip()
     if stripped.startswith("{"):
         try:
@@ -401,13 +425,16 @@ def parse_predictions(text: str, *, source: str = "<predictions>") -> Prediction
         elif has_labels != this_has:
             raise LocalFMError(f"{source}: record {i + 1} 'predicted_label' present in some records but not others")
         if this_has:
-            labels.append(float(rec["predicted_label"]))
+            try:
+                labels.append(float(rec["predicted_label"]))
+            except (TypeError, ValueError):
+                raise LocalFMError(f"{source}: record {i + 1} 'predicted_label' is not a number") from None
     fields = list(records[0].keys()) if records and isinstance(records[0], Mapping) else []
     return Predictions(source=source, scores=scores, labels=labels if has_labels else None, fields=fields)
 
 
 def read_predictions(uri: str | Path) -> Predictions:
-    return parse_predictions(uri_io.read_text(str(uri)), source=str(uri))
+    return parse_predictions(_read_text(uri), source=str(uri))
 
 
 @dataclass
@@ -450,7 +477,7 @@ def parse_knn(text: str, *, source: str = "<knn>") -> Neighbors:
 
 
 def read_knn(uri: str | Path) -> Neighbors:
-    return parse_knn(uri_io.read_text(str(uri)), source=str(uri))
+    return parse_knn(_read_text(uri), source=str(uri))
 
 
 # --------------------------------------------------------------------------- fixture results file

@@ -394,9 +394,11 @@ def compare_recorded_scores(
 
     local_scores = np.asarray(local_scores, dtype=np.float64)
     n = len(local_scores)
-    bad = [r for r in recorded.rows if r >= n]
+    # Negative rows come from a tail longer than test_records; numpy would wrap them
+    # around to the end of the local scores and compare the wrong rows silently.
+    bad = [r for r in recorded.rows if not 0 <= r < n]
     if bad:
-        raise LocalFMError(f"recorded scores refer to row {bad[0]} but the local test set has {n} rows")
+        raise LocalFMError(f"recorded scores refer to row {bad[0]} but the local test set has rows 0..{n - 1}")
     comp = Comparison("recorded_scores", f"batch-transform scores: {len(recorded.rows)} recorded rows vs {n} local")
     rows = []
     for r, lab, s in zip(recorded.rows, recorded.labels, recorded.scores):
@@ -591,7 +593,12 @@ def sample_pairs(feature_dim: int, n: int, seed: int = 0, *, split: int | None =
     rng = np.random.default_rng(seed)
     if feature_dim < 2:
         raise LocalFMError(f"model has feature_dim {feature_dim}; expected at least 2 to sample pairs")
-    if split is not None and 0 < split < feature_dim:
+    if split is not None:
+        # Out of range used to fall back to random pairs silently: not what was asked.
+        if not 0 < split < feature_dim:
+            raise LocalFMError(
+                f"--user-columns {split}: expected 1..{feature_dim - 1} (the model has feature_dim {feature_dim})"
+            )
         return np.stack([rng.integers(0, split, n), rng.integers(split, feature_dim, n)], axis=1)
     i = rng.integers(0, feature_dim, n)
     j = (i + rng.integers(1, feature_dim, n)) % feature_dim

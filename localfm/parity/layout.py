@@ -73,7 +73,8 @@ def scan(root: str | Path) -> RunLayout:
     lay = RunLayout(root=root)
     lay.log = next((root / n for n in LOG_NAMES if (root / n).is_file()), None)
     if lay.log is None:
-        logs = sorted(root.glob("*.log"))
+        # Files only: a folder named like "cloudwatch-2024.log" is not a log.
+        logs = sorted(q for q in root.glob("*.log") if q.is_file())
         lay.log = logs[0] if logs else None
     lay.metrics = next((root / n for n in METRICS_NAMES if (root / n).is_file()), None)
     hp = root / "hyperparameters.json"
@@ -86,7 +87,7 @@ def scan(root: str | Path) -> RunLayout:
         args = spec.get("prepare")
         if not isinstance(args, list) or not args or not all(isinstance(a, str) for a in args):
             raise LocalFMError(f"{prep}: expected {{\"prepare\": [\"movielens\", PATH, \"--split\", ...]}}")
-        if "--out" in args:
+        if any(a == "--out" or a.startswith("--out=") for a in args):
             raise LocalFMError(f"{prep}: leave out --out (the channels go to a temporary folder)")
         lay.prepare = args
     lay.model = next((root / n for n in MODEL_NAMES if (root / n).is_file()), None)

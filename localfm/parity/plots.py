@@ -24,8 +24,13 @@ def _pyplot():  # noqa: ANN202 - matplotlib module
 
 
 def _save(fig, path: Path) -> None:  # noqa: ANN001 - matplotlib Figure
-    with atomic_write(path, "wb") as fh:
-        fig.savefig(fh, format="png", dpi=100, bbox_inches="tight")
+    """Write the PNG atomically and always close the figure: pyplot keeps every open
+    figure alive, so one that failed to save would otherwise leak for the whole process."""
+    try:
+        with atomic_write(path, "wb") as fh:
+            fig.savefig(fh, format="png", dpi=100, bbox_inches="tight")
+    finally:
+        _pyplot().close(fig)
 
 
 def plot_training(comp: Comparison, path: Path) -> Path:
@@ -54,7 +59,6 @@ def plot_training(comp: Comparison, path: Path) -> Path:
         ax.legend(fontsize=8)
     fig.suptitle("training curves: cloud vs local")
     _save(fig, path)
-    plt.close(fig)
     return path
 
 
@@ -68,7 +72,6 @@ def plot_overlap(comp: Comparison, path: Path) -> Path:
     ax.set_ylabel("queries")
     ax.set_title(f"k-NN overlap: mean {ov.mean():.4f}, min {ov.min():.4f} ({len(ov)} queries)")
     _save(fig, path)
-    plt.close(fig)
     return path
 
 
@@ -105,20 +108,30 @@ def plot_scatter(comp: Comparison, path: Path) -> Path:
         ax2.set_title("score distribution")
         ax2.legend(fontsize=8)
     _save(fig, path)
-    plt.close(fig)
     return path
 
 
 def write_plots(comparisons: Sequence[Comparison], directory: str | Path) -> list[Path]:
-    """Write every plot the comparisons support into ``directory``; returns the paths."""
+    """Write every plot the comparisons support into ``directory``; returns the paths.
+
+    A fixture run can hold several comparisons of one kind (one per batch-transform
+    file); the first keeps the plain name, later ones get ``_2``, ``_3`` ... so no plot
+    overwrites another.
+    """
     d = Path(directory)
     d.mkdir(parents=True, exist_ok=True)
     written: list[Path] = []
+    used: dict[str, int] = {}
+
+    def target(stem: str) -> Path:
+        used[stem] = used.get(stem, 0) + 1
+        return d / (f"{stem}.png" if used[stem] == 1 else f"{stem}_{used[stem]}.png")
+
     for comp in comparisons:
         if comp.kind == "training" and comp.series.get("curves"):
-            written.append(plot_training(comp, d / "training_curves.png"))
+            written.append(plot_training(comp, target("training_curves")))
         elif comp.kind == "knn":
-            written.append(plot_overlap(comp, d / "knn_overlap_hist.png"))
+            written.append(plot_overlap(comp, target("knn_overlap_hist")))
         elif comp.kind in ("predictions", "models", "recorded_scores") and "cloud_scores" in comp.series:
-            written.append(plot_scatter(comp, d / f"{comp.kind}_score_scatter.png"))
+            written.append(plot_scatter(comp, target(f"{comp.kind}_score_scatter")))
     return written

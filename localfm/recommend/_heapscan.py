@@ -4,7 +4,7 @@ Why a kernel: after the first few item blocks almost no score beats a user's run
 k-th best, so the selection is "compare every score with one number, act on the rare
 winner". In NumPy/torch that costs several full passes (compare, nonzero, gather,
 scatter); here it is one vectorisable compare per score, with a heap update only on
-the winners. Rows run in parallel (``prange``); nothing is allocated per block.
+the winners. Nothing is allocated per block.
 
 Heaps are min-heaps on the score: ``heap_v[r, 0]`` is user r's current k-th best,
 initialised to -inf (ids -1). Ties do not replace (the earlier item wins).

@@ -44,7 +44,8 @@ DEFAULT_TUNE_USERS = 1000
 
 @dataclass
 class RecommendStats:
-    """What a run did, for the CLI summary and tests."""
+    """What a run did: filled in while :func:`recommend` streams, since a generator has no return value
+    the CLI can print as its summary."""
 
     users: int = 0
     rows: int = 0
@@ -54,7 +55,6 @@ class RecommendStats:
     recall: dict[str, Any] | None = None
     # IVF indexes: how nprobe was chosen ({"mode": "auto"|"fixed", "nprobe", ...}).
     nprobe: dict[str, Any] | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 # ---------------------------------------------------------------- ids and interactions
@@ -122,10 +122,17 @@ def read_seen(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
                 except ValueError:
                     raise LocalFMError(f"{p}: line {n}: expected integer user and item ids") from None
         return np.asarray(users, dtype=np.int64), np.asarray(items, dtype=np.int64)
+    import pyarrow as pa
+
     cols = _column_names(p)
     for ucol, icol in (("user_id", "item_id"), ("userId", "movieId"), ("user", "item")):
         if ucol in cols and icol in cols:
-            inter = read_interactions(p, user_col=ucol, item_col=icol, rating_col=None)
+            try:
+                inter = read_interactions(p, user_col=ucol, item_col=icol, rating_col=None)
+            except pa.ArrowException as exc:
+                # e.g. an id column that is not valid UTF-8: pyarrow's error, not bad-input exit 2.
+                first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+                raise LocalFMError(f"{p}: cannot read columns {ucol}, {icol} ({first})") from None
             return inter.user, inter.item
     raise LocalFMError(f"{p}: expected columns user_id and item_id; found {', '.join(cols) or 'none'}")
 
@@ -197,14 +204,20 @@ def _to_batch(
     return ResultBatch(user_id=rep.user_ids[urow], rank=rank.astype(np.int32), item_id=rep.item_ids[irow], score=score)
 
 
-def _exact_iter(U, I, k, seen, batch_size, threads, mode):  # noqa: ANN001, ANN202
+def _exact_iter(
+    U: np.ndarray, I: np.ndarray, k: int, seen: sp.csr_matrix | None, batch_size: int, threads: int, mode: str
+) -> Iterator[tuple[int, np.ndarray]]:
+    """(first user row, ids) per batch from the exact engine: the same shape :func:`_index_iter` yields,
+    so ranking, recall references and tuning share one consumer."""
     for first, part in iter_top_x(
         U, I, k, exclude=seen, batch_size=batch_size, threads=threads, mode=mode, progress_desc="recommend"
     ):
         yield first, part.ids
 
 
-def _index_iter(index: Any, U: np.ndarray, k: int, seen: sp.csr_matrix | None, batch_size: int, n_items: int):
+def _index_iter(
+    index: Any, U: np.ndarray, k: int, seen: sp.csr_matrix | None, batch_size: int, n_items: int
+) -> Iterator[tuple[int, np.ndarray]]:
     """Search an approximate index per user batch, over-fetching to survive exclusions."""
     from ..progress import progress
 

@@ -238,6 +238,13 @@ def _id_array(ids: np.ndarray) -> Any:
     return pa.array([str(x) for x in arr.tolist()], type=pa.string())
 
 
+#: Every file :func:`write_repackaged` writes (they land together or not at all).
+OUTPUT_FILES = (
+    "items.protobuf", "users.protobuf", "item_vectors.npy", "user_vectors.npy", "user_constants.npy",
+    "items.parquet", "users.parquet", "repackage.json",
+)
+
+
 def write_repackaged(rep: Repackaged, out_dir: str | Path) -> dict[str, Any]:
     """Write every output of ``localfm repackage`` into ``out_dir``; all land together or none.
 
@@ -271,6 +278,11 @@ def write_repackaged(rep: Repackaged, out_dir: str | Path) -> dict[str, Any]:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise LocalFMError(f"{out}: cannot create output directory ({exc.strerror})") from None
+    # A folder where an output file goes would fail the final renames part-way through,
+    # after some outputs had already replaced their old versions: refuse before writing.
+    for name in OUTPUT_FILES:
+        if (out / name).is_dir():
+            raise LocalFMError(f"{out / name}: is a directory, expected to write a file there")
     try:
         with atomic_outputs() as outs:
             write_dense(outs.path(out / "items.protobuf"), rep.item_vectors, labels)
@@ -301,6 +313,6 @@ def write_repackaged(rep: Repackaged, out_dir: str | Path) -> dict[str, Any]:
             with open(outs.path(out / "repackage.json"), "w", encoding="utf-8") as fh:
                 json.dump(meta, fh, indent=2)
                 fh.write("\n")
-    except PermissionError as exc:
-        raise LocalFMError(f"{out}: not writable ({exc.strerror})") from None
+    except OSError as exc:  # permissions, a full disk ...: bad output target, exit 2
+        raise LocalFMError(f"{out}: cannot write the outputs ({exc.strerror or exc})") from None
     return meta

@@ -77,6 +77,16 @@ def redact(target: str) -> str:
     return re.sub(r"(://[^:/@]+):[^@]*@", r"\1:***@", str(target))
 
 
+def _sqlite_path(target: str) -> str:
+    """The file of an SQLite target; ``sqlite:///`` with nothing after it is bad input
+    (it used to become ``.``, reported as "is a directory")."""
+    t = str(target)
+    path = t[len("sqlite:///"):] if t.startswith("sqlite:///") else t
+    if not path:
+        raise LocalFMError(f"--out {t}: expected a database file path after sqlite:///")
+    return path
+
+
 def _check_table(table: str) -> str:
     if not _IDENT.match(table):
         raise LocalFMError(f"--table {table!r}: expected a plain SQL identifier (letters, digits, _)")
@@ -108,8 +118,7 @@ def open_sink(
     """
     kind = sink_kind(target)
     if kind == "sqlite":
-        path = str(target)[len("sqlite:///"):] if str(target).startswith("sqlite:///") else str(target)
-        with _sqlite_sink(Path(path), _check_table(table), user_id_kind, item_id_kind, lock_timeout) as w:
+        with _sqlite_sink(Path(_sqlite_path(target)), _check_table(table), user_id_kind, item_id_kind, lock_timeout) as w:
             yield w
     elif kind == "postgresql":
         with _pg_sink(str(target), _check_table(table), user_id_kind, item_id_kind, lock_timeout) as w:
@@ -161,10 +170,14 @@ def _sqlite_sink(path: Path, table: str, ukind: str, ikind: str, lock_timeout: f
     except OSError as exc:
         raise LocalFMError(f"{path}: cannot create the parent directory ({exc.strerror})") from None
     new = f"{table}__new"
+    # connect() creates a missing file at once; a run that then fails must not leave an
+    # empty database behind where there was none (the file targets leave nothing either).
+    created = not path.exists()
     try:
         conn = sqlite3.connect(str(path), timeout=lock_timeout, isolation_level=None)
     except sqlite3.Error as exc:
         raise _sqlite_error(path, exc) from None
+    ok = False
     try:
         try:
             # IMMEDIATE takes the write lock now: a locked database fails here, before any work.
@@ -195,6 +208,7 @@ def _sqlite_sink(path: Path, table: str, ukind: str, ikind: str, lock_timeout: f
             conn.execute(f'ALTER TABLE "{new}" RENAME TO "{table}"')
             conn.execute(f'CREATE INDEX IF NOT EXISTS "{table}_user_idx" ON "{table}" (user_id, rank)')
             conn.execute("COMMIT")
+            ok = True
         except sqlite3.Error as exc:
             raise _sqlite_error(path, exc) from None
     except BaseException:
@@ -204,6 +218,10 @@ def _sqlite_sink(path: Path, table: str, ukind: str, ikind: str, lock_timeout: f
         raise
     finally:
         conn.close()
+        if created and not ok:
+            for leftover in (path, path.with_name(path.name + "-journal")):
+                with contextlib.suppress(OSError):
+                    leftover.unlink()
 
 
 # ---------------------------------------------------------------- PostgreSQL
@@ -370,7 +388,7 @@ def read_results(target: str, *, table: str = "recommendations") -> dict[str, li
     """All rows of a results target as columns, ordered by (user_id, rank): for tests and parity."""
     kind = sink_kind(target)
     if kind == "sqlite":
-        path = str(target)[len("sqlite:///"):] if str(target).startswith("sqlite:///") else str(target)
+        path = _sqlite_path(target)
         if not Path(path).is_file():
             raise LocalFMError(f"{path}: file not found")
         conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)

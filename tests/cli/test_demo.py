@@ -1,3 +1,4 @@
+import contextlib
 import sqlite3
 
 
@@ -7,7 +8,7 @@ def test_demo_runs_the_whole_pipeline_on_embedded_data(cli, tmp_path):
     for stage in ("prepare", "train", "repackage", "knn train", "knn transform", "recommend"):
         assert f"== {stage}" in out
     assert "test metrics: binary_classification_accuracy" in out
-    with sqlite3.connect(tmp_path / "recommendations.sqlite") as con:
+    with contextlib.closing(sqlite3.connect(tmp_path / "recommendations.sqlite")) as con:
         n_rows, n_users, max_rank = con.execute(
             "SELECT COUNT(*), COUNT(DISTINCT user_id), MAX(rank) FROM recommendations").fetchone()
     assert (n_rows, n_users, max_rank) == (300 * 7, 300, 7)
@@ -26,3 +27,11 @@ def test_demo_failure_is_a_clean_exit_2(cli, tmp_path):
     code, _, err = cli("--quiet", "demo", "--movielens", tmp_path / "missing", "--out", tmp_path / "o")
     assert code == 2
     assert "error" in err
+
+
+def test_demo_out_is_an_existing_file_exit_2(cli, tmp_path):
+    """--out naming a file used to raise FileExistsError from mkdir: exit 1 with a traceback."""
+    (tmp_path / "taken").write_text("keep")
+    code, _, err = cli("--quiet", "demo", "--out", tmp_path / "taken", "--epochs", "1")
+    assert code == 2 and "--out" in err and "cannot create the demo folder" in err, err
+    assert (tmp_path / "taken").read_text() == "keep"

@@ -126,3 +126,32 @@ def test_s3_uri(cli, monkeypatch, fm_model):
         code, out, err = cli("inspect", "s3://jobs/fm/output/model.tar.gz", "--json")
     assert code == 0, err
     assert json.loads(out)["fm"]["feature_dim"] == 8
+
+
+@pytest.mark.parametrize("graph", [
+    {"nodes": [1], "heads": [[0]]},                                   # a node that is not an object
+    {"nodes": [{"op": "null", "name": "a"}], "heads": [[3]]},         # head past the node list
+    {"nodes": [], "heads": [], "arg_nodes": [7]},                      # argument past the node list
+])
+def test_malformed_symbol_graph_exits_2_not_crash(cli, tmp_path, graph):
+    p = tmp_path / "broken.json"
+    p.write_text(json.dumps(graph))
+    code, _, err = cli("inspect", p)
+    assert code == 2, err
+    assert "malformed MXNet symbol graph" in err and err.count("\n") == 1
+
+
+def test_json_output_is_strict_json_with_non_finite_values(cli, tmp_path):
+    # A diverged FM (w0 NaN) printed the bare NaN token, which strict JSON parsers reject.
+    w = FMWeights(float("nan"), np.array([np.inf, 1.0], np.float32), np.ones((2, 1)), "regressor")
+    path = save_fm(tmp_path / "model.tar.gz", w)
+    code, out, err = cli("inspect", path, "--json", "--values")
+    assert code == 0, err
+
+    def refuse(token):  # noqa: ANN001, ANN202
+        raise ValueError(f"non-standard JSON token {token}")
+
+    doc = json.loads(out, parse_constant=refuse)
+    assert doc["fm"]["w0"] == "nan"
+    arrays = doc["members"][0]["members"][1]["ndarray"]["arrays"]
+    assert arrays[1]["values"] == [["inf"], [1.0]]

@@ -38,7 +38,10 @@ def test_train_then_transform(cli, tmp_path: Path, channel) -> None:
     summary = json.loads(out)
     assert summary["indexed"] == 900 and summary["train_records"] == 1000
     assert 0.0 < summary["recall@100"] <= 1.0 and summary["recall_queries"] == 50
-    assert 0.0 <= summary["test_accuracy"] <= 1.0
+    from localfm.knn import KNN
+
+    # the reported accuracy is the saved model's on the test channel (here: the training file)
+    assert summary["test_accuracy"] == pytest.approx(float((KNN.load(tmp_path / "model").predict(x) == y).mean()))
     meta = json.loads((tmp_path / "model" / "model_algo-1.json").read_text())
     assert meta["localfm"]["report"]["recall@100"] == summary["recall@100"]
 
@@ -104,3 +107,35 @@ def test_transform_bad_input_keeps_previous_output(cli, tmp_path: Path, channel)
     assert code == 2 and "accept" in err
     code, out, err = cli("knn", "transform", "-m", tmp_path / "nope", "-i", queries)
     assert code == 2 and "not found" in err
+
+
+def test_transform_output_path_that_is_a_file_exits_2(cli, tmp_path: Path, channel) -> None:
+    # atomic_outputs' mkdir used to raise FileExistsError here (exit 1).
+    path, x, _ = channel
+    assert cli("--quiet", "knn", "train", "--train", path, "-o", tmp_path / "model", *HP)[0] == 0
+    (tmp_path / "q.csv").write_text(",".join(map(str, x[0])) + "\n")
+    (tmp_path / "taken").write_text("x")
+    code, _, err = cli("--quiet", "knn", "transform", "-m", tmp_path / "model", "-i", tmp_path / "q.csv",
+                       "-o", tmp_path / "taken")
+    assert code == 2 and "taken: exists and is not a folder" in err
+    assert (tmp_path / "taken").read_text() == "x"
+
+
+def test_test_channel_of_wrong_width_names_the_file(cli, tmp_path: Path, channel) -> None:
+    path, _, _ = channel
+    (tmp_path / "test.csv").write_text("1,2,3\n")
+    code, _, err = cli("--quiet", "knn", "train", "--train", path, "-o", tmp_path / "model", *HP,
+                       "--test", tmp_path / "test.csv")
+    assert code == 2 and "test.csv: expected vectors of 8 features" in err
+    assert not (tmp_path / "model").exists()
+
+
+def test_folder_width_mismatch_names_the_first_nonempty_file(cli, tmp_path: Path) -> None:
+    # An empty first file is skipped; the message used to blame it for the reference width.
+    folder = tmp_path / "train"
+    folder.mkdir()
+    (folder / "a.csv").write_text("")
+    (folder / "b.csv").write_text("1," + ",".join(["0.5"] * 8) + "\n")
+    (folder / "c.csv").write_text("1,0.5,0.5\n")
+    code, _, err = cli("knn", "train", "--train", folder, "-o", tmp_path / "m", *HP, "--content-type", "text/csv")
+    assert code == 2 and "c.csv: 2 features, " in err and "b.csv has 8" in err

@@ -51,7 +51,8 @@ def test_jsonlines_and_batch_transform_naming(tmp_path, cli, model):
     out_dir = tmp_path / "transform"
     code, out, err = cli("predict", "--model", path, "--input", tmp_path / "part-0001.rec",
                          "--accept", "application/jsonlines", "--output", out_dir)
-    assert code == 0, err and out == ""
+    assert code == 0, err
+    assert out == ""  # with --output nothing goes to stdout
     lines = (out_dir / "part-0001.rec.out").read_text().splitlines()
     assert len(lines) == 3 and all(set(json.loads(line)) == {"score", "predicted_label"} for line in lines)
 
@@ -116,3 +117,51 @@ def test_predictor_type_flag(tmp_path, cli):
                          "--predictor-type", "regressor")
     assert code == 0, err
     assert json.loads(out)["predictions"][0] == {"score": 0.0}
+
+
+def test_output_files_land_together_or_not_at_all(tmp_path, cli, model, monkeypatch):
+    # Each .out used to be renamed into place on its own, so a failure writing the
+    # second left the first behind next to the previous run's outputs.
+    path, _ = model
+    inp = tmp_path / "in"
+    inp.mkdir()
+    write_sparse(str(inp / "a.rec"), _rows())
+    write_sparse(str(inp / "b.rec"), _rows())
+    out_dir = tmp_path / "out"
+    out_dir.mkdir()
+    (out_dir / "b.rec.out").write_text("previous\n")
+    import builtins
+
+    real_open = builtins.open
+
+    def failing_open(file, mode="r", *a, **kw):
+        if "w" in mode and ".b.rec.out." in str(file):
+            raise OSError(28, "No space left on device")
+        return real_open(file, mode, *a, **kw)
+
+    monkeypatch.setattr(builtins, "open", failing_open)
+    with pytest.raises(OSError):
+        cli("predict", "--model", path, "--input", inp, "--output", out_dir)
+    monkeypatch.undo()
+    assert sorted(p.name for p in out_dir.iterdir()) == ["b.rec.out"]
+    assert (out_dir / "b.rec.out").read_text() == "previous\n"
+
+
+def test_output_path_that_is_a_file_exits_2(tmp_path, cli, model):
+    path, _ = model
+    write_sparse(str(tmp_path / "in.rec"), _rows())
+    (tmp_path / "taken").write_text("x")
+    code, _, err = cli("predict", "--model", path, "--input", tmp_path / "in.rec", "--output", tmp_path / "taken")
+    assert code == 2 and "not a folder" in err
+
+
+def test_rerun_into_the_input_folder_skips_previous_out_files(tmp_path, cli, model):
+    # The second run used to read a.rec.out as a RecordIO input and fail (bad magic).
+    path, _ = model
+    inp = tmp_path / "in"
+    inp.mkdir()
+    write_sparse(str(inp / "a.rec"), _rows())
+    for _ in range(2):
+        code, _, err = cli("predict", "--model", path, "--input", inp, "--output", inp)
+        assert code == 0, err
+    assert sorted(p.name for p in inp.iterdir()) == ["a.rec", "a.rec.out"]

@@ -100,6 +100,9 @@ def _ml100k_like(tmp_path: Path, content: bytes) -> Path:
         ("movielens", b"196\t242\tgood\t881250949\n", [], "numeric"),
         ("movielens", b"", [], "empty file"),
         ("movielens", b"1\t2\t3\t4\n", ["--split", "u7"], "unknown split"),
+        # negative seeds reached numpy's default_rng and crashed with ValueError (exit 1)
+        ("movielens", b"1\t2\t3\t4\n", ["--order", "shuffle:-1"], "expected file or shuffle:SEED"),
+        ("movielens", b"1\t2\t3\t4\n", ["--split", "random:0.5:-1"], "SEED >= 0"),
         ("interactions", b"user,item\n1,2\n", [], "missing column 'rating'"),
         ("interactions", b"user,item,rating\n1,2,x\n", [], "must be numeric"),
         ("interactions", b"", [], "empty file"),
@@ -152,3 +155,13 @@ def test_help(cli) -> None:
         with pytest.raises(SystemExit) as info:
             cli(*args)
         assert info.value.code == 0
+
+
+def test_out_under_a_file_exits_2(cli, tmp_path: Path) -> None:
+    # --out whose parent is a regular file: mkdir in the atomic writer raised NotADirectoryError (exit 1).
+    blocker = tmp_path / "afile"
+    blocker.write_text("x")
+    code, _, stderr = cli("prepare", "movielens", "--split", "ua", "--out", blocker / "sub")
+    assert code == 2
+    assert "cannot create the directory" in stderr and stderr.count("\n") == 1
+    assert blocker.read_text() == "x"

@@ -162,6 +162,57 @@ def test_bad_input_exits_2_and_keeps_previous_results(cli, demo, tmp_path):
     assert code == 2 and "cannot" in err
 
 
+def test_non_utf8_id_file_is_bad_input_not_a_crash(cli, demo, tmp_path):
+    """--users-file / --allow-items @FILE with bytes that are not UTF-8 used to exit 1 (UnicodeDecodeError)."""
+    root, _, model = demo
+    feats = root / "data" / "features.json"
+    junk = tmp_path / "ids.txt"
+    junk.write_bytes(b"\xff\xfe\x81\n")
+    for extra, what in ((["--users-file", junk], "--users-file"), (["--allow-items", f"@{junk}"], "--allow-items")):
+        code, _, err = cli("recommend", "--model", model, "--features", feats, "--out", tmp_path / "r.sqlite", *extra)
+        assert code == 2, err
+        assert what in err and "not UTF-8" in err and len(err.strip().splitlines()) == 1, err
+    assert not (tmp_path / "r.sqlite").exists()
+
+
+def test_nonpositive_threads_and_negative_lock_timeout_are_bad_input(cli, demo, tmp_path):
+    """--threads -1 used to run silently on one thread; --lock-timeout -1 reached the database."""
+    root, _, model = demo
+    feats = root / "data" / "features.json"
+    for extra, msg in ((["--threads", "0"], "--threads"), (["--threads", "-1"], "--threads"),
+                       (["--lock-timeout", "-1"], "--lock-timeout")):
+        code, _, err = cli("recommend", "--model", model, "--features", feats, "--out", tmp_path / "r.sqlite", *extra)
+        assert code == 2 and msg in err, (extra, err)
+    assert not (tmp_path / "r.sqlite").exists()
+
+
+def test_exclude_seen_with_undecodable_interactions_is_bad_input(cli, demo, tmp_path):
+    """A CSV whose id column is not valid UTF-8 used to escape as pyarrow's ArrowInvalid (exit 1)."""
+    root, _, model = demo
+    bad = tmp_path / "seen.csv"
+    bad.write_bytes(b"user_id,item_id\n\xff,\x81\n")
+    code, _, err = cli("recommend", "--model", model, "--features", root / "data" / "features.json",
+                       "--exclude-seen", "--interactions", bad, "--out", tmp_path / "r.sqlite")
+    assert code == 2 and "seen.csv" in err and len(err.strip().splitlines()) == 1, err
+    assert not (tmp_path / "r.sqlite").exists()
+
+
+def test_user_named_twice_gets_one_set_of_rows(cli, demo, tmp_path):
+    """A user in both --users and --users-file used to be ranked twice: every (user, rank) row stored twice."""
+    root, space, model = demo
+    u = space.user_ids[:3].tolist()
+    (tmp_path / "users.txt").write_text(f"{u[1]}\n{u[2]}\n")
+    db = tmp_path / "r.sqlite"
+    code, out, err = cli("--quiet", "recommend", "--model", model, "--features", root / "data" / "features.json",
+                         "-k", 4, "--users", f"{u[0]},{u[1]}", "--users-file", tmp_path / "users.txt", "--out", db)
+    assert code == 0, err
+    assert json.loads(out)["users"] == 3
+    rows = _sqlite_rows(db)
+    assert len(rows) == 12 and len({(r[0], r[1]) for r in rows}) == 12
+    users, S = _brute_force(model, space, u)
+    _assert_matches(rows, users, S, space, 4)
+
+
 def test_nan_model_exits_2(cli, demo, tmp_path):
     from localfm.io.artifacts import FMWeights, save_fm
 
@@ -177,7 +228,6 @@ def test_nan_model_exits_2(cli, demo, tmp_path):
 
 
 def test_approximate_index_reports_recall(cli, demo, tmp_path):
-    pytest.importorskip("faiss")
     root, space, model = demo
     code, out, err = cli("--quiet", "recommend", "--model", model, "--features", root / "data" / "features.json",
                          "-k", 10, "--index", "faiss.IVFFlat", "--exclude-seen", "--out", tmp_path / "r.parquet")

@@ -67,6 +67,30 @@ def test_feature_dim_mismatch_exit_2_writes_nothing(cli, demo, tmp_path):
     assert not (tmp_path / "out").exists() or not list((tmp_path / "out").iterdir())
 
 
+def test_empty_users_list_is_bad_input_not_an_empty_output(cli, demo, tmp_path):
+    """--users "," used to write a zero-user output set and exit 0 (recommend already said "no ids given")."""
+    root, _, model = demo
+    code, _, err = cli("repackage", "--model", model, "--features", root / "data" / "features.json",
+                       "--users", " , ", "--out", tmp_path / "out")
+    assert code == 2 and "--users: no ids given" in err, err
+    assert not (tmp_path / "out").exists()
+
+
+def test_folder_in_place_of_an_output_file_is_bad_input_and_keeps_old_outputs(cli, demo, tmp_path):
+    """A folder named like an output (items.protobuf/) used to end in IsADirectoryError: exit 1."""
+    root, _, model = demo
+    out = tmp_path / "out"
+    args = ("repackage", "--model", model, "--features", root / "data" / "features.json", "--out", out)
+    assert cli("--quiet", *args)[0] == 0
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    (out / "items.protobuf").unlink()
+    (out / "items.protobuf").mkdir()
+    code, _, err = cli(*args)
+    assert code == 2 and "items.protobuf: is a directory" in err, err
+    assert sorted(p.name for p in out.iterdir()) == sorted(before)  # no temporaries left behind
+    assert all((out / n).read_bytes() == b for n, b in before.items() if n != "items.protobuf")
+
+
 def test_cold_start_users(cli, demo, tmp_path):
     root, _, model = demo
     feats = root / "data" / "features.json"

@@ -196,3 +196,29 @@ def test_dense_recordio_input_learns_a_pairwise_interaction(tmp_path, cli):
     assert code == 0, err
     last = json.loads((tmp_path / "out" / "metrics.json").read_text())["train_metrics_per_epoch"][-1]
     assert last["binary_classification_accuracy"] > 0.95
+
+
+def test_output_path_that_is_a_file_fails_before_training(tmp_path, cli, monkeypatch):
+    # The check used to run only after fit(): a long training run was thrown away.
+    _write(tmp_path / "train.rec")
+    (tmp_path / "taken").write_text("x")
+    from localfm.fm.model import FactorizationMachine
+
+    def no_fit(*a, **kw):
+        raise AssertionError("fit() ran before the output folder was checked")
+
+    monkeypatch.setattr(FactorizationMachine, "fit", no_fit)
+    code, _, err = cli("train", "--train", tmp_path / "train.rec", "-o", tmp_path / "taken", "--quiet-log", *_hp())
+    assert code == 2 and "not a folder" in err
+    assert (tmp_path / "taken").read_text() == "x"
+
+
+def test_wrong_width_file_in_a_folder_channel_is_named(tmp_path, cli):
+    # The message used to name only the folder, leaving the user to hunt for the file.
+    chan = tmp_path / "train"
+    chan.mkdir()
+    _write(chan / "part-0.rec")
+    _write(chan / "part-1.rec", d=15)
+    code, _, err = cli("train", "--train", chan, "-o", tmp_path / "out", "--quiet-log", *_hp())
+    assert code == 2 and "part-1.rec: records have 15 features but feature_dim=12" in err
+    assert not (tmp_path / "out").exists()

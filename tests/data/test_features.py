@@ -129,6 +129,13 @@ def test_all_users_matrix_is_identity_block() -> None:
         (lambda d: d.pop("user_ids"), "malformed features file"),
         (lambda d: d.update(user_ids=[3, 2, 1]), "must be unique and ascending"),
         (lambda d: d.update(feature_dim=7), "does not match"),
+        # missing_id_block_is_bad_input: was a bare KeyError('item_id') from validate() (exit 1)
+        (lambda d: d.update(blocks=[b for b in d["blocks"] if b["name"] != "item_id"]), "no 'item_id' block"),
+        # nested_id_list_is_bad_input: a 2-D id array used to load and break every lookup later
+        (lambda d: d.update(user_ids=[[1, 2, 3]]), "flat list of ids"),
+        # negative_block_offset_is_bad_input: loaded fine, then user_matrix() raised scipy's ValueError
+        (lambda d: d["blocks"][0].update(offset=-1), "offset -1"),
+        (lambda d: d["blocks"][1].update(offset=1), "overlap"),
     ],
 )
 def test_load_rejects_bad_files(tmp_path: Path, mutate, message: str) -> None:

@@ -152,3 +152,24 @@ def test_zip_members_are_read_not_extracted(tmp_path: Path) -> None:
     data = load_movielens(archive)
     assert len(data.ratings) == 1
     assert not (tmp_path.parent.parent / "escape").exists()
+
+
+def test_corrupt_zip_member_is_bad_input(tmp_path: Path) -> None:
+    # A damaged deflate stream used to escape as zlib.error (exit 1).
+    archive = tmp_path / "ml-100k.zip"
+    with zipfile.ZipFile(archive, "w", zipfile.ZIP_DEFLATED) as zf:
+        zf.writestr("ml-100k/u.data", b"1\t2\t3\t4\n" * 1000)
+    data = bytearray(archive.read_bytes())
+    at = data.index(b"u.data") + len(b"u.data") + 10  # inside the compressed stream
+    data[at:at + 20] = b"\xff" * 20
+    archive.write_bytes(bytes(data))
+    with pytest.raises(LocalFMError, match="corrupt zip member"):
+        load_movielens(archive)
+
+
+def test_id_beyond_int64_is_bad_input(tmp_path: Path) -> None:
+    # int() accepted it and np.asarray(..., int64) then raised OverflowError (exit 1).
+    (tmp_path / "u.data").write_bytes(b"1\t2\t3\t4\n")
+    (tmp_path / "u.user").write_bytes(b"99999999999999999999|24|M|technician|85711\n")
+    with pytest.raises(LocalFMError, match=r"u\.user line 1: user id must be a 64-bit integer"):
+        load_movielens(tmp_path)

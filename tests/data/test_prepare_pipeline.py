@@ -146,3 +146,12 @@ def test_unseen_users_and_items_counted_and_dropped() -> None:
             break
     else:
         raise AssertionError("no seed put user 7 in test")
+
+
+def test_negative_shuffle_seed_is_bad_input_not_crash() -> None:
+    # numpy's SeedSequence raises ValueError for negative seeds (exit 1); it must be a LocalFMError.
+    with pytest.raises(LocalFMError, match="shuffle:SEED"):
+        shuffle_seed("shuffle:-3")
+    data = Interactions(user=np.arange(10), item=np.arange(10), rating=np.ones(10, np.float32))
+    with pytest.raises(LocalFMError, match="SEED >= 0"):
+        prepare_data(data, Options(split="random:0.2:-1"), grouplens_ok=False)

@@ -102,6 +102,7 @@ def test_string_ids_leave_last() -> None:
         ("random:1.5:3", "FRACTION must be in"),
         ("random:0.2", "expected random:FRACTION:SEED"),
         ("random:x:1", "expected random:FRACTION:SEED"),
+        ("random:0.2:-1", "integer SEED >= 0"),  # negative_seed_is_bad_input: numpy rejects it with ValueError
         ("leave-last:0", "leave-last:N"),
         ("leave-last:abc", "leave-last:N"),
     ],

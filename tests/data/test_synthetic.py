@@ -56,3 +56,15 @@ def test_generation_is_seeded(tmp_path: Path) -> None:
     paths = write(tmp_path / "ds", small)
     assert len(load_movielens(tmp_path / "ds").ratings) == generate(small)["u.data"].count(b"\n")
     assert {p.name for p in paths} >= {"u.data", "u.item", "u.user", "u.genre", "u.occupation", "u.info"}
+
+
+def test_negative_seed_is_bad_input(tmp_path: Path) -> None:
+    # default_rng(-1) raised ValueError; the script's main() only turns LocalFMError into exit 2.
+    from localfm.data.synthetic import main
+    from localfm.errors import LocalFMError
+
+    with pytest.raises(LocalFMError, match="expected an integer >= 0"):
+        generate(SyntheticConfig(seed=-1))
+    with pytest.raises(SystemExit) as exc:
+        main(["--seed", "-1", "--out", str(tmp_path / "syn")])
+    assert exc.value.code == 2 and not (tmp_path / "syn").exists()

@@ -56,6 +56,8 @@ def test_parquet_with_timestamp_type(tmp_path: Path) -> None:
         ("user;item;rating\n1;2;3\n", {}, "missing column 'user'"),
         ("user,item,rating\n1,2,\n", {}, "column 'rating' has 1 empty values"),
         ("user,item,rating\n", {}, "no rows"),
+        # duplicate_header_column_is_bad_input: pyarrow's KeyError escaped (exit 1)
+        ("user,item,rating,user\n1,2,3,4\n", {}, "column 'user' appears more than once"),
     ],
 )
 def test_bad_input(tmp_path: Path, text: str, kwargs: dict, message: str) -> None:
@@ -73,3 +75,31 @@ def test_missing_file_and_bad_parquet(tmp_path: Path) -> None:
     bad.write_bytes(b"PAR1garbage")
     with pytest.raises(LocalFMError, match="not a readable Parquet file"):
         read_interactions(bad, user_col="u", item_col="i", rating_col=None)
+
+
+def test_list_id_column_is_bad_input(tmp_path: Path) -> None:
+    # Arrow's cast to string raised ArrowNotImplementedError (exit 1) for nested id columns.
+    path = tmp_path / "nested.parquet"
+    pq.write_table(pa.table({"u": [[1], [2]], "i": [1, 2], "r": [1.0, 2.0]}), path)
+    with pytest.raises(LocalFMError, match="column 'u' of type list<.*cannot be used as ids"):
+        read_interactions(path, user_col="u", item_col="i", rating_col="r")
+
+
+def test_non_utf8_id_column_is_bad_input(tmp_path: Path) -> None:
+    # The CSV reader types such a column as binary; its cast raised ArrowInvalid (exit 1).
+    path = tmp_path / "latin.csv"
+    path.write_bytes(b"u,i,r\n\xff\xfe,1,2\n")
+    with pytest.raises(LocalFMError, match="column 'u' of type binary cannot be used as ids"):
+        read_interactions(path, user_col="u", item_col="i", rating_col="r")
+
+
+@pytest.mark.parametrize("unit", ["ms", "us", "ns"])
+def test_subsecond_timestamps_become_whole_seconds(tmp_path: Path, unit: str) -> None:
+    # pandas writes ns timestamps; the safe cast to seconds raised ArrowInvalid (exit 1).
+    path = tmp_path / "events.parquet"
+    per_second = {"ms": 1_000, "us": 1_000_000, "ns": 1_000_000_000}[unit]
+    stamps = pa.array([1_000_000_000 * per_second + per_second // 3, 1_000_000_060 * per_second],
+                      pa.timestamp(unit, tz="UTC"))
+    pq.write_table(pa.table({"u": [1, 2], "i": [1, 2], "t": stamps}), path)
+    data = read_interactions(path, user_col="u", item_col="i", rating_col=None, timestamp_col="t")
+    assert data.timestamp.tolist() == [1_000_000_000, 1_000_000_060]

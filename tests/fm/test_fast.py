@@ -224,3 +224,16 @@ def test_large_table_prefetch_path_matches():
     hp = dict(feature_dim=d, num_factors=k, predictor_type="binary_classifier", epochs=2, mini_batch_size=64)
     a, b = _both(hp, X, y)
     _assert_same(a, b)
+
+
+def test_run_epoch_with_no_rows_raises_instead_of_reading_out_of_bounds():
+    # n = 0 gave one padded batch indexing row 0 of an empty matrix: a segfault.
+    from localfm.errors import LocalFMError
+    from localfm.fm.hyperparameters import parse_fm
+
+    hp = parse_fm({"feature_dim": 3, "num_factors": 2, "predictor_type": "regressor"})
+    X = sp.csr_matrix((0, 3), dtype=np.float32)
+    P = np.zeros((3, 3, 3), np.float32)
+    with pytest.raises(LocalFMError, match="no rows"):
+        fast.run_epoch(X, np.zeros(0, np.float32), np.zeros(0, np.int64), 4, P,
+                       np.zeros(3, np.float32), np.full(3, -1, np.int32), hp, 1, 1.0)

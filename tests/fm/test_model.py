@@ -180,3 +180,55 @@ def test_early_stopping_keeps_best_epoch():
     val = [m["binary_classification_cross_entropy"] for m in fm.history_.validation_metrics_per_epoch]
     assert fm.best_epoch_ == int(np.argmin(val))
     assert len(val) < 30
+
+
+@pytest.mark.parametrize("engine", ["numba", "torch"])
+def test_validation_fraction_leaving_no_training_rows_is_an_error_not_a_crash(engine):
+    # One row with a hold-out: every row went to validation and the numba epoch
+    # segfaulted on the empty training set (the torch one raised IndexError).
+    fm = FactorizationMachine(feature_dim=3, num_factors=2, predictor_type="regressor", seed=1,
+                              _local_validation_fraction=0.3, _local_engine=engine)
+    with pytest.raises(LocalFMError, match="leaves none to train on"):
+        fm.fit(np.eye(3, dtype=np.float32)[:1], [1.0])
+
+
+@pytest.mark.parametrize(
+    "X, y, needle",
+    [
+        ([[1.0, 2.0, 3.0], [1.0, 2.0]], [1.0, 2.0], "training data: expected a numeric 2-D matrix"),
+        ([["a", "b", "c"]], [1.0], "training data: expected a numeric 2-D matrix"),
+        ([[1.0, 2.0, 3.0]], ["a"], "training data: expected numeric labels"),
+    ],
+)
+def test_non_numeric_input_raises_localfm_error_not_value_error(X, y, needle):
+    fm = FactorizationMachine(feature_dim=3, num_factors=2, predictor_type="regressor")
+    with pytest.raises(LocalFMError, match=needle):
+        fm.fit(X, y)
+
+
+@pytest.mark.parametrize("engine", ["numba", "torch"])
+def test_warm_start_without_bias_or_linear_drops_the_inherited_terms(engine):
+    # use_bias/use_linear=false train without w0/w; a warm start used to keep the init
+    # model's w0 in the saved weights, so predictions were off by it (5.0 here).
+    X = np.eye(3, dtype=np.float32)
+    init = SimpleNamespace(w0=5.0, w=np.full(3, 2.0, np.float32), V=np.zeros((3, 2), np.float32))
+    fm = FactorizationMachine(feature_dim=3, num_factors=2, predictor_type="regressor", seed=1,
+                              use_bias=False, use_linear=False, _local_engine=engine).fit(X, [1.0, 1.0, 1.0], init=init)
+    assert fm.w0_ == 0.0
+    assert np.all(fm.w_ == 0.0)
+    fresh = FactorizationMachine(feature_dim=3, num_factors=2, predictor_type="regressor", seed=1,
+                                 use_bias=False, use_linear=False, _local_engine=engine)
+    fresh.fit(X, [1.0, 1.0, 1.0], init=SimpleNamespace(w0=0.0, w=np.zeros(3, np.float32), V=np.zeros((3, 2), np.float32)))
+    np.testing.assert_array_equal(fm.predict(X), fresh.predict(X))
+
+
+def test_score_with_wrong_width_is_a_localfm_error():
+    # score() skipped decision_function's width check and died in scipy's matmul (ValueError).
+    X, rng = _data()
+    y = (rng.random(60) < 0.5).astype(np.float32)
+    fm = FactorizationMachine(feature_dim=15, num_factors=4, predictor_type="binary_classifier", seed=0).fit(X, y)
+    with pytest.raises(LocalFMError, match="has 10 feature columns, the model expects 15"):
+        fm.score(X[:, :10], y)
+    got = fm.score(X, y)
+    expected = (fm.predict_label(X) == y).mean()
+    assert got["binary_classification_accuracy"] == pytest.approx(expected)

@@ -404,3 +404,14 @@ def test_s3_roundtrip_with_moto(monkeypatch):
         _assert_same(load_fm("s3://models/job/output/model.tar.gz"), w)
         with pytest.raises(LocalFMError, match="object not found"):
             load_fm("s3://models/missing/model.tar.gz")
+
+
+def test_checkpoint_prefix_with_glob_characters(tmp_path):
+    # The symbol's prefix is matched literally: "m[1]*" must not pick up m1x-0009.params.
+    w = FMWeights(0.5, np.ones(3), np.ones((3, 2)), "regressor")
+    (tmp_path / "m[1]*-symbol.json").write_text(art.fm_symbol_json(3, 2, "regressor"))
+    nd.save(tmp_path / "m[1]*-0003.params", {"arg:w0_weight": np.array([0.5], np.float32),
+                                            "arg:w1_weight": np.ones((3, 1), np.float32),
+                                            "arg:v": np.ones((3, 2), np.float32)})
+    nd.save(tmp_path / "m1x-0009.params", {"arg:v": np.zeros((3, 2), np.float32)})
+    _assert_same(load_fm(tmp_path / "m[1]*-symbol.json"), w)

@@ -29,3 +29,10 @@ def test_directory_and_valid_file(tmp_path):
         read_json(tmp_path)
     (tmp_path / "ok.json").write_text('{"a": [1, 2]}')
     assert read_json(tmp_path / "ok.json", expect_object=True) == {"a": [1, 2]}
+
+
+def test_other_os_errors_are_one_localfm_error(tmp_path):
+    # Only FileNotFoundError/IsADirectoryError were mapped; e.g. ENAMETOOLONG escaped as OSError (exit 1).
+    path = tmp_path / ("x" * 300 + ".json")
+    with pytest.raises(LocalFMError, match="cannot read hyperparameters file"):
+        read_json(path, what="hyperparameters file")

@@ -362,3 +362,9 @@ def test_zero_dim_with_huge_dims_is_a_clean_error():
     data = struct.pack("<QQQ", 0x112, 0, 1) + rec + struct.pack("<Q", 0)
     with pytest.raises(LocalFMError, match="too large"):
         ndarray.load(data)
+
+
+def test_directory_path_is_bad_input(tmp_path):
+    # open() on a directory raised IsADirectoryError (exit 1) from nd.load / uri.read_bytes.
+    with pytest.raises(LocalFMError, match="is a directory, expected a file"):
+        nd.load(tmp_path)

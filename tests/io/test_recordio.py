@@ -543,3 +543,30 @@ def test_non_seekable_stream(monkeypatch):
     assert (m.X != X).nnz == 0
     assert len(list(rio.iter_records(_Pipe(raw)))) == 40
     assert "truncated" in _err(_Pipe(raw[:-3]))
+
+
+def _shapeless_sparse(keys: list[int]) -> bytes:
+    recs = [Record(features={"values": Tensor("float32", np.array([1.0], np.float32), np.array([k], np.uint64),
+                                              np.zeros(0, np.uint64))}) for k in keys]
+    return _bytes(rio.write_records, recs)
+
+
+def test_iter_batches_have_one_column_count():
+    # Shape-less sparse records: each batch used to take its own max key + 1 as width,
+    # so batches of one file came out (20, 5) then (20, 8) with no error.
+    raw = _shapeless_sparse([i % 5 for i in range(20)] + [7] * 20)
+    assert rio.read_matrix(raw).X.shape == (40, 8)
+    with pytest.raises(RecordIOError, match="key 7 out of range for feature dimension 5"):
+        list(rio.iter_batches(raw, 20))
+    assert [b.X.shape for b in rio.iter_batches(raw, 20, feature_dim=8)] == [(20, 8), (20, 8)]
+    # Dense rows of different lengths in different batches: read_matrix refuses them, so must batches.
+    dense = _bytes(rio.write_records, [Record(features={"values": Tensor("float32", np.ones(n, np.float32))})
+                                       for n in [3] * 4 + [2] * 4])
+    with pytest.raises(RecordIOError, match="dense rows have 2 values but feature_dim=3"):
+        list(rio.iter_batches(dense, 4))
+
+
+def test_iter_batches_rejects_negative_feature_dim():
+    # read_matrix checked feature_dim, iter_batches did not: OverflowError from the uint64 compare.
+    with pytest.raises(RecordIOError, match="feature_dim=-1"):
+        next(rio.iter_batches(_shapeless_sparse([0, 1, 2]), 2, feature_dim=-1))

@@ -136,3 +136,24 @@ def test_upload_to_local_path_creates_parents(tmp_path: Path) -> None:
 def test_local_missing_file_is_bad_input(tmp_path: Path) -> None:
     with pytest.raises(LocalFMError, match="file not found"):
         uri.read_bytes(str(tmp_path / "missing.out"))
+
+
+def test_upload_to_local_path_is_atomic(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # shutil.copyfile wrote straight into the target: a copy failing midway truncated the old file.
+    import shutil
+
+    src = tmp_path / "new.txt"
+    src.write_text("new contents")
+    dest = tmp_path / "out.txt"
+    dest.write_text("old contents")
+
+    def broken_copy(fsrc, fdst, *args):  # noqa: ANN001, ANN002
+        fdst.write(fsrc.read(3))
+        raise OSError("disk full")
+
+    monkeypatch.setattr(shutil, "copyfileobj", broken_copy)
+    monkeypatch.setattr(shutil, "copyfile", lambda a, b, **k: broken_copy(open(a, "rb"), open(b, "wb")))
+    with pytest.raises(OSError, match="disk full"):
+        uri.upload(src, str(dest))
+    assert dest.read_text() == "old contents"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["new.txt", "out.txt"]

@@ -197,3 +197,29 @@ def test_load_from_s3(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
         np.testing.assert_array_equal(back.predict(x[:5]), m.predict(x[:5]))
         with pytest.raises(LocalFMError, match="not found"):
             KNN.load("s3://models/knn/missing.tar.gz")
+
+
+@pytest.mark.parametrize(
+    "edit, needle",
+    [
+        (lambda m: m["localfm"]["index"].__setitem__("nprobe", "x"), "malformed index metadata"),
+        (lambda m: m["localfm"]["index"].__setitem__("pad", "x"), "malformed index metadata"),
+        (lambda m: m["localfm"].__setitem__("index", ["a"]), "'localfm.index' must be a JSON object"),
+        (lambda m: m["localfm"].__setitem__("hyperparameters", [1]), "'localfm.hyperparameters' must be a JSON object"),
+    ],
+)
+def test_malformed_localfm_metadata_is_bad_input_not_a_crash(tmp_path: Path, edit, needle: str) -> None:
+    # These used to escape as ValueError/TypeError (exit 1) from int()/dict() on the edited JSON.
+    x, y = data(200)
+    KNN(**hp(index_type="faiss.IVFFlat", faiss_index_ivf_nlists=4)).fit(x, y).save(tmp_path)
+    meta = json.loads((tmp_path / "model_algo-1.json").read_text())
+    edit(meta)
+    (tmp_path / "model_algo-1.json").write_text(json.dumps(meta))
+    with pytest.raises(LocalFMError, match=needle):
+        KNN.load(tmp_path)
+
+
+def test_non_numeric_labels_are_a_localfm_error_not_value_error() -> None:
+    x, _ = data(3)
+    with pytest.raises(LocalFMError, match="training data: labels must be numbers"):
+        KNN(**hp()).fit(x, ["a", "b", "c"])

@@ -17,6 +17,7 @@ from localfm.knn.transform import (
     format_float,
     format_record,
     parse_accept,
+    parse_request,
     render,
     transform_file,
     transform_files,
@@ -178,3 +179,17 @@ def test_detect_content_type() -> None:
     assert detect_content_type("x", b' {"instances": []}') == "application/json"
     assert detect_content_type("x", b'{"features": [1]}\n') == "application/jsonlines"
     assert detect_content_type("x", b"1,2,3") == "text/csv"
+
+
+@pytest.mark.parametrize(
+    "features",
+    [
+        {"keys": 5, "values": [1.0], "shape": [4]},  # used to raise TypeError (exit 1)
+        {"keys": [0, 3], "values": [1.0], "shape": [4]},  # used to drop the unmatched key silently
+        {"keys": [0], "values": [1.0, 2.0], "shape": [4]},  # used to drop the unmatched value silently
+    ],
+)
+def test_sparse_keys_not_matching_values_is_an_error(features: dict) -> None:
+    body = json.dumps({"instances": [{"data": {"features": features}}]}).encode()
+    with pytest.raises(LocalFMError, match="keys"):
+        parse_request(body, "application/json", where="req.json")

@@ -327,3 +327,73 @@ def test_s3_inputs_mixed_with_local(s3_bucket, cloud_fixture: Path, tmp_path: Pa
     assert code == 0, out + err
     code, _, err = run_cli("parity", "predictions", "--cloud", f"s3://{bucket}/nope.out", "--local", local)
     assert code == 2 and f"s3://{bucket}/nope.out: object not found" in err
+
+
+# ------------------------------------------------------------------ report targets and folders: exit 2
+def test_unusable_json_or_plot_target_is_bad_input_before_any_work(tmp_path: Path) -> None:
+    """--json DIR, --json under a file and --plot FILE used to end in an OSError (exit 1) after the comparison."""
+    cloud = _knn_out(tmp_path / "cloud.out", [[1.0, 2.0]], [[0.1, 0.2]])
+    (tmp_path / "adir").mkdir()
+    (tmp_path / "afile").write_text("keep")
+    for extra, message in (
+        (["--json", tmp_path / "adir"], "is a directory"),
+        (["--json", tmp_path / "afile" / "r.json"], "is not a directory"),
+        (["--plot", tmp_path / "afile"], "is not a directory"),
+        (["--plot", tmp_path / "afile" / "plots"], "is not a directory"),
+        (["--max-failures", "-1"], "--max-failures"),
+    ):
+        code, out, err = run_cli("parity", "knn", "--cloud", cloud, "--local", cloud, *extra)
+        assert code == 2, (extra, err)
+        assert message in err and err.startswith("localfm parity: error:") and err.count("\n") == 1, err
+        assert out == "", "the check runs before the comparison"
+    assert (tmp_path / "afile").read_text() == "keep"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["adir", "afile", "cloud.out"]
+
+
+def test_report_write_failure_is_bad_input(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """An OSError while writing the report (full disk, permissions) maps to exit 2, not a traceback."""
+    import localfm.parity.report as report
+
+    def refuse(path, comparisons):  # noqa: ANN001, ANN202
+        raise PermissionError(13, "Permission denied", str(path))
+
+    monkeypatch.setattr(report, "write_json", refuse)
+    cloud = _knn_out(tmp_path / "cloud.out", [[1.0, 2.0]], [[0.1, 0.2]])
+    code, _, err = run_cli("parity", "knn", "--cloud", cloud, "--local", cloud, "--json", tmp_path / "r.json")
+    assert code == 2 and "cannot write the report (Permission denied)" in err, err
+
+
+@pytest.mark.parametrize("sub, flag", [("predictions", "--cloud"), ("knn", "--cloud"), ("training", "--cloud-log")])
+def test_folder_instead_of_cloud_file_is_bad_input(tmp_path: Path, sub: str, flag: str) -> None:
+    """A folder as --cloud / --cloud-log used to raise IsADirectoryError (exit 1)."""
+    (tmp_path / "job").mkdir()
+    other = _knn_out(tmp_path / "x.out", [[1.0]], [[0.1]])
+    local = ["--local-metrics", other] if sub == "training" else ["--local", other]
+    code, _, err = run_cli("parity", sub, flag, tmp_path / "job", *local)
+    assert code == 2 and "is a folder, expected a file" in err, err
+
+
+@pytest.mark.parametrize("flag, value", [("--tol-train", "-1"), ("--epochs", "0")])
+def test_fixture_flags_checked_before_training(byo_run: Path, monkeypatch: pytest.MonkeyPatch,
+                                               flag: str, value: str) -> None:
+    """--tol-train -1 / --epochs 0 on `parity fixture` used to be rejected only after (or by) the local run."""
+    import localfm.parity.local as local
+
+    def no_training(*a, **k):  # noqa: ANN002, ANN003, ANN202
+        raise AssertionError("trained before validating the tolerances")
+
+    monkeypatch.setattr(local, "train_local", no_training)
+    code, _, err = run_cli("parity", "fixture", byo_run, flag, value)
+    assert code == 2 and f"{flag}: expected" in err, err
+
+
+@pytest.mark.parametrize("sub, flag", [("predictions", "--tol-score"), ("predictions", "--label-band"),
+                                       ("knn", "--tol-distance")])
+def test_negative_tolerance_is_bad_input_not_drift(tmp_path: Path, sub: str, flag: str) -> None:
+    """A negative --tol-score / --label-band / --tol-distance used to fail every check: exit 3 ("drift")."""
+    if sub == "predictions":
+        same = _write_out(tmp_path / "p.out", np.array([0.2, 0.7]))
+    else:
+        same = _knn_out(tmp_path / "k.out", [[1.0, 2.0]], [[0.1, 0.2]])
+    code, out, err = run_cli("parity", sub, "--cloud", same, "--local", same, flag, "-0.5")
+    assert code == 2 and f"{flag}: expected a number >= 0" in err, out + err

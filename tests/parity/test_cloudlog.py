@@ -125,6 +125,11 @@ def test_other_metrics_shapes() -> None:
     ({"epochs": "x"}, "expected a list of per-epoch objects"),
     ({"epochs": [3]}, r"'epochs\[0\]' expected an object"),
     ({"FinalMetricDataList": [{"Value": 1}]}, r"FinalMetricDataList\[0\] expected MetricName"),
+    # non-numeric values and epochs used to escape as ValueError/TypeError (exit 1)
+    ({"epochs": {"binary_classification_accuracy": [0.5, "x"]}}, r"'epochs.binary_classification_accuracy\[1\]' expected a number"),
+    ({"epochs": [{"epoch": "a", "rmse": 1.0}]}, r"'epochs\[0\].epoch' expected an integer"),
+    ({"epochs": [{"epoch": None, "rmse": 1.0}]}, r"'epochs\[0\].epoch' expected an integer"),
+    ({"epochs": [{"epoch": 1.5, "rmse": 1.0}]}, r"'epochs\[0\].epoch' expected an integer"),
 ])
 def test_bad_metrics_json(doc: object, match: str) -> None:
     with pytest.raises(LocalFMError, match=match):
@@ -163,6 +168,9 @@ def test_predictions_jsonlines_and_json() -> None:
     ('{"label": 1}\n', "record 1 expected an object with a 'score'"),
     ('{"score": "x"}\n', "'score' is not a number"),
     ('{"score": 1, "predicted_label": 1}\n{"score": 0.2}\n', "present in some records"),
+    # non_numeric_predicted_label: used to escape as ValueError/TypeError (exit 1)
+    ('{"score": 0.7, "predicted_label": "yes"}\n', "record 1 'predicted_label' is not a number"),
+    ('{"score": 0.7, "predicted_label": null}\n', "record 1 'predicted_label' is not a number"),
 ])
 def test_bad_predictions(text: str, match: str) -> None:
     with pytest.raises(LocalFMError, match=match):

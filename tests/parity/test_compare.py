@@ -145,6 +145,13 @@ def test_recorded_scores_label_rule_and_distribution() -> None:
         compare_recorded_scores(RecordedScores([5000], [1.0], [0.6]), local)
 
 
+def test_recorded_scores_negative_row_is_bad_input_not_wrapped() -> None:
+    """A tail longer than test_records gives negative rows; they used to wrap to the end of the local scores."""
+    local = np.linspace(0.1, 0.9, 10)
+    with pytest.raises(LocalFMError, match="row -2"):
+        compare_recorded_scores(RecordedScores([-2], [1.0], [float(local[-2])]), local)
+
+
 def test_overlap_and_rank_correlation() -> None:
     assert overlap_at_k([1, 2, 3, 4], [4, 3, 2, 1], 4) == 1.0
     assert overlap_at_k([1, 2, 3, 4], [1, 2, 9, 8], 2) == 1.0
@@ -231,6 +238,10 @@ def test_fm_pair_scores_match_dense_formula() -> None:
         assert s == pytest.approx(z, rel=1e-5)
     up = sample_pairs(10, 100, split=4)
     assert up[:, 0].max() < 4 and up[:, 1].min() >= 4
+    # user_columns_out_of_range: used to sample random pairs silently instead of user-item pairs
+    for bad in (0, 10, 12):
+        with pytest.raises(LocalFMError, match=f"--user-columns {bad}: expected 1..9"):
+            sample_pairs(10, 100, split=bad)
 
 
 def test_models_identical_perturbed_and_shapes() -> None:

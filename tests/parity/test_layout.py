@@ -161,3 +161,21 @@ def test_root_level_channel_files(tmp_path: Path) -> None:
     (tmp_path / "train.protobuf").write_bytes(b"")
     lay = layout.scan(tmp_path)
     assert lay.log == tmp_path / "job.log" and lay.train == tmp_path / "train.protobuf" and lay.test is None
+
+
+def test_folder_named_like_a_log_is_not_the_log(tmp_path: Path) -> None:
+    """A sub-folder "a.log" sorted before the real "b.log" and was read as the log (IsADirectoryError, exit 1)."""
+    (tmp_path / "a.log").mkdir()
+    (tmp_path / "b.log").write_text("#quality_metric: host=algo-1, test rmse <loss>=1.0\n")
+    assert layout.scan(tmp_path).log == tmp_path / "b.log"
+    (tmp_path / "b.log").unlink()
+    with pytest.raises(LocalFMError, match="no training log"):
+        layout.scan(tmp_path)
+
+
+def test_prepare_json_with_out_equals_is_refused(tmp_path: Path) -> None:
+    """The "leave out --out" rule was only enforced for the two-token form; `--out=DIR` slipped past it."""
+    (tmp_path / "job.log").write_text("#quality_metric: host=algo-1, test rmse <loss>=1.0\n")
+    (tmp_path / "prepare.json").write_text('{"prepare": ["movielens", "--out=elsewhere"]}')
+    with pytest.raises(LocalFMError, match="leave out --out"):
+        layout.scan(tmp_path)

@@ -6,7 +6,9 @@ import math
 from pathlib import Path
 
 import numpy as np
+import pytest
 
+from localfm.errors import LocalFMError
 from localfm.parity.compare import Check, Comparison, Table, abs_check, max_check, min_check
 from localfm.parity.plots import write_plots
 from localfm.parity.report import format_table, render_text, to_json, write_json
@@ -55,3 +57,30 @@ def test_json_is_strict_and_complete(tmp_path: Path) -> None:
 
 def test_no_plots_for_comparisons_without_series(tmp_path: Path) -> None:
     assert write_plots([Comparison("hyperparameters", "h")], tmp_path / "p") == []
+
+
+def _pred_comp(shift: float) -> Comparison:
+    c = Comparison("predictions", f"p{shift}")
+    c.series = {"cloud_scores": np.linspace(0, 1, 20), "local_scores": np.linspace(0, 1, 20) + shift}
+    return c
+
+
+def test_two_comparisons_of_one_kind_get_two_plots(tmp_path: Path) -> None:
+    """A fixture with two transform files wrote both scatters to one name: the first plot was lost."""
+    written = write_plots([_pred_comp(0.0), _pred_comp(0.1)], tmp_path / "p")
+    assert [p.name for p in written] == ["predictions_score_scatter.png", "predictions_score_scatter_2.png"]
+    assert all(p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" for p in written)
+    assert written[0].read_bytes() != written[1].read_bytes()
+
+
+def test_failed_plot_save_closes_its_figure(tmp_path: Path) -> None:
+    """A figure whose save failed stayed open in pyplot (a leak for the rest of the process)."""
+    import matplotlib.pyplot as plt
+
+    from localfm.parity.plots import plot_scatter
+
+    (tmp_path / "taken.png").mkdir()  # the PNG's path is a folder: the save fails
+    before = len(plt.get_fignums())
+    with pytest.raises((OSError, LocalFMError)):
+        plot_scatter(_pred_comp(0.0), tmp_path / "taken.png")
+    assert len(plt.get_fignums()) == before

@@ -17,8 +17,6 @@ from localfm.errors import LocalFMError
 from localfm.recommend.recommend import RecommendStats, recommend, seen_matrix
 from localfm.recommend.repackage import Repackaged
 
-pytest.importorskip("faiss")
-
 K = 100
 
 

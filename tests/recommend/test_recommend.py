@@ -101,7 +101,6 @@ def test_sigmoid_scores(setup):
 
 
 def test_faiss_flat_equals_exact_and_approximate_reports_recall(setup):
-    pytest.importorskip("faiss")
     _, _, rep, S = setup
     exact = _collect(recommend(rep, 10))
     flat = _collect(recommend(rep, 10, index="faiss.Flat"))
@@ -115,7 +114,6 @@ def test_faiss_flat_equals_exact_and_approximate_reports_recall(setup):
 
 
 def test_faiss_path_overfetches_to_survive_exclusions(setup):
-    pytest.importorskip("faiss")
     _, _, rep, S = setup
     banned = np.zeros_like(S, dtype=bool)
     banned[np.arange(40)[:, None], np.argsort(-S, axis=1)[:, :20]] = True
@@ -126,7 +124,6 @@ def test_faiss_path_overfetches_to_survive_exclusions(setup):
 
 
 def test_non_inner_product_metric_uses_faiss_and_reports_recall(setup):
-    pytest.importorskip("faiss")
     _, _, rep, _ = setup
     stats = RecommendStats()
     rows = _collect(recommend(rep, 5, metric="L2", stats=stats))

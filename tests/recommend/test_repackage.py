@@ -123,8 +123,9 @@ def test_knn_labels_are_ids_when_float32_exact_else_row_index():
 
 
 def test_write_repackaged_outputs(tmp_path):
+    import pyarrow.parquet as pq
+
     from localfm.io import recordio
-    pq = pytest.importorskip("pyarrow.parquet")
     from localfm.recommend.repackage import write_repackaged
 
     space = make_space(4, 6, su=2, si=2, seed=6)

@@ -137,6 +137,19 @@ def test_no_temp_files_left_after_failure(tmp_path):
     assert list(tmp_path.iterdir()) == []
 
 
+def test_failed_run_leaves_no_new_empty_sqlite_file(tmp_path):
+    """sqlite3.connect created the database before the run failed, leaving an empty file where none was."""
+    target = tmp_path / "new.sqlite"
+    with pytest.raises(RuntimeError, match="mid-run"):
+        write_results(str(target), _boom(_batches()))
+    assert list(tmp_path.iterdir()) == []
+    # An existing database is kept as it was (here: the results of a good run).
+    write_results(str(target), _batches())
+    with pytest.raises(RuntimeError, match="mid-run"):
+        write_results(str(target), _boom(_batches(offset=3)))
+    assert read_results(str(target)) == _rows(_batches())
+
+
 def test_sink_kind_and_errors():
     assert sink_kind("a.db") == "sqlite" and sink_kind("sqlite:///x/y") == "sqlite"
     assert sink_kind("postgresql+psycopg://u@h/d") == "postgresql"
@@ -147,3 +160,6 @@ def test_sink_kind_and_errors():
         with open_sink("x.sqlite", table="drop table; --"):
             pass
     assert redact("postgresql://u:pw@h:5/d") == "postgresql://u:***@h:5/d"
+    # sqlite_url_without_path: used to open "." and report "is a directory"
+    with pytest.raises(LocalFMError, match="expected a database file path after sqlite:///"):
+        write_results("sqlite:///", _batches())

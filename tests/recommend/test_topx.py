@@ -138,7 +138,8 @@ def test_dimension_mismatch():
 
 
 def test_matches_faiss_flat_ip():
-    faiss = pytest.importorskip("faiss")
+    import faiss  # a hard dependency: a broken install must fail, not skip
+
     U, I = _fm_like(256, 3000, d=65, seed=5)
     index = faiss.IndexFlatIP(65)
     index.add(I)
