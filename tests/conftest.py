@@ -127,3 +127,16 @@ def make_s3_bucket(endpoint: str, bucket: str, monkeypatch: pytest.MonkeyPatch, 
     except client.exceptions.BucketAlreadyOwnedByYou:
         pass
     return client
+
+
+@pytest.fixture
+def new_s3_bucket(moto_endpoint: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path):  # noqa: ANN201
+    """``new_s3_bucket(name)`` → a boto3 client with ``bucket`` created on the session's moto server.
+
+    localfm is pointed at that server with dummy credentials (see :func:`make_s3_bucket`).
+    """
+
+    def bucket(name: str):  # noqa: ANN202
+        return make_s3_bucket(moto_endpoint, name, monkeypatch, tmp_path)
+
+    return bucket

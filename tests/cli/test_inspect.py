@@ -111,19 +111,9 @@ def test_inconsistent_fm_is_an_error(cli, tmp_path):
     assert code == 2 and "w1_weight" in err
 
 
-def test_s3_uri(cli, monkeypatch, fm_model):
-    moto = pytest.importorskip("moto")
-    boto3 = pytest.importorskip("boto3")
-    for key, value in {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
-                       "AWS_DEFAULT_REGION": "us-east-1"}.items():
-        monkeypatch.setenv(key, value)
-    monkeypatch.delenv("LOCALFM_S3_ENDPOINT_URL", raising=False)
-    monkeypatch.delenv("AWS_ENDPOINT_URL", raising=False)
-    with moto.mock_aws():
-        s3 = boto3.client("s3")
-        s3.create_bucket(Bucket="jobs")
-        s3.upload_file(str(fm_model), "jobs", "fm/output/model.tar.gz")
-        code, out, err = cli("inspect", "s3://jobs/fm/output/model.tar.gz", "--json")
+def test_s3_uri(cli, new_s3_bucket, fm_model):
+    new_s3_bucket("jobs").upload_file(str(fm_model), "jobs", "fm/output/model.tar.gz")
+    code, out, err = cli("inspect", "s3://jobs/fm/output/model.tar.gz", "--json")
     assert code == 0, err
     assert json.loads(out)["fm"]["feature_dim"] == 8
 

@@ -389,21 +389,13 @@ def test_failed_save_keeps_previous_file(tmp_path):
 # --------------------------------------------------------------------------- s3
 
 
-def test_s3_roundtrip_with_moto(monkeypatch):
-    moto = pytest.importorskip("moto")
-    boto3 = pytest.importorskip("boto3")
-    for key, value in {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
-                       "AWS_DEFAULT_REGION": "us-east-1"}.items():
-        monkeypatch.setenv(key, value)
-    monkeypatch.delenv("LOCALFM_S3_ENDPOINT_URL", raising=False)
-    monkeypatch.delenv("AWS_ENDPOINT_URL", raising=False)
-    with moto.mock_aws():
-        boto3.client("s3").create_bucket(Bucket="models")
-        w = _weights()
-        save_fm("s3://models/job/output/model.tar.gz", w)
-        _assert_same(load_fm("s3://models/job/output/model.tar.gz"), w)
-        with pytest.raises(LocalFMError, match="object not found"):
-            load_fm("s3://models/missing/model.tar.gz")
+def test_s3_roundtrip_with_moto(new_s3_bucket):
+    new_s3_bucket("models")
+    w = _weights()
+    save_fm("s3://models/job/output/model.tar.gz", w)
+    _assert_same(load_fm("s3://models/job/output/model.tar.gz"), w)
+    with pytest.raises(LocalFMError, match="object not found"):
+        load_fm("s3://models/missing/model.tar.gz")
 
 
 def test_checkpoint_prefix_with_glob_characters(tmp_path):

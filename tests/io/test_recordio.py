@@ -498,24 +498,16 @@ def test_varint_stream_rejects_malformed():
     assert decode_varint_stream(np.array([0xFF] * 9 + [0x02], np.uint8)) is None
 
 
-def test_s3_write_and_read(monkeypatch):
-    moto = pytest.importorskip("moto")
-    import boto3
-
-    for var in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
-        monkeypatch.setenv(var, "testing")
-    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
-    monkeypatch.delenv("LOCALFM_S3_ENDPOINT_URL", raising=False)
+def test_s3_write_and_read(new_s3_bucket):
+    new_s3_bucket("data")
     X = _sparse(20, 40, 0.1, seed=2)
     y = np.ones(20, np.float32)
-    with moto.mock_aws():
-        boto3.client("s3", region_name="us-east-1").create_bucket(Bucket="data")
-        rio.write_sparse("s3://data/train/part0.protobuf", X, y)
-        m = rio.read_matrix("s3://data/train/part0.protobuf")
-        assert (m.X != X).nnz == 0 and np.array_equal(m.y, y)
-        assert rio.describe("s3://data/train/part0.protobuf")["records"] == 20
-        with pytest.raises(LocalFMError, match="not found"):
-            rio.read_matrix("s3://data/train/missing.protobuf")
+    rio.write_sparse("s3://data/train/part0.protobuf", X, y)
+    m = rio.read_matrix("s3://data/train/part0.protobuf")
+    assert (m.X != X).nnz == 0 and np.array_equal(m.y, y)
+    assert rio.describe("s3://data/train/part0.protobuf")["records"] == 20
+    with pytest.raises(LocalFMError, match="not found"):
+        rio.read_matrix("s3://data/train/missing.protobuf")
 
 
 class _Pipe(io.RawIOBase):

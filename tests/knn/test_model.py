@@ -178,25 +178,15 @@ def test_broken_artifacts(tmp_path: Path) -> None:
     assert not (tmp_path.parent / "model_algo-1").exists()
 
 
-def test_load_from_s3(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    moto = pytest.importorskip("moto")
-    import boto3
-
-    for var in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
-        monkeypatch.setenv(var, "testing")
-    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
-    monkeypatch.delenv("LOCALFM_S3_ENDPOINT_URL", raising=False)
+def test_load_from_s3(tmp_path: Path, new_s3_bucket) -> None:
     x, y = data(60)
     m = KNN(**hp()).fit(x, y)
     tarball = m.save(tmp_path)
-    with moto.mock_aws():
-        s3 = boto3.client("s3", region_name="us-east-1")
-        s3.create_bucket(Bucket="models")
-        s3.upload_file(str(tarball), "models", "knn/model.tar.gz")
-        back = KNN.load("s3://models/knn/model.tar.gz")
-        np.testing.assert_array_equal(back.predict(x[:5]), m.predict(x[:5]))
-        with pytest.raises(LocalFMError, match="not found"):
-            KNN.load("s3://models/knn/missing.tar.gz")
+    new_s3_bucket("models").upload_file(str(tarball), "models", "knn/model.tar.gz")
+    back = KNN.load("s3://models/knn/model.tar.gz")
+    np.testing.assert_array_equal(back.predict(x[:5]), m.predict(x[:5]))
+    with pytest.raises(LocalFMError, match="not found"):
+        KNN.load("s3://models/knn/missing.tar.gz")
 
 
 @pytest.mark.parametrize(
