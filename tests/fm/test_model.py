@@ -232,3 +232,48 @@ def test_score_with_wrong_width_is_a_localfm_error():
     got = fm.score(X, y)
     expected = (fm.predict_label(X) == y).mean()
     assert got["binary_classification_accuracy"] == pytest.approx(expected)
+
+
+@pytest.mark.parametrize("engine", ["numba", "torch"])
+def test_epoch_data_hook_feeds_later_epochs_and_same_data_changes_nothing(engine):
+    X, rng = _data(n=70)
+    y = (rng.random(70) < 0.5).astype(np.float32)
+    hp = dict(feature_dim=15, num_factors=3, predictor_type="binary_classifier", epochs=3,
+              mini_batch_size=16, _local_engine=engine)
+    plain = FactorizationMachine(seed=3, **hp).fit(X, y)
+    calls = []
+
+    def same(epoch):
+        calls.append(epoch)
+        return X, y
+
+    hooked = FactorizationMachine(seed=3, **hp).fit(X, y, epoch_data=same)
+    assert calls == [1, 2]
+    np.testing.assert_array_equal(hooked.V_, plain.V_)
+    X2, rng2 = _data(n=40, seed=9)
+    y2 = (rng2.random(40) < 0.5).astype(np.float32)
+    other = FactorizationMachine(seed=3, **hp).fit(X, y, epoch_data=lambda e: (X2, y2))
+    assert not np.array_equal(other.V_, plain.V_)
+    assert [m["epoch"] for m in other.history_.train_metrics_per_epoch] == [0, 1, 2]
+    with pytest.raises(LocalFMError, match="epoch 1 training data"):
+        FactorizationMachine(seed=3, **hp).fit(X, y, epoch_data=lambda e: (X2[:, :5], y2))
+
+
+@pytest.mark.parametrize("engine", ["numba", "torch"])
+def test_on_epoch_hook_sees_metrics_and_can_stop_training(engine):
+    X, rng = _data(n=70)
+    y = (rng.random(70) < 0.5).astype(np.float32)
+    seen = []
+
+    def stop_after_two(epoch, metrics):
+        seen.append((epoch, sorted(metrics)))
+        return epoch == 1
+
+    fm = FactorizationMachine(seed=3, feature_dim=15, num_factors=3, predictor_type="binary_classifier",
+                              epochs=6, mini_batch_size=16, _local_engine=engine,
+                              _local_validation_fraction=0.2)
+    fm.fit(X, y, on_epoch=stop_after_two)
+    assert [e for e, _ in seen] == [0, 1]
+    assert "binary_classification_accuracy" in seen[0][1]
+    assert "validation:binary_classification_accuracy" in seen[0][1]
+    assert len(fm.history_.train_metrics_per_epoch) == 2
