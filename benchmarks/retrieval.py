@@ -60,7 +60,7 @@ def _engines(k: int) -> dict[str, Any]:
     top_x = localfm_engine()
 
     def run_localfm(U: np.ndarray, I: np.ndarray, mode: str = "auto") -> tuple[np.ndarray, np.ndarray]:
-        r = top_x(U, I, k, mode=mode)
+        r = top_x(U, I, k, precision=mode)
         return r.scores, r.ids
 
     eng["localfm"] = run_localfm

@@ -64,7 +64,7 @@ def main() -> None:
         t_faiss.append(time.perf_counter() - t)
         c_faiss.append(time.process_time() - c)
         t, c = time.perf_counter(), time.process_time()
-        res = top_x(U, I, args.k, threads=args.threads, mode=args.mode, batch_size=args.batch_size,
+        res = top_x(U, I, args.k, threads=args.threads, precision=args.mode, batch_size=args.batch_size,
                     block_size=args.block_size, kernel=args.kernel)
         t_ours.append(time.perf_counter() - t)
         c_ours.append(time.process_time() - c)

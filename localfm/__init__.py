@@ -5,14 +5,19 @@ recommendations → store. The public API below is re-exported lazily (PEP 562),
 ``import localfm`` and ``localfm --help`` do not pay for torch and FAISS until a
 name that needs them is used.
 
->>> from localfm import FactorizationMachine, FeatureSpace, load_fm, repackage, top_x  # doctest: +SKIP
+>>> from localfm import FactorizationMachine, FeatureSpace, load_fm, recommend_all, top_x  # doctest: +SKIP
+
+No export shares its name with a subpackage or module: ``localfm.recommend`` is the
+subpackage, the pipeline function is ``localfm.recommend_all``; the cloud training
+log reader is ``read_training_log`` (``read_training`` reads k-NN training data in
+``localfm.knn.channels``).
 """
 from __future__ import annotations
 
 import importlib
 from typing import Any
 
-from .errors import LocalFMError
+from .errors import LocalFMError, LocalFMWarning
 
 __version__ = "0.1.0"
 
@@ -38,18 +43,18 @@ _EXPORTS = {
     "build_index": "localfm.knn.index",
     "recall_at_k": "localfm.knn.index",
     # recommend
-    "repackage": "localfm.recommend.repackage",
-    "Repackaged": "localfm.recommend.repackage",
+    "repackage": "localfm.recommend.vectors",
+    "Repackaged": "localfm.recommend.vectors",
     "top_x": "localfm.recommend.topx",
     "recommend": "localfm.recommend.recommend",
     "write_results": "localfm.recommend.sinks",
     "read_results": "localfm.recommend.sinks",
     # parity
-    "read_training": "localfm.parity.cloudlog",
+    "read_training_log": "localfm.parity.cloudlog",
     "compare_training": "localfm.parity.compare",
 }
 
-__all__ = ["LocalFMError", "__version__", *_EXPORTS]
+__all__ = ["LocalFMError", "LocalFMWarning", "__version__", *_EXPORTS]
 
 
 def __getattr__(name: str) -> Any:

@@ -9,6 +9,11 @@ handlers so ``localfm --help`` stays fast.
 
 Exit codes: 0 ok, 2 bad input or usage (one line on stderr naming the file/field),
 3 drift (``parity``), 1 internal error.
+
+The library names Python parameters in its errors (``LocalFMError.param``); only this
+package knows flags, so :func:`main` rewrites a parameter into the flag of the running
+subcommand whose argparse ``dest`` it is (``batch_size`` -> ``--batch-size``), and
+prints library warnings (:class:`~localfm.errors.LocalFMWarning`) as one stderr line.
 """
 from __future__ import annotations
 
@@ -16,10 +21,11 @@ import argparse
 import importlib
 import pkgutil
 import sys
+import warnings
 from collections.abc import Sequence
 
-from .. import progress
-from ..errors import LocalFMError
+from .. import __version__, progress
+from ..errors import LocalFMError, LocalFMWarning
 
 EXIT_OK = 0
 EXIT_INTERNAL = 1
@@ -40,8 +46,6 @@ def build_parser() -> argparse.ArgumentParser:
         description="Offline twin of SageMaker Factorization Machines + k-NN top-x recommendations.",
     )
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
-    from .. import __version__
-
     parser.add_argument("--version", action="version", version=f"localfm {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     sub.required = True
@@ -70,6 +74,33 @@ def _add_quiet_everywhere(sub: argparse._SubParsersAction) -> None:
                 _add_quiet_everywhere(action)
 
 
+def running_parser(parser: argparse.ArgumentParser, args: argparse.Namespace) -> argparse.ArgumentParser:
+    """The innermost (sub)command parser that parsed ``args`` (``parity training``, not ``parity``)."""
+    current = parser
+    while True:
+        sub = next((a for a in current._actions if isinstance(a, argparse._SubParsersAction)), None)
+        name = getattr(args, sub.dest, None) if sub is not None else None
+        if sub is None or name not in sub.choices:
+            return current
+        current = sub.choices[name]
+
+
+def flag_for(parser: argparse.ArgumentParser, param: str | None) -> str | None:
+    """The option string a user types for the argparse ``dest`` ``param`` (longest ``--`` form), or None."""
+    if not param:
+        return None
+    for action in parser._actions:
+        if action.dest == param and action.option_strings:
+            return max(action.option_strings, key=lambda o: (o.startswith("--"), len(o)))
+    return None
+
+
+def error_line(parser: argparse.ArgumentParser, args: argparse.Namespace, exc: LocalFMError) -> str:
+    """``exc``'s message in the running subcommand's vocabulary: its parameter as the flag."""
+    flag = flag_for(running_parser(parser, args), exc.param)
+    return exc.renamed(flag) if flag else str(exc)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point; returns the exit code (the console script passes it to sys.exit)."""
     parser = build_parser()
@@ -77,9 +108,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.quiet or getattr(args, "quiet_sub", False):
         progress.set_quiet(True)
     try:
-        code = args.func(args)
+        with warnings.catch_warnings():
+            warnings.simplefilter("default", LocalFMWarning)  # once per place, even under -W ignore defaults
+            warnings.showwarning = _warning_printer(parser, args)
+            code = args.func(args)
     except LocalFMError as exc:
-        print(f"localfm {args.command}: error: {exc}", file=sys.stderr)
+        print(f"localfm {args.command}: error: {error_line(parser, args, exc)}", file=sys.stderr)
         return EXIT_BAD_INPUT
     except KeyboardInterrupt:
         print("localfm: interrupted", file=sys.stderr)
@@ -87,6 +121,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     except BrokenPipeError:
         return EXIT_OK
     return EXIT_OK if code is None else int(code)
+
+
+def _warning_printer(parser: argparse.ArgumentParser, args: argparse.Namespace):  # noqa: ANN202
+    """``warnings.showwarning`` for a CLI run: library warnings as one line, flags for parameters."""
+    default = warnings.showwarning
+
+    def show(message, category, filename, lineno, file=None, line=None):  # noqa: ANN001, ANN202
+        if not issubclass(category, LocalFMWarning):
+            return default(message, category, filename, lineno, file, line)
+        flag = flag_for(running_parser(parser, args), getattr(message, "param", None))
+        text = message.renamed(flag) if flag and isinstance(message, LocalFMWarning) else " ".join(str(message).split())
+        print(f"localfm {args.command}: warning: {text}", file=sys.stderr)
+        return None
+
+    return show
 
 
 def run() -> None:

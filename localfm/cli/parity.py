@@ -208,7 +208,7 @@ def _run_local(args: argparse.Namespace, train: str, test: str | None, given: di
 
 
 def handle_training(args: argparse.Namespace) -> int:
-    from ..parity.cloudlog import read_training
+    from ..parity.cloudlog import read_training_log
     from ..parity.compare import compare_training
 
     _check_args(args)
@@ -216,9 +216,9 @@ def handle_training(args: argparse.Namespace) -> int:
         raise LocalFMError("parity training: give --cloud-log and/or --cloud-metrics")
     if bool(args.local_metrics) == bool(args.train):
         raise LocalFMError("parity training: give either --local-metrics (a finished run) or --train (run it here)")
-    cloud = read_training(args.cloud_log) if args.cloud_log else read_training(args.cloud_metrics)
+    cloud = read_training_log(args.cloud_log) if args.cloud_log else read_training_log(args.cloud_metrics)
     if args.cloud_log and args.cloud_metrics:
-        extra = read_training(args.cloud_metrics)
+        extra = read_training_log(args.cloud_metrics)
         for e, row in extra.epochs.items():
             for k, v in row.items():
                 cloud.epochs.setdefault(e, {}).setdefault(k, v)
@@ -228,7 +228,7 @@ def handle_training(args: argparse.Namespace) -> int:
             cloud.hyperparameters = extra.hyperparameters
     tol = _tt(args)
     if args.local_metrics:
-        local = read_training(args.local_metrics)
+        local = read_training_log(args.local_metrics)
         if args.epochs is not None:
             local.epochs = {e: v for e, v in local.epochs.items() if e < args.epochs}
         comparisons = []
@@ -335,7 +335,7 @@ def _knn_stage(model_path: Any, pairs: list[tuple[Any, Any]]) -> list[Any]:
 
 def handle_fixture(args: argparse.Namespace) -> int:
     from ..parity import layout
-    from ..parity.cloudlog import read_predictions, read_training
+    from ..parity.cloudlog import read_predictions, read_training_log
     from ..parity.compare import (
         PredictionTolerances,
         compare_hyperparameters,
@@ -358,7 +358,7 @@ def handle_fixture(args: argparse.Namespace) -> int:
     run = None
     with contextlib.ExitStack() as stack:
         if args.local_metrics:
-            local = read_training(args.local_metrics)
+            local = read_training_log(args.local_metrics)
         else:
             if not train and lay.prepare is not None:
                 import tempfile

@@ -10,8 +10,12 @@ import argparse
 import json
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ..errors import LocalFMError
+
+if TYPE_CHECKING:
+    from ..recommend.recommend import RecommendStats
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -40,7 +44,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--deny-items", metavar="IDS|@FILE", help="never recommend these items (comma list or @file)")
     p.add_argument("--index", default="exact",
                    help="exact (default) or a FAISS index: faiss.Flat, faiss.IVFFlat, faiss.HNSW, faiss.IVFPQ")
-    p.add_argument("--index-metric", default="INNER_PRODUCT",
+    p.add_argument("--index-metric", dest="index_metric", default="INNER_PRODUCT",
                    help="INNER_PRODUCT (default: FM score order), or COSINE / L2 to mirror a k-NN configured so "
                         "(then a FAISS index is used and recall vs the exact FM ranking is reported)")
     p.add_argument("--nprobe", default="auto", metavar="auto|N",
@@ -54,14 +58,18 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--recall-users", type=int, default=1000,
                    help="users sampled to measure recall@k of an approximate index (0 = skip)")
     p.add_argument("--sigmoid", action="store_true", help="store sigmoid(FM score) (binary_classifier models)")
-    p.add_argument("--out", default="recommendations.sqlite", metavar="TARGET",
+    p.add_argument("--out", dest="target", default="recommendations.sqlite", metavar="TARGET",
                    help="PATH.sqlite (default recommendations.sqlite), PATH.parquet, PATH.jsonl or postgresql://URL")
     p.add_argument("--table", default="recommendations", help="table name for SQLite/PostgreSQL")
     p.add_argument("--lock-timeout", type=float, default=5.0, help="seconds to wait for a locked database (default 5)")
     p.add_argument("--batch-size", type=int, default=2048, help="users per batch (memory ~ batch × item block)")
     p.add_argument("--threads", type=int, help="CPU threads (default LOCALFM_THREADS or 2)")
-    p.add_argument("--engine-mode", choices=("auto", "fp32", "bf16"), default="auto",
+    p.add_argument("--precision", choices=("auto", "fp32", "bf16"), default="auto",
                    help="exact engine screening: auto (bf16 when the CPU has it), fp32, bf16; results are exact either way")
+    # The old name of --precision, kept working for scripts; not shown in --help.
+    p.add_argument("--engine-mode", dest="precision", choices=("auto", "fp32", "bf16"), help=argparse.SUPPRESS)
+    p.add_argument("--strict", action="store_true",
+                   help="k larger than the number of candidate items is an error (exit 2) instead of a warning")
     p.set_defaults(func=handler)
 
 
@@ -85,7 +93,7 @@ def _id_list(text: str | None, what: str) -> list[str] | None:
     return items
 
 
-def _recall_note(stats) -> str:  # noqa: ANN001 - RecommendStats
+def _recall_note(stats: RecommendStats) -> str:
     """One human line about nprobe and recall: the JSON summary has the same, this is for eyes."""
     parts = []
     n = stats.nprobe
@@ -106,99 +114,31 @@ def _recall_note(stats) -> str:  # noqa: ANN001 - RecommendStats
 
 
 def handler(args: argparse.Namespace) -> int:
-    import numpy as np
+    # Imported here, not at the top: every subcommand module is imported for `localfm --help`,
+    # and the pipeline pulls in scipy and the data layer (1.5 s of a 0.2 s --help).
+    from ..recommend.recommend import RecommendOptions, recommend_all
+    from ..recommend.sinks import redact, sink_kind
 
-    from ..data.features import FeatureSpace
-    from ..io.artifacts import load_fm
-    from ..recommend.recommend import (
-        EXACT,
-        RecommendStats,
-        coerce_ids,
-        positions,
-        read_seen,
-        recommend,
-        seen_matrix,
-        select_items,
-    )
-    from ..recommend.repackage import repackage
-    from ..recommend.sinks import open_sink, redact, sink_kind
-    from ..recommend.topx import validate_k
-
-    k = validate_k(args.k)
-    sink_kind(args.out)  # reject an unknown target before any work
-    if args.batch_size <= 0:
-        raise LocalFMError(f"--batch-size: expected a positive integer, got {args.batch_size}")
-    # Checked here, not left to the engine: a negative count silently became one thread,
-    # and a negative lock timeout is an SQL error from PostgreSQL only after all the work.
-    if args.threads is not None and args.threads <= 0:
-        raise LocalFMError(f"--threads: expected a positive integer, got {args.threads}")
+    sink_kind(args.target)  # reject an unknown target before any work
     if not args.lock_timeout >= 0:
         raise LocalFMError(f"--lock-timeout: expected a number of seconds >= 0, got {args.lock_timeout}")
-    from ..knn.index import check_metric, normalize_index_type
-
-    metric = check_metric(args.index_metric)
-    index = args.index if args.index == EXACT else normalize_index_type(args.index)
-    space = FeatureSpace.load(args.features)
-    weights = load_fm(args.model)
-
     users = _id_list(args.users, "--users")
     if args.users_file:
         users = (users or []) + (_id_list("@" + args.users_file, "--users-file") or [])
-    cold = False
-    if users is not None:
-        users = coerce_ids(users, space.user_ids, "--users")
-        # A user named twice (in --users and --users-file, say) would get every row twice.
-        _, first = np.unique(users, return_index=True)
-        users = users[np.sort(first)]
-        known = positions(space.user_ids, users) >= 0
-        if args.unknown_users == "skip":
-            users = users[known]
-            if users.size == 0:
-                raise LocalFMError("--users: none of the given users is in features.json")
-        cold = args.unknown_users == "cold-start"
-    rep = repackage(weights, space, user_ids=users, cold_start=cold)
-
-    seen = None
-    if args.exclude_seen:
-        path = Path(args.interactions) if args.interactions else Path(args.features).parent / "train_interactions.parquet"
-        su, si = read_seen(path)
-        seen = seen_matrix(rep.user_ids, rep.item_ids, su, si)
-    item_rows = None
-    allow, deny = _id_list(args.allow_items, "--allow-items"), _id_list(args.deny_items, "--deny-items")
-    if allow is not None or deny is not None:
-        item_rows = select_items(rep.item_ids, allow, deny)
-
-    stats = RecommendStats()
-    kinds = {"user_id_kind": "int" if rep.user_ids.dtype.kind in "iu" else "text",
-             "item_id_kind": "int" if rep.item_ids.dtype.kind in "iu" else "text"}
-    from ..recommend.recommend import _check_nprobe
-
-    index_options = {"nprobe": _check_nprobe(args.nprobe)} if index in ("faiss.IVFFlat", "faiss.IVFPQ") else {}
-    batches = recommend(
-        rep, k, seen=seen, item_rows=item_rows, index=index, sigmoid=args.sigmoid, batch_size=args.batch_size,
-        threads=args.threads, mode=args.engine_mode, recall_users=args.recall_users, stats=stats,
-        index_options=index_options, metric=metric, target_recall=args.target_recall, tune_users=args.tune_users,
+    options = RecommendOptions(
+        k=args.k, index=args.index, index_metric=args.index_metric, nprobe=args.nprobe,
+        target_recall=args.target_recall, tune_users=args.tune_users, recall_users=args.recall_users,
+        sigmoid=args.sigmoid, batch_size=args.batch_size, threads=args.threads, precision=args.precision,
+        strict=args.strict,
     )
-    with open_sink(args.out, table=args.table, lock_timeout=args.lock_timeout, **kinds) as write:
-        for batch in batches:
-            write(batch)
-    summary = {
-        "out": redact(args.out),
-        "users": stats.users,
-        "items": stats.items,
-        "rows": stats.rows,
-        "k": k,
-        "index": stats.index,
-        "index_metric": metric,
-        "exclude_seen": bool(args.exclude_seen),
-        "seconds": round(stats.seconds, 3),
-        "score": "sigmoid(fm score)" if args.sigmoid else "fm score",
-    }
-    if stats.recall is not None:
-        summary["recall"] = stats.recall
-    if stats.nprobe is not None:
-        summary["nprobe"] = stats.nprobe
-    note = _recall_note(stats)
+    recs = recommend_all(
+        args.model, args.features, users=users, unknown_users=args.unknown_users,
+        exclude_seen=args.exclude_seen, interactions=args.interactions,
+        allow_items=_id_list(args.allow_items, "--allow-items"), deny_items=_id_list(args.deny_items, "--deny-items"),
+        options=options,
+    )
+    summary = {"out": redact(args.target), **recs.write(args.target, table=args.table, lock_timeout=args.lock_timeout)}
+    note = _recall_note(recs.stats)
     if note:
         print(f"localfm recommend: {note}", file=sys.stderr)
     print(json.dumps(summary))

@@ -50,14 +50,14 @@ def parse_id_list(text: str | None) -> list[str] | None:
 def handler(args: argparse.Namespace) -> int:
     from ..data.features import FeatureSpace
     from ..io.artifacts import load_fm
-    from ..recommend.recommend import coerce_ids
-    from ..recommend.repackage import repackage, write_repackaged
+    from ..recommend.recommend import select_users
+    from ..recommend.vectors import repackage, write_repackaged
 
     weights = load_fm(args.model)
     space = FeatureSpace.load(args.features)
     users = parse_id_list(args.users)
     if users is not None:
-        users = coerce_ids(users, space.user_ids, "--users")
+        users = select_users(space, users, "cold-start" if args.cold_start else "error")
     rep = repackage(weights, space, user_ids=users, cold_start=args.cold_start)
     meta = write_repackaged(rep, args.out)
     print(json.dumps({"out": str(args.out), **meta}))

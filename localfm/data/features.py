@@ -63,7 +63,7 @@ class SideFeatures:
     matrix: sp.csr_matrix
 
     def index(self, ids: np.ndarray) -> np.ndarray:
-        return _lookup(self.ids, ids)
+        return lookup(self.ids, ids)
 
 
 @dataclass
@@ -128,8 +128,8 @@ class FeatureSpace:
         return self._index(self.item_ids, ids, "item", allow_unknown)
 
     def _index(self, known: np.ndarray, ids: Any, what: str, allow_unknown: bool) -> np.ndarray:
-        query = _as_ids(ids, known.dtype)
-        index = _lookup(known, query)
+        query = as_ids(ids, known.dtype)
+        index = lookup(known, query)
         if not allow_unknown and np.any(index < 0):
             bad = query[np.flatnonzero(index < 0)[0]]
             raise LocalFMError(
@@ -175,7 +175,7 @@ class FeatureSpace:
 
     def _entity_matrix(self, ids: Any, known: np.ndarray, offset: int, side: SideFeatures | None,
                        what: str, allow_unknown: bool) -> sp.csr_matrix:
-        query = _as_ids(ids, known.dtype)
+        query = as_ids(ids, known.dtype)
         index = self._index(known, query, what, allow_unknown)
         n, dim = len(query), self.feature_dim
         has = index >= 0
@@ -301,8 +301,12 @@ def _plain(x: Any) -> Any:
     return x.item() if isinstance(x, np.generic) else x
 
 
-def _as_ids(ids: Any, dtype: np.dtype) -> np.ndarray:
-    """Coerce query ids to the id map's kind (int ids accept integral floats and digit strings)."""
+def as_ids(ids: Any, dtype: np.dtype) -> np.ndarray:
+    """Coerce query ids to the id map's kind (int ids accept integral floats and digit strings).
+
+    The one id coercion of localfm: user lists, allow/deny lists and interaction files
+    all go through it, so "12", 12 and 12.0 name the same user everywhere.
+    """
     arr = np.atleast_1d(np.asarray(ids))
     if dtype.kind in "iu":
         if arr.dtype.kind in "iu":
@@ -314,7 +318,7 @@ def _as_ids(ids: Any, dtype: np.dtype) -> np.ndarray:
         except (TypeError, ValueError):
             bad = next(x for x in arr if not _is_int_like(x))
             raise LocalFMError(f"id {_plain(bad)!r}: expected an integer id") from None
-        if not np.all(as_float == np.round(as_float)):
+        if not np.all(np.isfinite(as_float) & (as_float == np.round(as_float))):
             raise LocalFMError("ids: expected integer ids")
         return as_float.astype(np.int64)
     return arr.astype(str)
@@ -327,7 +331,7 @@ def _is_int_like(x: Any) -> bool:
         return False
 
 
-def _lookup(known: np.ndarray, query: np.ndarray) -> np.ndarray:
+def lookup(known: np.ndarray, query: np.ndarray) -> np.ndarray:
     """Position of each query id in the sorted ``known`` array, -1 where absent."""
     if len(known) == 0:
         return np.full(len(query), -1, dtype=np.int64)

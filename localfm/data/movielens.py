@@ -243,6 +243,21 @@ def read_split_files(path: str | Path, name: str) -> tuple[Interactions, Interac
         src.close()
 
 
+def read_ratings_file(path: str | Path) -> Interactions:
+    """One MovieLens ratings file on its own: ``u.data``, ``NAME.base`` / ``NAME.test`` (tab) or
+    ``ratings.dat`` (``::``), headerless, ``user item rating timestamp`` per line.
+
+    For callers that hold a single file rather than a dataset folder (the
+    already-rated pairs of ``localfm recommend --exclude-seen``).
+    """
+    p = Path(path)
+    src = _Source(p.parent)
+    try:
+        return _read_ratings(src, p.name, b"::" if p.name.lower().endswith(".dat") else b"\t", header=None)
+    finally:
+        src.close()
+
+
 # --------------------------------------------------------------------------- ratings
 
 _RATING_COLUMNS = ("user", "item", "rating", "timestamp")

@@ -10,7 +10,7 @@ need them, so importing this package stays cheap.
 """
 from __future__ import annotations
 
-from .cloudlog import read_knn, read_predictions, read_training
+from .cloudlog import read_knn, read_predictions, read_training_log
 from .compare import Check, Comparison, compare_knn, compare_models, compare_predictions, compare_training
 
 __all__ = [
@@ -22,5 +22,5 @@ __all__ = [
     "compare_training",
     "read_knn",
     "read_predictions",
-    "read_training",
+    "read_training_log",
 ]

@@ -330,7 +330,7 @@ def _read_text(uri: str | Path) -> str:
     return uri_io.read_text(str(uri))
 
 
-def read_training(uri: str | Path) -> TrainingMetrics:
+def read_training_log(uri: str | Path) -> TrainingMetrics:
     """Read a training log (text) or a metrics JSON file, local path or ``s3://``.
 
     The format is sniffed from the content, not the name: JSON objects are metrics

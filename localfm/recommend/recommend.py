@@ -1,10 +1,25 @@
 """Top-x recommendations for many users, end to end: model + features → ranked items → a sink.
 
-The pipeline: repackage the FM (:mod:`.repackage`), pick the item set (allow / deny
-lists), build each user's "already rated" set from the interactions, rank with the
-exact engine (:mod:`.topx`, the default, equivalent to SageMaker k-NN's
-``faiss.Flat`` + ``INNER_PRODUCT``) or an approximate FAISS index
+The pipeline: repackage the FM (:mod:`.repackage`), pick the users (de-duplicated,
+unknown ones refused, skipped or cold-started) and the item set (allow / deny lists),
+build each user's "already rated" set from the interactions, rank with the exact
+engine (:mod:`.topx`, the default, equivalent to SageMaker k-NN's ``faiss.Flat`` +
+``INNER_PRODUCT``) or an approximate FAISS index
 (:func:`localfm.knn.index.build_index`), and stream :class:`~.sinks.ResultBatch` es.
+
+Two entry points:
+
+* :func:`recommend_all` (``localfm.recommend_all``): model and features (objects or
+  paths) in, a :class:`Recommendations` out: what ``localfm recommend`` runs.
+* :func:`rank`: an already repackaged model (:class:`~.repackage.Repackaged`) in,
+  for callers that built the vectors, the exclusions and the item rows themselves.
+
+Options that only shape the ranking live in one :class:`RecommendOptions`, so the
+CLI, the Python API and tests share one definition and one validation. Both return a
+:class:`Recommendations`: iterate it (once) for the batches; its :attr:`stats` and
+:meth:`~Recommendations.summary` are complete when the iteration is. Bad values
+raise :class:`LocalFMError` at the call, before any ranking work, with ``param`` set
+to the option's name.
 
 Scores are true FM scores: ``inner product + per-user constant`` recomputed in float64
 for the chosen items (the same number ``FMWeights.raw_scores`` gives for the one-hot
@@ -17,9 +32,10 @@ candidates; the exact engine masks rated items before selection.
 """
 from __future__ import annotations
 
-import math
+import dataclasses
 import time
-from collections.abc import Iterator
+import warnings
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -27,103 +43,231 @@ from typing import Any
 import numpy as np
 import scipy.sparse as sp
 
-from ..errors import LocalFMError
-from .repackage import Repackaged
-from .sinks import ResultBatch
-from .topx import default_threads, iter_top_x, validate_k
+from ..data.features import FeatureSpace, as_ids, lookup
+from ..data.movielens import read_ratings_file
+from ..data.tabular import read_interactions
+from ..errors import LocalFMError, LocalFMWarning
+from ..io.artifacts import load_fm
+from ..knn.index import (
+    DEFAULT_TARGET_RECALL,
+    IVF_INDEX_TYPES,
+    START_NPROBE,
+    build_index,
+    check_metric,
+    choose_nprobe,
+    configure_threads,
+    normalize_index_type,
+    recall_per_row,
+)
+from ..progress import progress
+from .vectors import Repackaged, repackage
+from .sinks import ResultBatch, open_sink
+from .topx import PRECISIONS, default_threads, iter_top_x, validate_k
 
 EXACT = "exact"
 APPROX_INDEXES = ("faiss.Flat", "faiss.IVFFlat", "faiss.HNSW", "faiss.IVFPQ")
-IVF_INDEXES = ("faiss.IVFFlat", "faiss.IVFPQ")
-# The cloud's hidden k-NN default. ``nprobe="auto"`` starts here and only ever raises it,
-# so wherever SageMaker's setting is already good enough the result is the cloud's.
-START_NPROBE = 5
-DEFAULT_TARGET_RECALL = 0.95
 DEFAULT_TUNE_USERS = 1000
+UNKNOWN_USER_POLICIES = ("error", "cold-start", "skip")
+# Where ``recommend_all`` looks for the already-rated pairs when none are given:
+# ``localfm prepare`` writes them next to features.json.
+DEFAULT_INTERACTIONS = "train_interactions.parquet"
+
+
+@dataclass
+class RecommendOptions:
+    """How to rank: everything but the data. Validated by :meth:`validated` (``param`` = field name).
+
+    ``index``: ``"exact"`` or a FAISS index type (``faiss.Flat``, ``faiss.IVFFlat``,
+    ``faiss.HNSW``, ``faiss.IVFPQ``). ``index_metric`` other than ``INNER_PRODUCT``
+    (COSINE, L2: mirroring a k-NN configured so) implies a FAISS index (``faiss.Flat``
+    for ``"exact"``) and is *not* FM-score order. ``nprobe`` (IVF indexes): an integer
+    is used as given; ``"auto"`` applies localfm's nprobe policy
+    (:func:`localfm.knn.index.choose_nprobe`) from the cloud's 5 until recall@k on a
+    seeded sample of at most ``tune_users`` users (half the users at most, so the rest
+    stay held out) reaches ``target_recall``. ``recall_users``: users sampled to
+    measure recall@k of an approximate index (0 = skip). ``precision``: the exact
+    engine's screening (``auto``/``fp32``/``bf16``; results are exact either way).
+    ``strict``: ``k`` above the number of candidate items is an error instead of a
+    :class:`LocalFMWarning`. ``index_options``: further :func:`build_index` keywords
+    (``nlist``, ``ef_search`` ...).
+    """
+
+    k: int = 10
+    index: str = EXACT
+    index_metric: str = "INNER_PRODUCT"
+    nprobe: int | str = "auto"
+    target_recall: float = DEFAULT_TARGET_RECALL
+    tune_users: int = DEFAULT_TUNE_USERS
+    recall_users: int = 1000
+    sigmoid: bool = False
+    batch_size: int = 2048
+    threads: int | None = None
+    precision: str = "auto"
+    strict: bool = False
+    index_options: dict[str, Any] = field(default_factory=dict)
+
+    def validated(self) -> RecommendOptions:
+        """A normalised copy (index type spelled canonically, nprobe ``"auto"`` or an int); raises on bad values."""
+        index = self.index if self.index == EXACT else normalize_index_type(self.index)
+        checks = (
+            ("batch_size", _positive_int(self.batch_size), "a positive integer"),
+            ("threads", self.threads is None or _positive_int(self.threads), "a positive integer"),
+            ("tune_users", _positive_int(self.tune_users), "a positive integer"),
+            ("recall_users", _int_at_least(self.recall_users, 0), "an integer >= 0"),
+            ("target_recall", _in_unit_interval(self.target_recall), "a number in (0, 1]"),
+        )
+        for name, ok, expected in checks:
+            if not ok:
+                raise LocalFMError(f"{name}: expected {expected}, got {getattr(self, name)!r}", param=name)
+        if self.precision not in PRECISIONS:
+            raise LocalFMError(f"precision: expected one of {', '.join(PRECISIONS)}, got {self.precision!r}",
+                               param="precision")
+        return dataclasses.replace(
+            self, k=validate_k(self.k), index=index, index_metric=check_metric(self.index_metric),
+            nprobe=check_nprobe(self.nprobe), index_options=dict(self.index_options),
+        )
+
+
+def check_nprobe(value: Any) -> int | str:
+    """``"auto"`` or a positive integer: what :attr:`RecommendOptions.nprobe` accepts."""
+    if isinstance(value, str) and value.strip().lower() == "auto":
+        return "auto"
+    try:
+        n = int(value)
+    except (TypeError, ValueError):
+        n = 0
+    if isinstance(value, bool) or n < 1 or (isinstance(value, float) and n != value):
+        raise LocalFMError(f"nprobe: expected 'auto' or a positive integer, got {value!r}", param="nprobe")
+    return n
+
+
+def _positive_int(x: Any) -> bool:
+    return _int_at_least(x, 1)
+
+
+def _int_at_least(x: Any, low: int) -> bool:
+    return isinstance(x, (int, np.integer)) and not isinstance(x, bool) and int(x) >= low
+
+
+def _in_unit_interval(x: Any) -> bool:
+    try:
+        return 0.0 < float(x) <= 1.0
+    except (TypeError, ValueError):
+        return False
 
 
 @dataclass
 class RecommendStats:
-    """What a run did: filled in while :func:`recommend` streams, since a generator has no return value
-    the CLI can print as its summary."""
+    """What a run did. Counts fill in as the batches are consumed; final after the last one."""
 
     users: int = 0
     rows: int = 0
     items: int = 0
+    k: int = 0
     index: str = EXACT
+    index_metric: str = "INNER_PRODUCT"
+    exclude_seen: bool = False
+    sigmoid: bool = False
     seconds: float = 0.0
     recall: dict[str, Any] | None = None
     # IVF indexes: how nprobe was chosen ({"mode": "auto"|"fixed", "nprobe", ...}).
     nprobe: dict[str, Any] | None = None
 
 
+class Recommendations:
+    """The result of :func:`recommend_all` / :func:`rank`: result batches plus what the run did.
+
+    Iterate once for :class:`ResultBatch` es (memory stays bounded for any number of
+    users). :attr:`stats` fills in while iterating; :meth:`summary` is the run's JSON
+    summary and is available once the batches are all consumed. :attr:`warnings`
+    lists what was also issued as :class:`LocalFMWarning` (e.g. ``k`` capped).
+    """
+
+    def __init__(self, batches: Iterator[ResultBatch], stats: RecommendStats, rep: Repackaged,
+                 warnings_: list[str]) -> None:
+        self._batches = batches
+        self._started = False
+        self.done = False
+        self.stats = stats
+        self.warnings = warnings_
+        self.user_id_kind = "int" if rep.user_ids.dtype.kind in "iu" else "text"
+        self.item_id_kind = "int" if rep.item_ids.dtype.kind in "iu" else "text"
+
+    def __iter__(self) -> Iterator[ResultBatch]:
+        if self._started:
+            raise RuntimeError("Recommendations can be iterated only once (results are streamed)")
+        self._started = True
+        for batch in self._batches:
+            self.stats.rows += len(batch)
+            yield batch
+        self.done = True
+
+    def write(self, target: str, *, table: str = "recommendations", lock_timeout: float = 5.0) -> dict[str, Any]:
+        """Store every batch in ``target`` (see :func:`~.sinks.open_sink`, atomic) and return :meth:`summary`."""
+        with open_sink(target, table=table, lock_timeout=lock_timeout,
+                       user_id_kind=self.user_id_kind, item_id_kind=self.item_id_kind) as write:
+            for batch in self:
+                write(batch)
+        return self.summary()
+
+    def summary(self) -> dict[str, Any]:
+        """users, items, rows, k, index, index_metric, exclude_seen, seconds, score (+ recall, nprobe)."""
+        if not self.done:
+            raise RuntimeError("Recommendations.summary(): iterate the batches first")
+        s = self.stats
+        out: dict[str, Any] = {
+            "users": s.users, "items": s.items, "rows": s.rows, "k": s.k, "index": s.index,
+            "index_metric": s.index_metric, "exclude_seen": s.exclude_seen, "seconds": round(s.seconds, 3),
+            "score": "sigmoid(fm score)" if s.sigmoid else "fm score",
+        }
+        if s.recall is not None:
+            out["recall"] = s.recall
+        if s.nprobe is not None:
+            out["nprobe"] = s.nprobe
+        if self.warnings:
+            out["warnings"] = list(self.warnings)
+        return out
+
+
 # ---------------------------------------------------------------- ids and interactions
 
 
-def coerce_ids(values: Any, like: np.ndarray, what: str) -> np.ndarray:
-    """``values`` converted to the dtype kind of ``like`` (ints from "12" or 12.0; else strings)."""
-    arr = np.atleast_1d(np.asarray(values))
-    if np.asarray(like).dtype.kind in "iu":
-        if arr.dtype.kind in "iu":
-            return arr.astype(np.int64)
-        out = np.empty(arr.shape[0], dtype=np.int64)
-        for n, v in enumerate(arr.tolist()):
-            try:
-                f = float(v)
-            except (TypeError, ValueError):
-                raise LocalFMError(f"{what}: id {v!r} is not an integer, but the feature space uses integer ids") from None
-            if not math.isfinite(f) or f != int(f):
-                raise LocalFMError(f"{what}: id {v!r} is not an integer, but the feature space uses integer ids")
-            out[n] = int(f)
-        return out
-    return np.array([str(v) for v in arr.tolist()], dtype=str)
+def _ids_like(values: Any, like: np.ndarray, param: str) -> np.ndarray:
+    """``values`` in the id kind of ``like`` (FeatureSpace's coercion), errors naming ``param``."""
+    try:
+        return as_ids(values, np.asarray(like).dtype)
+    except LocalFMError as exc:
+        raise LocalFMError(f"{param}: {exc}", param=param) from None
 
 
 def positions(known: np.ndarray, query: np.ndarray) -> np.ndarray:
-    """Row of each ``query`` id in ``known`` (any order), -1 where absent."""
+    """Row of each ``query`` id in ``known`` (any order, unlike FeatureSpace's sorted lookup), -1 where absent."""
     known = np.asarray(known)
     query = np.asarray(query)
     if known.size == 0 or query.size == 0:
         return np.full(query.shape[0], -1, dtype=np.int64)
     order = np.argsort(known, kind="stable")
-    sk = known[order]
-    pos = np.searchsorted(sk, query).clip(max=len(sk) - 1)
-    found = sk[pos] == query
-    return np.where(found, order[pos], -1).astype(np.int64)
+    pos = lookup(known[order], query)
+    return np.where(pos >= 0, order[np.maximum(pos, 0)], -1).astype(np.int64)
 
 
 def read_seen(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
     """(user ids, item ids) of already-rated pairs from an interactions file.
 
     Accepts ``train_interactions.parquet`` written by ``localfm prepare`` (columns
-    user_id, item_id), a MovieLens ``u.data``/``*.base``/``*.test`` file (tab-separated,
-    no header: user item rating timestamp), ``ratings.dat`` (``::``), or a CSV/Parquet with
-    user_id,item_id (or userId,movieId) columns.
+    user_id, item_id), a MovieLens ``u.data``/``*.base``/``*.test``/``ratings.dat``
+    file (read by :func:`localfm.data.movielens.read_ratings_file`), or a CSV/Parquet
+    with user_id,item_id (or userId,movieId) columns (:func:`localfm.data.tabular.read_interactions`).
     """
-    from ..data.tabular import read_interactions
+    import pyarrow as pa
 
     p = Path(path)
     if not p.is_file():
         raise LocalFMError(f"{p}: interactions file not found")
     name = p.name.lower()
-    if name == "u.data" or p.suffix.lower() in (".base", ".test") or name.endswith(".dat"):
-        sep = "::" if name.endswith(".dat") else "\t"
-        users, items = [], []
-        with open(p, encoding="latin-1") as fh:
-            for n, line in enumerate(fh, 1):
-                if not line.strip():
-                    continue
-                parts = line.rstrip("\r\n").split(sep)
-                if len(parts) < 2:
-                    raise LocalFMError(f"{p}: line {n}: expected user{sep!r}item{sep!r}rating...")
-                try:
-                    users.append(int(parts[0]))
-                    items.append(int(parts[1]))
-                except ValueError:
-                    raise LocalFMError(f"{p}: line {n}: expected integer user and item ids") from None
-        return np.asarray(users, dtype=np.int64), np.asarray(items, dtype=np.int64)
-    import pyarrow as pa
-
+    if name == "u.data" or p.suffix.lower() in (".base", ".test", ".dat"):
+        ratings = read_ratings_file(p)
+        return ratings.user, ratings.item
     cols = _column_names(p)
     for ucol, icol in (("user_id", "item_id"), ("userId", "movieId"), ("user", "item")):
         if ucol in cols and icol in cols:
@@ -155,8 +299,8 @@ def seen_matrix(
     user_ids: np.ndarray, item_ids: np.ndarray, seen_users: np.ndarray, seen_items: np.ndarray
 ) -> sp.csr_matrix:
     """(len(user_ids), len(item_ids)) 0/1 CSR of rated pairs; ids outside the lists are ignored."""
-    u = positions(user_ids, coerce_ids(seen_users, user_ids, "interactions user_id"))
-    i = positions(item_ids, coerce_ids(seen_items, item_ids, "interactions item_id"))
+    u = positions(user_ids, _ids_like(seen_users, user_ids, "interactions"))
+    i = positions(item_ids, _ids_like(seen_items, item_ids, "interactions"))
     keep = (u >= 0) & (i >= 0)
     M = sp.csr_matrix(
         (np.ones(int(keep.sum()), dtype=np.float32), (u[keep], i[keep])), shape=(len(user_ids), len(item_ids))
@@ -169,21 +313,182 @@ def seen_matrix(
 def select_items(item_ids: np.ndarray, allow: Any = None, deny: Any = None) -> np.ndarray:
     """Rows of the candidate items: all, or only ``allow``; minus ``deny``. Unknown ids are errors."""
     rows = np.arange(len(item_ids), dtype=np.int64)
-    if allow is not None:
-        q = coerce_ids(allow, item_ids, "--allow-items")
+    for param, given in (("allow_items", allow), ("deny_items", deny)):
+        if given is None:
+            continue
+        q = _ids_like(given, item_ids, param)
         pos = positions(item_ids, q)
         if (pos < 0).any():
-            raise LocalFMError(f"--allow-items: item id {q[np.flatnonzero(pos < 0)[0]]!r} is not in features.json")
-        rows = np.unique(pos)
-    if deny is not None:
-        q = coerce_ids(deny, item_ids, "--deny-items")
-        pos = positions(item_ids, q)
-        if (pos < 0).any():
-            raise LocalFMError(f"--deny-items: item id {q[np.flatnonzero(pos < 0)[0]]!r} is not in features.json")
-        rows = np.setdiff1d(rows, pos)
+            raise LocalFMError(f"{param}: item id {q[np.flatnonzero(pos < 0)[0]]!r} is not in features.json",
+                               param=param)
+        rows = np.unique(pos) if param == "allow_items" else np.setdiff1d(rows, pos)
     if rows.size == 0:
-        raise LocalFMError("--allow-items/--deny-items: no candidate items left")
+        raise LocalFMError("allow_items/deny_items: no candidate items left", param="allow_items")
     return rows
+
+
+def select_users(space: FeatureSpace, users: Sequence[Any] | np.ndarray, unknown_users: str = "error") -> np.ndarray:
+    """The users to rank, in the given order, each once (a user named twice would get every row twice).
+
+    ``unknown_users`` (ids without a column in ``space``): ``"error"`` leaves them
+    for :func:`repackage` to refuse, naming the first; ``"skip"`` drops them (an
+    error if none is left); ``"cold-start"`` keeps them for vectors from side features.
+    """
+    if unknown_users not in UNKNOWN_USER_POLICIES:
+        raise LocalFMError(f"unknown_users: expected one of {', '.join(UNKNOWN_USER_POLICIES)}, got {unknown_users!r}",
+                           param="unknown_users")
+    ids = _ids_like(users, space.user_ids, "users")
+    _, first = np.unique(ids, return_index=True)
+    ids = ids[np.sort(first)]
+    if unknown_users == "skip":
+        ids = ids[space.user_index(ids, allow_unknown=True) >= 0]
+        if ids.size == 0:
+            raise LocalFMError("users: none of the given users is in features.json", param="users")
+    return ids
+
+
+# ---------------------------------------------------------------- entry points
+
+
+def recommend_all(
+    model: Any,
+    features: FeatureSpace | str | Path,
+    k: int | None = None,
+    *,
+    users: Sequence[Any] | np.ndarray | None = None,
+    unknown_users: str = "error",
+    exclude_seen: bool = False,
+    interactions: str | Path | None = None,
+    allow_items: Sequence[Any] | np.ndarray | None = None,
+    deny_items: Sequence[Any] | np.ndarray | None = None,
+    options: RecommendOptions | None = None,
+    **option_fields: Any,
+) -> Recommendations:
+    """Top-``k`` items for users of ``features`` from an FM ``model``: what ``localfm recommend`` does.
+
+    ``model``: :class:`~localfm.io.artifacts.FMWeights` (or anything with w0/w/V) or a
+    model.tar.gz / model_algo-1 path or ``s3://`` URI. ``features``: a
+    :class:`~localfm.data.features.FeatureSpace` or its features.json. ``users``:
+    only these (default all), see :func:`select_users` for ``unknown_users``.
+    ``exclude_seen``: never recommend an already-rated item; the pairs come from
+    ``interactions`` (see :func:`read_seen`), by default ``train_interactions.parquet``
+    next to features.json. ``allow_items`` / ``deny_items``: see :func:`select_items`.
+    Ranking options: ``options`` and/or its fields as keywords (``k``, ``index``,
+    ``batch_size`` ...; see :class:`RecommendOptions`), keywords winning.
+
+    >>> recs = recommend_all("model.tar.gz", "data/features.json", k=20, exclude_seen=True)  # doctest: +SKIP
+    >>> summary = recs.write("recommendations.sqlite")  # doctest: +SKIP
+    """
+    opts = _options(options, k, option_fields)
+    space = features if isinstance(features, FeatureSpace) else FeatureSpace.load(features)
+    chosen = None if users is None else select_users(space, users, unknown_users)
+    weights = load_fm(str(model)) if isinstance(model, (str, Path)) else model
+    rep = repackage(weights, space, user_ids=chosen, cold_start=unknown_users == "cold-start")
+    seen = None
+    if exclude_seen:
+        if interactions is None:
+            if not isinstance(features, (str, Path)):
+                raise LocalFMError("interactions: exclude_seen needs the interactions file when features is not a path",
+                                   param="interactions")
+            interactions = Path(features).parent / DEFAULT_INTERACTIONS
+        seen = seen_matrix(rep.user_ids, rep.item_ids, *read_seen(interactions))
+    item_rows = None
+    if allow_items is not None or deny_items is not None:
+        item_rows = select_items(rep.item_ids, allow_items, deny_items)
+    return rank(rep, opts, seen=seen, item_rows=item_rows)
+
+
+def _options(options: RecommendOptions | None, k: int | None, fields: dict[str, Any]) -> RecommendOptions:
+    base = options if options is not None else RecommendOptions()
+    if k is not None:
+        fields = {**fields, "k": k}
+    unknown = sorted(set(fields) - {f.name for f in dataclasses.fields(RecommendOptions)})
+    if unknown:
+        raise TypeError(f"unexpected keyword argument(s): {', '.join(unknown)} (see RecommendOptions)")
+    return dataclasses.replace(base, **fields).validated()
+
+
+def rank(
+    rep: Repackaged,
+    options: RecommendOptions | None = None,
+    *,
+    seen: sp.csr_matrix | None = None,
+    item_rows: np.ndarray | None = None,
+    **option_fields: Any,
+) -> Recommendations:
+    """Top-``k`` results for every user of ``rep``, one :class:`ResultBatch` per user batch.
+
+    ``seen``: (users, all items) CSR of items to exclude per user. ``item_rows``:
+    candidate item rows (see :func:`select_items`). ``options`` / keywords: see
+    :class:`RecommendOptions`. Validation happens here; the ranking (and for an
+    approximate index: building it, tuning nprobe, measuring recall into
+    ``stats.recall``) happens as the result is iterated.
+    """
+    opts = _options(options, None, option_fields)
+    if opts.sigmoid and rep.predictor_type not in ("binary_classifier", None):
+        raise LocalFMError(f"sigmoid: applies to binary_classifier models, this one is {rep.predictor_type}",
+                           param="sigmoid")
+    item_rows = np.arange(len(rep.item_ids), dtype=np.int64) if item_rows is None else np.asarray(item_rows)
+    U = rep.user_vectors
+    I = rep.item_vectors[item_rows]
+    for name, X in (("user vectors", U), ("item vectors", I)):
+        if not np.all(np.isfinite(X)):
+            raise LocalFMError(f"{name}: contain NaN or infinite values (check the model and features.json)")
+    sub_seen = None
+    if seen is not None:
+        if seen.shape != (U.shape[0], len(rep.item_ids)):
+            raise LocalFMError(f"seen: shape {seen.shape}, expected {(U.shape[0], len(rep.item_ids))}", param="seen")
+        sub_seen = sp.csr_matrix(seen)[:, item_rows].tocsr()
+    notes = []
+    if opts.k > I.shape[0]:
+        text = f"k: {opts.k} is more than the {I.shape[0]} candidate items; each user gets at most {I.shape[0]}"
+        if opts.strict:
+            raise LocalFMError(f"{text} (strict)", param="k")
+        notes.append(text)
+        warnings.warn(LocalFMWarning(text, param="k"), stacklevel=2)
+    index = opts.index
+    if opts.index_metric != "INNER_PRODUCT" and index == EXACT:
+        index = "faiss.Flat"
+    stats = RecommendStats(users=int(U.shape[0]), items=int(I.shape[0]), k=opts.k, index=index,
+                           index_metric=opts.index_metric, exclude_seen=seen is not None, sigmoid=opts.sigmoid)
+    opts = dataclasses.replace(opts, index=index, threads=opts.threads or default_threads())
+    return Recommendations(_stream(rep, U, I, sub_seen, item_rows, opts, stats), stats, rep, notes)
+
+
+def _stream(rep: Repackaged, U: np.ndarray, I: np.ndarray, seen: sp.csr_matrix | None, item_rows: np.ndarray,
+            opts: RecommendOptions, stats: RecommendStats) -> Iterator[ResultBatch]:
+    """The ranking proper: runs as the :class:`Recommendations` is iterated."""
+    k = opts.k
+    if opts.index == EXACT:
+        import torch  # noqa: F401 - imported before the clock starts: seconds measure ranking, not imports
+
+        t0 = time.perf_counter()
+        source = _exact_iter(U, I, k, seen, opts.batch_size, opts.threads, opts.precision)
+    else:
+        configure_threads()
+        t0 = time.perf_counter()
+        ivf = opts.index in IVF_INDEX_TYPES
+        auto = ivf and opts.nprobe == "auto"
+        build = dict(opts.index_options)
+        if ivf:
+            build["nprobe"] = START_NPROBE if auto else opts.nprobe
+        idx = build_index(I, index_type=opts.index, index_metric=opts.index_metric, **build)
+        ref = _Reference(U, I, k, seen, opts.threads, opts.index_metric)
+        tuned_rows = None
+        if auto and U.shape[0]:
+            stats.nprobe, tuned_rows = _tune_nprobe(idx, ref, target=float(opts.target_recall),
+                                                    tune_users=int(opts.tune_users))
+        elif ivf:
+            stats.nprobe = {"mode": "auto" if auto else "fixed", "nprobe": int(idx.nprobe),
+                            "nlist": int(idx.extra.get("nlist", 0))}
+        exact_equivalent = opts.index == "faiss.Flat" and opts.index_metric == "INNER_PRODUCT"
+        if not exact_equivalent and opts.recall_users > 0 and U.shape[0]:
+            stats.recall = measure_recall(idx, U, I, k, seen, opts.recall_users, opts.threads, ref=ref,
+                                          tuned_rows=tuned_rows)
+        source = _index_iter(idx, U, k, seen, opts.batch_size, I.shape[0])
+    for first, ids in source:
+        yield _to_batch(rep, first, ids, item_rows, opts.sigmoid)
+    stats.seconds = time.perf_counter() - t0
 
 
 # ---------------------------------------------------------------- ranking
@@ -197,20 +502,20 @@ def _to_batch(
     valid = ids >= 0
     urow = np.repeat(np.arange(first, first + n), k).reshape(n, k)[valid]
     irow = item_rows[ids[valid]]
-    rank = np.broadcast_to(np.arange(1, k + 1), (n, k))[valid]
+    rank_ = np.broadcast_to(np.arange(1, k + 1), (n, k))[valid]
     score = rep.scores(urow, irow)
     if sigmoid:
         score = 1.0 / (1.0 + np.exp(-score))
-    return ResultBatch(user_id=rep.user_ids[urow], rank=rank.astype(np.int32), item_id=rep.item_ids[irow], score=score)
+    return ResultBatch(user_id=rep.user_ids[urow], rank=rank_.astype(np.int32), item_id=rep.item_ids[irow], score=score)
 
 
 def _exact_iter(
-    U: np.ndarray, I: np.ndarray, k: int, seen: sp.csr_matrix | None, batch_size: int, threads: int, mode: str
+    U: np.ndarray, I: np.ndarray, k: int, seen: sp.csr_matrix | None, batch_size: int, threads: int, precision: str
 ) -> Iterator[tuple[int, np.ndarray]]:
     """(first user row, ids) per batch from the exact engine: the same shape :func:`_index_iter` yields,
     so ranking, recall references and tuning share one consumer."""
     for first, part in iter_top_x(
-        U, I, k, exclude=seen, batch_size=batch_size, threads=threads, mode=mode, progress_desc="recommend"
+        U, I, k, exclude=seen, batch_size=batch_size, threads=threads, precision=precision, progress_desc="recommend"
     ):
         yield first, part.ids
 
@@ -219,8 +524,6 @@ def _index_iter(
     index: Any, U: np.ndarray, k: int, seen: sp.csr_matrix | None, batch_size: int, n_items: int
 ) -> Iterator[tuple[int, np.ndarray]]:
     """Search an approximate index per user batch, over-fetching to survive exclusions."""
-    from ..progress import progress
-
     starts = range(0, U.shape[0], batch_size)
     for first in progress(starts, total=len(starts), desc="recommend", unit="batch"):
         last = min(first + batch_size, U.shape[0])
@@ -247,132 +550,10 @@ def _index_iter(
         yield first, ids
 
 
-def recommend(
-    rep: Repackaged,
-    k: int,
-    *,
-    seen: sp.csr_matrix | None = None,
-    item_rows: np.ndarray | None = None,
-    index: str = EXACT,
-    sigmoid: bool = False,
-    batch_size: int = 2048,
-    threads: int | None = None,
-    mode: str = "auto",
-    recall_users: int = 1000,
-    stats: RecommendStats | None = None,
-    index_options: dict[str, Any] | None = None,
-    metric: str = "INNER_PRODUCT",
-    target_recall: float = DEFAULT_TARGET_RECALL,
-    tune_users: int = DEFAULT_TUNE_USERS,
-) -> Iterator[ResultBatch]:
-    """Stream top-``k`` results for every user of ``rep``, one :class:`ResultBatch` per user batch.
-
-    ``seen``: (users, all items) CSR of items to exclude per user. ``item_rows``:
-    candidate item rows (see :func:`select_items`). ``index``: ``"exact"`` or a FAISS
-    index type (``faiss.Flat``, ``faiss.IVFFlat``, ``faiss.HNSW``, ``faiss.IVFPQ``);
-    for approximate indexes recall@k against the exact engine on up to
-    ``recall_users`` users is put into ``stats.recall``. ``metric`` other than
-    ``INNER_PRODUCT`` (COSINE, L2: mirroring a k-NN configured so) implies a FAISS
-    index (``faiss.Flat`` for ``"exact"``) and is *not* FM-score order; its recall
-    against the exact FM ranking is reported.
-
-    IVF indexes (``faiss.IVFFlat``, ``faiss.IVFPQ``) take ``index_options["nprobe"]``:
-    an integer is used as given; ``"auto"`` (the default) raises nprobe from the
-    cloud's 5 until recall@k on a seeded sample of at most ``tune_users`` users (half
-    the users at most, so the rest stay held out) reaches ``target_recall``; see
-    :func:`tune_nprobe`. ``stats.nprobe`` records the choice, and ``stats.recall``
-    adds the recall on users the tuning never saw.
-    """
-    k = validate_k(k)
-    stats = stats if stats is not None else RecommendStats()
-    if sigmoid and rep.predictor_type not in ("binary_classifier", None):
-        raise LocalFMError(f"--sigmoid: applies to binary_classifier models, this one is {rep.predictor_type}")
-    if batch_size <= 0:
-        raise LocalFMError(f"--batch-size: expected a positive integer, got {batch_size}")
-    item_rows = np.arange(len(rep.item_ids), dtype=np.int64) if item_rows is None else np.asarray(item_rows)
-    U = rep.user_vectors
-    I = rep.item_vectors[item_rows]
-    for name, X in (("user vectors", U), ("item vectors", I)):
-        if not np.all(np.isfinite(X)):
-            raise LocalFMError(f"{name}: contain NaN or infinite values (check the model and features.json)")
-    sub_seen = None
-    if seen is not None:
-        if seen.shape != (U.shape[0], len(rep.item_ids)):
-            raise LocalFMError(f"exclusions: shape {seen.shape}, expected {(U.shape[0], len(rep.item_ids))}")
-        sub_seen = sp.csr_matrix(seen)[:, item_rows].tocsr()
-    threads = threads or default_threads()
-    stats.index, stats.items, stats.users = index, int(I.shape[0]), int(U.shape[0])
-    if metric != "INNER_PRODUCT" and index == EXACT:
-        index = "faiss.Flat"
-    if index == EXACT:
-        import torch  # noqa: F401 - imported before the clock starts: seconds measure ranking, not imports
-
-        t0 = time.perf_counter()
-        source = _exact_iter(U, I, k, sub_seen, batch_size, threads, mode)
-    else:
-        from ..knn.index import build_index, configure_threads, normalize_index_type
-
-        name = normalize_index_type(index)
-        opts = dict(index_options or {})
-        auto = False
-        if name in IVF_INDEXES:
-            auto = _check_nprobe(opts.get("nprobe", "auto")) == "auto"
-            if auto:
-                opts["nprobe"] = START_NPROBE
-                if not 0.0 < float(target_recall) <= 1.0:
-                    raise LocalFMError(f"--target-recall: expected a number in (0, 1], got {target_recall}")
-                if int(tune_users) < 1:
-                    raise LocalFMError(f"--tune-users: expected a positive integer, got {tune_users}")
-        configure_threads()
-        t0 = time.perf_counter()
-        idx = build_index(I, index_type=name, index_metric=metric, **opts)
-        stats.index = name
-        ref = _Reference(U, I, k, sub_seen, threads, metric)
-        tuned_rows = None
-        if auto and U.shape[0]:
-            stats.nprobe = tune_nprobe(idx, ref, target=float(target_recall), tune_users=int(tune_users))
-            tuned_rows = np.asarray(stats.nprobe.pop("_rows"))
-        elif name in IVF_INDEXES:
-            stats.nprobe = {"mode": "auto" if auto else "fixed", "nprobe": int(idx.nprobe),
-                            "nlist": int(idx.extra.get("nlist", 0))}
-        exact_equivalent = name == "faiss.Flat" and metric == "INNER_PRODUCT"
-        if not exact_equivalent and recall_users > 0 and U.shape[0]:
-            stats.recall = measure_recall(idx, U, I, k, sub_seen, recall_users, threads, ref=ref, tuned_rows=tuned_rows)
-        source = _index_iter(idx, U, k, sub_seen, batch_size, I.shape[0])
-    for first, ids in source:
-        batch = _to_batch(rep, first, ids, item_rows, sigmoid)
-        stats.rows += len(batch)
-        yield batch
-    stats.seconds = time.perf_counter() - t0
-
-
-def _check_nprobe(value: Any) -> int | str:
-    """``"auto"`` or a positive integer (what ``--nprobe`` accepts)."""
-    if isinstance(value, str) and value.strip().lower() == "auto":
-        return "auto"
-    try:
-        n = int(value)
-    except (TypeError, ValueError):
-        raise LocalFMError(f"--nprobe: expected 'auto' or a positive integer, got {value!r}") from None
-    if isinstance(value, bool) or n < 1 or (isinstance(value, float) and n != value):
-        raise LocalFMError(f"--nprobe: expected 'auto' or a positive integer, got {value!r}")
-    return n
-
-
 def _sample_rows(n: int, size: int, seed: int) -> np.ndarray:
     """A sorted, seeded sample of ``size`` of ``range(n)`` (all of them when size >= n)."""
     rng = np.random.default_rng(seed)
     return np.sort(rng.choice(n, size=min(size, n), replace=False))
-
-
-def _recall_rows(approx: np.ndarray, exact: np.ndarray) -> np.ndarray:
-    """Per-row recall (as :func:`localfm.knn.index.recall_at_k`, which returns only the mean)."""
-    out = np.ones(exact.shape[0], dtype=np.float64)
-    for r, (a_row, e_row) in enumerate(zip(approx, exact)):
-        e = np.unique(e_row[e_row >= 0])
-        if e.size:
-            out[r] = np.intersect1d(a_row[a_row >= 0], e).size / e.size
-    return out
 
 
 @dataclass
@@ -408,8 +589,6 @@ class _Reference:
                                                                     self.threads, "auto")])
             else:
                 if self._flat is None:
-                    from ..knn.index import build_index
-
                     self._flat = build_index(self.I, index_type="faiss.Flat", index_metric=self.metric)
                 got = np.concatenate([ids for _, ids in _index_iter(self._flat, self.U[todo], self.k, ss, 1024,
                                                                     self.I.shape[0])])
@@ -425,90 +604,30 @@ class _Reference:
         return np.concatenate([ids for _, ids in _index_iter(idx, self.U[rows], self.k, ss, 1024, self.I.shape[0])])
 
 
-def tune_nprobe(
-    idx: Any,
-    ref: _Reference,
-    *,
-    target: float = DEFAULT_TARGET_RECALL,
-    tune_users: int = DEFAULT_TUNE_USERS,
-    seed: int = 1,
-) -> dict[str, Any]:
-    """Set ``idx.nprobe`` to the smallest value >= 5 whose recall@k reaches ``target``.
-
-    Why not :func:`localfm.knn.index.tune_nprobe`: that one measures plain search of
-    training rows against FAISS exact search and stops at a doubling. Here recall is
-    that of what ``recommend`` stores — user queries, exclusions applied, compared
-    with the exact engine — and the answer is the smallest nprobe, not the next
-    power of two times 5 (each extra list probed costs search time on every user).
-
-    "Meets" means the tuning users' mean recall minus two standard errors is at least
-    ``target``, so the recall on users outside the sample is at or above the target
-    in most runs, not in half of them.
-
-    Search: nprobe 5, 10, 20, ... (capped at nlist) until the target is met, then a
-    bisection between the last failing and the first passing value. For IVFFlat
-    recall cannot fall when nprobe rises (a superset of cells, exact distances), so
-    the bisection finds the true minimum; for IVFPQ it is a good approximation and
-    the returned recall is always the one measured at the chosen value.
+def _tune_nprobe(idx: Any, ref: _Reference, *, target: float, tune_users: int,
+                 seed: int = 1) -> tuple[dict[str, Any], np.ndarray]:
+    """``nprobe="auto"``: localfm's nprobe policy (:func:`localfm.knn.index.choose_nprobe`) on recall
+    as ``recommend`` stores it — user queries, exclusions applied, against the exact reference.
 
     Tuning users are a seeded sample of ``min(tune_users, n_users // 2)`` users so
     that the other half stays available for an honest held-out check
-    (:func:`measure_recall`). Returns a dict for the summary; key ``_rows`` holds
-    the tuning rows (the caller removes it).
+    (:func:`measure_recall`). Returns the summary dict and the tuning rows.
     """
-    n = ref.U.shape[0]
-    nlist = int(idx.extra.get("nlist") or 1)
-    rows = _sample_rows(n, min(tune_users, max(1, n // 2)), seed)
+    rows = _sample_rows(ref.U.shape[0], min(tune_users, max(1, ref.U.shape[0] // 2)), seed)
     exact = ref.ids(rows)
-    tried: dict[int, float] = {}
-    passed: dict[int, bool] = {}
-
-    def recall_at(p: int) -> float:
-        if p not in tried:
-            idx.nprobe = p
-            per_user = _recall_rows(ref.approx(idx, rows), exact)
-            tried[p] = float(per_user.mean())
-            # Pass with two standard errors to spare: the sample mean just at the
-            # target would leave the recall on other users below it about half the time.
-            se = float(per_user.std(ddof=1) / np.sqrt(per_user.size)) if per_user.size > 1 else 0.0
-            passed[p] = tried[p] - 2.0 * se >= target
-        return tried[p]
-
-    def meets(p: int) -> bool:
-        recall_at(p)
-        return passed[p]
-
-    lo, hi = 0, None
-    p = min(START_NPROBE, nlist)
-    while True:
-        if meets(p):
-            hi = p
-            break
-        lo = p
-        if p >= nlist:
-            break
-        p = min(2 * p, nlist)
-    if hi is not None and lo > 0:
-        while hi - lo > 1:
-            mid = (lo + hi) // 2
-            if meets(mid):
-                hi = mid
-            else:
-                lo = mid
-    chosen = hi if hi is not None else nlist
-    idx.nprobe = chosen
+    chosen = choose_nprobe(idx, lambda: recall_per_row(ref.approx(idx, rows), exact), target=target,
+                           start=START_NPROBE)
     return {
         "mode": "auto",
-        "nprobe": int(chosen),
-        "nlist": nlist,
-        "target": float(target),
-        "met": hi is not None,
+        "nprobe": chosen["nprobe"],
+        "nlist": chosen["nlist"],
+        "target": chosen["target"],
+        "met": chosen["met"],
         "tuning_users": int(rows.size),
-        "tuning_recall": recall_at(chosen),
+        "tuning_recall": chosen["recall"],
         "reference": ref.describe(),
-        "tried": [{"nprobe": int(q), "recall": r} for q, r in tried.items()],
-        "_rows": rows,
-    }
+        "tried": chosen["tried"],
+    }, rows
 
 
 def measure_recall(
@@ -537,13 +656,13 @@ def measure_recall(
     out: dict[str, Any] = {
         "k": int(min(k, I.shape[0])),
         "users": int(pick.size),
-        "recall": float(_recall_rows(approx, ref.ids(pick, "fm")).mean()),
+        "recall": float(recall_per_row(approx, ref.ids(pick, "fm")).mean()),
     }
     if tuned_rows is not None:
         held = ~np.isin(pick, tuned_rows)
         out["held_out_users"] = int(held.sum())
         out["held_out_reference"] = ref.describe()
         out["held_out_recall"] = (
-            float(_recall_rows(approx[held], ref.ids(pick[held], "metric")).mean()) if held.any() else None
+            float(recall_per_row(approx[held], ref.ids(pick[held], "metric")).mean()) if held.any() else None
         )
     return out

@@ -99,9 +99,9 @@ def validate_k(k: Any) -> int:
     try:
         value = int(k)
     except (TypeError, ValueError):
-        raise LocalFMError(f"k: expected a positive integer, got {k!r}") from None
+        raise LocalFMError(f"k: expected a positive integer, got {k!r}", param="k") from None
     if value != k or value <= 0:
-        raise LocalFMError(f"k: expected a positive integer, got {k!r}")
+        raise LocalFMError(f"k: expected a positive integer, got {k!r}", param="k")
     return value
 
 
@@ -129,12 +129,16 @@ def _check_matrix(name: str, X: np.ndarray) -> np.ndarray:
     return X
 
 
-def _resolve_mode(mode: str) -> str:
-    if mode == "auto":
+PRECISIONS = ("auto", "fp32", "bf16")
+
+
+def resolve_precision(precision: str) -> str:
+    """``"fp32"`` or ``"bf16"``: the screening precision ``precision`` means on this CPU."""
+    if precision not in PRECISIONS:
+        raise LocalFMError(f"precision: expected 'auto', 'fp32' or 'bf16', got {precision!r}", param="precision")
+    if precision == "auto":
         return "bf16" if cpu_has_bf16() else "fp32"
-    if mode not in ("fp32", "bf16"):
-        raise LocalFMError(f"mode: expected 'auto', 'fp32' or 'bf16', got {mode!r}")
-    return mode
+    return precision
 
 
 def iter_top_x(
@@ -146,7 +150,7 @@ def iter_top_x(
     batch_size: int = 2048,
     block_size: int = 4096,
     threads: int | None = 2,
-    mode: str = "auto",
+    precision: str = "auto",
     progress_desc: str | None = None,
     kernel: str = "auto",
 ) -> Iterator[tuple[int, TopX]]:
@@ -165,7 +169,7 @@ def iter_top_x(
         exclude = sp.csr_matrix(exclude)
         if exclude.shape != (n_users, n_items):
             raise LocalFMError(f"exclusions: shape {exclude.shape}, expected (users, items) = {(n_users, n_items)}")
-    mode = _resolve_mode(mode)
+    precision = resolve_precision(precision)
     kk = min(k, n_items)
 
     # Visit items by decreasing norm: the threshold rises fastest that way.
@@ -177,7 +181,7 @@ def iter_top_x(
     blocks = [(j, min(j + block_size, n_items)) for j in range(0, n_items, block_size)]
     block_T = [It[a:b].T.contiguous() for a, b in blocks]
     block_norm = [float(norms[perm[a:b]].max()) if b > a else 0.0 for a, b in blocks]
-    block_T16 = [to_bf16(t.numpy()) for t in block_T] if mode == "bf16" else None
+    block_T16 = [to_bf16(t.numpy()) for t in block_T] if precision == "bf16" else None
     perm_t = torch.from_numpy(perm.astype(np.int64))
 
     from ..progress import progress
@@ -192,7 +196,7 @@ def iter_top_x(
                 e = min(s + batch_size, n_users)
                 ids, scores = _batch_numba(
                     U[s:e], Ip, kk, exclude[s:e] if exclude is not None else None, inv_perm,
-                    blocks, block_T, block_T16, block_norm, mode, threads or default_threads(),
+                    blocks, block_T, block_T16, block_norm, precision, threads or default_threads(),
                 )
                 yield s, _finish(ids, scores, perm)
         return
@@ -210,15 +214,15 @@ def iter_top_x(
                     seen_keys = torch.from_numpy(np.unique(keys))
             run_v = torch.full((b, kk), -math.inf, dtype=torch.float32)
             run_i = torch.full((b, kk), -1, dtype=torch.int64)
-            unorm = torch.linalg.vector_norm(Ub, dim=1) if mode == "bf16" else None
-            Ub16 = Ub.to(torch.bfloat16) if mode == "bf16" else None
+            unorm = torch.linalg.vector_norm(Ub, dim=1) if precision == "bf16" else None
+            Ub16 = Ub.to(torch.bfloat16) if precision == "bf16" else None
             last_frac = 1.0
             for bi, (j0, j1) in enumerate(blocks):
                 thr = run_v[:, -1]
                 width = j1 - j0
                 rows = cols = vals = None
                 screened = (
-                    mode == "bf16" and bi > 0 and last_frac < BF16_SWITCH and bool(torch.isfinite(thr).all())
+                    precision == "bf16" and bi > 0 and last_frac < BF16_SWITCH and bool(torch.isfinite(thr).all())
                 )
                 if screened:
                     A = Ub16 @ block_T16[bi]
@@ -299,7 +303,7 @@ def _batch_numba(
     block_T: list[Any],
     block_T16: list[Any] | None,
     block_norm: list[float],
-    mode: str,
+    precision: str,
     threads: int,
 ) -> tuple[np.ndarray, np.ndarray]:
     """One user batch with the numba heap scan, split over ``threads`` Python threads."""
@@ -323,7 +327,7 @@ def _batch_numba(
         else:
             ptr, idx = seen_ptr[lo:hi + 1] - seen_ptr[lo], seen_idx[seen_ptr[lo]:seen_ptr[hi]]
         _scan_users(Ub[lo:hi], Ip, heap_v[lo:hi], heap_i[lo:hi], ptr, idx, blocks, block_T, block_T16,
-                    block_norm, mode)
+                    block_norm, precision)
 
     if len(parts) == 1:
         run(parts[0])
@@ -344,7 +348,7 @@ def _scan_users(
     block_T: list[Any],
     block_T16: list[Any] | None,
     block_norm: list[float],
-    mode: str,
+    precision: str,
 ) -> None:
     """All item blocks for one slice of users: GEMM (torch, releases the GIL) then one scan."""
     import torch
@@ -352,8 +356,8 @@ def _scan_users(
     from ._heapscan import bf16_keys, scan_exact, scan_screened
 
     Ut = torch.from_numpy(Ub)
-    unorm = np.sqrt(np.einsum("ij,ij->i", Ub, Ub, dtype=np.float64)).astype(np.float32) if mode == "bf16" else None
-    Ut16 = to_bf16(Ub) if mode == "bf16" else None
+    unorm = np.sqrt(np.einsum("ij,ij->i", Ub, Ub, dtype=np.float64)).astype(np.float32) if precision == "bf16" else None
+    Ut16 = to_bf16(Ub) if precision == "bf16" else None
     # Output buffers reused across blocks: fresh multi-MB allocations cost page faults each time.
     bufs: dict[tuple[int, Any], Any] = {}
 
@@ -364,7 +368,7 @@ def _scan_users(
         return bufs[key]
 
     for bi, (j0, j1) in enumerate(blocks):
-        if mode == "bf16" and bi > 0:
+        if precision == "bf16" and bi > 0:
             out16 = torch.mm(Ut16, block_T16[bi], out=buf(j1 - j0, torch.bfloat16))
             lim = heap_v[:, 0] - np.float32(BF16_REL_ERROR) * unorm * np.float32(block_norm[bi])
             scan_screened(out16.view(torch.int16).numpy(), bf16_keys(lim), Ub, Ip, j0, heap_v, heap_i,
@@ -438,7 +442,7 @@ def top_x(
     batch_size: int = 2048,
     block_size: int = 4096,
     threads: int | None = 2,
-    mode: str = "auto",
+    precision: str = "auto",
     progress_desc: str | None = None,
     kernel: str = "auto",
 ) -> TopX:
@@ -446,7 +450,7 @@ def top_x(
 
     ``exclude`` is an optional (n_users, n_items) sparse matrix whose nonzeros are items
     a user must not get (already rated): the result is the exact top-k among the rest.
-    ``mode``: ``"fp32"`` scores every block in float32; ``"bf16"`` screens with a
+    ``precision``: ``"fp32"`` scores every block in float32; ``"bf16"`` screens with a
     bfloat16 GEMM and a proven error bound, then re-scores survivors in float32;
     ``"auto"`` picks bf16 when the CPU has native bf16 dot products. Both give the
     exact float32 top-k. ``threads`` caps torch's intra-op threads while it runs.
@@ -460,7 +464,7 @@ def top_x(
             batch_size=batch_size,
             block_size=block_size,
             threads=threads,
-            mode=mode,
+            precision=precision,
             progress_desc=progress_desc,
             kernel=kernel,
         )

@@ -14,7 +14,7 @@ from localfm.parity.cloudlog import (
     parse_metrics_json,
     parse_predictions,
     parse_training_log,
-    read_training,
+    read_training_log,
     recorded_scores,
 )
 
@@ -22,7 +22,7 @@ BINARY = ("binary_classification_accuracy", "binary_classification_cross_entropy
 
 
 def test_real_log_epochs_test_and_configuration(cloud_fixture: Path) -> None:
-    t = read_training(cloud_fixture / "training-log.txt")
+    t = read_training_log(cloud_fixture / "training-log.txt")
     assert sorted(t.epochs) == list(range(30))
     assert all(tuple(t.epochs[e]) == BINARY for e in range(30)), "metric order must be the log's"
     assert t.epochs[0]["binary_classification_accuracy"] == 0.5513907284768212
@@ -43,8 +43,8 @@ def test_real_log_epochs_test_and_configuration(cloud_fixture: Path) -> None:
 
 
 def test_log_and_results_json_agree(cloud_fixture: Path) -> None:
-    log = read_training(cloud_fixture / "training-log.txt")
-    res = read_training(cloud_fixture / "cloud-results.json")
+    log = read_training_log(cloud_fixture / "training-log.txt")
+    res = read_training_log(cloud_fixture / "cloud-results.json")
     assert res.epochs == log.epochs
     assert res.test == log.test
     assert res.hyperparameters["_learning_rate"] == "1.0"
@@ -139,12 +139,12 @@ def test_bad_metrics_json(doc: object, match: str) -> None:
 def test_read_training_sniffs_json_and_reports_bad_json(tmp_path: Path) -> None:
     p = tmp_path / "metrics.txt"
     p.write_text('{"test_metrics": {"rmse": 1.0}}')
-    assert read_training(p).test == {"rmse": 1.0}
+    assert read_training_log(p).test == {"rmse": 1.0}
     p.write_text('{"test_metrics": ')
     with pytest.raises(LocalFMError, match="looks like JSON but does not parse"):
-        read_training(p)
+        read_training_log(p)
     with pytest.raises(LocalFMError, match="file not found"):
-        read_training(tmp_path / "missing.log")
+        read_training_log(tmp_path / "missing.log")
 
 
 def test_predictions_jsonlines_and_json() -> None:

@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from localfm.errors import LocalFMError
-from localfm.parity.cloudlog import Neighbors, Predictions, RecordedScores, TrainingMetrics, read_training
+from localfm.parity.cloudlog import Neighbors, Predictions, RecordedScores, TrainingMetrics, read_training_log
 from localfm.parity.compare import (
     KNNTolerances,
     ModelTolerances,
@@ -82,7 +82,7 @@ def test_nan_local_metric_fails() -> None:
 
 
 def test_defaults_check_against_real_log(cloud_fixture: Path) -> None:
-    cloud = read_training(cloud_fixture / "training-log.txt")
+    cloud = read_training_log(cloud_fixture / "training-log.txt")
     good = {"epochs": 1, "mini_batch_size": 1000, "use_bias": True, "factors_wd": 1e-5, "bias_init_method": "normal"}
     assert compare_hyperparameters(cloud, good).ok
     bad = dict(good, factors_wd=1e-4)
@@ -91,7 +91,7 @@ def test_defaults_check_against_real_log(cloud_fixture: Path) -> None:
 
 
 def test_channels_bytes_and_batches(cloud_fixture: Path) -> None:
-    cloud = read_training(cloud_fixture / "training-log.txt")
+    cloud = read_training_log(cloud_fixture / "training-log.txt")
     assert compare_channels(cloud, {"train": (5796480, 90570), "test": (603392, 9428)}, 200).ok
     c = compare_channels(cloud, {"train": (5796481, 90600), "test": (603392, 9428)}, 200)
     assert [x.name for x in c.failing] == ["train channel bytes"]

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import scipy.sparse as sp
 
-from localfm.parity.cloudlog import parse_knn, parse_predictions, parse_training_log, read_training
+from localfm.parity.cloudlog import parse_knn, parse_predictions, parse_training_log, read_training_log
 
 PREFIX_RE = re.compile(r"^\[\d\d/\d\d/\d{4} \d\d:\d\d:\d\d INFO \d+\] ")
 # values that legitimately differ run to run: metric values, test scores, throughput
@@ -93,7 +93,7 @@ def test_local_log_parses_to_the_same_numbers(local_log_text: str) -> None:
 
 def test_prepared_channels_are_byte_identical_in_size_to_the_jobs(cloud_fixture: Path, ml100k_channels: Path) -> None:
     """The job's tensorio stats give the bytes it read per pass; our prepare writes the same."""
-    stats = read_training(cloud_fixture / "training-log.txt").channels
+    stats = read_training_log(cloud_fixture / "training-log.txt").channels
     assert (ml100k_channels / "train.protobuf").stat().st_size == stats["train"]["num_bytes"]
     assert (ml100k_channels / "test.protobuf").stat().st_size == stats["test"]["num_bytes"]
 
@@ -102,7 +102,7 @@ def test_container_defaults_match_local_defaults(cloud_fixture: Path) -> None:
     from localfm.parity.compare import compare_hyperparameters
     from localfm.parity.local import fm_defaults
 
-    cloud = read_training(cloud_fixture / "training-log.txt")
+    cloud = read_training_log(cloud_fixture / "training-log.txt")
     comp = compare_hyperparameters(cloud, fm_defaults())
     assert len(comp.checks) == 17 and comp.ok, [c.detail for c in comp.failing]
 

@@ -1,6 +1,6 @@
 """Small stand-ins for FMWeights and FeatureSpace, so the math is tested without other modules.
 
-They implement exactly the attributes ``localfm.recommend.repackage`` documents
+They implement exactly the attributes ``localfm.recommend.vectors`` documents
 (``FMLike`` / ``FeatureSpaceLike``); tests that need the real classes import them.
 """
 from __future__ import annotations

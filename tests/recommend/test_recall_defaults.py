@@ -14,8 +14,8 @@ import numpy as np
 import pytest
 
 from localfm.errors import LocalFMError
-from localfm.recommend.recommend import RecommendStats, recommend, seen_matrix
-from localfm.recommend.repackage import Repackaged
+from localfm.recommend.recommend import RecommendStats, rank, seen_matrix
+from localfm.recommend.vectors import Repackaged
 
 K = 100
 
@@ -34,12 +34,12 @@ def fm_like(n_users: int = 943, n_items: int = 1682, factors: int = 64, seed: in
 
 
 def _run(rep: Repackaged, **kw) -> tuple[RecommendStats, dict[int, list[int]]]:
-    stats = RecommendStats()
+    recs = rank(rep, k=K, index="faiss.IVFFlat", **kw)
     rows: dict[int, list[int]] = {}
-    for b in recommend(rep, K, index="faiss.IVFFlat", stats=stats, **kw):
+    for b in recs:
         for u, i in zip(b.user_id.tolist(), b.item_id.tolist()):
             rows.setdefault(u, []).append(i)
-    return stats, rows
+    return recs.stats, rows
 
 
 def _true_recall(rep: Repackaged, rows: dict[int, list[int]], banned: np.ndarray | None = None) -> float:
@@ -72,7 +72,7 @@ def test_synthetic_default_meets_target_and_nprobe_5_does_not(rep):
     # The reported recall is what was actually stored.
     assert _true_recall(rep, rows) == pytest.approx(r["recall"], abs=1e-9)
 
-    stats5, rows5 = _run(rep, index_options={"nprobe": 5})
+    stats5, rows5 = _run(rep, nprobe=5)
     assert stats5.nprobe == {"mode": "fixed", "nprobe": 5, "nlist": 41}
     assert stats5.recall["recall"] < 0.9 and "held_out_recall" not in stats5.recall
     assert _true_recall(rep, rows5) == pytest.approx(stats5.recall["recall"], abs=1e-9)
@@ -103,11 +103,11 @@ def test_target_and_nprobe_validation(rep):
     assert all(x["recall"] < 1.0 for x in t["tried"] if x["nprobe"] < t["nprobe"])
     assert any(x["nprobe"] == t["nprobe"] - 1 for x in t["tried"])
     # L2 is not FM order at any nprobe: the target applies to exact L2 search, FM recall is still reported.
-    stats, _ = _run(small, metric="L2")
+    stats, _ = _run(small, index_metric="L2")
     assert stats.nprobe["reference"] == "exact L2 search" and stats.nprobe["met"]
     assert stats.recall["held_out_reference"] == "exact L2 search" and stats.recall["held_out_recall"] >= 0.9
     assert 0.0 <= stats.recall["recall"] <= 1.0
-    for bad in ({"index_options": {"nprobe": 0}}, {"index_options": {"nprobe": "many"}},
+    for bad in ({"nprobe": 0}, {"nprobe": "many"},
                 {"target_recall": 1.5}, {"tune_users": 0}):
         with pytest.raises(LocalFMError):
             _run(small, **bad)

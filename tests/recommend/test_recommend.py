@@ -8,14 +8,13 @@ from tests.recommend.recommend_fakes import make_space, random_weights
 
 from localfm.errors import LocalFMError
 from localfm.recommend.recommend import (
-    RecommendStats,
     positions,
+    rank,
     read_seen,
-    recommend,
     seen_matrix,
     select_items,
 )
-from localfm.recommend.repackage import fm_scores, repackage
+from localfm.recommend.vectors import fm_scores, repackage
 
 
 @pytest.fixture(scope="module")
@@ -54,8 +53,9 @@ def _check_against(rows, rep, S, k, banned=None):
 @pytest.mark.parametrize("batch_size", [7, 1024])
 def test_exact_top_k_equals_brute_force_fm_ranking(setup, batch_size):
     _, _, rep, S = setup
-    stats = RecommendStats()
-    rows = _collect(recommend(rep, 12, batch_size=batch_size, stats=stats))
+    recs = rank(rep, k=12, batch_size=batch_size)
+    rows = _collect(recs)
+    stats = recs.stats
     _check_against(rows, rep, S, 12)
     assert stats.rows == 40 * 12 and stats.users == 40 and stats.index == "exact"
 
@@ -69,7 +69,7 @@ def test_exclude_seen_is_exact_after_filtering(setup):
     banned |= rng.random(S.shape) < 0.3
     u, i = np.nonzero(banned)
     seen = seen_matrix(rep.user_ids, rep.item_ids, rep.user_ids[u], rep.item_ids[i])
-    rows = _collect(recommend(rep, 15, seen=seen))
+    rows = _collect(rank(rep, k=15, seen=seen))
     _check_against(rows, rep, S, 15, banned)
 
 
@@ -78,13 +78,13 @@ def test_allow_and_deny_lists(setup):
     allow = rep.item_ids[::3]
     deny = rep.item_ids[::6]
     item_rows = select_items(rep.item_ids, allow=allow, deny=deny)
-    rows = _collect(recommend(rep, 5, item_rows=item_rows))
+    rows = _collect(rank(rep, k=5, item_rows=item_rows))
     allowed = set(allow.tolist()) - set(deny.tolist())
     assert all(i in allowed for got in rows.values() for _, i, _ in got)
     banned = np.ones_like(S, dtype=bool)
     banned[:, item_rows] = False
     _check_against(rows, rep, S, 5, banned)
-    with pytest.raises(LocalFMError, match="--allow-items: item id"):
+    with pytest.raises(LocalFMError, match="allow_items: item id"):
         select_items(rep.item_ids, allow=[999999])
     with pytest.raises(LocalFMError, match="no candidate items"):
         select_items(rep.item_ids, allow=allow[:1], deny=allow[:1])
@@ -92,22 +92,23 @@ def test_allow_and_deny_lists(setup):
 
 def test_sigmoid_scores(setup):
     _, _, rep, S = setup
-    rows = _collect(recommend(rep, 3, sigmoid=True))
+    rows = _collect(rank(rep, k=3, sigmoid=True))
     top = np.sort(S[0])[::-1][:3]
     np.testing.assert_allclose([s for _, _, s in rows[rep.user_ids[0]]], 1 / (1 + np.exp(-top)), rtol=1e-6)
     rep2 = type(rep)(**{**rep.__dict__, "predictor_type": "regressor"})
     with pytest.raises(LocalFMError, match="sigmoid"):
-        list(recommend(rep2, 3, sigmoid=True))
+        list(rank(rep2, k=3, sigmoid=True))
 
 
 def test_faiss_flat_equals_exact_and_approximate_reports_recall(setup):
     _, _, rep, S = setup
-    exact = _collect(recommend(rep, 10))
-    flat = _collect(recommend(rep, 10, index="faiss.Flat"))
+    exact = _collect(rank(rep, k=10))
+    flat = _collect(rank(rep, k=10, index="faiss.Flat"))
     for u in exact:
         np.testing.assert_allclose([s for _, _, s in flat[u]], [s for _, _, s in exact[u]], rtol=1e-5, atol=1e-5)
-    stats = RecommendStats()
-    hnsw = _collect(recommend(rep, 10, index="faiss.HNSW", stats=stats))
+    recs = rank(rep, k=10, index="faiss.HNSW")
+    hnsw = _collect(recs)
+    stats = recs.stats
     assert stats.recall is not None and 0.0 <= stats.recall["recall"] <= 1.0
     assert stats.recall["k"] == 10 and stats.recall["users"] == 40
     assert all(len(v) == 10 for v in hnsw.values())
@@ -119,14 +120,15 @@ def test_faiss_path_overfetches_to_survive_exclusions(setup):
     banned[np.arange(40)[:, None], np.argsort(-S, axis=1)[:, :20]] = True
     u, i = np.nonzero(banned)
     seen = seen_matrix(rep.user_ids, rep.item_ids, rep.user_ids[u], rep.item_ids[i])
-    rows = _collect(recommend(rep, 8, seen=seen, index="faiss.Flat"))
+    rows = _collect(rank(rep, k=8, seen=seen, index="faiss.Flat"))
     _check_against(rows, rep, S, 8, banned)
 
 
 def test_non_inner_product_metric_uses_faiss_and_reports_recall(setup):
     _, _, rep, _ = setup
-    stats = RecommendStats()
-    rows = _collect(recommend(rep, 5, metric="L2", stats=stats))
+    recs = rank(rep, k=5, index_metric="L2")
+    rows = _collect(recs)
+    stats = recs.stats
     assert stats.index == "faiss.Flat" and stats.recall is not None
     assert len(rows) == 40
 
@@ -136,9 +138,9 @@ def test_nan_vectors_and_bad_k(setup):
     bad = type(rep)(**{**rep.__dict__, "item_vectors": rep.item_vectors.copy()})
     bad.item_vectors[3, 0] = np.nan
     with pytest.raises(LocalFMError, match="NaN"):
-        list(recommend(bad, 3))
+        list(rank(bad, k=3))
     with pytest.raises(LocalFMError, match="positive integer"):
-        list(recommend(rep, 0))
+        list(rank(rep, k=0))
 
 
 def test_read_seen_formats(tmp_path):
@@ -158,7 +160,7 @@ def test_read_seen_formats(tmp_path):
     with pytest.raises(LocalFMError, match="expected columns user_id and item_id"):
         read_seen(tmp_path / "bad.csv")
     (tmp_path / "bad.base").write_text("1\tx\t3\n")
-    with pytest.raises(LocalFMError, match="line 1"):
+    with pytest.raises(LocalFMError, match="expected 4 tab-separated numeric columns"):
         read_seen(tmp_path / "bad.base")
     with pytest.raises(LocalFMError, match="not found"):
         read_seen(tmp_path / "missing.parquet")

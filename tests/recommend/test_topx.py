@@ -45,7 +45,7 @@ def _fm_like(n_users, n_items, d=17, seed=0):
 @pytest.mark.parametrize("kernel", KERNELS)
 def test_equals_brute_force_across_blocks_and_batches(mode, kernel):
     U, I = _fm_like(300, 1000, seed=1)
-    res = top_x(U, I, 50, mode=mode, kernel=kernel, batch_size=64, block_size=128)
+    res = top_x(U, I, 50, precision=mode, kernel=kernel, batch_size=64, block_size=128)
     assert res.ids.shape == (300, 50) and res.scores.dtype == np.float32
     _assert_same_ranking(res, U, I, 50)
 
@@ -56,7 +56,7 @@ def test_random_gaussian_vectors(mode, kernel):
     rng = np.random.default_rng(2)
     U = rng.standard_normal((200, 33)).astype(np.float32)
     I = rng.standard_normal((700, 33)).astype(np.float32)
-    _assert_same_ranking(top_x(U, I, 30, mode=mode, kernel=kernel, batch_size=50, block_size=100), U, I, 30)
+    _assert_same_ranking(top_x(U, I, 30, precision=mode, kernel=kernel, batch_size=50, block_size=100), U, I, 30)
 
 
 @pytest.mark.parametrize("mode", ["fp32", "bf16"])
@@ -70,7 +70,7 @@ def test_exclusions_give_exact_top_k_after_filtering(mode, kernel):
     ex = sp.csr_matrix((np.ones(rows.size), (rows, top.ravel())), shape=(120, 400))
     ex = (ex + sp.random(120, 400, density=0.2, random_state=3, format="csr")).tocsr()
     ex.data[:] = 1
-    res = top_x(U, I, 25, exclude=ex, mode=mode, kernel=kernel, batch_size=40, block_size=64)
+    res = top_x(U, I, 25, exclude=ex, precision=mode, kernel=kernel, batch_size=40, block_size=64)
     _assert_same_ranking(res, U, I, 25, ex)
     dense = ex.toarray()
     for r in range(120):
@@ -84,7 +84,7 @@ def test_fewer_items_than_k_and_fully_excluded_users_are_padded(kernel, mode):
     ex = sp.lil_matrix((5, 8))
     ex[0, :] = 1  # user 0 has nothing left
     ex[1, :5] = 1  # user 1 has 3 items left
-    res = top_x(U, I, 10, exclude=ex.tocsr(), block_size=3, kernel=kernel, mode=mode)
+    res = top_x(U, I, 10, exclude=ex.tocsr(), block_size=3, kernel=kernel, precision=mode)
     assert res.ids.shape == (5, 8)
     assert (res.ids[0] == -1).all() and np.isneginf(res.scores[0]).all()
     kept = trim(res)

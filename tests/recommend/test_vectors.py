@@ -7,7 +7,7 @@ import scipy.sparse as sp
 from tests.recommend.recommend_fakes import make_space, naive_fm_score, random_weights
 
 from localfm.errors import LocalFMError
-from localfm.recommend.repackage import fm_scores, item_vectors, knn_labels, repackage, user_vectors
+from localfm.recommend.vectors import fm_scores, item_vectors, knn_labels, repackage, user_vectors
 
 
 def _all_pairs_exact(rep, space, weights):
@@ -126,7 +126,7 @@ def test_write_repackaged_outputs(tmp_path):
     import pyarrow.parquet as pq
 
     from localfm.io import recordio
-    from localfm.recommend.repackage import write_repackaged
+    from localfm.recommend.vectors import write_repackaged
 
     space = make_space(4, 6, su=2, si=2, seed=6)
     weights = random_weights(space.feature_dim, 3, seed=6)
