@@ -2,7 +2,7 @@
 
 Data flows one way: data → train → model artifact → repackage → index →
 recommendations → store. The public API below is re-exported lazily (PEP 562), so
-``import localfm`` and ``localfm --help`` do not pay for torch and FAISS until a
+``import localfm`` and the command's help do not pay for torch and FAISS until a
 name that needs them is used.
 
 >>> from localfm import FactorizationMachine, FeatureSpace, load_fm, recommend_all, top_x  # doctest: +SKIP

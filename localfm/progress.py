@@ -1,7 +1,8 @@
-"""Progress bars that respect ``--quiet``.
+"""Progress bars that respect quiet mode.
 
 Long work shows progress (tqdm) on stderr, so stdout stays clean for the log lines
-and JSON that other tools parse. ``--quiet`` (or LOCALFM_QUIET=1) turns bars off.
+and JSON that other tools parse. :func:`set_quiet` (the CLI's quiet flag) or
+LOCALFM_QUIET=1 turns bars off.
 """
 from __future__ import annotations
 

@@ -9,14 +9,21 @@ named), 2 bad input.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import sys
 from pathlib import Path
 from typing import Any
 
+from typing import TYPE_CHECKING
+
 from ..errors import LocalFMError
 from . import EXIT_DRIFT
 
+if TYPE_CHECKING:
+    from ..parity.compare import TrainingTolerances
+    from ..parity.fixture import LocalTraining
+
+# The library is imported inside the handlers: every subcommand module is imported for
+# `localfm --help`, and the parity stack (pyarrow, the trainer's modules) would add ~0.7 s.
 
 
 def _common(p: argparse.ArgumentParser) -> None:
@@ -38,7 +45,8 @@ def _local_training(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("local run (when not reading a finished one)")
     g.add_argument("--hyperparameters", metavar="FILE.json",
                    help="hyperparameters.json for the local run (default: those the cloud log says it was given)")
-    g.add_argument("--hp", action="append", default=[], metavar="NAME=VALUE", help="override one hyperparameter (repeatable)")
+    g.add_argument("--hp", dest="overrides", action="append", default=[], metavar="NAME=VALUE",
+                   help="override one hyperparameter (repeatable)")
     g.add_argument("--seed", type=int, default=0, help="local initialisation seed (default 0)")
     g.add_argument("--epochs", type=int, default=None, metavar="N",
                    help="quick check: train N epochs locally and compare only the first N (test metrics skipped)")
@@ -103,7 +111,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     m.add_argument("--cloud", required=True, metavar="URI", help="cloud FM artifact")
     m.add_argument("--local", required=True, metavar="URI", help="local FM artifact")
     m.add_argument("--pairs", type=int, default=2000, help="sampled one-hot pairs (default 2000)")
-    m.add_argument("--user-columns", type=int, default=None, metavar="N",
+    m.add_argument("--user-columns", dest="split", type=int, default=None, metavar="N",
                    help="sample user-item pairs: first N columns are users (e.g. 943 for ml-100k)")
     m.add_argument("--seed", type=int, default=0, help="pair sampling seed")
     m.add_argument("--tol-score", type=float, default=1e-4, metavar="X", help="max |score diff| (default 1e-4)")
@@ -145,9 +153,6 @@ def _check_args(args: argparse.Namespace) -> None:
     for name, value in sorted(vars(args).items()):
         if (name.startswith("tol_") or name == "label_band") and value is not None and not value >= 0:
             raise LocalFMError(f"--{name.replace('_', '-')}: expected a number >= 0, got {value}")
-    epochs = getattr(args, "epochs", None)
-    if epochs is not None and epochs < 1:  # before the local run it truncates
-        raise LocalFMError(f"--epochs: expected an integer >= 1, got {epochs}")
     if args.max_failures < 0:
         raise LocalFMError(f"--max-failures: expected an integer >= 0, got {args.max_failures}")
     if args.json:
@@ -183,61 +188,36 @@ def _finish(args: argparse.Namespace, comparisons: list[Any]) -> int:
     return 0 if all(c.ok for c in comparisons) else EXIT_DRIFT
 
 
-def _tt(args: argparse.Namespace):  # noqa: ANN202
+def _training_tolerances_from(args: argparse.Namespace) -> TrainingTolerances:
     from ..parity.compare import TrainingTolerances
 
     return TrainingTolerances(train=args.tol_train, test_accuracy=args.tol_test_acc,
                               test_cross_entropy=args.tol_test_xent, test=args.tol_test)
 
 
-def _limit_epochs(cloud: Any, epochs: int | None) -> None:
-    if epochs is None:
-        return
-    cloud.epochs = {e: v for e, v in cloud.epochs.items() if e < epochs}
-    cloud.test = {}  # test metrics are after the full run; not comparable to a truncated one
-
-
-def _run_local(args: argparse.Namespace, train: str, test: str | None, given: dict[str, str]):  # noqa: ANN202
-    """Train here with the cloud's given hyperparameters (or --hyperparameters), --hp overrides."""
+def _local_training_from(args: argparse.Namespace) -> LocalTraining:
+    """--hyperparameters FILE replaces the cloud's given set; --hp overrides either."""
     from ..hyperparams import collect
-    from ..parity.local import local_hyperparameters, train_local
+    from ..parity.fixture import LocalTraining
 
-    overrides = collect(args.hyperparameters, args.hp)
-    hp = local_hyperparameters({} if args.hyperparameters else given, overrides, epochs=args.epochs)
-    return train_local(train, test if args.epochs is None else None, hp, seed=args.seed)
+    return LocalTraining(overrides=collect(args.hyperparameters, args.overrides), use_given=not args.hyperparameters,
+                         seed=args.seed, epochs=args.epochs)
 
 
 def handle_training(args: argparse.Namespace) -> int:
-    from ..parity.cloudlog import read_training_log
-    from ..parity.compare import compare_training
+    from ..parity.fixture import compare_training_run
 
     _check_args(args)
     if not args.cloud_log and not args.cloud_metrics:
         raise LocalFMError("parity training: give --cloud-log and/or --cloud-metrics")
     if bool(args.local_metrics) == bool(args.train):
         raise LocalFMError("parity training: give either --local-metrics (a finished run) or --train (run it here)")
-    cloud = read_training_log(args.cloud_log) if args.cloud_log else read_training_log(args.cloud_metrics)
-    if args.cloud_log and args.cloud_metrics:
-        extra = read_training_log(args.cloud_metrics)
-        for e, row in extra.epochs.items():
-            for k, v in row.items():
-                cloud.epochs.setdefault(e, {}).setdefault(k, v)
-        for k, v in extra.test.items():
-            cloud.test.setdefault(k, v)
-        if not cloud.hyperparameters:
-            cloud.hyperparameters = extra.hyperparameters
-    tol = _tt(args)
-    if args.local_metrics:
-        local = read_training_log(args.local_metrics)
-        if args.epochs is not None:
-            local.epochs = {e: v for e, v in local.epochs.items() if e < args.epochs}
-        comparisons = []
-    else:
-        run = _run_local(args, args.train, args.test, cloud.hyperparameters)
-        local = run.metrics
-        comparisons = [_channels(cloud, run, args.train, args.test)] if cloud.channels else []
-    _limit_epochs(cloud, args.epochs)
-    return _finish(args, [*comparisons, compare_training(cloud, local, tol)])
+    comparisons = compare_training_run(
+        cloud_log=args.cloud_log, cloud_metrics=args.cloud_metrics, local_metrics=args.local_metrics,
+        train=args.train, test=args.test, local=_local_training_from(args),
+        tolerances=_training_tolerances_from(args),
+    )
+    return _finish(args, comparisons)
 
 
 def handle_predictions(args: argparse.Namespace) -> int:
@@ -280,140 +260,30 @@ def handle_knn(args: argparse.Namespace) -> int:
 
 
 def handle_models(args: argparse.Namespace) -> int:
-    from ..io.artifacts import load_fm
-    from ..parity.compare import ModelTolerances, compare_models
+    from ..parity.compare import ModelTolerances
+    from ..parity.fixture import compare_model_files
 
     _check_args(args)
     if args.pairs < 2:
         raise LocalFMError(f"--pairs: expected an integer >= 2, got {args.pairs}")
-    cloud, local = load_fm(args.cloud), load_fm(args.local)
-    tol = ModelTolerances(score=args.tol_score, min_rank_corr=args.min_rank_corr)
-    comp = compare_models(cloud, local, tol, n_pairs=args.pairs, seed=args.seed, split=args.user_columns,
-                          cloud_name=args.cloud, local_name=args.local)
+    comp = compare_model_files(args.cloud, args.local, ModelTolerances(score=args.tol_score,
+                                                                       min_rank_corr=args.min_rank_corr),
+                               n_pairs=args.pairs, seed=args.seed, split=args.split)
     return _finish(args, [comp])
 
 
-def _channels(cloud: Any, run: Any, train: str, test: str | None):  # noqa: ANN202
-    from ..parity.compare import compare_channels
-    from ..parity.local import channel_bytes
-
-    local: dict[str, tuple[int, int]] = {}
-    nb = channel_bytes(train)
-    if nb is not None:
-        local["train"] = (nb, run.train_rows)
-    if test and run.X_test is not None:
-        nb = channel_bytes(test)
-        if nb is not None:
-            local["test"] = (nb, int(run.X_test.shape[0]))
-    return compare_channels(cloud, local, int(run.model.hp_["mini_batch_size"]))
-
-
-def _knn_stage(model_path: Any, pairs: list[tuple[Any, Any]]) -> list[Any]:
-    """The cloud k-NN model answering the cloud's queries locally, vs the cloud's answers.
-
-    Same index, same queries: an exact index must give the same neighbours, so the
-    default k-NN tolerances apply unchanged.
-    """
-    import tempfile
-
-    from ..knn.model import KNN
-    from ..knn.transform import transform_file
-    from ..parity.cloudlog import read_knn
-    from ..parity.compare import compare_knn
-
-    model = KNN.load(str(model_path))
-    metric = str(model.metadata().get("index_metric", "L2"))
-    out = []
-    with tempfile.TemporaryDirectory(prefix="localfm-parity-knn-") as tmp:
-        for src, cloud_out in pairs:
-            dest, _ = transform_file(model, src, tmp, accept="application/jsonlines; verbose=true")
-            local = read_knn(str(dest))
-            local.source = f"cloud k-NN model, local inference on {src.name}"
-            out.append(compare_knn(read_knn(str(cloud_out)), local, index_metric=metric))
-    return out
-
-
 def handle_fixture(args: argparse.Namespace) -> int:
-    from ..parity import layout
-    from ..parity.cloudlog import read_predictions, read_training_log
-    from ..parity.compare import (
-        PredictionTolerances,
-        compare_hyperparameters,
-        compare_predictions,
-        compare_recorded_scores,
-        compare_training,
-    )
-    from ..parity.local import fm_defaults, load_model, predictions_from_model, read_input
+    from ..parity.fixture import FixtureTolerances, compare_fixture
 
     _check_args(args)
-    train_tol = _tt(args)  # validated before the local run, which takes minutes
-    lay = layout.scan(args.run_dir)
-    cloud = layout.cloud_training(lay)
-    given = layout.given_hyperparameters(lay, cloud)
-    comparisons = []
-    if cloud.defaults:
-        comparisons.append(compare_hyperparameters(cloud, fm_defaults()))
-    train = args.train or (str(lay.train) if lay.train else None)
-    test = args.test or (str(lay.test) if lay.test else None)
-    run = None
-    with contextlib.ExitStack() as stack:
-        if args.local_metrics:
-            local = read_training_log(args.local_metrics)
-        else:
-            if not train and lay.prepare is not None:
-                import tempfile
-
-                tmp = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="localfm-parity-prepare-")))
-                p_train, p_test = layout.run_prepare(lay, tmp)
-                train, test = str(p_train), test or (str(p_test) if p_test else None)
-            if not train:
-                raise LocalFMError(
-                    f"{lay.root}: no training channel (input/data/train/, train.protobuf, prepare.json); "
-                    "pass --train/--test or --local-metrics"
-                )
-            run = _run_local(args, train, test, given)
-            local = run.metrics
-        if run is not None and cloud.channels:
-            comparisons.append(_channels(cloud, run, train, test))
-    if args.local_metrics and args.epochs is not None:
-        local.epochs = {e: v for e, v in local.epochs.items() if e < args.epochs}
-    _limit_epochs(cloud, args.epochs)
-    comparisons.append(compare_training(cloud, local, train_tol))
-
-    # A truncated (--epochs) local model is not comparable to the cloud's final one.
-    full = run if (run is not None and args.epochs is None) else None
-    rec = layout.recorded(lay)
-    if rec is not None and full is not None and full.X_test is not None:
-        scores = full.model.predict(full.X_test)
-        comparisons.append(compare_recorded_scores(rec, scores, tol_row=args.tol_recorded,
-                                                   min_ks_pvalue=args.min_ks_pvalue))
-    cloud_model = load_model(str(lay.model)) if lay.model is not None else None
-    for src, out in lay.transforms:
-        cloud_pred = read_predictions(str(out))
-        if cloud_model is not None:
-            # Same model, same input: the strict check of localfm's inference.
-            X = read_input(str(src), feature_dim=cloud_model.V_.shape[0])
-            local_pred = predictions_from_model(cloud_model, X, source=f"cloud model, local inference on {src.name}")
-            comparisons.append(compare_predictions(cloud_pred, local_pred))
-        elif full is not None:
-            X = read_input(str(src), feature_dim=full.model.V_.shape[0])
-            local_pred = predictions_from_model(full.model, X, source=f"local retrained model on {src.name}")
-            tol = PredictionTolerances(score=args.tol_retrained, label_band=args.tol_retrained / 2)
-            comparisons.append(compare_predictions(cloud_pred, local_pred, tol))
-    if cloud_model is not None and full is not None:
-        from ..parity.compare import ModelTolerances, compare_models
-
-        comparisons.append(
-            compare_models(cloud_model.weights_, full.model.weights_,
-                           ModelTolerances(score=args.tol_retrained, min_rank_corr=args.min_rank_corr_retrained),
-                           cloud_name=str(lay.model), local_name="local retrained model")
-        )
-    if lay.knn_transforms:
-        if lay.knn_model is None:
-            print(f"localfm parity: note: {lay.root / 'knn'} has outputs but no model.tar.gz; k-NN not compared",
-                  file=sys.stderr)
-        else:
-            comparisons.extend(_knn_stage(lay.knn_model, lay.knn_transforms))
-    for missing in lay.missing_inputs:
-        print(f"localfm parity: note: {missing} not found; its cloud output is not compared", file=sys.stderr)
-    return _finish(args, comparisons)
+    result = compare_fixture(
+        args.run_dir, train=args.train, test=args.test, local_metrics=args.local_metrics,
+        local=_local_training_from(args),
+        tolerances=FixtureTolerances(
+            training=_training_tolerances_from(args), recorded=args.tol_recorded, retrained=args.tol_retrained,
+            min_rank_corr_retrained=args.min_rank_corr_retrained, min_ks_pvalue=args.min_ks_pvalue,
+        ),
+    )
+    for note in result.notes:
+        print(f"localfm parity: note: {note}", file=sys.stderr)
+    return _finish(args, result.comparisons)

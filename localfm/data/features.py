@@ -393,7 +393,7 @@ def build_feature_space(
     (``"normalized"``, each movie's genre weights sum to 1).
     """
     if multi_hot not in ("ones", "normalized"):
-        raise LocalFMError(f"--multi-hot {multi_hot!r}: expected ones or normalized")
+        raise LocalFMError(f"multi_hot {multi_hot!r}: expected ones or normalized", param="multi_hot")
     user_ids = np.unique(user_ids)
     item_ids = np.unique(item_ids)
     blocks = [Block("user_id", 0, len(user_ids)), Block("item_id", len(user_ids), len(item_ids))]

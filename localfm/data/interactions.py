@@ -75,7 +75,7 @@ def parse_label(spec: str) -> tuple[str, float | None]:
             value = float("nan")
         if np.isfinite(value):
             return "binary", value
-    raise LocalFMError(f"--label {spec!r}: expected 'rating' or 'binary:T' with a number T (e.g. binary:4)")
+    raise LocalFMError(f"label {spec!r}: expected 'rating' or 'binary:T' with a number T (e.g. binary:4)", param="label")
 
 
 def make_labels(rating: np.ndarray, spec: str) -> np.ndarray:

@@ -248,7 +248,7 @@ def read_ratings_file(path: str | Path) -> Interactions:
     ``ratings.dat`` (``::``), headerless, ``user item rating timestamp`` per line.
 
     For callers that hold a single file rather than a dataset folder (the
-    already-rated pairs of ``localfm recommend --exclude-seen``).
+    already-rated pairs that :func:`localfm.recommend.recommend_all` excludes).
     """
     p = Path(path)
     src = _Source(p.parent)

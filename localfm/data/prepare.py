@@ -45,11 +45,11 @@ class Options:
         parse_label(self.label)
         shuffle_seed(self.order)
         if self.features not in ("ids", "ids+side"):
-            raise LocalFMError(f"--features {self.features!r}: expected ids or ids+side")
+            raise LocalFMError(f"features {self.features!r}: expected ids or ids+side", param="features")
         if self.columns not in ("all", "train"):
-            raise LocalFMError(f"--columns {self.columns!r}: expected all or train")
+            raise LocalFMError(f"columns {self.columns!r}: expected all or train", param="columns")
         if self.multi_hot not in ("ones", "normalized"):
-            raise LocalFMError(f"--multi-hot {self.multi_hot!r}: expected ones or normalized")
+            raise LocalFMError(f"multi_hot {self.multi_hot!r}: expected ones or normalized", param="multi_hot")
 
 
 @dataclass
@@ -92,7 +92,7 @@ def shuffle_seed(order: str) -> int | None:
             value = -1
         if value >= 0:  # numpy's SeedSequence only takes non-negative seeds
             return value
-    raise LocalFMError(f"--order {order!r}: expected file or shuffle:SEED (an integer seed >= 0)")
+    raise LocalFMError(f"order {order!r}: expected file or shuffle:SEED (an integer seed >= 0)", param="order")
 
 
 def prepare_data(
@@ -111,10 +111,10 @@ def prepare_data(
     if len(ratings) == 0:
         raise LocalFMError("no ratings to prepare")
     if options.features == "ids+side" and users is None and items is None:
-        raise LocalFMError("--features ids+side: this dataset has no side information (no user or item file)")
+        raise LocalFMError("features ids+side: this dataset has no side information (no user or item file)", param="features")
     split = make_split(ratings, options.split, grouplens_ok=grouplens_ok)
     if len(split.train) == 0:
-        raise LocalFMError(f"--split {options.split}: the training split is empty")
+        raise LocalFMError(f"split {options.split}: the training split is empty", param="split")
     train_rows = split.train
     seed = shuffle_seed(options.order)
     if seed is not None:
@@ -193,12 +193,12 @@ def write_prepared(prepared: Prepared, out_dir: str | Path) -> list[Path]:
 
     out = Path(out_dir)
     if out.exists() and not out.is_dir():
-        raise LocalFMError(f"--out {out}: exists and is not a directory")
+        raise LocalFMError(f"out {out}: exists and is not a directory", param="out")
     created = not out.exists()
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as exc:  # a parent that is a file, no permission, read-only file system
-        raise LocalFMError(f"--out {out}: cannot create the directory ({exc.strerror or exc})") from None
+        raise LocalFMError(f"out {out}: cannot create the directory ({exc.strerror or exc})", param="out") from None
     targets = [out / name for name in OUTPUT_FILES]
     try:
         with atomic_outputs() as outputs:
@@ -279,7 +279,7 @@ def prepare_interactions(
 
     options.check(grouplens_ok=False)
     if options.features != "ids":
-        raise LocalFMError("--features ids+side: generic interactions carry no side features; use --features ids")
+        raise LocalFMError("features ids+side: generic interactions carry no side features (expected ids)", param="features")
     ratings = read_interactions(
         path, user_col=user_col, item_col=item_col, rating_col=rating_col, timestamp_col=timestamp_col, sep=sep
     )

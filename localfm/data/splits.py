@@ -57,7 +57,7 @@ def grouplens_split(data: Interactions, name: str) -> Split:
         rank = per_user_rank(data.user)
         is_test = (rank >= first) & (rank <= last)
     else:
-        raise LocalFMError(f"--split {name!r}: unknown GroupLens split; expected one of {', '.join(GROUPLENS_SPLITS)}")
+        raise LocalFMError(f"split {name!r}: unknown GroupLens split; expected one of {', '.join(GROUPLENS_SPLITS)}", param="split")
     return Split(
         name=name,
         train=_sorted_by_user_item(data, rows[~is_test]),
@@ -132,8 +132,8 @@ def parse_split(spec: str, *, grouplens_ok: bool) -> tuple[str, tuple]:
     if text in GROUPLENS_SPLITS:
         if not grouplens_ok:
             raise LocalFMError(
-                f"--split {text}: the GroupLens splits need an ml-100k-layout u.data; "
-                "use random:FRACTION:SEED or leave-last:N"
+                f"split {text}: the GroupLens splits need an ml-100k-layout u.data; "
+                "use random:FRACTION:SEED or leave-last:N", param="split"
             )
         return "grouplens", (text,)
     kind, _, rest = text.partition(":")
@@ -146,10 +146,10 @@ def parse_split(spec: str, *, grouplens_ok: bool) -> tuple[str, tuple]:
             if seed < 0:  # numpy's SeedSequence only takes non-negative seeds
                 raise ValueError
         except ValueError:
-            raise LocalFMError(f"--split {spec!r}: expected random:FRACTION:SEED with an integer SEED >= 0, "
-                               "e.g. random:0.2:42") from None
+            raise LocalFMError(f"split {spec!r}: expected random:FRACTION:SEED with an integer SEED >= 0, "
+                               "e.g. random:0.2:42", param="split") from None
         if not 0.0 < fraction < 1.0:
-            raise LocalFMError(f"--split {spec!r}: FRACTION must be in (0, 1)")
+            raise LocalFMError(f"split {spec!r}: FRACTION must be in (0, 1)", param="split")
         return "random", (fraction, seed)
     if kind == "leave-last":
         try:
@@ -157,10 +157,10 @@ def parse_split(spec: str, *, grouplens_ok: bool) -> tuple[str, tuple]:
         except ValueError:
             n_last = 0
         if n_last < 1:
-            raise LocalFMError(f"--split {spec!r}: expected leave-last:N with an integer N >= 1")
+            raise LocalFMError(f"split {spec!r}: expected leave-last:N with an integer N >= 1", param="split")
         return "leave-last", (n_last,)
     choices = (", ".join(GROUPLENS_SPLITS) + ", ") if grouplens_ok else ""
-    raise LocalFMError(f"--split {spec!r}: unknown split; expected {choices}random:FRACTION:SEED or leave-last:N")
+    raise LocalFMError(f"split {spec!r}: unknown split; expected {choices}random:FRACTION:SEED or leave-last:N", param="split")
 
 
 def make_split(data: Interactions, spec: str, *, grouplens_ok: bool) -> Split:

@@ -89,7 +89,7 @@ def _read_csv(path: Path, sep: str | None):  # noqa: ANN202 - pyarrow Table
     if sep in ("\\t", "tab"):
         sep = "\t"
     if len(sep) != 1:
-        raise LocalFMError(f"--sep {sep!r}: expected a single character")
+        raise LocalFMError(f"sep {sep!r}: expected a single character", param="sep")
     with open(path, "rb") as fh:
         head = fh.read(1 << 16)
     if not head.strip():

@@ -2,7 +2,7 @@
 
 - :mod:`.cloudlog` reads training logs, metrics JSON, FM and k-NN transform outputs;
 - :mod:`.compare` turns cloud vs local into checks with tolerances and verdicts;
-- :mod:`.report` renders the text table and the ``--json`` document, :mod:`.plots` the PNGs;
+- :mod:`.report` renders the text table and the JSON document, :mod:`.plots` the PNGs;
 - :mod:`.layout` reads a "bring your own cloud run" folder, :mod:`.local` runs the local side.
 
 Heavy imports (torch via the trainer, matplotlib) happen inside the functions that

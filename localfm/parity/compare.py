@@ -509,7 +509,8 @@ def compare_knn(
     if len(cloud) == 0:
         raise LocalFMError(f"{cloud.source}: no queries")
     if index_metric.upper() not in ("L2", "INNER_PRODUCT", "COSINE"):
-        raise LocalFMError(f"--index-metric: expected L2, INNER_PRODUCT or COSINE, got {index_metric!r}")
+        raise LocalFMError(f"index_metric: expected L2, INNER_PRODUCT or COSINE, got {index_metric!r}",
+                           param="index_metric")
     kk = k or max(len(x) for x in cloud.labels)
     overlaps, rhos, dist_err, label_same = [], [], [], []
     from ..progress import progress
@@ -597,7 +598,7 @@ def sample_pairs(feature_dim: int, n: int, seed: int = 0, *, split: int | None =
         # Out of range used to fall back to random pairs silently: not what was asked.
         if not 0 < split < feature_dim:
             raise LocalFMError(
-                f"--user-columns {split}: expected 1..{feature_dim - 1} (the model has feature_dim {feature_dim})"
+                f"split {split}: expected 1..{feature_dim - 1} (the model has feature_dim {feature_dim})", param="split"
             )
         return np.stack([rng.integers(0, split, n), rng.integers(split, feature_dim, n)], axis=1)
     i = rng.integers(0, feature_dim, n)

@@ -46,8 +46,8 @@ def local_hyperparameters(
         hp["epochs"] = str(epochs)
     if not hp:
         raise LocalFMError(
-            "no hyperparameters for the local run: the cloud log has no 'Merging with provided configuration' "
-            "line; pass --hyperparameters FILE.json or --hp name=value"
+            "overrides: none given, and the cloud log has no 'Merging with provided configuration' "
+            "line to take the local run's hyperparameters from", param="overrides"
         )
     return hp
 

@@ -71,7 +71,7 @@ def render_text(comparisons: Sequence[Comparison], *, max_failures: int = 20) ->
         for c in failing[:max_failures]:
             out.append(_check_line(c))
         if len(failing) > max_failures:
-            out.append(f"  ... and {len(failing) - max_failures} more failing checks (see --json)")
+            out.append(f"  ... and {len(failing) - max_failures} more failing checks (see the JSON report)")
         out.append("")
     ok = all(c.ok for c in comparisons)
     failing_names = [c.name for comp in comparisons for c in comp.failing]
@@ -111,7 +111,7 @@ def _jsonable(x: Any) -> Any:
 
 
 def to_json(comparisons: Sequence[Comparison]) -> dict[str, Any]:
-    """The ``--json`` document (stable keys; documented in docs/parity.md)."""
+    """The JSON report document (stable keys; documented in docs/parity.md)."""
     return {
         "version": REPORT_VERSION,
         "ok": all(c.ok for c in comparisons),

@@ -53,7 +53,7 @@ Writer = Callable[[ResultBatch], None]
 
 
 def sink_kind(target: str) -> str:
-    """``sqlite`` | ``postgresql`` | ``parquet`` | ``jsonl`` for an ``--out`` value."""
+    """``sqlite`` | ``postgresql`` | ``parquet`` | ``jsonl`` for a ``target`` (path or URL)."""
     t = str(target)
     if t.startswith(_PG_SCHEMES):
         return "postgresql"
@@ -67,8 +67,8 @@ def sink_kind(target: str) -> str:
     if suffix in (".jsonl", ".ndjson"):
         return "jsonl"
     raise LocalFMError(
-        f"--out {redact(t)}: expected a .sqlite/.sqlite3/.db, .parquet or .jsonl path, sqlite:///PATH, "
-        "or a postgresql:// URL"
+        f"target {redact(t)}: expected a .sqlite/.sqlite3/.db, .parquet or .jsonl path, sqlite:///PATH, "
+        "or a postgresql:// URL", param="target"
     )
 
 
@@ -83,13 +83,13 @@ def _sqlite_path(target: str) -> str:
     t = str(target)
     path = t[len("sqlite:///"):] if t.startswith("sqlite:///") else t
     if not path:
-        raise LocalFMError(f"--out {t}: expected a database file path after sqlite:///")
+        raise LocalFMError(f"target {t}: expected a database file path after sqlite:///", param="target")
     return path
 
 
 def _check_table(table: str) -> str:
     if not _IDENT.match(table):
-        raise LocalFMError(f"--table {table!r}: expected a plain SQL identifier (letters, digits, _)")
+        raise LocalFMError(f"table {table!r}: expected a plain SQL identifier (letters, digits, _)", param="table")
     return table
 
 

@@ -101,11 +101,11 @@ def test_labels() -> None:
 @pytest.mark.parametrize(
     ("options", "message"),
     [
-        (Options(split="ua", label="binary"), "--label 'binary'"),
-        (Options(split="ua", label="binary:x"), "--label"),
-        (Options(split="ua", order="shuffle"), "--order"),
-        (Options(split="ua", features="everything"), "--features"),
-        (Options(split="ua", columns="some"), "--columns"),
+        (Options(split="ua", label="binary"), "^label 'binary'"),
+        (Options(split="ua", label="binary:x"), "^label"),
+        (Options(split="ua", order="shuffle"), "^order"),
+        (Options(split="ua", features="everything"), "^features"),
+        (Options(split="ua", columns="some"), "^columns"),
         (Options(split="u9"), "unknown split"),
     ],
 )

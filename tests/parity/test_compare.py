@@ -216,7 +216,7 @@ def test_knn_inner_product_overlap_at_k_uses_best_end() -> None:
 def test_knn_bad_input() -> None:
     with pytest.raises(LocalFMError, match="expected the same queries"):
         compare_knn(_nb([[1]], [[0.0]]), _nb([[1], [2]], [[0.0], [0.0]]))
-    with pytest.raises(LocalFMError, match="index-metric"):
+    with pytest.raises(LocalFMError, match="^index_metric"):
         compare_knn(_nb([[1]], [[0.0]]), _nb([[1]], [[0.0]]), index_metric="HAMMING")
 
 
@@ -240,7 +240,7 @@ def test_fm_pair_scores_match_dense_formula() -> None:
     assert up[:, 0].max() < 4 and up[:, 1].min() >= 4
     # user_columns_out_of_range: used to sample random pairs silently instead of user-item pairs
     for bad in (0, 10, 12):
-        with pytest.raises(LocalFMError, match=f"--user-columns {bad}: expected 1..9"):
+        with pytest.raises(LocalFMError, match=f"^split {bad}: expected 1..9"):
             sample_pairs(10, 100, split=bad)
 
 

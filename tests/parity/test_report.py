@@ -29,7 +29,7 @@ def test_failures_listed_by_name_and_capped() -> None:
     text = render_text([_comp(25)], max_failures=3)
     assert "training: DRIFT (5/30 checks within tolerance)" in text
     assert "  FAIL train m epoch 0: cloud 0.5 local 0.51 |diff| 0.01 > tol 0.005" in text
-    assert "... and 22 more failing checks (see --json)" in text
+    assert "... and 22 more failing checks (see the JSON report)" in text
     assert text.rstrip().splitlines()[-1].startswith("parity: DRIFT (25 failing: train m epoch 0, train m epoch 1")
     assert render_text([_comp(0)]).rstrip().endswith("parity: OK")
 
