@@ -46,7 +46,9 @@ _EXPORTS = {
     "repackage": "localfm.recommend.vectors",
     "Repackaged": "localfm.recommend.vectors",
     "top_x": "localfm.recommend.topx",
-    "recommend": "localfm.recommend.recommend",
+    "recommend_all": "localfm.recommend.recommend",
+    "RecommendOptions": "localfm.recommend.recommend",
+    "Recommendations": "localfm.recommend.recommend",
     "write_results": "localfm.recommend.sinks",
     "read_results": "localfm.recommend.sinks",
     # parity

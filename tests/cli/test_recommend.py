@@ -8,8 +8,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from localfm.errors import LocalFMError
+from localfm.recommend.recommend import recommend_all
+from localfm.recommend.sinks import read_results
 from tests.cli.conftest import random_fm
-
 
 
 def _model(path: Path, feature_dim: int, factors: int = 8, seed: int = 0, ptype: str = "binary_classifier") -> Path:
@@ -335,3 +337,81 @@ def test_ml100k_trained_model_exact_excluding_seen_and_approximate_recall(cli, m
     assert code == 0, err
     recall = json.loads(out)["recall"]
     assert recall["k"] == 100 and recall["users"] == 943 and 0.0 < recall["recall"] <= 1.0
+
+
+def test_python_recommend_all_equals_the_cli(cli, demo, tmp_path):
+    """The CLI is parse -> recommend_all -> print: the same call from Python stores the same rows,
+    with duplicate users named once and unknown ones skipped by the library."""
+    root, space, model = demo
+    feats = root / "data" / "features.json"
+    u = space.user_ids[:4].tolist()
+    code, out, err = cli("--quiet", "recommend", "--model", model, "--features", feats, "-k", 6, "--exclude-seen",
+                         "--users", ",".join(map(str, [u[0], u[1], 987654, u[1], u[2]])), "--unknown-users", "skip",
+                         "--deny-items", ",".join(map(str, space.item_ids[:3])), "--out", tmp_path / "cli.jsonl")
+    assert code == 0, err
+    recs = recommend_all(str(model), str(feats), k=6, exclude_seen=True,
+                         users=[str(u[0]), u[1], 987654, float(u[1]), u[2]], unknown_users="skip",
+                         deny_items=space.item_ids[:3])
+    summary = recs.write(str(tmp_path / "py.jsonl"))
+    cli_summary = json.loads(out)
+    assert summary["users"] == cli_summary["users"] == 3 and summary["rows"] == cli_summary["rows"] == 18
+    assert {k: v for k, v in cli_summary.items() if k not in ("out", "seconds")} == \
+        {k: v for k, v in summary.items() if k != "seconds"}
+    a, b = read_results(str(tmp_path / "cli.jsonl")), read_results(str(tmp_path / "py.jsonl"))
+    assert a["user_id"] == b["user_id"] and a["item_id"] == b["item_id"]
+    with pytest.raises(LocalFMError, match="^users: none of the given users") as info:
+        recommend_all(str(model), str(feats), users=[987654], unknown_users="skip")
+    assert info.value.param == "users"
+
+
+def test_k_above_item_count_warns_once_and_strict_exits_2(cli, demo, tmp_path):
+    root, space, model = demo
+    feats = root / "data" / "features.json"
+    n_items = len(space.item_ids)
+    k = n_items + 100
+    code, out, err = cli("--quiet", "recommend", "--model", model, "--features", feats, "-k", k,
+                         "--users", str(space.user_ids[0]), "--batch-size", 1, "--out", tmp_path / "r.jsonl")
+    assert code == 0, err
+    assert json.loads(out)["rows"] == n_items
+    lines = [line for line in err.splitlines() if "warning" in line]
+    assert lines == [f"localfm recommend: warning: --k: {k} is more than the {n_items} candidate items; "
+                     f"each user gets at most {n_items}"], err
+    code, _, err = cli("recommend", "--model", model, "--features", feats, "-k", k, "--strict",
+                       "--out", tmp_path / "strict.jsonl")
+    assert code == 2 and err.startswith(f"localfm recommend: error: --k: {k} is more than") and "(strict)" in err, err
+    assert len(err.strip().splitlines()) == 1 and not (tmp_path / "strict.jsonl").exists()
+
+
+def test_library_parameter_errors_are_shown_as_flags(cli, demo, tmp_path):
+    """recommend_all says `batch_size`; the CLI user reads `--batch-size` (and `--out` for `target`)."""
+    root, _, model = demo
+    feats = root / "data" / "features.json"
+    for extra, flag in ((["--batch-size", "0"], "--batch-size"),
+                        (["--nprobe", "x", "--index", "faiss.IVFFlat"], "--nprobe"),
+                        (["--recall-users", "-1"], "--recall-users"), (["--out", tmp_path / "r.txt"], "--out")):
+        code, _, err = cli("recommend", "--model", model, "--features", feats, *extra)
+        assert code == 2, (extra, err)
+        assert err.startswith(f"localfm recommend: error: {flag}"), err
+    with pytest.raises(LocalFMError, match="^batch_size: expected a positive integer"):
+        recommend_all(str(model), str(feats), batch_size=0)
+
+
+def test_precision_flag_and_hidden_engine_mode_alias(cli, demo, tmp_path, capsys):
+    """--engine-mode is the old name of --precision: still accepted, no longer in --help."""
+    from localfm.cli import build_parser
+
+    root, space, model = demo
+    feats = root / "data" / "features.json"
+    results = []
+    for flag, value in (("--precision", "fp32"), ("--engine-mode", "fp32"), ("--precision", "bf16")):
+        out = tmp_path / f"{flag[2:]}-{value}.jsonl"
+        code, _, err = cli("--quiet", "recommend", "--model", model, "--features", feats, "-k", 5, flag, value,
+                           "--out", out)
+        assert code == 0, err
+        results.append(read_results(str(out)))
+    assert results[0]["item_id"] == results[1]["item_id"] == results[2]["item_id"]
+    args = build_parser().parse_args(["recommend", "--model", "m", "--features", "f", "--engine-mode", "bf16"])
+    assert args.precision == "bf16"
+    sub = next(a for a in build_parser()._actions if a.dest == "command").choices["recommend"]
+    text = sub.format_help()
+    assert "--precision" in text and "--engine-mode" not in text

@@ -7,6 +7,7 @@ import pytest
 
 from localfm.errors import LocalFMError
 from localfm.knn.index import (
+    choose_nprobe,
     KNNIndex,
     auto_nlist,
     auto_pq_m,
@@ -221,3 +222,26 @@ def test_bad_inputs() -> None:
         build_index(x, index_type="faiss.IVFFlat", index_metric="L2", nlist=21)
     with pytest.raises(LocalFMError, match="at least one"):
         build_index(np.zeros((0, 4)))
+
+
+def test_choose_nprobe_is_the_smallest_passing_value_with_a_margin() -> None:
+    """localfm's one nprobe policy (used by `knn --target-recall` and `recommend --nprobe auto`):
+    from the start value, doubling to the first pass, then bisection down to the smallest pass;
+    "pass" = mean recall minus two standard errors reaches the target."""
+    rng = np.random.default_rng(0)
+    idx = build_index(rng.normal(size=(900, 8)).astype(np.float32), index_type="faiss.IVFFlat", index_metric="L2",
+                      nlist=30)
+    noisy = np.array([0.9, 1.0] * 50)  # mean 0.95, two standard errors ~0.01
+
+    def recall_rows() -> np.ndarray:  # a stand-in recall curve: exact from nprobe 13, noisy-0.95 at 11-12
+        return np.ones(100) if idx.nprobe >= 13 else noisy if idx.nprobe >= 11 else np.full(100, 0.5)
+
+    got = choose_nprobe(idx, recall_rows, target=0.95)
+    assert [t["nprobe"] for t in got["tried"]] == [5, 10, 20, 15, 12, 13]
+    assert got["nprobe"] == idx.nprobe == 13 and got["met"] and got["recall"] == 1.0 and got["nlist"] == 30
+    # Without the margin nprobe 11 would pass (its mean is exactly the target): it does with target 0.93.
+    assert choose_nprobe(idx, recall_rows, target=0.93)["nprobe"] == 11
+    missed = choose_nprobe(idx, lambda: np.full(10, 0.5), target=0.9)
+    assert not missed["met"] and missed["nprobe"] == 30 == idx.nprobe
+    with pytest.raises(LocalFMError, match="^target: expected a recall in"):
+        choose_nprobe(idx, recall_rows, target=1.5)

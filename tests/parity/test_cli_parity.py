@@ -2,10 +2,15 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
 import pytest
+
+from localfm.errors import LocalFMError
+from localfm.parity.compare import TrainingTolerances
+from localfm.parity.fixture import LocalTraining, compare_fixture, compare_training_run
 
 
 def run_cli(*args: object) -> tuple[int, str, str]:
@@ -377,12 +382,12 @@ def test_folder_instead_of_cloud_file_is_bad_input(tmp_path: Path, sub: str, fla
 def test_fixture_flags_checked_before_training(byo_run: Path, monkeypatch: pytest.MonkeyPatch,
                                                flag: str, value: str) -> None:
     """--tol-train -1 / --epochs 0 on `parity fixture` used to be rejected only after (or by) the local run."""
-    import localfm.parity.local as local
+    import localfm.parity.fixture as fixture
 
     def no_training(*a, **k):  # noqa: ANN002, ANN003, ANN202
         raise AssertionError("trained before validating the tolerances")
 
-    monkeypatch.setattr(local, "train_local", no_training)
+    monkeypatch.setattr(fixture, "train_local", no_training)
     code, _, err = run_cli("parity", "fixture", byo_run, flag, value)
     assert code == 2 and f"{flag}: expected" in err, err
 
@@ -397,3 +402,36 @@ def test_negative_tolerance_is_bad_input_not_drift(tmp_path: Path, sub: str, fla
         same = _knn_out(tmp_path / "k.out", [[1.0, 2.0]], [[0.1, 0.2]])
     code, out, err = run_cli("parity", sub, "--cloud", same, "--local", same, flag, "-0.5")
     assert code == 2 and f"{flag}: expected a number >= 0" in err, out + err
+
+
+# ------------------------------------------------------------------ the pipelines as a library
+@pytest.mark.parity
+def test_training_pipeline_is_a_library_call(cloud_fixture: Path, tmp_path: Path) -> None:
+    """`parity training` is compare_training_run: same verdicts from Python, errors naming parameters."""
+    bad = _local_metrics(cloud_fixture, tmp_path / "bad.json", bump=0.006, epoch=7)
+    (comp,) = compare_training_run(cloud_log=str(cloud_fixture / "training-log.txt"), local_metrics=str(bad))
+    assert not comp.ok and [c.name for c in comp.failing] == [f"train {F1} epoch 7"]
+    (comp,) = compare_training_run(cloud_log=str(cloud_fixture / "training-log.txt"), local_metrics=str(bad),
+                                   tolerances=TrainingTolerances(train=0.01))
+    assert comp.ok
+    # Only the first 5 epochs compared: the drift at epoch 7 is outside them.
+    (comp,) = compare_training_run(cloud_metrics=str(cloud_fixture / "cloud-results.json"), local_metrics=str(bad),
+                                   local=LocalTraining(epochs=5))
+    assert comp.ok
+    with pytest.raises(LocalFMError, match="^epochs: expected an integer >= 1") as info:
+        compare_training_run(cloud_log=str(cloud_fixture / "training-log.txt"), local_metrics=str(bad),
+                             local=LocalTraining(epochs=0))
+    assert info.value.param == "epochs"
+    with pytest.raises(LocalFMError) as info:
+        compare_training_run(cloud_log=str(cloud_fixture / "training-log.txt"))
+    assert info.value.param == "local_metrics" and "--" not in str(info.value)
+
+
+def test_fixture_folder_without_channels_names_the_parameter(cloud_fixture: Path, tmp_path: Path) -> None:
+    """From Python the missing channel is the `train` parameter; no flag in the message."""
+    run = tmp_path / "run"
+    run.mkdir()
+    shutil.copyfile(cloud_fixture / "training-log.txt", run / "training-log.txt")
+    with pytest.raises(LocalFMError, match="no training channel") as info:
+        compare_fixture(run)
+    assert info.value.param == "train" and "--" not in str(info.value)

@@ -1,13 +1,17 @@
 """End-to-end ranking API: exact results equal a brute-force ranking of the FM score."""
 from __future__ import annotations
 
+import json
+import warnings
+
 import numpy as np
 import pytest
 import scipy.sparse as sp
 from tests.recommend.recommend_fakes import make_space, random_weights
 
-from localfm.errors import LocalFMError
+from localfm.errors import LocalFMError, LocalFMWarning
 from localfm.recommend.recommend import (
+    RecommendOptions,
     positions,
     rank,
     read_seen,
@@ -169,3 +173,66 @@ def test_read_seen_formats(tmp_path):
 def test_seen_matrix_ignores_unknown_ids_and_duplicates():
     M = seen_matrix(np.array([1, 2]), np.array([10, 20, 30]), np.array([1, 1, 1, 9]), np.array([20, 20, 99, 10]))
     assert M.toarray().tolist() == [[0, 1, 0], [0, 0, 0]]
+
+
+# ---------------------------------------------------------------- the result object and options
+
+
+def test_result_is_iterated_once_and_summarises_after(setup):
+    _, _, rep, _ = setup
+    recs = rank(rep, k=4, batch_size=16)
+    with pytest.raises(RuntimeError, match="iterate the batches first"):
+        recs.summary()
+    batches = list(recs)
+    assert len(batches) == 3 and sum(len(b) for b in batches) == 40 * 4
+    s = recs.summary()
+    assert s["rows"] == 160 and s["users"] == 40 and s["items"] == 150 and s["k"] == 4 and s["index"] == "exact"
+    assert s["score"] == "fm score" and "warnings" not in s
+    json.dumps(s)  # the CLI prints it as JSON
+    with pytest.raises(RuntimeError, match="only once"):
+        list(recs)
+
+
+def test_options_object_and_keywords_agree_and_keywords_win(setup):
+    _, _, rep, _ = setup
+    opts = RecommendOptions(k=3, batch_size=5, precision="fp32")
+    a = [b.item_id.tolist() for b in rank(rep, opts)]
+    b = [b.item_id.tolist() for b in rank(rep, k=3, batch_size=5, precision="fp32")]
+    assert a == b
+    assert sum(len(x) for x in rank(rep, opts, k=2)) == 40 * 2
+    with pytest.raises(TypeError, match="mode"):
+        rank(rep, k=3, mode="fp32")
+
+
+@pytest.mark.parametrize(
+    "field, value",
+    [("batch_size", 0), ("threads", -1), ("precision", "fp16"), ("nprobe", "many"), ("target_recall", 0),
+     ("tune_users", 0), ("recall_users", -1), ("k", 0)],
+)
+def test_bad_options_name_the_parameter_not_a_flag(setup, field, value):
+    """Errors are raised at the call (before any ranking) and say `batch_size`, never `--batch-size`."""
+    _, _, rep, _ = setup
+    with pytest.raises(LocalFMError) as info:
+        rank(rep, **{"k": 3, field: value})
+    assert info.value.param == field and str(info.value).startswith(f"{field}:") and "--" not in str(info.value)
+
+
+def test_k_above_candidate_items_warns_once_or_fails_when_strict(setup):
+    _, _, rep, _ = setup
+    item_rows = select_items(rep.item_ids, allow=rep.item_ids[:7])
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        recs = rank(rep, k=50, item_rows=item_rows)
+        rows = sum(len(b) for b in recs)
+    relevant = [w for w in caught if issubclass(w.category, LocalFMWarning)]
+    assert len(relevant) == 1 and relevant[0].message.param == "k"
+    assert "50 is more than the 7 candidate items" in str(relevant[0].message)
+    assert rows == 40 * 7 and recs.warnings == [str(relevant[0].message)]
+    assert recs.summary()["warnings"] == recs.warnings
+    with pytest.raises(LocalFMError, match="^k: 50 is more than the 7 candidate items") as info:
+        rank(rep, k=50, item_rows=item_rows, strict=True)
+    assert info.value.param == "k"
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", LocalFMWarning)
+        assert sum(len(b) for b in rank(rep, k=7, item_rows=item_rows, strict=True)) == 40 * 7
+
