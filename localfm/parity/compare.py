@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import LocalFMError
+from ..progress import progress
 from .cloudlog import Neighbors, Predictions, RecordedScores, TrainingMetrics
 
 
@@ -513,8 +514,6 @@ def compare_knn(
                            param="index_metric")
     kk = k or max(len(x) for x in cloud.labels)
     overlaps, rhos, dist_err, label_same = [], [], [], []
-    from ..progress import progress
-
     for q in progress(range(len(cloud)), desc="knn queries", unit="query"):
         cl, cd = best_first(cloud.labels[q], cloud.distances[q], index_metric)
         ll, ld = best_first(local.labels[q], local.distances[q], index_metric)

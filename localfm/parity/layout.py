@@ -25,11 +25,14 @@ its channels made at test time (see tests/parity/conftest.py).
 """
 from __future__ import annotations
 
+import subprocess
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import LocalFMError
 from ..io.jsonfile import read_json
+from ..io.uri import read_text
 from ..hyperparams import load_json
 from .cloudlog import RecordedScores, TrainingMetrics, parse_metrics_json, parse_training_log, recorded_scores
 
@@ -108,9 +111,6 @@ def run_prepare(lay: RunLayout, dest: Path) -> tuple[Path, Path | None]:
     Runs as a child process with the run folder as working directory, so relative
     paths in the recorded arguments mean what they meant to whoever recorded them.
     """
-    import subprocess
-    import sys
-
     assert lay.prepare is not None
     cmd = [sys.executable, "-m", "localfm", "--quiet", "prepare", *lay.prepare, "--out", str(dest)]
     proc = subprocess.run(cmd, cwd=lay.root, capture_output=True, text=True)
@@ -140,8 +140,6 @@ def _pairs(stage: Path, missing: list[Path]) -> list[tuple[Path, Path]]:
 
 def cloud_training(lay: RunLayout) -> TrainingMetrics:
     """The cloud's training record: the log, completed by the metrics file where the log is silent."""
-    from ..io.uri import read_text
-
     log = parse_training_log(read_text(str(lay.log)), source=str(lay.log)) if lay.log else None
     met = parse_metrics_json(_json(lay.metrics), source=str(lay.metrics)) if lay.metrics else None
     if log is None:

@@ -31,6 +31,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import LocalFMError
+from ..io.atomic import atomic_outputs
 
 _IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,50}$")
 _PG_SCHEMES = ("postgresql://", "postgres://", "postgresql+psycopg://", "postgresql+psycopg2://", "postgres+psycopg://")
@@ -323,8 +324,6 @@ def _arrow_schema(ukind: str, ikind: str) -> Any:
 @contextlib.contextmanager
 def _file_target(path: Path) -> Iterator[Path]:
     """A temp sibling renamed over ``path`` on success; mapped OS errors; nothing left on failure."""
-    from ..io.atomic import atomic_outputs
-
     if path.is_dir():
         raise LocalFMError(f"{path}: is a directory, expected a file path")
     try:

@@ -34,6 +34,7 @@ import functools
 import math
 import os
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -41,6 +42,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from ..errors import LocalFMError
+from ..progress import progress
 
 #: Relative error bound of a bfloat16 GEMM (bf16 inputs, fp32 accumulation, bf16 output)
 #: per unit of ‖u‖·‖i‖; the worst case is about 1.2e-2, 2⁻⁶ ≈ 1.6e-2 leaves slack.
@@ -184,8 +186,6 @@ def iter_top_x(
     block_T16 = [to_bf16(t.numpy()) for t in block_T] if precision == "bf16" else None
     perm_t = torch.from_numpy(perm.astype(np.int64))
 
-    from ..progress import progress
-
     starts = range(0, n_users, batch_size)
     iterator = progress(starts, total=len(starts), desc=progress_desc or "top-x", unit="batch")
     if _resolve_kernel(kernel) == "numba":
@@ -307,8 +307,6 @@ def _batch_numba(
     threads: int,
 ) -> tuple[np.ndarray, np.ndarray]:
     """One user batch with the numba heap scan, split over ``threads`` Python threads."""
-    from concurrent.futures import ThreadPoolExecutor
-
     b = Ub.shape[0]
     heap_v = np.full((b, kk), -np.inf, dtype=np.float32)
     heap_i = np.full((b, kk), -1, dtype=np.int64)

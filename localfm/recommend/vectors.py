@@ -35,6 +35,8 @@ import numpy as np
 import scipy.sparse as sp
 
 from ..errors import LocalFMError
+from ..io.atomic import atomic_outputs
+from ..io.recordio import write_dense
 
 #: Largest integer float32 represents exactly: k-NN labels are float32.
 _FLOAT32_EXACT_INT = 2**24
@@ -256,9 +258,6 @@ def write_repackaged(rep: Repackaged, out_dir: str | Path) -> dict[str, Any]:
     """
     import pyarrow as pa
     import pyarrow.parquet as pq
-
-    from ..io.atomic import atomic_outputs
-    from ..io.recordio import write_dense
 
     out = Path(out_dir)
     if out.exists() and not out.is_dir():
