@@ -27,7 +27,7 @@ import tarfile
 import time
 import zipfile
 import zlib
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import IO, Any
@@ -36,6 +36,7 @@ import numpy as np
 
 from ..errors import LocalFMError
 from . import ndarray as nd
+from .recordio import MAGIC as RECORDIO_MAGIC
 
 #: Default cap on the bytes read out of one artifact (all members together).
 #: The biggest FM SageMaker trains (feature_dim 1e7 x 64 factors, float32) is ~2.6 GB.
@@ -48,7 +49,8 @@ _OUTPUT_OPS = {
     "LogisticRegressionOutput": "binary_classifier",
     "LinearRegressionOutput": "regressor",
 }
-RECORDIO_MAGIC = 0xCED7230A
+#: The FM members whose kinds are known before reading them (see :func:`open_artifact`).
+FM_MEMBERS = {"model_algo-1": ("zip", "ndarray-list"), "params": ("ndarray-list",), "symbol.json": ("json",)}
 #: Parameter names an FM checkpoint may hold (sparse-input and dense-input naming).
 FM_PARAM_NAMES = frozenset({"w0_weight", "w1_weight", "v", "Linear_Plus_Bias_weight",
                             "Linear_Plus_Bias_bias"})
@@ -264,6 +266,29 @@ def predictor_type_from_symbol(symbol: Any) -> str | None:
     return None
 
 
+def _fm_symbol_output(data: bytes, param_names: list[str], where: str) -> str | None:
+    """The predictor type a checkpoint's symbol graph says, after checking it is this model's graph.
+
+    MXNet's ``Module.load`` refuses a symbol file that is not JSON, and ``set_params``
+    one whose graph has no argument for a saved parameter; so must we, rather than
+    guess the output op. A valid graph whose output op is neither FM output gives
+    None (``meta.json`` or the caller then decides).
+    """
+    try:
+        graph = json.loads(data.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError) as exc:
+        raise LocalFMError(f"{where}: not valid JSON ({exc}); MXNet cannot load this symbol") from None
+    if not _is_symbol_graph(graph):
+        raise LocalFMError(f"{where}: not an MXNet symbol graph (expected 'nodes' and 'heads')")
+    args = {n.get("name") for n in graph["nodes"] if isinstance(n, dict) and n.get("op") == "null"}
+    bare = [n.split(":", 1)[1] if n.startswith(("arg:", "aux:")) else n for n in param_names]
+    missing = sorted(set(bare) - args)
+    if missing or "v" not in args:
+        raise LocalFMError(f"{where}: not this model's factorization-machine graph: no input node for "
+                           f"{', '.join(missing or ['v'])}")
+    return predictor_type_from_symbol(graph)
+
+
 def _is_symbol_graph(obj: Any) -> bool:
     return isinstance(obj, dict) and isinstance(obj.get("nodes"), list) and "heads" in obj
 
@@ -273,16 +298,26 @@ def _is_symbol_graph(obj: Any) -> bool:
 
 @dataclass
 class Member:
-    """One file inside an artifact; zip members carry their own ``children``."""
+    """One file inside an artifact; zip members carry their own ``children``.
+
+    A member whose content localfm cannot recognise and nobody asked for is listed
+    with its declared ``size`` but not read (``data`` empty, ``read`` False): it
+    cannot be parsed anyway, and reading it would let any big blob fill memory.
+    """
 
     name: str                 # path from the artifact root, e.g. "model_algo-1/params"
     data: bytes
-    kind: str                 # zip | ndarray-list | mxnet-symbol | json | recordio-protobuf | bytes
+    kind: str                 # zip | ndarray-list | mxnet-symbol | json | recordio-protobuf | gzip | bytes
     children: list[Member] = field(default_factory=list)
+    declared: int | None = None  # the size of a member that was not read
 
     @property
     def size(self) -> int:
-        return len(self.data)
+        return len(self.data) if self.declared is None else self.declared
+
+    @property
+    def read(self) -> bool:
+        return self.declared is None
 
     @property
     def basename(self) -> str:
@@ -315,22 +350,37 @@ class Artifact:
         return None
 
 
-class _Budget:
-    """Counts bytes read out of an archive against the cap."""
+#: What the caller expects of members, by base name: the kinds each may be (None: any).
+#: Members named here are read whatever their content (under the global cap); a named
+#: member of another kind is refused as soon as its first bytes say so.
+Expect = Mapping[str, "Collection[str] | None"]
 
-    def __init__(self, limit: int, where: str) -> None:
-        self.left = limit
-        self.limit = limit
-        self.where = where
+
+@dataclass
+class _Reading:
+    """One artifact read: where it is, the byte budget left, what the caller expects."""
+
+    where: str
+    limit: int
+    left: int
+    expect: Expect | None = None
+    only_expected: bool = False
 
     def reserve(self, n: int, name: str) -> None:
+        """Count ``n`` declared bytes against the cap, before any of them is read."""
         if n < 0:
             raise LocalFMError(f"{self.where}: member {name!r} declares a negative size {n}")
         if n > self.left:
             raise LocalFMError(f"{self.where}: member {name!r} declares {n} bytes, over the "
                                f"{self.limit}-byte limit for one artifact (zip/tar bomb? raise "
-                               "LOCALFM_MAX_ARTIFACT_BYTES if the model is really this big)")
+                               "max_bytes or LOCALFM_MAX_ARTIFACT_BYTES if the model is really this big)")
         self.left -= n
+
+    def kinds(self, name: str) -> Collection[str] | None:
+        return None if self.expect is None else self.expect.get(name.rsplit("/", 1)[-1])
+
+    def expected(self, name: str) -> bool:
+        return self.expect is not None and name.rsplit("/", 1)[-1] in self.expect
 
 
 def _check_member_name(name: str, where: str) -> str:
@@ -345,9 +395,21 @@ def _check_member_name(name: str, where: str) -> str:
     return "/".join(parts)
 
 
-def _read_limited(fh: IO[bytes], size: int, name: str, where: str) -> bytes:
-    chunks = []
-    got = 0
+def _wanted(raw_name: str, where: str, rd: _Reading) -> str | None:
+    """The clean member name, or None for a member the caller did not ask for (skipped unread)."""
+    if rd.only_expected:
+        try:
+            name = _check_member_name(raw_name, where)
+        except LocalFMError:
+            return None  # never read, never written: an unsafe name we were not asked for is ignored
+        return name if rd.expected(name) else None
+    return _check_member_name(raw_name, where)
+
+
+def _read_exactly(fh: IO[bytes], size: int, name: str, where: str, head: bytes = b"") -> bytes:
+    """``head`` plus the rest of a member of ``size`` declared bytes; more or less is an error."""
+    chunks = [head]
+    got = len(head)
     while got < size:
         chunk = fh.read(min(1 << 20, size - got))
         if not chunk:
@@ -359,32 +421,131 @@ def _read_limited(fh: IO[bytes], size: int, name: str, where: str) -> bytes:
     return b"".join(chunks)
 
 
-def _read_tar(fileobj: IO[bytes], where: str, budget: _Budget) -> list[tuple[str, bytes]]:
-    out: list[tuple[str, bytes]] = []
+class _Prefixed(io.RawIOBase):
+    """``head`` (already read to sniff the member) followed by the rest of ``fh``."""
+
+    def __init__(self, head: bytes, fh: IO[bytes]) -> None:
+        self.head = head
+        self.fh = fh
+
+    def readable(self) -> bool:
+        return True
+
+    def read(self, n: int = -1) -> bytes:
+        if self.head:
+            out, self.head = (self.head, b"") if n < 0 or n >= len(self.head) else \
+                (self.head[:n], self.head[n:])
+            return out
+        return self.fh.read(n)
+
+
+#: Bytes read from a member to tell what it is before deciding its budget.
+HEAD_BYTES = 512
+#: JSON members (symbol.json, meta.json, model_algo-1.json) are kilobytes; more is not a model.
+MAX_JSON_BYTES = 64 << 20
+#: Unrecognised members nobody asked for are read only up to this size (else listed unread).
+MAX_UNREAD_BYTES = 1 << 20
+
+
+def _sniff(head: bytes) -> str:
+    """A member's kind from its first bytes: json-text stands for json / mxnet-symbol."""
+    if head.startswith(b"PK\x03\x04") or head.startswith(b"PK\x05\x06"):
+        return "zip"
+    if nd.looks_like_ndarray_list(head):
+        return "ndarray-list"
+    if len(head) >= 4 and struct.unpack("<I", head[:4])[0] == RECORDIO_MAGIC:
+        return "recordio-protobuf"
+    if head.startswith(b"\x1f\x8b"):
+        return "gzip"
+    if head.lstrip()[:1] in (b"{", b"["):
+        return "json-text"
+    return "bytes"
+
+
+def _json_kind(data: bytes) -> str:
+    try:
+        obj = json.loads(data.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError):
+        return "bytes"
+    return "mxnet-symbol" if _is_symbol_graph(obj) else "json"
+
+
+def _classify(data: bytes) -> str:
+    kind = _sniff(data[:HEAD_BYTES])
+    return _json_kind(data) if kind == "json-text" else kind
+
+
+def _read_member(fh: IO[bytes], size: int, name: str, where: str, rd: _Reading, depth: int = 0) -> Member:
+    """Read one member of ``size`` declared bytes under the budget its kind allows.
+
+    The declared size counts against the global cap first. Then the first bytes say
+    the kind: an NDArray list is read as its record headers declare (the shapes are
+    the budget), JSON up to :data:`MAX_JSON_BYTES`, an unrecognised blob only when
+    the caller asked for it by name (or it is small). A member the caller expects to
+    be of other kinds is refused right there, before its body is inflated.
+    """
+    rd.reserve(size, name)
+    head = _read_head(fh, min(size, HEAD_BYTES), name, where)
+    kind = _sniff(head)
+    allowed = rd.kinds(name)
+    if allowed is not None and kind not in allowed and not (kind == "json-text" and "json" in allowed):
+        wanted = " or ".join(sorted(allowed))
+        raise LocalFMError(f"{where}: member {name!r} is not a {wanted} (its first bytes say {kind})")
+    if kind == "ndarray-list":
+        data = nd.read_stream(_Prefixed(head, fh), size, f"{where}:{name}")  # type: ignore[arg-type]
+    elif kind == "json-text":
+        if size > MAX_JSON_BYTES:
+            raise LocalFMError(f"{where}: member {name!r} is {size} bytes of JSON, over the "
+                               f"{MAX_JSON_BYTES}-byte limit for model metadata")
+        data = _read_exactly(fh, size, name, where, head)
+        kind = _json_kind(data)
+    elif kind == "bytes" and size > MAX_UNREAD_BYTES and not rd.expected(name):
+        return Member(name, b"", "bytes", declared=size)
+    else:
+        data = _read_exactly(fh, size, name, where, head)
+    m = Member(name, data, kind)
+    if kind == "zip" and depth < MAX_ZIP_DEPTH:
+        m.children = _read_zip(data, f"{where}:{name}", rd, name, depth + 1)
+    return m
+
+
+def _read_head(fh: IO[bytes], n: int, name: str, where: str) -> bytes:
+    head = b""
+    while len(head) < n:
+        chunk = fh.read(n - len(head))
+        if not chunk:
+            raise LocalFMError(f"{where}: member {name!r} is truncated ({len(head)} bytes)")
+        head += chunk
+    return head
+
+
+def _read_tar(fileobj: IO[bytes], where: str, rd: _Reading) -> list[Member]:
+    out: list[Member] = []
     try:
         with tarfile.open(fileobj=fileobj, mode="r:*") as tf:
             for count, ti in enumerate(tf, 1):
                 if count > MAX_MEMBERS:
                     raise LocalFMError(f"{where}: more than {MAX_MEMBERS} members")
-                name = _check_member_name(ti.name, where)
+                name = _wanted(ti.name, where, rd)
+                if name is None:
+                    continue
                 if ti.issym() or ti.islnk():
                     raise LocalFMError(f"{where}: member {ti.name!r} is a link (refused)")
                 if ti.isdir():
                     continue
                 if not ti.isreg():
                     raise LocalFMError(f"{where}: member {ti.name!r} is not a regular file (refused)")
-                budget.reserve(ti.size, name)
                 fh = tf.extractfile(ti)
                 assert fh is not None
-                out.append((name, _read_limited(fh, ti.size, name, where)))
+                out.append(_read_member(fh, ti.size, name, where, rd))
     except (tarfile.TarError, EOFError, zlib.error, gzip.BadGzipFile, OSError, ValueError) as exc:
         # ValueError: tarfile seeking to a negative offset from a corrupt size field.
         raise LocalFMError(f"{where}: corrupt or truncated tar archive ({exc})") from None
     return out
 
 
-def _read_zip(data: bytes, where: str, budget: _Budget) -> list[tuple[str, bytes]]:
-    out: list[tuple[str, bytes]] = []
+def _read_zip(data: bytes, where: str, rd: _Reading, prefix: str = "", depth: int = 0) -> list[Member]:
+    out: list[Member] = []
     try:
         with zipfile.ZipFile(io.BytesIO(data)) as zf:
             infos = zf.infolist()
@@ -399,46 +560,18 @@ def _read_zip(data: bytes, where: str, budget: _Budget) -> list[tuple[str, bytes
                     continue
                 if zi.flag_bits & 0x1:
                     raise LocalFMError(f"{where}: member {zi.filename!r} is encrypted")
-                budget.reserve(zi.file_size, name)
                 with zf.open(zi) as fh:
-                    out.append((name, _read_limited(fh, zi.file_size, name, where)))
+                    out.append(_read_member(fh, zi.file_size, f"{prefix}/{name}" if prefix else name,
+                                            where, rd, depth))
     except (zipfile.BadZipFile, zlib.error, EOFError, NotImplementedError, RuntimeError,
             ValueError, OSError) as exc:
         raise LocalFMError(f"{where}: corrupt zip archive ({exc})") from None
     return out
 
 
-def _classify(data: bytes) -> str:
-    head = data[:16]
-    if head.startswith(b"PK\x03\x04") or head.startswith(b"PK\x05\x06"):
-        return "zip"
-    if nd.looks_like_ndarray_list(head):
-        return "ndarray-list"
-    if len(head) >= 4 and struct.unpack("<I", head[:4])[0] == RECORDIO_MAGIC:
-        return "recordio-protobuf"
-    if head.startswith(b"\x1f\x8b"):
-        return "gzip"
-    if head.lstrip()[:1] in (b"{", b"["):
-        try:
-            obj = json.loads(data.decode("utf-8"))
-        except (UnicodeDecodeError, ValueError):
-            return "bytes"
-        return "mxnet-symbol" if _is_symbol_graph(obj) else "json"
-    return "bytes"
-
-
 #: Zips inside zips are opened this deep (model_algo-1 is one level); deeper ones are
 #: listed as plain zip members, so a nested-zip bomb cannot recurse without end.
 MAX_ZIP_DEPTH = 2
-
-
-def _member(name: str, data: bytes, where: str, budget: _Budget, depth: int = 0) -> Member:
-    kind = _classify(data)
-    m = Member(name, data, kind)
-    if kind == "zip" and depth < MAX_ZIP_DEPTH:
-        m.children = [_member(f"{name}/{n}", d, f"{where}:{name}", budget, depth + 1)
-                      for n, d in _read_zip(data, f"{where}:{name}", budget)]
-    return m
 
 
 def _is_tar(data_head: bytes) -> bool:
@@ -467,47 +600,58 @@ def _checkpoint_pair(path: Path) -> tuple[Path, Path] | None:
     return None
 
 
-def open_artifact(uri: str | os.PathLike[str] | IO[bytes], *, max_bytes: int | None = None) -> Artifact:
+def _file_member(path: Path, name: str, where: str, rd: _Reading) -> Member:
+    with open(path, "rb") as fh:
+        return _read_member(fh, os.fstat(fh.fileno()).st_size, name, where, rd)
+
+
+def open_artifact(uri: str | os.PathLike[str] | IO[bytes], *, max_bytes: int | None = None,
+                  expect: Expect | None = None, only_expected: bool = False) -> Artifact:
     """Read a model artifact of any supported layout into memory, safely.
 
     ``uri``: a ``model.tar.gz`` (local or ``s3://``), a ``model_algo-1`` (zip or
     NDArray list), a ``prefix-symbol.json`` / ``prefix-NNNN.params`` checkpoint
     path, a directory holding any of those, or a binary file object.
+
+    This is the one budgeted archive reader: tar and zip members are streamed, each
+    declared size counts against ``max_bytes`` (default :data:`DEFAULT_MAX_BYTES`)
+    before it is read, and each member is read under the budget of its kind (see
+    :func:`_read_member`). ``expect`` names the members the caller needs, by base
+    name, with the kinds each may be (None: any); with ``only_expected`` the other
+    members of a tar are skipped unread. The algorithm-specific names live with the
+    caller (``knn/model.py`` passes its three), so io/ knows no algorithm.
     """
     limit = DEFAULT_MAX_BYTES if max_bytes is None else int(max_bytes)
     if hasattr(uri, "read"):
         where = str(getattr(uri, "name", "<file>"))
-        budget = _Budget(limit, where)
-        data = _read_all(uri, budget, where)  # type: ignore[arg-type]
-        return _open_stream(io.BytesIO(data), data[:512], where, _Budget(limit, where))
+        rd = _Reading(where, limit, limit, expect, only_expected)
+        return _open_stream(uri, where, rd)  # type: ignore[arg-type]
     from .uri import is_s3, local_path
 
     where = str(uri)
-    budget = _Budget(limit, where)
+    rd = _Reading(where, limit, limit, expect, only_expected)
     if not is_s3(uri) and Path(uri).is_dir():
-        return _open_directory(Path(uri), budget)
+        return _open_directory(Path(uri), rd)
     with local_path(uri) as path:
         if not is_s3(uri):
             pair = _checkpoint_pair(path)
             if pair is not None:
-                members = []
-                for p in pair:
-                    budget.reserve(p.stat().st_size, p.name)
-                    members.append(_member(p.name, p.read_bytes(), where, budget))
-                return Artifact(where, "checkpoint", members)
+                return Artifact(where, "checkpoint", [_file_member(p, p.name, where, rd) for p in pair])
         with open(path, "rb") as fh:
-            head = fh.read(512)
-            fh.seek(0)
-            return _open_stream(fh, head, where, budget, name=Path(path).name if not is_s3(uri) else
+            return _open_stream(fh, where, rd, name=Path(path).name if not is_s3(uri) else
                                 str(uri).rsplit("/", 1)[-1])
 
 
-def _open_stream(fh: IO[bytes], head: bytes, where: str, budget: _Budget, name: str = "model_algo-1") -> Artifact:
+def _open_stream(fh: IO[bytes], where: str, rd: _Reading, name: str = "model_algo-1") -> Artifact:
+    if not fh.seekable():
+        fh = io.BytesIO(_read_all(fh, rd, where))
+    head = fh.read(512)
+    fh.seek(0)
     if _is_tar(head):
-        members = [_member(n, d, where, budget) for n, d in _read_tar(fh, where, budget)]
-        return Artifact(where, "model.tar.gz", members)
-    data = _read_all(fh, budget, where)
-    m = _member(name, data, where, budget)
+        return Artifact(where, "model.tar.gz", _read_tar(fh, where, rd))
+    size = fh.seek(0, os.SEEK_END)
+    fh.seek(0)
+    m = _read_member(fh, size, name, where, rd)
     layout = {"zip": "zip", "ndarray-list": "ndarray-list", "recordio-protobuf": "recordio-protobuf",
               "mxnet-symbol": "json", "json": "json"}.get(m.kind)
     if layout is None:
@@ -516,36 +660,48 @@ def _open_stream(fh: IO[bytes], head: bytes, where: str, budget: _Budget, name: 
     return Artifact(where, layout, [m])
 
 
-def _read_all(fh: IO[bytes], budget: _Budget, where: str) -> bytes:
+def _read_all(fh: IO[bytes], rd: _Reading, where: str) -> bytes:
     chunks = []
     while True:
         chunk = fh.read(1 << 20)
         if not chunk:
             break
-        budget.reserve(len(chunk), where)
+        rd.reserve(len(chunk), where)
         chunks.append(chunk)
+    rd.left = rd.limit  # counted again, member by member, as it is read
     return b"".join(chunks)
 
 
-def _open_directory(path: Path, budget: _Budget) -> Artifact:
+def _open_directory(path: Path, rd: _Reading) -> Artifact:
     """A training-job output dir (holds model.tar.gz) or an unpacked artifact."""
     tgz = path / "model.tar.gz"
     if tgz.is_file() and not (path / "model_algo-1").exists():
+        rd.where = str(tgz)
         with open(tgz, "rb") as fh:
-            head = fh.read(512)
-            fh.seek(0)
-            return _open_stream(fh, head, str(tgz), budget)
+            return _open_stream(fh, str(tgz), rd)
     members = []
     for p in sorted(path.iterdir()):
         if p.is_symlink() or not p.is_file():
             continue
         if len(members) >= MAX_MEMBERS:
             raise LocalFMError(f"{path}: more than {MAX_MEMBERS} files")
-        budget.reserve(p.stat().st_size, p.name)
-        members.append(_member(p.name, p.read_bytes(), str(path), budget))
+        members.append(_file_member(p, p.name, str(path), rd))
     if not members:
         raise LocalFMError(f"{path}: empty directory (expected model.tar.gz contents)")
     return Artifact(str(path), "directory", members)
+
+
+def read_members(uri: str | os.PathLike[str], names: Collection[str], *,
+                 max_bytes: int | None = None) -> dict[str, bytes]:
+    """The members called ``names`` (base names) of a tar(.gz) artifact, read under the budget.
+
+    Other members are skipped unread; which of ``names`` are missing is for the caller
+    to judge (it knows what its algorithm needs).
+    """
+    art = open_artifact(uri, max_bytes=max_bytes, expect={n: None for n in names}, only_expected=True)
+    if art.layout != "model.tar.gz":
+        raise LocalFMError(f"{art.source}: expected a model.tar.gz (tar archive), found {art.layout}")
+    return {m.basename: m.data for m in art.members if m.basename in names}
 
 
 # --------------------------------------------------------------------------- FM load / save
@@ -600,7 +756,7 @@ def load_fm(uri_or_file: str | os.PathLike[str] | IO[bytes], *, max_bytes: int |
     ``model-0000.params`` pair. ``predictor_type`` comes from the symbol's output op
     (or ``meta.json``), None when neither says.
     """
-    return fm_from_artifact(open_artifact(uri_or_file, max_bytes=max_bytes))
+    return fm_from_artifact(open_artifact(uri_or_file, max_bytes=max_bytes, expect=FM_MEMBERS))
 
 
 def fm_from_artifact(art: Artifact) -> FMWeights:
@@ -615,7 +771,7 @@ def fm_from_artifact(art: Artifact) -> FMWeights:
     params = dict(zip(names, arrays))
     ptype = None
     if sym_m is not None:
-        ptype = predictor_type_from_symbol(sym_m.data)
+        ptype = _fm_symbol_output(sym_m.data, names, f"{art.source}:{sym_m.name}")
     if ptype is None and meta_m is not None and meta_m.kind == "json":
         meta = json.loads(meta_m.data)
         if isinstance(meta, dict) and meta.get("predictor_type") in PREDICTOR_TYPES:

@@ -178,6 +178,49 @@ class _Reader:
     def u64(self, what: str) -> int:
         return self.unpack("<Q", what)[0]
 
+    def total(self) -> int:
+        return len(self.buf)
+
+
+class _StreamReader(_Reader):
+    """The same cursor over a stream of ``size`` declared bytes, read only as records ask.
+
+    Every record header declares its shape before its data, so a length is checked
+    against the bytes the member declares *before* it is read: a member that claims
+    gigabytes behind a bad header is refused after a few bytes, not after inflating.
+    The bytes read are kept (``parts``) so the caller holds the member as it was.
+    """
+
+    def __init__(self, fh: IO[bytes], size: int, where: str) -> None:
+        self.fh = fh
+        self.size = size
+        self.parts: list[bytes] = []
+        self.pos = 0
+        self.where = where
+
+    def remaining(self) -> int:
+        return self.size - self.pos
+
+    def total(self) -> int:
+        return self.size
+
+    def take(self, n: int, what: str) -> memoryview:
+        if n < 0 or n > self.remaining():
+            raise self.fail(f"truncated NDArray file: {what} needs {n} bytes, "
+                            f"{self.remaining()} left")
+        chunks, got = [], 0
+        while got < n:
+            chunk = self.fh.read(min(1 << 20, n - got))
+            if not chunk:
+                raise self.fail(f"truncated NDArray file: {what} needs {n} bytes, "
+                                f"the member ended after {got}")
+            chunks.append(chunk)
+            got += len(chunk)
+        data = b"".join(chunks)
+        self.parts.append(data)
+        self.pos += n
+        return memoryview(data)
+
 
 def _read_shape(r: _Reader, what: str, *, legacy_ndim: int | None = None) -> tuple[int, ...] | None:
     """TShape: i32 ndim then i64 dims (legacy: ndim given, u32 dims). None = ndim -1."""
@@ -363,9 +406,28 @@ def _read_bytes(src: Source) -> tuple[bytes | memoryview, str]:
 
 def parse(buf: bytes | memoryview, where: str = "<bytes>") -> tuple[list[Any], list[str] | None, list[ArrayInfo]]:
     """Parse a whole NDArray-list file: (arrays, names or None, per-array info)."""
-    r = _Reader(buf, where)
+    return _parse(_Reader(buf, where))
+
+
+def read_stream(fh: IO[bytes], size: int, where: str) -> bytes:
+    """The ``size`` bytes of an NDArray-list member, read from ``fh`` only as its headers declare.
+
+    Used by the archive reader: the budget for a ``params`` member is what its record
+    headers declare (shapes x item sizes), so a member that is not an NDArray list, or
+    whose headers declare more than the member holds, is refused as soon as that is
+    known, without inflating the rest. Returns the bytes (for :func:`parse`).
+    """
+    r = _StreamReader(fh, size, where)
+    _parse(r)
+    if fh.read(1):
+        raise LocalFMError(f"{where}: holds more than its declared {size} bytes")
+    return b"".join(r.parts)
+
+
+def _parse(r: _Reader) -> tuple[list[Any], list[str] | None, list[ArrayInfo]]:
+    where = r.where
     if r.remaining() < 8:
-        raise r.fail(f"not an MXNet NDArray file: {len(r.buf)} bytes, too short")
+        raise r.fail(f"not an MXNet NDArray file: {r.total()} bytes, too short")
     magic = r.u64("list magic")
     if magic != LIST_MAGIC:
         raise LocalFMError(f"{where}: not an MXNet NDArray file (magic 0x{magic:x}, "

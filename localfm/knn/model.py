@@ -16,6 +16,7 @@ as loose files and inside ``model.tar.gz``. Like in the cloud, editing ``k`` or
 """
 from __future__ import annotations
 
+import gzip
 import io
 import json
 import os
@@ -27,6 +28,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import LocalFMError
+from ..io.artifacts import read_members
 from ..io.atomic import atomic_outputs
 from .hyperparams import parse_knn
 from .index import KNNIndex, as_float_matrix, build_index
@@ -232,9 +234,13 @@ class KNN:
         return out_dir / TARBALL
 
     @classmethod
-    def load(cls, path: str | os.PathLike[str]) -> KNN:
-        """Load a model dir (loose files or model.tar.gz), a model.tar.gz, or a model_algo-1 file; s3:// ok."""
-        files, where = _read_artifact(path)
+    def load(cls, path: str | os.PathLike[str], *, max_bytes: int | None = None) -> KNN:
+        """Load a model dir (loose files or model.tar.gz), a model.tar.gz, or a model_algo-1 file; s3:// ok.
+
+        A model.tar.gz is read by the budgeted archive reader: ``max_bytes`` caps what
+        it may hold (default ``localfm.io.artifacts.DEFAULT_MAX_BYTES``).
+        """
+        files, where = _read_artifact(path, max_bytes)
         return cls.from_files(files, where=where)
 
     @classmethod
@@ -295,8 +301,6 @@ class KNN:
 def _tarball(files: dict[str, bytes]) -> bytes:
     """Deterministic gzip'd tar (fixed mtimes/owners) so identical models give identical bytes."""
     buf = io.BytesIO()
-    import gzip
-
     with gzip.GzipFile(fileobj=buf, mode="wb", mtime=0) as gz, tarfile.open(fileobj=gz, mode="w") as tar:
         for name, data in files.items():
             info = tarfile.TarInfo(name)
@@ -310,39 +314,29 @@ def _tarball(files: dict[str, bytes]) -> bytes:
 _NAMES = (INDEX_FILE, LABELS_FILE, META_FILE)
 
 
-def _files_from_tar(data: bytes, where: str) -> dict[str, bytes]:
-    """Read the three artifact members from a tar(.gz) in memory: nothing is extracted to disk."""
-    found: dict[str, bytes] = {}
-    try:
-        with tarfile.open(fileobj=io.BytesIO(data), mode="r:*") as tar:
-            for member in tar:
-                name = member.name[2:] if member.name.startswith("./") else member.name
-                if name in _NAMES and member.isfile():
-                    fh = tar.extractfile(member)
-                    if fh is not None:
-                        found[name] = fh.read()
-    except (tarfile.TarError, OSError, EOFError) as exc:
-        raise LocalFMError(f"{where}: not a readable tar.gz ({exc})") from None
+def _files_from_tar(uri: str | os.PathLike[str], where: str, max_bytes: int | None) -> dict[str, bytes]:
+    """The three artifact members of a model.tar.gz, through the budgeted archive reader."""
+    found = read_members(uri, _NAMES, max_bytes=max_bytes)
     missing = [n for n in _NAMES if n not in found]
     if missing:
         raise LocalFMError(f"{where}: k-NN model archive lacks {', '.join(missing)}")
     return found
 
 
-def _read_artifact(path: str | os.PathLike[str]) -> tuple[dict[str, bytes], str]:
-    from ..io.uri import is_s3, read_bytes
+def _read_artifact(path: str | os.PathLike[str], max_bytes: int | None = None) -> tuple[dict[str, bytes], str]:
+    from ..io.uri import is_s3
 
     text = str(path)
     if is_s3(text):
         if text.endswith("/"):
             text += TARBALL
-        return _files_from_tar(read_bytes(text), text), text
+        return _files_from_tar(text, text, max_bytes), text
     p = Path(path)
     if p.is_dir():
         if all((p / n).is_file() for n in _NAMES):
             return {n: (p / n).read_bytes() for n in _NAMES}, str(p)
         if (p / TARBALL).is_file():
-            return _files_from_tar((p / TARBALL).read_bytes(), str(p / TARBALL)), str(p / TARBALL)
+            return _files_from_tar(p / TARBALL, str(p / TARBALL), max_bytes), str(p / TARBALL)
         raise LocalFMError(f"{p}: expected {TARBALL} or {', '.join(_NAMES)} in the model directory")
     if not p.is_file():
         raise LocalFMError(f"{p}: model not found")
@@ -352,4 +346,4 @@ def _read_artifact(path: str | os.PathLike[str]) -> tuple[dict[str, bytes], str]
         if missing:
             raise LocalFMError(f"{d}: k-NN model lacks {', '.join(missing)}")
         return {n: (d / n).read_bytes() for n in _NAMES}, str(d)
-    return _files_from_tar(p.read_bytes(), str(p)), str(p)
+    return _files_from_tar(p, str(p), max_bytes), str(p)
