@@ -447,6 +447,10 @@ MAX_JSON_BYTES = 64 << 20
 MAX_UNREAD_BYTES = 1 << 20
 
 
+_KIND_WORDS = {"zip": "a zip archive", "ndarray-list": "an MXNet NDArray list", "json": "JSON",
+               "json-text": "JSON", "recordio-protobuf": "RecordIO-protobuf", "gzip": "gzip data"}
+
+
 def _sniff(head: bytes) -> str:
     """A member's kind from its first bytes: json-text stands for json / mxnet-symbol."""
     if head.startswith(b"PK\x03\x04") or head.startswith(b"PK\x05\x06"):
@@ -489,8 +493,9 @@ def _read_member(fh: IO[bytes], size: int, name: str, where: str, rd: _Reading, 
     kind = _sniff(head)
     allowed = rd.kinds(name)
     if allowed is not None and kind not in allowed and not (kind == "json-text" and "json" in allowed):
-        wanted = " or ".join(sorted(allowed))
-        raise LocalFMError(f"{where}: member {name!r} is not a {wanted} (its first bytes say {kind})")
+        wanted = " or ".join(_KIND_WORDS.get(k, k) for k in sorted(allowed))
+        raise LocalFMError(f"{where}: member {name!r} is not {wanted} (its first bytes are "
+                           f"{_KIND_WORDS.get(kind, 'of no known format') if kind != 'bytes' else 'of no known format'})")
     if kind == "ndarray-list":
         data = nd.read_stream(_Prefixed(head, fh), size, f"{where}:{name}")  # type: ignore[arg-type]
     elif kind == "json-text":
