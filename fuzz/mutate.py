@@ -3,14 +3,19 @@
 Why our own mutator: it runs everywhere CI runs (atheris is optional), is
 reproducible from one integer seed, and knows the three container formats well
 enough to get past their outer checks: RecordIO payloads are re-framed with correct
-lengths so mutations reach the protobuf decoder, and gzip streams are mutated
-*inside* and recompressed so the tar/zip/NDArray parsers underneath see them.
+lengths so mutations reach the protobuf decoder, gzip streams are mutated *inside*
+and recompressed so the tar/zip/NDArray parsers underneath see them, and archives
+in archives (a zip inside a tar.gz, ``params``/``symbol.json`` inside the zip) are
+rebuilt around the mutated member with every size and checksum right.
 """
 from __future__ import annotations
 
 import gzip
+import io
 import random
 import struct
+import tarfile
+import zipfile
 import zlib
 
 MAX_INPUT = 1 << 20
@@ -127,3 +132,67 @@ def mutate_inside_gzip(data: bytes, rng: random.Random, pool: list[bytes]) -> by
     except zlib.error:
         return None
     return gzip.compress(mutate_bytes(inner, rng, pool), compresslevel=1, mtime=0)
+
+
+def _zip_members(data: bytes) -> list[tuple[str, bytes]] | None:
+    """The (name, bytes) of a small zip, or None when it is not one (mutator input only)."""
+    if data[:2] != b"PK":
+        return None
+    try:
+        with zipfile.ZipFile(io.BytesIO(data)) as zf:
+            infos = [zi for zi in zf.infolist() if not zi.is_dir()]
+            if not infos or sum(zi.file_size for zi in infos) > MAX_INPUT:
+                return None
+            return [(zi.filename, zf.read(zi)) for zi in infos]
+    except (zipfile.BadZipFile, zlib.error, EOFError, NotImplementedError, RuntimeError, ValueError, OSError):
+        return None
+
+
+def _zip(members: list[tuple[str, bytes]], deflate: bool) -> bytes:
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", compression=zipfile.ZIP_DEFLATED if deflate else zipfile.ZIP_STORED) as zf:
+        for name, body in members:
+            zf.writestr(zipfile.ZipInfo(name, date_time=(1980, 1, 1, 0, 0, 0)), body)
+    return buf.getvalue()
+
+
+def mutate_zip_member(data: bytes, rng: random.Random, pool: list[bytes]) -> bytes | None:
+    """Mutate one member of a zip (``params``, ``symbol.json``) and re-zip it with valid CRCs."""
+    members = _zip_members(data)
+    if not members:
+        return None
+    k = rng.randrange(len(members))
+    name, body = members[k]
+    members[k] = (name, mutate_bytes(body, rng, pool))
+    return _zip(members, deflate=rng.random() < 0.5)[:MAX_INPUT]
+
+
+def mutate_in_archive(data: bytes, rng: random.Random, pool: list[bytes]) -> bytes | None:
+    """In a (gzipped) tar, mutate a zip member's bytes or a member inside it; re-tar, re-gzip.
+
+    This is the model.tar.gz -> model_algo-1 zip -> params/symbol.json nesting of a
+    SageMaker FM artifact: the tar and gzip layers stay valid so the mutation reaches
+    the zip, or the zip stays valid so it reaches the NDArray / symbol parsers.
+    """
+    gz = data[:2] == b"\x1f\x8b"
+    try:
+        raw = zlib.decompressobj(16 + zlib.MAX_WBITS).decompress(data, MAX_INPUT) if gz else data
+        with tarfile.open(fileobj=io.BytesIO(raw), mode="r:") as tf:
+            members = [(ti.name, tf.extractfile(ti).read()) for ti in tf if ti.isreg()]  # type: ignore[union-attr]
+    except (tarfile.TarError, zlib.error, EOFError, OSError, ValueError):
+        return None
+    zips = [i for i, (_, body) in enumerate(members) if body[:2] == b"PK"]
+    if not zips:
+        return None
+    k = rng.choice(zips)
+    name, body = members[k]
+    inner = mutate_zip_member(body, rng, pool) if rng.random() < 0.7 else None
+    members[k] = (name, inner if inner is not None else mutate_bytes(body, rng, pool))
+    out = io.BytesIO()
+    with tarfile.open(fileobj=out, mode="w", format=tarfile.GNU_FORMAT) as tf:
+        for n, b in members:
+            ti = tarfile.TarInfo(n)
+            ti.size = len(b)
+            tf.addfile(ti, io.BytesIO(b))
+    tar = out.getvalue()
+    return (gzip.compress(tar, compresslevel=1, mtime=0) if gz else tar)[:MAX_INPUT]

@@ -16,7 +16,8 @@ from typing import Any
 
 import numpy as np
 
-from .mutate import mutate_inside_gzip, mutate_recordio_payload
+from .hostile import tar_gz_claiming_zeros, zip_of_zeros
+from .mutate import mutate_in_archive, mutate_inside_gzip, mutate_recordio_payload, mutate_zip_member
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("LOCALFM_SHARED", REPO.parent / "shared"))
@@ -48,6 +49,16 @@ def _tar_members(data: bytes) -> list[bytes]:
                 if fh is not None:
                     out.append(fh.read())
     return out
+
+
+def _tar_gz(members: list[tuple[str, bytes]]) -> bytes:
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w:gz") as tf:
+        for name, data in members:
+            ti = tarfile.TarInfo(name)
+            ti.size = len(data)
+            tf.addfile(ti, io.BytesIO(data))
+    return buf.getvalue()
 
 
 def _gunzip(data: bytes) -> bytes:
@@ -189,8 +200,12 @@ def _artifacts_target() -> Target:
     seeds += [fm, _gunzip(fm)]
     seeds += [m for m in _tar_members(fm) if m[:2] == b"PK"]
     seeds.append(art.fm_symbol_json(5, 2).encode())  # a bare symbol graph: inspect's own describer
+    # Small inside-out bombs (4 MiB of zeros in a few KB: past the unread-member size,
+    # so they take the bounded paths); their mutations must stay bounded too.
+    bomb_zip = zip_of_zeros("params", 4)
+    seeds += [bomb_zip, _tar_gz([("model_algo-1", bomb_zip)]), tar_gz_claiming_zeros("model_algo-1", 4)]
     calls = [("open_artifact", open_artifact), ("load_fm", load_fm), ("inspect", inspect)]
-    return Target("artifacts", calls, seeds, [mutate_inside_gzip])
+    return Target("artifacts", calls, seeds, [mutate_inside_gzip, mutate_in_archive, mutate_zip_member])
 
 
 BUILDERS: dict[str, Callable[[], Target]] = {

@@ -14,7 +14,13 @@ REPO = Path(__file__).resolve().parents[2]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from fuzz.mutate import mutate_bytes, mutate_inside_gzip, mutate_recordio_payload  # noqa: E402
+from fuzz.mutate import (  # noqa: E402
+    mutate_bytes,
+    mutate_in_archive,
+    mutate_inside_gzip,
+    mutate_recordio_payload,
+    mutate_zip_member,
+)
 from fuzz.runner import run_target  # noqa: E402
 from fuzz.targets import BUILDERS, load_target  # noqa: E402
 
@@ -52,3 +58,53 @@ def test_mutations_are_deterministic_and_structure_aware():
     outs = [mutate_inside_gzip(gzip.compress(plain), random.Random(i), []) for i in range(5)]
     assert all(o is not None and o[:2] == b"\x1f\x8b" for o in outs)
     assert any(gzip.decompress(o) != plain for o in outs)
+
+
+def test_archive_in_archive_mutations_keep_the_outer_layers_valid():
+    """model.tar.gz -> model_algo-1 zip -> params/symbol.json: mutations reach the inner members."""
+    import io
+    import random
+    import tarfile
+    import zipfile
+    import zlib
+
+    import numpy as np
+
+    from localfm.io import artifacts as art
+
+    w = art.FMWeights(0.5, np.ones(3, np.float32), np.ones((3, 2), np.float32), "regressor")
+    seed = art.fm_artifact_bytes(w, mtime=0)
+
+    def inner_members(tgz: bytes) -> dict[str, bytes]:
+        with tarfile.open(fileobj=io.BytesIO(tgz), mode="r:gz") as tf:
+            ti = tf.next()
+            assert ti is not None
+            zdata = tf.extractfile(ti).read()  # the tar layer is intact: sizes right
+        with zipfile.ZipFile(io.BytesIO(zdata)) as zf:
+            return {n: zf.read(n) for n in zf.namelist()}  # the zip layer is intact: CRCs right
+
+    original = inner_members(seed)
+    outs = [mutate_in_archive(seed, random.Random(i), []) for i in range(40)]
+    assert all(o is not None and o[:2] == b"\x1f\x8b" for o in outs)
+    assert outs == [mutate_in_archive(seed, random.Random(i), []) for i in range(40)]  # deterministic
+    changed = set()
+    for o in outs:
+        try:
+            members = inner_members(o)
+        except (zipfile.BadZipFile, KeyError, zlib.error, EOFError):
+            continue  # the raw-zip branch: the zip itself was mutated
+        changed |= {n for n in original if members.get(n) != original[n]}
+    assert changed == {"params", "symbol.json"}
+    zipped = mutate_zip_member(_zip_of(original), random.Random(1), [])
+    assert zipped is not None and zipped[:2] == b"PK"
+
+
+def _zip_of(members: dict[str, bytes]) -> bytes:
+    import io
+    import zipfile
+
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as zf:
+        for n, b in members.items():
+            zf.writestr(n, b)
+    return buf.getvalue()

@@ -1,6 +1,6 @@
 """Hostile model archives: refused with one line (exit 2), in bounded memory, writing nothing.
 
-The archives are 4 MB on disk and 4 GiB inside (see ``_hostile.py``); before the
+The archives are 4 MB on disk and 4 GiB inside (see ``fuzz/hostile.py``); before the
 budgeted reader both died with MemoryError after allocating gigabytes.
 """
 from __future__ import annotations
@@ -23,7 +23,11 @@ from localfm.errors import LocalFMError
 from localfm.io import artifacts as art
 from localfm.io import ndarray as nd
 
-from ._hostile import BLOCK, deflate_with_zeros, tar_gz_claiming_zeros, zip_of_zeros
+REPO = Path(__file__).resolve().parents[2]
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+from fuzz.hostile import BLOCK, deflate_with_zeros, tar_gz_claiming_zeros, zip_of_zeros  # noqa: E402
 
 GIB = 1 << 30
 #: Run a command in a fresh process and report its peak RSS: RUSAGE_CHILDREN of the
@@ -90,7 +94,7 @@ def test_predict_refuses_hostile_archive_in_bounded_memory(kind: str, tmp_path: 
     out = tmp_path / "out"
     cmd = [sys.executable, "-m", "localfm", "predict", "--model", str(model), "--input", str(request),
            "-o", str(out)]
-    env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[2]))
+    env = dict(os.environ, PYTHONPATH=str(REPO))
     done = subprocess.run([sys.executable, "-c", _MEASURE, *cmd], capture_output=True, text=True, env=env,
                           timeout=120)
     report = json.loads(done.stdout)

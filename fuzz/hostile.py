@@ -1,4 +1,4 @@
-"""Builders for hostile archives that are huge inside and small on disk.
+"""Builders for hostile archives that are huge inside and small on disk (fuzz seeds, regression tests).
 
 A 4 GiB run of zeros deflates to a few MB, but writing it through ``zipfile`` or
 ``gzip`` means compressing 4 GiB (tens of seconds). Instead one 1 MiB block of zeros
