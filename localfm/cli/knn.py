@@ -78,12 +78,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="input format (default: from the extension, else sniffed)")
     x.add_argument("--k", type=int, metavar="K", help="override k from model_algo-1.json")
     x.add_argument("--nprobe", type=int, metavar="N", help="override the IVF nprobe stored in the model")
+    x.add_argument("--max-artifact-bytes", type=int, metavar="N",
+                   help="refuse a model.tar.gz holding more than N bytes (default 8 GiB, "
+                        "or LOCALFM_MAX_ARTIFACT_BYTES)")
     x.set_defaults(func=transform_handler)
 
 
 def train_handler(args: argparse.Namespace) -> int:
     from ..hyperparams import collect
-    from ..knn.channels import read_training
+    from ..io.channels import TRAIN_CONTENT_TYPES, read_channel
     from ..knn.index import measure_recall, tune_nprobe
     from ..knn.model import KNN
 
@@ -95,7 +98,8 @@ def train_handler(args: argparse.Namespace) -> int:
     out_dir = Path(args.output)
     if out_dir.exists() and not out_dir.is_dir():
         raise LocalFMError(f"{out_dir}: exists and is not a folder")
-    X, y = read_training(args.train, args.content_type)
+    X, y = read_channel(args.train, need_labels=True, content_type=args.content_type,
+                        accepted=TRAIN_CONTENT_TYPES, dense=True)
     model.fit(X, y, where=str(args.train))
     assert model.index_ is not None and model.sample_indices_ is not None
     indexed = X[model.sample_indices_]
@@ -120,8 +124,9 @@ def train_handler(args: argparse.Namespace) -> int:
         summary["recall_queries"] = rec["queries"]
         summary["recall_refilled_fraction"] = rec["refilled_fraction"]
     if args.test:
-        Xt, yt = read_training(args.test, args.content_type)
-        # read_training never returns zero rows; errors name the test file, not "queries"
+        Xt, yt = read_channel(args.test, need_labels=True, content_type=args.content_type,
+                              accepted=TRAIN_CONTENT_TYPES, dense=True)
+        # read_channel never returns zero rows; errors name the test file, not "queries"
         pred = model.neighbours(Xt, where=str(args.test)).predicted_label
         if model.predictor_type == "classifier":
             summary["test_accuracy"] = float((pred == yt).mean()) if yt.size else None
@@ -134,11 +139,13 @@ def train_handler(args: argparse.Namespace) -> int:
 
 
 def transform_handler(args: argparse.Namespace) -> int:
+    from ..io.transform import input_files
+    from ..io.uri import is_s3
     from ..knn.model import KNN
-    from ..knn.transform import input_files, parse_accept, transform_files
+    from ..knn.transform import parse_accept, transform_files
 
     parse_accept(args.accept)  # bad Accept fails before the model loads
-    model = KNN.load(args.model)
+    model = KNN.load(args.model, max_bytes=args.max_artifact_bytes)
     if args.k is not None:
         if args.k < 1:
             raise LocalFMError(f"--k: expected a positive integer, got {args.k}")
@@ -148,8 +155,10 @@ def transform_handler(args: argparse.Namespace) -> int:
             raise LocalFMError(f"--nprobe: expected a positive integer, got {args.nprobe}")
         assert model.index_ is not None
         model.index_.nprobe = args.nprobe
+    if args.output is None and is_s3(str(args.input)):
+        raise LocalFMError("--output: required when --input is an s3:// channel")
     files = input_files(args.input)  # one file, or the files of one folder: a single parent
-    out_dir = Path(args.output) if args.output else files[0].parent
+    out_dir = Path(args.output) if args.output else Path(files[0]).parent
     done = transform_files(model, files, out_dir, accept=args.accept, content_type=args.content_type)
     for dest, n in done:
         print(f"{dest}\t{n} queries", file=sys.stdout)

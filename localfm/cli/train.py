@@ -39,7 +39,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def handler(args: argparse.Namespace) -> int:
-    from ..fm.channels import read_channel
+    from ..io.channels import read_channel
     from ..fm.metrics import TrainingLog
     from ..fm.model import FactorizationMachine
     from ..hyperparams import collect

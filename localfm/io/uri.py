@@ -42,7 +42,7 @@ def s3_client():  # noqa: ANN201 - boto3 types are optional
     return boto3.client("s3", endpoint_url=endpoint)
 
 
-def _s3_error(uri: str, exc: Exception) -> LocalFMError:
+def s3_error(uri: str, exc: Exception) -> LocalFMError:
     name = type(exc).__name__
     code = ""
     response = getattr(exc, "response", None)
@@ -87,7 +87,7 @@ def local_path(uri: str | os.PathLike[str], *, suffix: str = "") -> Iterator[Pat
             client.download_file(bucket, key, str(dest))
         except Exception as exc:  # botocore raises many types; map them to one line
             if type(exc).__module__.startswith(("botocore", "boto3", "s3transfer")):
-                err = _s3_error(str(uri), exc)
+                err = s3_error(str(uri), exc)
                 if str(err).endswith("object not found") and not _bucket_exists(client, bucket):
                     # download_file starts with HEAD, whose bare 404 cannot say which is missing
                     err = LocalFMError(f"{uri}: bucket not found")
@@ -133,5 +133,5 @@ def upload(path: str | os.PathLike[str], uri: str) -> None:
         s3_client().upload_file(str(path), bucket, key)
     except Exception as exc:
         if type(exc).__module__.startswith(("botocore", "boto3", "s3transfer")):
-            raise _s3_error(uri, exc) from None
+            raise s3_error(uri, exc) from None
         raise

@@ -1,13 +1,9 @@
-"""k-NN batch transform: SageMaker's request formats in, its response formats out.
+"""k-NN batch transform: what a k-NN container answers, plugged into the generic transform.
 
-Requests (``content_type``), as the cloud's k-NN inference accepts them:
-
-* ``application/x-recordio-protobuf`` — dense records, features under ``"values"``
-  (sparse records are densified);
-* ``text/csv`` — one vector per line, no header, no label column;
-* ``application/json`` — ``{"instances": [{"features": [...]}, ...]}`` (also the
-  SageMaker "data" form ``{"data": {"features": {"values": [...]}}}``);
-* ``application/jsonlines`` — one ``{"features": [...]}`` per line.
+Requests are every type :mod:`localfm.io.content` parses (RecordIO-protobuf, CSV,
+JSON ``{"instances": [...]}``, JSON Lines; sparse records are densified), and the
+reading, checking and writing of files is :mod:`localfm.io.transform`. This module
+keeps what is k-NN's own: the response.
 
 Responses (``accept``): ``application/jsonlines`` (one line per query),
 ``application/json`` (``{"predictions": [...]}``), each with ``; verbose=true`` to
@@ -18,44 +14,31 @@ decided, so the parity suite can compare byte for byte.
 """
 from __future__ import annotations
 
-import json
 import math
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import numpy as np
 
 from ..errors import LocalFMError
-from ..io.atomic import atomic_outputs
+from ..io import transform as io_transform
+from ..io.content import REQUEST_TYPES
+from ..io.transform import Scoring
 from ..progress import progress
 from .index import as_float_matrix
 from .model import KNN, Neighbours
 
-CONTENT_TYPES = (
-    "application/x-recordio-protobuf",
-    "text/csv",
-    "application/json",
-    "application/jsonlines",
-)
+#: Requests k-NN inference takes (all the containers' types), in SageMaker's order.
+CONTENT_TYPES = REQUEST_TYPES
 ACCEPTS = (
     "application/json",
     "application/jsonlines",
     "application/json; verbose=true",
     "application/jsonlines; verbose=true",
 )
-_RECORDIO_MAGIC = (0xCED7230A).to_bytes(4, "little")
-_EXTENSIONS = {
-    ".csv": "text/csv",
-    ".json": "application/json",
-    ".jsonl": "application/jsonlines",
-    ".jsonlines": "application/jsonlines",
-    ".protobuf": "application/x-recordio-protobuf",
-    ".pbr": "application/x-recordio-protobuf",
-    ".recordio": "application/x-recordio-protobuf",
-}
 
 
 # ------------------------------------------------------------------ formatting
@@ -125,145 +108,7 @@ def render(nb: Neighbours, accept: str | Accept) -> str:
     return '{"predictions": [' + ", ".join(records) + "]}\n"
 
 
-# ------------------------------------------------------------------- requests
-def detect_content_type(path: str | os.PathLike[str], head: bytes) -> str:
-    """Content type from the extension, else sniffed from the first bytes."""
-    ext = Path(path).suffix.lower()
-    if ext in _EXTENSIONS:
-        return _EXTENSIONS[ext]
-    if head.startswith(_RECORDIO_MAGIC):
-        return "application/x-recordio-protobuf"
-    stripped = head.lstrip()
-    if stripped.startswith(b"{"):
-        return "application/json" if b'"instances"' in head else "application/jsonlines"
-    return "text/csv"
-
-
-def parse_request(data: bytes, content_type: str, *, where: str) -> np.ndarray:
-    """Request bytes → float32 (n, d) matrix (not yet checked against feature_dim)."""
-    ctype = content_type.split(";")[0].strip().lower()
-    if ctype == "application/x-recordio-protobuf":
-        return read_recordio(data, where)
-    if ctype == "text/csv":
-        return _read_csv(data, where)
-    if ctype == "application/json":
-        return _read_json(data, where)
-    if ctype in ("application/jsonlines", "application/json-lines", "application/x-jsonlines"):
-        return _read_jsonlines(data, where)
-    raise LocalFMError(f"content type: expected one of {', '.join(CONTENT_TYPES)}, got {content_type!r}")
-
-
-def _decode(data: bytes, where: str) -> str:
-    try:
-        return data.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        raise LocalFMError(f"{where}: not UTF-8 text (byte {exc.start})") from None
-
-
-def _stack(rows: list[list[float]], where: str) -> np.ndarray:
-    if not rows:
-        return np.zeros((0, 0), dtype=np.float32)
-    width = len(rows[0])
-    for i, r in enumerate(rows):
-        if len(r) != width:
-            raise LocalFMError(f"{where}: record {i} has {len(r)} features, record 0 has {width}")
-    try:
-        return np.asarray(rows, dtype=np.float32)
-    except (TypeError, ValueError) as exc:
-        raise LocalFMError(f"{where}: features must be numbers ({exc})") from None
-
-
-def _read_csv(data: bytes, where: str) -> np.ndarray:
-    rows: list[list[float]] = []
-    for lineno, line in enumerate(_decode(data, where).splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            rows.append([float(v) for v in line.split(",")])
-        except ValueError:
-            raise LocalFMError(f"{where}: line {lineno}: expected comma-separated numbers") from None
-    return _stack(rows, where)
-
-
-def _features_of(obj: Any, where: str) -> list[float]:
-    """``{"features": [...]}`` or SageMaker's ``{"data": {"features": {"values", "keys", "shape"}}}``."""
-    if isinstance(obj, dict) and isinstance(obj.get("features"), list):
-        return obj["features"]
-    data = obj.get("data") if isinstance(obj, dict) else None
-    feats = data.get("features") if isinstance(data, dict) else None
-    if isinstance(feats, dict) and isinstance(feats.get("values"), list):
-        values = feats["values"]
-        if "keys" not in feats:
-            return values
-        shape = feats.get("shape")
-        if not (isinstance(shape, list) and len(shape) == 1 and isinstance(shape[0], int)):
-            raise LocalFMError(f"{where}: sparse features need \"shape\": [feature_dim]")
-        keys = feats["keys"]
-        if not isinstance(keys, list) or len(keys) != len(values):
-            # zip() would crash on a non-list and silently drop unmatched values
-            raise LocalFMError(f"{where}: sparse \"keys\" must be a list as long as \"values\"")
-        dense = [0.0] * shape[0]
-        for key, val in zip(keys, values):
-            if isinstance(key, bool) or not isinstance(key, int) or not 0 <= key < shape[0]:
-                raise LocalFMError(f"{where}: sparse key {key!r} outside [0, {shape[0]})")
-            dense[key] = val
-        return dense
-    raise LocalFMError(f'{where}: expected {{"features": [numbers]}}')
-
-
-def _read_json(data: bytes, where: str) -> np.ndarray:
-    try:
-        doc = json.loads(_decode(data, where))
-    except json.JSONDecodeError as exc:
-        raise LocalFMError(f"{where}: not valid JSON ({exc})") from None
-    if not isinstance(doc, dict) or not isinstance(doc.get("instances"), list):
-        raise LocalFMError(f'{where}: expected {{"instances": [{{"features": [...]}}, ...]}}')
-    return _stack([_features_of(o, f"{where}: instance {i}") for i, o in enumerate(doc["instances"])], where)
-
-
-def _read_jsonlines(data: bytes, where: str) -> np.ndarray:
-    rows: list[list[float]] = []
-    for lineno, line in enumerate(_decode(data, where).splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            obj = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise LocalFMError(f"{where}: line {lineno}: not valid JSON ({exc.msg})") from None
-        rows.append(_features_of(obj, f"{where}: line {lineno}"))
-    return _stack(rows, where)
-
-
-def read_recordio(src: Any, where: str, *, with_labels: bool = False) -> Any:
-    """Dense float32 features (and labels when asked) from RecordIO-protobuf bytes or a path."""
-    from ..io.recordio import read_matrix
-
-    try:
-        matrix = read_matrix(src)
-    except LocalFMError as exc:
-        raise LocalFMError(f"{where}: {exc}") from None
-    x = matrix.X
-    if hasattr(x, "toarray"):
-        x = x.toarray()
-    x = np.asarray(x, dtype=np.float32)
-    return (x, matrix.y) if with_labels else x
-
-
 # ---------------------------------------------------------------- batch jobs
-def input_files(input_path: str | os.PathLike[str]) -> list[Path]:
-    """A file, or every visible regular file of a directory (sorted), skipping ``*.out``."""
-    p = Path(input_path)
-    if p.is_file():
-        return [p]
-    if p.is_dir():
-        files = sorted(f for f in p.iterdir() if f.is_file() and not f.name.startswith(".")
-                       and f.suffix != ".out")
-        if not files:
-            raise LocalFMError(f"{p}: no input files in directory")
-        return files
-    raise LocalFMError(f"{p}: input not found")
-
-
 def _write_response(model: KNN, x: np.ndarray, acc: Accept, fh: Any, *, where: str) -> None:
     """Stream the response for ``x`` in ``mini_batch_size`` blocks, so memory stays bounded."""
     batch = max(1, int(model.hyperparameters["mini_batch_size"]))
@@ -281,6 +126,19 @@ def _write_response(model: KNN, x: np.ndarray, acc: Accept, fh: Any, *, where: s
         fh.write("]}\n")
 
 
+def scoring(model: KNN, accept: str | Accept = "application/jsonlines") -> Scoring:
+    """k-NN's plug for :mod:`localfm.io.transform`: dense finite queries, neighbours answered."""
+    acc = parse_accept(accept) if isinstance(accept, str) else accept
+
+    def prepare(x: Any, where: str) -> np.ndarray:
+        return as_float_matrix(x, what=where, dim=model.feature_dim)
+
+    def respond(x: np.ndarray, fh: IO[str], where: str) -> None:
+        _write_response(model, x, acc, fh, where=where)
+
+    return Scoring(feature_dim=model.feature_dim, respond=respond, accepted=CONTENT_TYPES, prepare=prepare)
+
+
 def transform_files(
     model: KNN,
     inputs: Sequence[str | os.PathLike[str]],
@@ -291,37 +149,11 @@ def transform_files(
 ) -> list[tuple[Path, int]]:
     """Answer every query of each input into ``output_dir/<input name>.out``, like batch transform.
 
-    All inputs are parsed and validated (format, NaN, feature count) before any
-    output is written, and all outputs land together (temp files + rename): a bad
-    file leaves no ``.out`` at all and earlier outputs untouched. Returns
+    See :func:`localfm.io.transform.transform_files`: everything is parsed and checked
+    before anything is written, and the outputs land together. Returns
     ``(output path, number of queries)`` per input.
     """
-    acc = parse_accept(accept)
-    if Path(output_dir).exists() and not Path(output_dir).is_dir():
-        raise LocalFMError(f"{output_dir}: exists and is not a folder")
-    parsed: list[tuple[Path, np.ndarray]] = []
-    for item in inputs:
-        src = Path(item)
-        try:
-            data = src.read_bytes()
-        except OSError as exc:
-            raise LocalFMError(f"{src}: cannot read ({exc.strerror})") from None
-        ctype = content_type or detect_content_type(src, data[:4096])
-        x = parse_request(data, ctype, where=str(src))
-        if x.shape[0] == 0:
-            x = np.zeros((0, model.feature_dim), dtype=np.float32)
-        parsed.append((src, as_float_matrix(x, what=str(src), dim=model.feature_dim)))
-    names = [src.name for src, _ in parsed]
-    if len(set(names)) != len(names):
-        raise LocalFMError("inputs: two inputs share a file name, so their .out files would collide")
-    results: list[tuple[Path, int]] = []
-    with atomic_outputs() as out:
-        for src, x in parsed:
-            dest = Path(output_dir) / (src.name + ".out")
-            with open(out.path(dest), "w", encoding="utf-8", newline="\n") as fh:
-                _write_response(model, x, acc, fh, where=str(src))
-            results.append((dest, int(x.shape[0])))
-    return results
+    return io_transform.transform_files(inputs, output_dir, scoring(model, accept), content_type=content_type)
 
 
 def transform_file(

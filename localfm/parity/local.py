@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import LocalFMError
+from ..io.channels import channel_bytes, read_channel  # noqa: F401 - channel_bytes: cli/parity.py imports it here
 from .cloudlog import TrainingMetrics, parse_metrics_json
 
 
@@ -79,29 +80,13 @@ def _channel(src: str | Sequence[Any], feature_dim: int) -> tuple[Any, np.ndarra
     if isinstance(src, (tuple, list)):
         X, y = src
         return X, np.asarray(y, dtype=np.float32)
-    from ..fm.channels import read_channel
-
     X, y = read_channel(str(src), need_labels=True, feature_dim=feature_dim)
     assert y is not None
     return X, y
 
 
-def channel_bytes(uri: str) -> int | None:
-    """Total size of a local channel (file, or the files of a folder); None for s3://."""
-    from pathlib import Path
-
-    if str(uri).startswith("s3://"):
-        return None
-    p = Path(uri)
-    if p.is_dir():
-        return sum(f.stat().st_size for f in p.iterdir() if f.is_file() and not f.name.startswith("."))
-    return p.stat().st_size if p.is_file() else None
-
-
 def read_input(uri: str, feature_dim: int | None = None) -> Any:
     """Rows of a batch-transform input file (RecordIO-protobuf), labels not needed."""
-    from ..fm.channels import read_channel
-
     X, _ = read_channel(str(uri), need_labels=False, feature_dim=feature_dim)
     return X
 

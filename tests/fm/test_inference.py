@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 
 from localfm.errors import LocalFMError
-from localfm.fm.inference import parse_json_instances, render
+from localfm.fm.inference import render
+from localfm.io.content import parse_instances
 
 
 def test_sparse_dense_and_nested_dense_instances():
@@ -13,7 +14,7 @@ def test_sparse_dense_and_nested_dense_instances():
         {"features": [0, 0, 1.5, 0, 0]},
         {"data": {"features": {"values": [1, 0, 0, 0, 1]}}},
     ]}
-    X = parse_json_instances(doc, 5)
+    X = parse_instances(doc, feature_dim=5)
     assert X.dtype == np.float32 and X.shape == (3, 5)
     np.testing.assert_array_equal(X.toarray(), [[0, 3, 0, 0, 2], [0, 0, 1.5, 0, 0], [1, 0, 0, 0, 1]])
 
@@ -29,4 +30,4 @@ def test_render_formats():
 
 def test_bool_is_not_a_number():
     with pytest.raises(LocalFMError, match="finite numbers"):
-        parse_json_instances({"instances": [{"features": [True, 0]}]}, 2)
+        parse_instances({"instances": [{"features": [True, 0]}]}, feature_dim=2)

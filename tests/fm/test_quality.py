@@ -14,7 +14,7 @@ pytestmark = pytest.mark.slow
 def test_u1_regressor_rmse(ml100k_dir, tmp_path):
     from localfm.cli import main
     from localfm.fm import FactorizationMachine
-    from localfm.fm.channels import read_channel
+    from localfm.io.channels import read_channel
 
     assert main(["--quiet", "prepare", "movielens", str(ml100k_dir), "--split", "u1", "--label", "rating",
                  "--out", str(tmp_path)]) == 0

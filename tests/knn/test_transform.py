@@ -12,12 +12,11 @@ from hypothesis import strategies as st
 from localfm.errors import LocalFMError
 from localfm.knn import KNN
 from localfm.knn.model import Neighbours
+from localfm.io.content import detect_content_type, parse_request
 from localfm.knn.transform import (
-    detect_content_type,
     format_float,
     format_record,
     parse_accept,
-    parse_request,
     render,
     transform_file,
     transform_files,
