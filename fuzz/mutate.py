@@ -18,15 +18,17 @@ import tarfile
 import zipfile
 import zlib
 
+from localfm.io.recordio import MAGIC as RECORDIO_MAGIC
+
 MAX_INPUT = 1 << 20
 
 INTERESTING_8 = [0x00, 0x01, 0x06, 0x0A, 0x12, 0x1A, 0x7F, 0x80, 0xFF]
 INTERESTING_32 = [0, 1, 2, 3, 4, 0x7F, 0x80, 0xFF, 0x100, 0x7FFF, 0x8000, 0xFFFF, 0x10000, 0x1FFFFFFF,
-                  0x20000000, 0x3FFFFFFF, 0x60000000, 0x7FFFFFFF, 0x80000000, 0xFFFFFFFF, 0xCED7230A,
+                  0x20000000, 0x3FFFFFFF, 0x60000000, 0x7FFFFFFF, 0x80000000, 0xFFFFFFFF, RECORDIO_MAGIC,
                   0xF993FAC8, 0xF993FAC9, 0xF993FACA]
 INTERESTING_64 = [0, 1, 0x112, 0xFFFFFFFF, 1 << 32, 1 << 40, (1 << 63) - 1, 1 << 63, (1 << 64) - 1]
 TOKENS = [
-    struct.pack("<I", 0xCED7230A),  # RecordIO magic
+    struct.pack("<I", RECORDIO_MAGIC),
     b"\x0a\x06values\x12",  # map entry prefix
     b"\xff\xff\xff\xff\xff\xff\xff\xff\xff\x01",  # longest varint
     b"\x80\x80\x80\x80\x80\x80\x80\x80\x80\x80\x80",  # over-long varint
@@ -113,7 +115,7 @@ def _split_frames(data: bytes) -> list[bytes]:
     while pos + 8 <= len(data):
         magic, word = struct.unpack_from("<II", data, pos)
         length = word & ((1 << 29) - 1)
-        if magic != 0xCED7230A or pos + 8 + length > len(data):
+        if magic != RECORDIO_MAGIC or pos + 8 + length > len(data):
             break
         out.append(data[pos + 8:pos + 8 + length])
         pos += 8 + ((length + 3) & ~3)

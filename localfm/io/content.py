@@ -27,7 +27,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from ..errors import LocalFMError
-from .recordio import MAGIC, read_matrix
+from .recordio import MAGIC_BYTES, read_matrix
 
 RECORDIO = "application/x-recordio-protobuf"
 CSV = "text/csv"
@@ -36,7 +36,6 @@ JSONLINES = "application/jsonlines"
 #: Every request type the containers know, in the order error messages list them.
 REQUEST_TYPES = (RECORDIO, CSV, JSON, JSONLINES)
 _ALIASES = {"application/json-lines": JSONLINES, "application/x-jsonlines": JSONLINES}
-MAGIC_BYTES = MAGIC.to_bytes(4, "little")
 _EXTENSIONS = {
     ".csv": CSV,
     ".json": JSON,

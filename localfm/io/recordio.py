@@ -49,6 +49,7 @@ from ._protobuf import (
 
 __all__ = [
     "MAGIC",
+    "MAGIC_BYTES",
     "BytesValue",
     "Record",
     "RecordIOError",
@@ -68,7 +69,7 @@ __all__ = [
 ]
 
 MAGIC = 0xCED7230A
-_MAGIC_BYTES = MAGIC.to_bytes(4, "little")
+MAGIC_BYTES = MAGIC.to_bytes(4, "little")
 _LEN_MASK = (1 << 29) - 1
 #: Bytes read per block when streaming; a record larger than this is read whole.
 BLOCK_BYTES = 1 << 23
@@ -209,7 +210,7 @@ def _frame_block(data: bytes, base: int, name: str, index0: int, vectorised: boo
                 need = qp - n
                 break
             _check_padding(data, q + 8 + ln, qp, base, name, index0 + len(starts))
-            parts.append(_MAGIC_BYTES)
+            parts.append(MAGIC_BYTES)
             parts.append(data[q + 8:q + 8 + ln])
             q = qp
             if cf == 3:
@@ -1132,7 +1133,7 @@ def _encode_rows(val_bytes: np.ndarray, val_row: np.ndarray, kind: str,
         raise RecordIOError(f"a row encodes to {int(payload.max())} bytes; RecordIO records are limited to 2^29-1")
 
     asm = _Assembler(n)
-    asm.const(_MAGIC_BYTES)
+    asm.const(MAGIC_BYTES)
     asm.u32(payload)
     _value_block(asm, _TYPE_TAG[kind], 0x0A, t_size)
     has_v = val_row > 0
@@ -1267,7 +1268,7 @@ def frame_payload(payload: bytes, split: bool = False) -> bytes:
     dptr = 0
     if split:
         for i in range(0, length - length % 4, 4):
-            if payload[i:i + 4] == _MAGIC_BYTES:
+            if payload[i:i + 4] == MAGIC_BYTES:
                 cflag = 1 if dptr == 0 else 2
                 out += HEADER.pack(MAGIC, (cflag << 29) | (i - dptr))
                 out += payload[dptr:i]

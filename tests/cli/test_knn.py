@@ -139,3 +139,19 @@ def test_folder_width_mismatch_names_the_first_nonempty_file(cli, tmp_path: Path
     (folder / "c.csv").write_text("1,0.5,0.5\n")
     code, _, err = cli("knn", "train", "--train", folder, "-o", tmp_path / "m", *HP, "--content-type", "text/csv")
     assert code == 2 and "c.csv: 2 features, " in err and "b.csv has 8" in err
+
+
+def test_transform_max_artifact_bytes(cli, tmp_path: Path, channel) -> None:
+    path, x, _ = channel
+    assert cli("--quiet", "knn", "train", "--train", path, "-o", tmp_path / "model", *HP)[0] == 0
+    queries = tmp_path / "q.csv"
+    queries.write_text(",".join(map(str, x[0].tolist())) + "\n")
+    tarball = tmp_path / "model" / "model.tar.gz"
+    code, out, err = cli("knn", "transform", "-m", tarball, "-i", queries, "-o", tmp_path / "out",
+                         "--max-artifact-bytes", "1000")
+    assert code == 2 and "over the 1000-byte limit" in err and err.count("\n") == 1
+    assert not (tmp_path / "out").exists()
+    code, out, err = cli("knn", "transform", "-m", tarball, "-i", queries, "-o", tmp_path / "out",
+                         "--max-artifact-bytes", str(1 << 30))
+    assert code == 0, err
+    assert (tmp_path / "out" / "q.csv.out").is_file()

@@ -165,3 +165,24 @@ def test_rerun_into_the_input_folder_skips_previous_out_files(tmp_path, cli, mod
         code, _, err = cli("predict", "--model", path, "--input", inp, "--output", inp)
         assert code == 0, err
     assert sorted(p.name for p in inp.iterdir()) == ["a.rec", "a.rec.out"]
+
+
+def test_max_artifact_bytes_caps_what_the_model_archive_may_hold(tmp_path, cli, model):
+    path, _ = model
+    write_sparse(str(tmp_path / "in.rec"), _rows())
+    code, out, err = cli("predict", "--model", path, "--input", tmp_path / "in.rec", "--max-artifact-bytes", "200")
+    assert code == 2 and "over the 200-byte limit" in err and err.count("\n") == 1 and out == ""
+    code, out, err = cli("predict", "--model", path, "--input", tmp_path / "in.rec",
+                         "--max-artifact-bytes", str(1 << 20))
+    assert code == 0, err
+
+
+def test_json_request_sniffed_without_the_extension(tmp_path, cli, model):
+    # One content-type rule for FM and k-NN: a {"instances": ...} file is JSON whatever its name.
+    path, weights = model
+    (tmp_path / "req").write_text(json.dumps({"instances": [{"features": [1, 0, 0, 1, 0, 0]}]}))
+    code, out, err = cli("predict", "--model", path, "--input", tmp_path / "req")
+    assert code == 0, err
+    X = _rows()[:1]
+    assert json.loads(out)["predictions"][0]["score"] == pytest.approx(float(sigmoid(_expected(weights, X))[0]),
+                                                                       rel=1e-5)
