@@ -9,6 +9,7 @@ checksum right) built in well under a second.
 """
 from __future__ import annotations
 
+import io
 import struct
 import tarfile
 import zlib
@@ -32,26 +33,29 @@ def _gf2_square(mat: list[int]) -> list[int]:
 
 
 def crc32_combine(crc1: int, crc2: int, len2: int) -> int:
-    """CRC-32 of A||B from crc(A), crc(B) and len(B) (zlib's crc32_combine)."""
-    if len2 == 0:
-        return crc1
-    odd = [0xEDB88320] + [1 << n for n in range(31)]
-    even = _gf2_square(odd)
-    odd = _gf2_square(even)
-    while True:
-        even = _gf2_square(odd)
+    """CRC-32 of A||B from crc(A), crc(B) and len(B) (zlib's crc32_combine).
+
+    ``op`` is the GF(2) operator that appends zero bits to a CRC; squaring it doubles
+    the run, so len(B) zero bytes are appended in log2(len(B)) steps.
+    """
+    op = _gf2_square(_gf2_square([0xEDB88320] + [1 << n for n in range(31)]))  # four zero bits
+    while len2:
+        op = _gf2_square(op)  # one, two, four ... zero bytes
         if len2 & 1:
-            crc1 = _gf2_times(even, crc1)
+            crc1 = _gf2_times(op, crc1)
         len2 >>= 1
-        if not len2:
-            break
-        odd = _gf2_square(even)
-        if len2 & 1:
-            crc1 = _gf2_times(odd, crc1)
-        len2 >>= 1
-        if not len2:
-            break
     return crc1 ^ crc2
+
+
+def tar_gz(members: list[tuple[str, bytes]]) -> bytes:
+    """A gzipped tar of ``(name, bytes)`` members, in memory."""
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w:gz") as tf:
+        for name, data in members:
+            ti = tarfile.TarInfo(name)
+            ti.size = len(data)
+            tf.addfile(ti, io.BytesIO(data))
+    return buf.getvalue()
 
 
 def _zeros_crc(n_blocks: int) -> int:

@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from .hostile import tar_gz_claiming_zeros, zip_of_zeros
+from .hostile import tar_gz, tar_gz_claiming_zeros, zip_of_zeros
 from .mutate import mutate_in_archive, mutate_inside_gzip, mutate_recordio_payload, mutate_zip_member
 
 REPO = Path(__file__).resolve().parents[1]
@@ -49,16 +49,6 @@ def _tar_members(data: bytes) -> list[bytes]:
                 if fh is not None:
                     out.append(fh.read())
     return out
-
-
-def _tar_gz(members: list[tuple[str, bytes]]) -> bytes:
-    buf = io.BytesIO()
-    with tarfile.open(fileobj=buf, mode="w:gz") as tf:
-        for name, data in members:
-            ti = tarfile.TarInfo(name)
-            ti.size = len(data)
-            tf.addfile(ti, io.BytesIO(data))
-    return buf.getvalue()
 
 
 def _gunzip(data: bytes) -> bytes:
@@ -203,7 +193,7 @@ def _artifacts_target() -> Target:
     # Small inside-out bombs (4 MiB of zeros in a few KB: past the unread-member size,
     # so they take the bounded paths); their mutations must stay bounded too.
     bomb_zip = zip_of_zeros("params", 4)
-    seeds += [bomb_zip, _tar_gz([("model_algo-1", bomb_zip)]), tar_gz_claiming_zeros("model_algo-1", 4)]
+    seeds += [bomb_zip, tar_gz([("model_algo-1", bomb_zip)]), tar_gz_claiming_zeros("model_algo-1", 4)]
     calls = [("open_artifact", open_artifact), ("load_fm", load_fm), ("inspect", inspect)]
     return Target("artifacts", calls, seeds, [mutate_inside_gzip, mutate_in_archive, mutate_zip_member])
 

@@ -27,7 +27,7 @@ REPO = Path(__file__).resolve().parents[2]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from fuzz.hostile import BLOCK, deflate_with_zeros, tar_gz_claiming_zeros, zip_of_zeros  # noqa: E402
+from fuzz.hostile import BLOCK, deflate_with_zeros, tar_gz, tar_gz_claiming_zeros, zip_of_zeros  # noqa: E402
 
 GIB = 1 << 30
 #: Run a command in a fresh process and report its peak RSS: RUSAGE_CHILDREN of the
@@ -38,16 +38,6 @@ p = subprocess.run(sys.argv[1:], capture_output=True, text=True)
 print(json.dumps({"rc": p.returncode, "stderr": p.stderr,
                   "maxrss_kib": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss}))
 """
-
-
-def _tar_gz(members: list[tuple[str, bytes]]) -> bytes:
-    buf = io.BytesIO()
-    with tarfile.open(fileobj=buf, mode="w:gz") as tf:
-        for name, data in members:
-            ti = tarfile.TarInfo(name)
-            ti.size = len(data)
-            tf.addfile(ti, io.BytesIO(data))
-    return buf.getvalue()
 
 
 def test_builders_write_valid_archives() -> None:
@@ -68,7 +58,7 @@ def _hostile(kind: str, tmp_path: Path) -> Path:
         inner = zip_of_zeros("params", 4096)
         with zipfile.ZipFile(io.BytesIO(inner)) as zf:
             assert zf.getinfo("params").file_size == 4 * GIB
-        data = _tar_gz([("model_algo-1", inner)])
+        data = tar_gz([("model_algo-1", inner)])
     else:  # a tar member that claims (and holds) 4 GiB
         data = tar_gz_claiming_zeros("model_algo-1", 4096)
     path = tmp_path / "model.tar.gz"
@@ -112,7 +102,7 @@ def test_params_budget_comes_from_the_declared_shapes(tmp_path: Path) -> None:
     with zipfile.ZipFile(buf, "w", compression=zipfile.ZIP_DEFLATED) as zf:
         zf.writestr("params", params + b"\0" * (4 << 20))  # 4 MB of zeros after a valid list
     p = tmp_path / "model.tar.gz"
-    p.write_bytes(_tar_gz([("model_algo-1", buf.getvalue())]))
+    p.write_bytes(tar_gz([("model_algo-1", buf.getvalue())]))
     with pytest.raises(LocalFMError, match="trailing bytes|more than its declared"):
         art.open_artifact(p)
     # and one whose first array declares more data than the member holds is refused at that header
@@ -135,7 +125,7 @@ def test_global_cap_counts_declared_sizes(tmp_path: Path) -> None:
 def test_unrecognised_member_nobody_asked_for_is_listed_not_read(tmp_path: Path) -> None:
     blob = bytes(range(256)) * 8192  # 2 MiB that is no known format
     p = tmp_path / "model.tar.gz"
-    p.write_bytes(_tar_gz([("state_blob", blob), ("model_algo-1", nd.dumps([np.ones(3, np.float32)]))]))
+    p.write_bytes(tar_gz([("state_blob", blob), ("model_algo-1", nd.dumps([np.ones(3, np.float32)]))]))
     found = art.open_artifact(p)
     state = found.find("state_blob")
     assert state is not None and state.size == len(blob) and not state.read and state.data == b""
@@ -166,20 +156,20 @@ def _fm_zip(symbol: bytes) -> bytes:
 )
 def test_symbol_that_mxnet_would_refuse_is_refused(tmp_path: Path, symbol: bytes, needle: str) -> None:
     p = tmp_path / "model.tar.gz"
-    p.write_bytes(_tar_gz([("model_algo-1", _fm_zip(symbol))]))
+    p.write_bytes(tar_gz([("model_algo-1", _fm_zip(symbol))]))
     with pytest.raises(LocalFMError, match=needle.replace("(", r"\(")):
         art.load_fm(p)
 
 
 def test_valid_fm_symbol_still_gives_the_predictor_type(tmp_path: Path) -> None:
     p = tmp_path / "model.tar.gz"
-    p.write_bytes(_tar_gz([("model_algo-1", _fm_zip(art.fm_symbol_json(4, 2, "regressor").encode()))]))
+    p.write_bytes(tar_gz([("model_algo-1", _fm_zip(art.fm_symbol_json(4, 2, "regressor").encode()))]))
     assert art.load_fm(p).predictor_type == "regressor"
 
 
 def test_bad_symbol_exits_2_from_predict(tmp_path: Path, cli) -> None:
     p = tmp_path / "model.tar.gz"
-    p.write_bytes(_tar_gz([("model_algo-1", _fm_zip(b"{oops"))]))
+    p.write_bytes(tar_gz([("model_algo-1", _fm_zip(b"{oops"))]))
     req = tmp_path / "req.json"
     req.write_text(json.dumps({"instances": [{"features": [1, 0, 0, 0]}]}))
     code, out, err = cli("predict", "--model", p, "--input", req, "--predictor-type", "regressor")
