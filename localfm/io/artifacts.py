@@ -666,14 +666,14 @@ def _open_stream(fh: IO[bytes], where: str, rd: _Reading, name: str = "model_alg
 
 
 def _read_all(fh: IO[bytes], rd: _Reading, where: str) -> bytes:
-    chunks = []
-    while True:
-        chunk = fh.read(1 << 20)
-        if not chunk:
-            break
-        rd.reserve(len(chunk), where)
+    """A non-seekable stream, read whole (never past the cap) so its members can be walked."""
+    chunks, got = [], 0
+    while chunk := fh.read(1 << 20):
+        got += len(chunk)
+        if got > rd.limit:
+            raise LocalFMError(f"{where}: more than the {rd.limit}-byte limit for one artifact (raise "
+                               "max_bytes or LOCALFM_MAX_ARTIFACT_BYTES if the model is really this big)")
         chunks.append(chunk)
-    rd.left = rd.limit  # counted again, member by member, as it is read
     return b"".join(chunks)
 
 

@@ -27,6 +27,7 @@ from fuzz.targets import BUILDERS, load_target  # noqa: E402
 ITERATIONS = {"recordio": 1500, "ndarray": 3000, "artifacts": 1500}
 
 
+@pytest.mark.slow  # 10-20 s per parser
 @pytest.mark.parametrize("name", list(BUILDERS))
 def test_fuzz_smoke(name, tmp_path):
     target, reason = load_target(name)

@@ -174,3 +174,22 @@ def test_bad_symbol_exits_2_from_predict(tmp_path: Path, cli) -> None:
     req.write_text(json.dumps({"instances": [{"features": [1, 0, 0, 0]}]}))
     code, out, err = cli("predict", "--model", p, "--input", req, "--predictor-type", "regressor")
     assert code == 2 and "not valid JSON" in err and err.count("\n") == 1 and out == ""
+
+
+def test_non_seekable_streams_are_read_under_the_cap(tmp_path: Path) -> None:
+    w = art.FMWeights(0.1, np.ones(4, np.float32), np.ones((4, 2), np.float32), "regressor")
+    data = art.fm_artifact_bytes(w, mtime=0)
+
+    class Pipe(io.RawIOBase):  # a pipe or socket: no seek
+        def __init__(self) -> None:
+            self.inner = io.BytesIO(data)
+
+        def readable(self) -> bool:
+            return True
+
+        def read(self, n: int = -1) -> bytes:
+            return self.inner.read(n)
+
+    assert art.load_fm(Pipe()).feature_dim == 4
+    with pytest.raises(LocalFMError, match="over the 100-byte limit|more than the 100-byte limit"):
+        art.load_fm(Pipe(), max_bytes=100)
