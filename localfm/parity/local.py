@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import LocalFMError
-from ..io.channels import channel_bytes, read_channel  # noqa: F401 - channel_bytes: cli/parity.py imports it here
+from ..io.channels import channel_bytes, read_channel  # noqa: F401 - parity/fixture.py imports channel_bytes from here
 from .cloudlog import TrainingMetrics, parse_metrics_json
 
 
