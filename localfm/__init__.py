@@ -9,8 +9,8 @@ name that needs them is used.
 
 No export shares its name with a subpackage or module: ``localfm.recommend`` is the
 subpackage, the pipeline function is ``localfm.recommend_all``; the cloud training
-log reader is ``read_training_log`` (training channels, FM and k-NN alike, are read by
-``localfm.io.channels.read_channel``).
+log reader is ``read_training_log`` (``read_training`` reads k-NN training data in
+``localfm.knn.channels``).
 """
 from __future__ import annotations
 

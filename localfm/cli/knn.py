@@ -86,7 +86,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def train_handler(args: argparse.Namespace) -> int:
     from ..hyperparams import collect
-    from ..io.channels import TRAIN_CONTENT_TYPES, read_channel
+    from ..knn.channels import read_training
     from ..knn.index import measure_recall, tune_nprobe
     from ..knn.model import KNN
 
@@ -98,8 +98,7 @@ def train_handler(args: argparse.Namespace) -> int:
     out_dir = Path(args.output)
     if out_dir.exists() and not out_dir.is_dir():
         raise LocalFMError(f"{out_dir}: exists and is not a folder")
-    X, y = read_channel(args.train, need_labels=True, content_type=args.content_type,
-                        accepted=TRAIN_CONTENT_TYPES, dense=True)
+    X, y = read_training(args.train, args.content_type)
     model.fit(X, y, where=str(args.train))
     assert model.index_ is not None and model.sample_indices_ is not None
     indexed = X[model.sample_indices_]
@@ -124,9 +123,8 @@ def train_handler(args: argparse.Namespace) -> int:
         summary["recall_queries"] = rec["queries"]
         summary["recall_refilled_fraction"] = rec["refilled_fraction"]
     if args.test:
-        Xt, yt = read_channel(args.test, need_labels=True, content_type=args.content_type,
-                              accepted=TRAIN_CONTENT_TYPES, dense=True)
-        # read_channel never returns zero rows; errors name the test file, not "queries"
+        Xt, yt = read_training(args.test, args.content_type)
+        # read_training never returns zero rows; errors name the test file, not "queries"
         pred = model.neighbours(Xt, where=str(args.test)).predicted_label
         if model.predictor_type == "classifier":
             summary["test_accuracy"] = float((pred == yt).mean()) if yt.size else None
