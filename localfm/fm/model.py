@@ -21,7 +21,6 @@ stopping and the local-only hooks.
 """
 from __future__ import annotations
 
-import copy
 import math
 import os
 import time
@@ -33,6 +32,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from ..errors import LocalFMError
+from ..hyperparams import get_estimator_params, set_estimator_params
 from . import engines
 from .hyperparameters import parse_fm
 from .metrics import MetricAccumulator, TrainingLog
@@ -44,6 +44,7 @@ if TYPE_CHECKING:
 # at module top it costs ~50-140 ms of every `import localfm.fm.model` (measured), and
 # training alone never needs it.
 
+_KEYWORDS = ("seed", "verbose")  # constructor arguments that are not hyperparameters
 REPRODUCIBLE_MTIME = 315532800.0  # 1980-01-01T00:00:00Z: archive timestamp of seeded models
 
 
@@ -87,6 +88,17 @@ def _check_labels(y: Any, n: int, predictor_type: str, what: str) -> np.ndarray:
                 f"{what}: binary_classifier labels must be 0 or 1, row {int(bad[0])} has {float(y[bad[0]])!r}"
             )
     return y
+
+
+def _labelled_rows(X: Any, y: Any, hp: Mapping[str, Any], what: str, *,
+                   need_rows: bool = False) -> tuple[sp.csr_matrix, np.ndarray]:
+    """``X`` as canonical float32 CSR with ``feature_dim`` columns, and its checked labels."""
+    X = _as_csr(X, what)
+    if need_rows and X.shape[0] == 0:
+        raise LocalFMError(f"{what}: no rows")
+    if X.shape[1] != hp["feature_dim"]:
+        raise LocalFMError(f"{what}: has {X.shape[1]} feature columns but feature_dim={hp['feature_dim']}")
+    return X, _check_labels(y, X.shape[0], hp["predictor_type"], what)
 
 
 def init_weights(hp: Mapping[str, Any], rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -161,22 +173,18 @@ class FactorizationMachine:
     # --------------------------------------------------------------- parameters
     def get_params(self, deep: bool = True) -> dict[str, Any]:  # noqa: ARG002 - sklearn protocol
         """The constructor's arguments: ``seed``, ``verbose`` and the hyperparameters as given."""
-        return {"seed": self.seed, "verbose": self.verbose, **copy.deepcopy(self.hyperparameters)}
+        return get_estimator_params(self, _KEYWORDS)
 
     def set_params(self, **params: Any) -> FactorizationMachine:
         """Change constructor arguments (checked at the next :meth:`fit`); returns ``self``."""
-        for name, value in params.items():
-            if name in ("seed", "verbose"):
-                setattr(self, name, value)
-            else:
-                self.hyperparameters[name] = value
+        set_estimator_params(self, _KEYWORDS, params)
         return self
 
     def check_params(self) -> dict[str, Any]:
-        """Validate the constructor arguments; return the parsed hyperparameters.
+        """Check ``seed``, parse the hyperparameters and resolve the engine; return the parsed values.
 
-        :meth:`fit` does this first; callers that read training data from files
-        call it before reading, so a bad value fails before any data is read.
+        ``fit`` starts with this. The CLI calls it before reading the training
+        channels, so a bad value fails before any data is read.
         """
         seed = self.seed
         if seed is not None and (isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0):
@@ -214,20 +222,9 @@ class FactorizationMachine:
         """
         hp = self.check_params()  # before reading data: bad values fail fast
         engine = engines.resolve_engine(hp)
-        ptype = hp["predictor_type"]
-        X = _as_csr(X, "training data")
-        if X.shape[0] == 0:
-            raise LocalFMError("training data: no rows")
-        if X.shape[1] != hp["feature_dim"]:
-            raise LocalFMError(
-                f"training data: has {X.shape[1]} feature columns but feature_dim={hp['feature_dim']}"
-            )
-        y = _check_labels(y, X.shape[0], ptype, "training data")
+        X, y = _labelled_rows(X, y, hp, "training data", need_rows=True)
         if X_test is not None:
-            X_test = _as_csr(X_test, "test data")
-            if X_test.shape[1] != hp["feature_dim"]:
-                raise LocalFMError(f"test data: has {X_test.shape[1]} feature columns but feature_dim={hp['feature_dim']}")
-            y_test = _check_labels(y_test, X_test.shape[0], ptype, "test data")
+            X_test, y_test = _labelled_rows(X_test, y_test, hp, "test data")
         frac = hp["_local_validation_fraction"]
         if X_val is None and frac > 0:
             # A seeded random hold-out (its own stream, so init draws are unchanged);
@@ -245,12 +242,7 @@ class FactorizationMachine:
             X, X_val = X[train_rows], X[val_rows]
             y, y_val = y[train_rows], y[val_rows]
         if X_val is not None:
-            X_val = _as_csr(X_val, "validation data")
-            if X_val.shape[1] != hp["feature_dim"]:
-                raise LocalFMError(
-                    f"validation data: has {X_val.shape[1]} feature columns but feature_dim={hp['feature_dim']}"
-                )
-            y_val = _check_labels(y_val, X_val.shape[0], ptype, "validation data")
+            X_val, y_val = _labelled_rows(X_val, y_val, hp, "validation data")
         if hp["_local_early_stopping_patience"] and X_val is None:
             raise LocalFMError(
                 "hyperparameter '_local_early_stopping_patience' needs validation data "
@@ -291,14 +283,7 @@ class FactorizationMachine:
         for epoch in progress(range(epochs), desc="train", unit="epoch"):
             lr_scale = _schedule(hp["_local_lr_schedule"], epoch, epochs)
             if epoch_data is not None and epoch > 0:
-                X, y = epoch_data(epoch)
-                X = _as_csr(X, f"epoch {epoch} training data")
-                if X.shape[0] == 0 or X.shape[1] != hp["feature_dim"]:
-                    raise LocalFMError(
-                        f"epoch {epoch} training data: expected rows with feature_dim={hp['feature_dim']} columns, "
-                        f"got shape {X.shape}"
-                    )
-                y = _check_labels(y, X.shape[0], ptype, f"epoch {epoch} training data")
+                X, y = _labelled_rows(*epoch_data(epoch), hp, f"epoch {epoch} training data", need_rows=True)
                 run.set_data(X, y)
             order = rng.permutation(X.shape[0]) if shuffle else None
 

@@ -16,7 +16,6 @@ as loose files and inside ``model.tar.gz``. Like in the cloud, editing ``k`` or
 """
 from __future__ import annotations
 
-import copy
 import io
 import json
 import os
@@ -28,6 +27,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import LocalFMError
+from ..hyperparams import get_estimator_params, set_estimator_params
 from ..io.atomic import atomic_outputs
 from .hyperparams import parse_knn
 from .index import KNNIndex, as_float_matrix, build_index
@@ -116,22 +116,18 @@ class KNN:
     # -------------------------------------------------------------- parameters
     def get_params(self, deep: bool = True) -> dict[str, Any]:  # noqa: ARG002 - sklearn protocol
         """The constructor's arguments: ``seed`` and the hyperparameters as given."""
-        return {"seed": self.seed, **copy.deepcopy(self.hyperparameters)}
+        return get_estimator_params(self, ("seed",))
 
     def set_params(self, **params: Any) -> KNN:
         """Change constructor arguments (checked at the next :meth:`fit`); returns ``self``."""
-        for name, value in params.items():
-            if name == "seed":
-                self.seed = value
-            else:
-                self.hyperparameters[name] = value
+        set_estimator_params(self, ("seed",), params)
         return self
 
     def check_params(self) -> dict[str, Any]:
-        """Validate the constructor arguments; return the parsed hyperparameters.
+        """The parsed hyperparameters, ``seed`` included (raises LocalFMError on a bad value).
 
-        :meth:`fit` does this first; callers that read training data from files
-        call it before reading, so a bad value fails before any data is read.
+        ``fit`` starts with this; ``localfm knn train`` calls it before reading the
+        training data.
         """
         given = dict(self.hyperparameters)
         if self.seed is not None:

@@ -61,9 +61,13 @@ class EngineRun(Protocol):
 
 @functools.cache
 def numba_available() -> bool:
-    """Whether the numba engine can run here (numba is a dependency, but training works without it)."""
+    """Whether the numba engine loads here: numba is a dependency, but training works without it.
+
+    Probes by importing the engine module itself (numba, llvmlite and the intrinsics it
+    uses), so a partial install counts as unavailable; only called when numba could run.
+    """
     try:
-        import numba  # noqa: F401 - probing only
+        from . import numba  # noqa: F401 - the probe; compiles nothing
     except ImportError:
         return False
     return True
@@ -101,7 +105,7 @@ def resolve_engine(hp: Mapping[str, Any]) -> str:
                 "use _local_engine=auto or torch"
             )
         return "numba"
-    return "numba" if numba_available() and not missing else "torch"
+    return "numba" if not missing and numba_available() else "torch"
 
 
 def start(engine: str, hp: Mapping[str, Any], table: np.ndarray, w0: np.float32) -> EngineRun:
