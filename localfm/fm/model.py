@@ -426,7 +426,7 @@ class FactorizationMachine:
                 "'binary_classifier' or 'regressor'"
             )
         model = cls(feature_dim=V.shape[0], num_factors=V.shape[1], predictor_type=ptype)
-        model.hp_ = model.check_params()
+        model.hp_ = parse_fm(model.hyperparameters)  # no engine: loading for inference never trains
         model.w0_ = float(weights.w0)
         model.w_ = np.asarray(weights.w, dtype=np.float32).reshape(-1)
         model.V_ = V

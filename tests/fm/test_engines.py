@@ -285,3 +285,22 @@ def test_run_epoch_with_no_rows_raises_instead_of_reading_out_of_bounds():
     with pytest.raises(LocalFMError, match="no rows"):
         run_epoch(X, np.zeros(0, np.float32), np.zeros(0, np.int64), 4, P,
                   np.zeros(3, np.float32), np.full(3, -1, np.int32), hp, optimizer_config(hp, 2), 1, 1.0)
+
+
+def test_loading_a_model_for_inference_loads_no_engine():
+    """predict after load must not pay for numba (~0.35 s) or torch (~1 s): no engine is resolved."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, numpy as np, scipy.sparse as sp\n"
+        "from types import SimpleNamespace\n"
+        "from localfm.fm import FactorizationMachine\n"
+        "w = SimpleNamespace(w0=0.5, w=np.ones(4, np.float32), V=np.ones((4, 2), np.float32))\n"
+        "fm = FactorizationMachine.from_weights(w, predictor_type='regressor')\n"
+        "assert fm.predict(sp.eye(4, format='csr', dtype=np.float32)).tolist() == [1.5] * 4\n"
+        "loaded = [m for m in ('numba', 'torch', 'localfm.fm.engines.numba') if m in sys.modules]\n"
+        "assert not loaded, loaded\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
