@@ -47,7 +47,7 @@ def fast_mode_hyperparameters() -> dict[str, Any]:
     (no Adam moment slots per touched row) with a global step large enough for SGD to
     learn (Adam's default is 1.0).
     """
-    from localfm.fm.fast import numba_available
+    from localfm.fm.engines import numba_available
 
     fast: dict[str, Any] = {"_local_optimizer": "sgd", "_learning_rate": 100.0}
     if numba_available():
@@ -62,7 +62,7 @@ def torch_engine_hyperparameters() -> dict[str, Any]:
 
 def resolved_engine(extra: dict[str, Any]) -> str:
     """Which engine ``FactorizationMachine`` picks for these hyperparameters (recorded in results)."""
-    from localfm.fm.fast import resolve_engine
+    from localfm.fm.engines import resolve_engine
     from localfm.fm.hyperparameters import parse_fm
 
     hp = parse_fm({"feature_dim": 2, "num_factors": 1, "predictor_type": "binary_classifier", **extra})

@@ -9,6 +9,7 @@ the cloud would, before any work starts.
 """
 from __future__ import annotations
 
+import copy
 import json
 import math
 from collections.abc import Iterable, Mapping, Sequence
@@ -195,3 +196,22 @@ def table_markdown(table: Iterable[HP]) -> str:
         default = "" if hp.default is None else str(hp.default).lower() if isinstance(hp.default, bool) else str(hp.default)
         lines.append(f"| `{hp.name}` | {default} | {hp.allowed()} | {'yes' if hp.required else ''} | {hp.doc} |")
     return "\n".join(lines)
+
+
+def get_estimator_params(estimator: Any, keywords: Sequence[str]) -> dict[str, Any]:
+    """scikit-learn's ``get_params`` for an estimator built as ``Cls(*, <keywords>, **hyperparameters)``.
+
+    Both estimators (FM and k-NN) take their SageMaker hyperparameters as keyword
+    arguments and keep them, as given, in ``estimator.hyperparameters``; so
+    ``Cls(**get_estimator_params(est, ...))`` builds an equal, untrained estimator.
+    """
+    return {**{name: getattr(estimator, name) for name in keywords}, **copy.deepcopy(estimator.hyperparameters)}
+
+
+def set_estimator_params(estimator: Any, keywords: Sequence[str], params: Mapping[str, Any]) -> None:
+    """scikit-learn's ``set_params`` for the same estimators: nothing is checked until ``fit``."""
+    for name, value in params.items():
+        if name in keywords:
+            setattr(estimator, name, value)
+        else:
+            estimator.hyperparameters[name] = value

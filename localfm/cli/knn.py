@@ -90,8 +90,9 @@ def train_handler(args: argparse.Namespace) -> int:
     from ..knn.index import measure_recall, tune_nprobe
     from ..knn.model import KNN
 
-    model = KNN(**collect(args.hyperparameters, args.hp))  # validates before reading data
-    if args.target_recall is not None and model.hyperparameters["index_type"] not in ("faiss.IVFFlat", "faiss.IVFPQ"):
+    model = KNN(**collect(args.hyperparameters, args.hp))
+    hp = model.check_params()  # validates before reading data
+    if args.target_recall is not None and hp["index_type"] not in ("faiss.IVFFlat", "faiss.IVFPQ"):
         raise LocalFMError("--target-recall: applies to faiss.IVFFlat / faiss.IVFPQ indexes (it tunes nprobe)")
     if args.recall_k < 1 or args.recall_queries < 1:
         raise LocalFMError("--recall-k / --recall-queries: expected positive integers")
@@ -111,14 +112,14 @@ def train_handler(args: argparse.Namespace) -> int:
     }
     if args.target_recall is not None:
         tuned = tune_nprobe(model.index_, indexed, target=args.target_recall, k=args.recall_k,
-                            n_queries=args.recall_queries, seed=model.hyperparameters["seed"])
-        model.hyperparameters["nprobe"] = tuned["nprobe"]
+                            n_queries=args.recall_queries, seed=model.hp_["seed"])
+        model.hp_["nprobe"] = tuned["nprobe"]
         summary["nprobe_tuning"] = tuned["tried"]
         summary[f"recall@{tuned['k']}"] = tuned["recall"]
         summary["nprobe"] = tuned["nprobe"]
     elif args.report_recall:
         rec = measure_recall(model.index_, indexed, k=args.recall_k, n_queries=args.recall_queries,
-                             seed=model.hyperparameters["seed"])
+                             seed=model.hp_["seed"])
         summary[f"recall@{rec['k']}"] = rec["recall"]
         summary["recall_queries"] = rec["queries"]
         summary["recall_refilled_fraction"] = rec["refilled_fraction"]
@@ -147,7 +148,7 @@ def transform_handler(args: argparse.Namespace) -> int:
     if args.k is not None:
         if args.k < 1:
             raise LocalFMError(f"--k: expected a positive integer, got {args.k}")
-        model.hyperparameters["k"] = args.k
+        model.hp_["k"] = args.k
     if args.nprobe is not None:
         if args.nprobe < 1:
             raise LocalFMError(f"--nprobe: expected a positive integer, got {args.nprobe}")

@@ -46,8 +46,8 @@ def handler(args: argparse.Namespace) -> int:
     from ..io.atomic import atomic_outputs
 
     given = collect(args.hyperparameters, args.hp)
-    model = FactorizationMachine(seed=args.seed, **given)  # validates before reading data
-    hp = model.hp_
+    model = FactorizationMachine(seed=args.seed, **given)
+    hp = model.check_params()  # validates before reading data
     out_dir = Path(args.output)
     if out_dir.exists() and not out_dir.is_dir():  # fail before hours of training, not after
         raise LocalFMError(f"{out_dir}: exists and is not a folder")

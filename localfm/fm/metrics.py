@@ -73,10 +73,6 @@ class MetricAccumulator:
             self.sq_sum += float(np.dot(d, d))
             self.abs_sum += float(np.sum(np.abs(d)))
 
-    def update_torch(self, scores, labels) -> None:  # noqa: ANN001 - torch tensors
-        """Same as :meth:`update` for torch tensors, without numpy round trips per metric."""
-        self.update(scores.detach().numpy(), labels.detach().numpy())
-
     def result(self) -> dict[str, float]:
         if self.n == 0:
             return {}

@@ -12,54 +12,40 @@ SageMaker FM container (see docs/fm.md for the evidence):
 - MXNet-style lazy Adam (:mod:`localfm.fm.optim`) with global lr/wd 1.0 times the
   per-group multipliers and ``rescale_grad = 1/mini_batch_size``.
 
-Two engines compute the same thing (``_local_engine``, docs/fm.md "Training engine"):
-the compiled numba epoch of :mod:`localfm.fm.fast` (default when numba is installed
-and the options are supported) and the torch per-batch loop below (the reference).
-
-Implementation (torch engine): the sparse input is never densified. Each batch is precomputed once
-(distinct columns, inverse index, row segments, values, CSR patterns); a step gathers
-the batch's rows of one (d, 3, k+1) table holding ``[v | w]`` and both Adam moments,
-computes the sums with ``embedding_bag`` (per-sample weights = feature values),
-derives the gradient by hand (no autograd graph; the scatter is one sparse x dense
-product), updates only those rows and scatters them back. All tensors are float32.
+The optimizer steps run on one of two engines that compute the same thing
+(``_local_engine``; :mod:`localfm.fm.engines`, docs/fm.md "Training engine"): the
+compiled numba epoch (default when numba is installed and the options are supported)
+and the torch per-batch loop (the reference). This module keeps everything around
+them: data checks, initialisation, epochs, schedule, metrics, validation, early
+stopping and the local-only hooks.
 """
 from __future__ import annotations
 
-import copy
 import math
+import os
 import time
-import warnings
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import scipy.sparse as sp
 
 from ..errors import LocalFMError
+from ..hyperparams import get_estimator_params, set_estimator_params
+from . import engines
 from .hyperparameters import parse_fm
 from .metrics import MetricAccumulator, TrainingLog
 
+if TYPE_CHECKING:
+    from ..io.artifacts import FMWeights
+
+# localfm.io (archives, S3) is imported inside the methods that read or write models:
+# at module top it costs ~50-140 ms of every `import localfm.fm.model` (measured), and
+# training alone never needs it.
+
+_KEYWORDS = ("seed", "verbose")  # constructor arguments that are not hyperparameters
 REPRODUCIBLE_MTIME = 315532800.0  # 1980-01-01T00:00:00Z: archive timestamp of seeded models
-
-
-@dataclass
-class Batch:
-    """One precomputed mini-batch in the gather/scatter layout the step needs."""
-
-    cols: Any  # torch.int64 (U,)  distinct columns present in the batch (the rows of w/V touched)
-    cols_np: np.ndarray  # the same, as numpy (for numpy gathers/scatters)
-    inv: Any  # torch.int64 (nnz,) position of each nonzero's column in ``cols``
-    seg: Any  # torch.int64 (nnz,) batch row of each nonzero
-    val: Any  # torch.float32 (nnz,)
-    val_sq: Any  # torch.float32 (nnz,) squared values
-    offsets: Any  # torch.int64 (B,) start of each row in the nonzeros (embedding-bag offsets)
-    by_col: Any  # torch.int64 (nnz,) nonzeros ordered by column (stable)
-    col_ptr: Any  # torch.int64 (U+1,) CSR row pointer of the (U x B) column-by-row pattern
-    col_rows: Any  # torch.int64 (nnz,) batch row of each nonzero in ``by_col`` order
-    y: Any  # torch.float32 (B,)
-    size: int  # B (padded size)
 
 
 def _as_csr(X: Any, what: str) -> sp.csr_matrix:
@@ -104,67 +90,15 @@ def _check_labels(y: Any, n: int, predictor_type: str, what: str) -> np.ndarray:
     return y
 
 
-def make_batches(X: sp.csr_matrix, y: np.ndarray, batch_size: int, order: np.ndarray | None = None) -> list[Batch]:
-    """Split rows (in ``order``, default file order) into padded mini-batches.
-
-    The last partial batch is filled up to ``batch_size`` by wrapping around to the
-    first rows, as MXNet's ``last_batch_handle='pad'`` does. In file order full
-    batches are plain slices of the CSR arrays (no row gather), and one stable
-    argsort per batch yields the distinct columns, the inverse index and the
-    column-grouped order used by the gradient scatter.
-    """
-    import torch
-
-    n = X.shape[0]
-    n_batches = max(1, math.ceil(n / batch_size))
-    indptr, indices, data = X.indptr, X.indices, X.data
-    y = np.asarray(y, dtype=np.float32)
-    out: list[Batch] = []
-    for b in range(n_batches):
-        lo, hi = b * batch_size, (b + 1) * batch_size
-        if order is None and hi <= n:
-            p0, p1 = int(indptr[lo]), int(indptr[hi])
-            idx = indices[p0:p1]
-            val_np = data[p0:p1]
-            row_ptr = indptr[lo: hi + 1] - p0
-            yb = y[lo:hi]
-        else:
-            pos = np.arange(lo, hi) % n
-            rows = pos if order is None else np.asarray(order)[pos]
-            sub = X[rows]  # CSR row gather (no densify)
-            idx, val_np, row_ptr, yb = sub.indices, sub.data, sub.indptr, y[rows]
-        size = hi - lo
-        nnz = idx.shape[0]
-        by_col = np.argsort(idx, kind="stable")
-        sorted_cols = idx[by_col]
-        first = np.empty(nnz, dtype=bool)
-        first[:1] = True
-        np.not_equal(sorted_cols[1:], sorted_cols[:-1], out=first[1:])
-        cols = sorted_cols[first].astype(np.int64)
-        inv = np.empty(nnz, dtype=np.int64)
-        inv[by_col] = np.cumsum(first) - 1
-        counts = np.diff(np.append(np.flatnonzero(first), nnz))
-        col_ptr = np.zeros(cols.shape[0] + 1, dtype=np.int64)
-        np.cumsum(counts, out=col_ptr[1:])
-        seg = np.repeat(np.arange(size, dtype=np.int64), np.diff(row_ptr))
-        val = torch.from_numpy(np.array(val_np, dtype=np.float32))
-        out.append(
-            Batch(
-                cols=torch.from_numpy(cols),
-                cols_np=cols,
-                inv=torch.from_numpy(inv),
-                seg=torch.from_numpy(seg),
-                val=val,
-                val_sq=val * val,
-                offsets=torch.from_numpy(np.asarray(row_ptr[:-1], dtype=np.int64)),
-                by_col=torch.from_numpy(by_col.astype(np.int64)),
-                col_ptr=torch.from_numpy(col_ptr),
-                col_rows=torch.from_numpy(seg[by_col]),
-                y=torch.from_numpy(np.array(yb, dtype=np.float32)),
-                size=size,
-            )
-        )
-    return out
+def _labelled_rows(X: Any, y: Any, hp: Mapping[str, Any], what: str, *,
+                   need_rows: bool = False) -> tuple[sp.csr_matrix, np.ndarray]:
+    """``X`` as canonical float32 CSR with ``feature_dim`` columns, and its checked labels."""
+    X = _as_csr(X, what)
+    if need_rows and X.shape[0] == 0:
+        raise LocalFMError(f"{what}: no rows")
+    if X.shape[1] != hp["feature_dim"]:
+        raise LocalFMError(f"{what}: has {X.shape[1]} feature columns but feature_dim={hp['feature_dim']}")
+    return X, _check_labels(y, X.shape[0], hp["predictor_type"], what)
 
 
 def init_weights(hp: Mapping[str, Any], rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -222,17 +156,42 @@ class FactorizationMachine:
 
     ``FactorizationMachine(feature_dim=2623, num_factors=64, predictor_type="binary_classifier",
     epochs=30, mini_batch_size=200, seed=1).fit(X, y)`` — hyperparameters by their
-    SageMaker names, as strings or values. Learned state: ``w0_`` (float), ``w_`` (d,),
-    ``V_`` (d, k), ``weights_`` (:class:`localfm.io.artifacts.FMWeights`),
-    ``history_`` (the :class:`TrainingLog` with per-epoch metrics).
+    SageMaker names, as strings or values. scikit-learn's estimator rules hold: the
+    constructor only stores its arguments (:meth:`get_params` / :meth:`set_params`),
+    :meth:`fit` validates them (:meth:`check_params` does so up front, before any data
+    is read) and returns ``self``. Learned state: ``hp_`` (the parsed hyperparameters),
+    ``engine_`` (``numba`` or ``torch``), ``w0_`` (float), ``w_`` (d,), ``V_`` (d, k),
+    ``weights_`` (:class:`localfm.io.artifacts.FMWeights`), ``history_`` (the
+    :class:`TrainingLog` with per-epoch metrics), ``best_epoch_`` (early stopping).
     """
 
     def __init__(self, *, seed: int | None = None, verbose: bool = False, **hyperparameters: Any) -> None:
         self.seed = seed
         self.verbose = verbose
         self.hyperparameters = dict(hyperparameters)
-        # Validate now so a bad value fails before data is read.
-        self.hp_ = parse_fm(self.hyperparameters)
+
+    # --------------------------------------------------------------- parameters
+    def get_params(self, deep: bool = True) -> dict[str, Any]:  # noqa: ARG002 - sklearn protocol
+        """The constructor's arguments: ``seed``, ``verbose`` and the hyperparameters as given."""
+        return get_estimator_params(self, _KEYWORDS)
+
+    def set_params(self, **params: Any) -> FactorizationMachine:
+        """Change constructor arguments (checked at the next :meth:`fit`); returns ``self``."""
+        set_estimator_params(self, _KEYWORDS, params)
+        return self
+
+    def check_params(self) -> dict[str, Any]:
+        """Check ``seed``, parse the hyperparameters and resolve the engine; return the parsed values.
+
+        ``fit`` starts with this. The CLI calls it before reading the training
+        channels, so a bad value fails before any data is read.
+        """
+        seed = self.seed
+        if seed is not None and (isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0):
+            raise LocalFMError(f"parameter 'seed': expected None or a non-negative integer, got {seed!r}")
+        hp = parse_fm(self.hyperparameters)
+        engines.resolve_engine(hp)  # an impossible engine request fails here too
+        return hp
 
     # ----------------------------------------------------------------- training
     def fit(
@@ -261,24 +220,11 @@ class FactorizationMachine:
           ``validation:``-prefixed ones when there is validation data); returning True
           ends training early, e.g. a tuner pruning a hopeless trial.
         """
-        from .fast import resolve_engine
-
-        hp = self.hp_
-        engine = resolve_engine(hp)  # before reading data: an impossible engine request fails fast
-        ptype = hp["predictor_type"]
-        X = _as_csr(X, "training data")
-        if X.shape[0] == 0:
-            raise LocalFMError("training data: no rows")
-        if X.shape[1] != hp["feature_dim"]:
-            raise LocalFMError(
-                f"training data: has {X.shape[1]} feature columns but feature_dim={hp['feature_dim']}"
-            )
-        y = _check_labels(y, X.shape[0], ptype, "training data")
+        hp = self.check_params()  # before reading data: bad values fail fast
+        engine = engines.resolve_engine(hp)
+        X, y = _labelled_rows(X, y, hp, "training data", need_rows=True)
         if X_test is not None:
-            X_test = _as_csr(X_test, "test data")
-            if X_test.shape[1] != hp["feature_dim"]:
-                raise LocalFMError(f"test data: has {X_test.shape[1]} feature columns but feature_dim={hp['feature_dim']}")
-            y_test = _check_labels(y_test, X_test.shape[0], ptype, "test data")
+            X_test, y_test = _labelled_rows(X_test, y_test, hp, "test data")
         frac = hp["_local_validation_fraction"]
         if X_val is None and frac > 0:
             # A seeded random hold-out (its own stream, so init draws are unchanged);
@@ -296,190 +242,70 @@ class FactorizationMachine:
             X, X_val = X[train_rows], X[val_rows]
             y, y_val = y[train_rows], y[val_rows]
         if X_val is not None:
-            X_val = _as_csr(X_val, "validation data")
-            if X_val.shape[1] != hp["feature_dim"]:
-                raise LocalFMError(
-                    f"validation data: has {X_val.shape[1]} feature columns but feature_dim={hp['feature_dim']}"
-                )
-            y_val = _check_labels(y_val, X_val.shape[0], ptype, "validation data")
-        patience = hp["_local_early_stopping_patience"]
-        if patience and X_val is None:
+            X_val, y_val = _labelled_rows(X_val, y_val, hp, "validation data")
+        if hp["_local_early_stopping_patience"] and X_val is None:
             raise LocalFMError(
                 "hyperparameter '_local_early_stopping_patience' needs validation data "
                 "(_local_validation_fraction > 0 or fit(X_val=..., y_val=...))"
             )
-
-        if engine == "numba":  # serial kernel; no torch needed (its import alone costs ~1 s)
-            return self._fit(X, y, X_test, y_test, X_val, y_val, init, log, engine, epoch_data, on_epoch)
-        import torch
-
-        threads = torch.get_num_threads()
-        # One thread: the per-batch ops are small, and intra-op threads only add
-        # synchronisation (2.3x slower measured at mini_batch_size 200 on 2 busy cores).
-        torch.set_num_threads(1)
-        try:
-            return self._fit(X, y, X_test, y_test, X_val, y_val, init, log, engine, epoch_data, on_epoch)
-        finally:
-            torch.set_num_threads(threads)
-
-    def _fit(self, X, y, X_test, y_test, X_val, y_val, init, log, engine, epoch_data, on_epoch) -> FactorizationMachine:  # noqa: ANN001,E501
-        hp = self.hp_
+        self.hp_ = hp
         self.engine_ = engine
+        return self._train(hp, engine, X, y, X_test, y_test, X_val, y_val, init, log, epoch_data, on_epoch)
+
+    def _train(self, hp, engine, X, y, X_test, y_test, X_val, y_val, init, log, epoch_data, on_epoch):  # noqa: ANN001,ANN202,PLR0913
+        """The epoch loop around the engine (data already checked)."""
+        from ..progress import progress  # tqdm costs ~65 ms: only when training
+
         ptype = hp["predictor_type"]
+        binary = ptype == "binary_classifier"
         patience = hp["_local_early_stopping_patience"]
         rng = np.random.default_rng(self.seed)
         w0_np, w_np, V_np = init_weights(hp, rng)
         if init is not None:
-            w0_np, w_np, V_np = self._warm_start(init)
-
-        k = V_np.shape[1]
-        w0 = np.float32(w0_np[0])
-        # One (d, 3, k+1) table P: P[:, 0] = [v | w1], P[:, 1] = Adam m, P[:, 2] = Adam v.
+            w0_np, w_np, V_np = self._warm_start(init, hp)
+        d, k = V_np.shape
+        # One (d, 3, k+1) table: [:, 0] = [v | w], [:, 1] = Adam m, [:, 2] = Adam v.
         # Keeping both groups and both moment slots of a row side by side means one
         # gather and one scatter per batch move everything (3x fewer random accesses
         # into a table that, for large feature_dim, does not fit in cache); per-column
-        # lr/wd vectors keep the groups' separate multipliers.
-        d = V_np.shape[0]
-        if engine == "torch":
-            import torch
-            from torch.nn.functional import embedding_bag
-
-            from .optim import OptimizerConfig, ScalarState, decay_absent_rows, step_gathered, step_scalar
-
-            P = torch.zeros(d, 3, k + 1, dtype=torch.float32)
-            W = P[:, 0]
-            P_np = P.numpy()  # same memory: numpy's take/fancy assignment gather and scatter rows
-            # 2-3x faster than torch's index_select/index_copy_ on CPU (measured)
-            glr, gwd = hp["_learning_rate"], hp["_wd"]
-            common = dict(eps=hp["eps"], clip=hp["clip_gradient"], kind=hp["_local_optimizer"])
-            lin_lr = glr * hp["linear_lr"] if hp["use_linear"] else 0.0
-            lin_wd = gwd * hp["linear_wd"] if hp["use_linear"] else 0.0
-            cfg_b = OptimizerConfig(lr=glr * hp["bias_lr"], wd=gwd * hp["bias_wd"], **common)
-            cfg_t = OptimizerConfig(
-                lr=torch.tensor([glr * hp["factors_lr"]] * k + [lin_lr], dtype=torch.float32),
-                wd=torch.tensor([gwd * hp["factors_wd"]] * k + [lin_wd], dtype=torch.float32),
-                **common,
-            )
-            st_b = ScalarState()
-        else:
-            P_np = np.zeros((d, 3, k + 1), dtype=np.float32)
-        P_np[:, 0, :k] = V_np
-        P_np[:, 0, k] = w_np
-        t_step = 0
-        use_bias = hp["use_bias"]
-        lazy_wd = hp["_local_lazy_wd"]
-        binary = ptype == "binary_classifier"
-        B = hp["mini_batch_size"]
-        rescale = hp["rescale_grad"] if hp["rescale_grad"] is not None else 1.0 / B
+        # lr/wd vectors (localfm.fm.optim) keep the groups' separate multipliers.
+        table = np.zeros((d, 3, k + 1), dtype=np.float32)
+        table[:, 0, :k] = V_np
+        table[:, 0, k] = w_np
+        run = engines.start(engine, hp, table, np.float32(w0_np[0]))
+        run.set_data(X, y)
         epochs = hp["epochs"]
-        interval = hp["batch_metrics_publish_interval"]
         log = log or TrainingLog(ptype, epochs, emit=self.verbose)
         self.history_ = log
-
         shuffle = hp["_local_shuffle"]
-        from .fast import run_epoch
-
-        # numba: one compiled call per epoch (same arithmetic, see fast.py); torch: per-batch ops
-        batches = None if shuffle or engine == "numba" else make_batches(X, y, B)
-        if engine == "numba":
-            bias_state = np.array([w0, 0.0, 0.0], dtype=np.float32)  # [w0, Adam m, Adam v]
-            slot = np.full(d, -1, dtype=np.int32)
-            file_order = np.arange(X.shape[0], dtype=np.int64)
-            run_epoch(X, y, file_order, B, P_np, bias_state, slot, hp, 1, 1.0, dry_run=True)
         best: tuple[float, int, tuple] | None = None
         bad_epochs = 0
-        from ..progress import progress
-
         for epoch in progress(range(epochs), desc="train", unit="epoch"):
             lr_scale = _schedule(hp["_local_lr_schedule"], epoch, epochs)
             if epoch_data is not None and epoch > 0:
-                X, y = epoch_data(epoch)
-                X = _as_csr(X, f"epoch {epoch} training data")
-                if X.shape[0] == 0 or X.shape[1] != hp["feature_dim"]:
-                    raise LocalFMError(
-                        f"epoch {epoch} training data: expected rows with feature_dim={hp['feature_dim']} columns, "
-                        f"got shape {X.shape}"
-                    )
-                y = _check_labels(y, X.shape[0], ptype, f"epoch {epoch} training data")
-                if engine == "numba":
-                    file_order = np.arange(X.shape[0], dtype=np.int64)
-                elif not shuffle:
-                    batches = make_batches(X, y, B)
-            if engine == "numba":
-                order = rng.permutation(X.shape[0]) if shuffle else file_order
-                start = time.perf_counter()
-                scores_np, labels_np = run_epoch(X, y, order, B, P_np, bias_state, slot, hp, t_step + 1, lr_scale)
-                t_step += scores_np.shape[0] // B
-                w0 = bias_state[0]
-                seconds = time.perf_counter() - start
-                for bi in range(0, scores_np.shape[0] // B, interval):
-                    acc = MetricAccumulator(ptype)
-                    acc.update(scores_np[bi * B: (bi + 1) * B], labels_np[bi * B: (bi + 1) * B])
-                    log.batch(epoch, bi, acc.result())
+                X, y = _labelled_rows(*epoch_data(epoch), hp, f"epoch {epoch} training data", need_rows=True)
+                run.set_data(X, y)
+            order = rng.permutation(X.shape[0]) if shuffle else None
+
+            def log_batch(bi: int, scores: np.ndarray, labels: np.ndarray, epoch: int = epoch) -> None:
                 acc = MetricAccumulator(ptype)
-                acc.update(scores_np, labels_np)
-                log.epoch(epoch, acc.result(), X.shape[0], seconds)
-            else:
-                if shuffle:
-                    batches = make_batches(X, y, B, order=rng.permutation(X.shape[0]))
-                assert batches is not None
-                scores_all = torch.empty(len(batches) * B, dtype=torch.float32)
-                labels_all = torch.empty(len(batches) * B, dtype=torch.float32)
-                start = time.perf_counter()
-                with torch.no_grad(), warnings.catch_warnings():
-                    warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")
-                    for bi, bt in enumerate(batches):
-                        Pu_np = P_np.take(bt.cols_np, axis=0)  # (U, 3, k+1) rows touched by the batch
-                        Pu = torch.from_numpy(Pu_np)
-                        Wu = Pu[:, 0]
-                        # [sum_j x_j v_j | sum_j x_j w_j] per row: one fused gather-scale-sum
-                        S = embedding_bag(bt.inv, Wu, bt.offsets, mode="sum", per_sample_weights=bt.val)
-                        Vu = Wu[:, :k]
-                        nrm = (Vu * Vu).sum(1, keepdim=True)  # |v_j|^2 per touched row
-                        sq = embedding_bag(bt.inv, nrm, bt.offsets, mode="sum", per_sample_weights=bt.val_sq)
-                        Sv = S[:, :k]
-                        score = (Sv * Sv).sum(1).sub_(sq.squeeze(1)).mul_(0.5).add_(S[:, k])
-                        if use_bias:
-                            score += float(w0)
-                        off = bi * B
-                        scores_all[off: off + bt.size] = score
-                        labels_all[off: off + bt.size] = bt.y
-                        # d(loss)/d(score), rescaled: sigmoid(s)-y (log loss) or s-y (squared error)
-                        g = (torch.sigmoid(score) if binary else score).sub_(bt.y).mul_(rescale)
-                        gx = g.index_select(0, bt.seg).mul_(bt.val)  # (nnz,)
-                        # dv_j = sum_i g_i x_ij s_i - v_j sum_i g_i x_ij^2 ; dw_j = sum_i g_i x_ij.
-                        # Putting 1 in the w slot of S makes the first sum give dw_j too.
-                        S[:, k] = 1.0
-                        # GU = M @ S with M[u, i] = g_i x_iu: one sparse x dense product instead
-                        # of gather + scale + scatter over the nonzeros (~45 % faster, measured)
-                        M = torch.sparse_csr_tensor(bt.col_ptr, bt.col_rows, gx.index_select(0, bt.by_col),
-                                                    (Wu.shape[0], bt.size), check_invariants=False)
-                        GU = M @ S
-                        c = torch.zeros(Wu.shape[0]).index_add_(0, bt.inv, gx.mul_(bt.val))
-                        GU[:, :k].addcmul_(Vu, c.unsqueeze(1), value=-1.0)
-                        t_step += 1
-                        step_gathered(Wu, Pu[:, 1], Pu[:, 2], GU, cfg_t, t_step, lr_scale)
-                        P_np[bt.cols_np] = Pu_np
-                        if not lazy_wd:
-                            decay_absent_rows(W, bt.cols, cfg_t, lr_scale)
-                        if use_bias:
-                            w0 = step_scalar(w0, st_b, float(g.sum()), cfg_b, lr_scale)
-                        if bi % interval == 0:
-                            acc = MetricAccumulator(ptype)
-                            acc.update_torch(scores_all[off: off + bt.size], bt.y)
-                            log.batch(epoch, bi, acc.result())
-                seconds = time.perf_counter() - start
-                acc = MetricAccumulator(ptype)
-                acc.update_torch(scores_all, labels_all)
-                log.epoch(epoch, acc.result(), X.shape[0], seconds)
+                acc.update(scores, labels)
+                log.batch(epoch, bi, acc.result())
+
+            start = time.perf_counter()
+            scores, labels = run.epoch(order, lr_scale, log_batch, hp["batch_metrics_publish_interval"])
+            seconds = time.perf_counter() - start
+            acc = MetricAccumulator(ptype)
+            acc.update(scores, labels)
+            log.epoch(epoch, acc.result(), X.shape[0], seconds)
             if X_val is not None:
-                Wn = P_np[:, 0]
-                vals = _evaluate(float(w0), Wn[:, k].copy(), Wn[:, :k].copy(), X_val, y_val, ptype)
+                W = table[:, 0]
+                vals = _evaluate(float(run.w0), W[:, k].copy(), W[:, :k].copy(), X_val, y_val, ptype)
                 log.validation(epoch, vals)
                 if patience:
                     key = "binary_classification_cross_entropy" if binary else "rmse"
                     if best is None or vals[key] < best[0]:
-                        best = (vals[key], epoch, (w0, P_np[:, 0].copy()))
+                        best = (vals[key], epoch, (run.w0, table[:, 0].copy()))
                         bad_epochs = 0
                     else:
                         bad_epochs += 1
@@ -493,7 +319,7 @@ class FactorizationMachine:
                                  if m != "epoch"})
                 if on_epoch(epoch, seen):
                     break
-        W_final = P_np[:, 0]
+        w0, W_final = run.w0, table[:, 0]
         if patience and best is not None:
             w0, W_final = best[2]
             self.best_epoch_ = best[1]
@@ -504,13 +330,14 @@ class FactorizationMachine:
             log.test(_evaluate(self.w0_, self.w_, self.V_, X_test, y_test, ptype))
         return self
 
-    def _warm_start(self, init: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        weights = init
+    @staticmethod
+    def _warm_start(init: Any, hp: Mapping[str, Any]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         if isinstance(init, (str, Path)):
-            from ..io.artifacts import load_fm
+            from ..io.artifacts import load_fm  # lazy: see the module top
 
-            weights = load_fm(str(init))
-        d, k = self.hp_["feature_dim"], self.hp_["num_factors"]
+            init = load_fm(str(init))
+        weights = init
+        d, k = hp["feature_dim"], hp["num_factors"]
         V = np.asarray(weights.V, dtype=np.float32)
         w = np.asarray(weights.w, dtype=np.float32).reshape(-1)
         if V.shape != (d, k) or w.shape != (d,):
@@ -521,8 +348,8 @@ class FactorizationMachine:
         # Same masking as init_weights: with use_bias/use_linear false the training
         # score leaves those terms out, so an inherited w0/w would be frozen in
         # the saved model and shift every prediction away from what was trained.
-        w0 = np.array([weights.w0 if self.hp_["use_bias"] else 0.0], dtype=np.float32)
-        w = w.copy() if self.hp_["use_linear"] else np.zeros_like(w)
+        w0 = np.array([weights.w0 if hp["use_bias"] else 0.0], dtype=np.float32)
+        w = w.copy() if hp["use_linear"] else np.zeros_like(w)
         return w0, w, V.copy()
 
     # --------------------------------------------------------------- inference
@@ -553,8 +380,8 @@ class FactorizationMachine:
 
     # ----------------------------------------------------------- persistence
     @property
-    def weights_(self):  # noqa: ANN201 - FMWeights lives in io.artifacts
-        from ..io.artifacts import FMWeights
+    def weights_(self) -> FMWeights:
+        from ..io.artifacts import FMWeights  # lazy: see the module top
 
         self._check_fitted()
         return FMWeights(w0=float(self.w0_), w=self.w_, V=self.V_, predictor_type=self.hp_["predictor_type"])
@@ -566,9 +393,7 @@ class FactorizationMachine:
         when set, else 1980-01-01, the zip epoch) so the same seed gives the same
         *bytes*, not only the same weights.
         """
-        import os
-
-        from ..io.artifacts import fm_artifact_bytes, save_fm
+        from ..io.artifacts import fm_artifact_bytes, save_fm  # lazy: see the module top
         from ..io.atomic import atomic_write
         from ..io.uri import is_s3
 
@@ -586,20 +411,22 @@ class FactorizationMachine:
     @classmethod
     def load(cls, path: str | Path, predictor_type: str | None = None) -> FactorizationMachine:
         """Load any SageMaker FM artifact (local or SageMaker-trained; ``s3://`` ok)."""
-        from ..io.artifacts import load_fm
+        from ..io.artifacts import load_fm  # lazy: see the module top
 
         return cls.from_weights(load_fm(str(path)), predictor_type=predictor_type)
 
     @classmethod
     def from_weights(cls, weights: Any, predictor_type: str | None = None) -> FactorizationMachine:
+        """A trained estimator from FM weights (``w0``, ``w``, ``V``, optional ``predictor_type``)."""
         V = np.asarray(weights.V, dtype=np.float32)
         ptype = predictor_type or getattr(weights, "predictor_type", None)
         if ptype not in ("binary_classifier", "regressor"):
             raise LocalFMError(
                 "model artifact does not record predictor_type: pass predictor_type="
-                "'binary_classifier' or 'regressor' (--predictor-type on the command line)"
+                "'binary_classifier' or 'regressor'"
             )
         model = cls(feature_dim=V.shape[0], num_factors=V.shape[1], predictor_type=ptype)
+        model.hp_ = parse_fm(model.hyperparameters)  # no engine: loading for inference never trains
         model.w0_ = float(weights.w0)
         model.w_ = np.asarray(weights.w, dtype=np.float32).reshape(-1)
         model.V_ = V
@@ -608,9 +435,6 @@ class FactorizationMachine:
     def _check_fitted(self) -> None:
         if not hasattr(self, "V_"):
             raise LocalFMError("model is not trained: call fit() or load() first")
-
-    def get_params(self, deep: bool = True) -> dict[str, Any]:  # noqa: ARG002 - sklearn protocol
-        return {"seed": self.seed, "verbose": self.verbose, **copy.deepcopy(self.hyperparameters)}
 
 
 def _evaluate(w0: float, w: np.ndarray, V: np.ndarray, X: sp.csr_matrix, y: np.ndarray, ptype: str) -> dict[str, float]:

@@ -1,4 +1,4 @@
-"""MXNet-style lazy (row-sparse) Adam, plus local-only alternatives.
+"""MXNet-style lazy (row-sparse) Adam, plus local-only alternatives: the one definition.
 
 Why not ``torch.optim.Adam``: SageMaker FM trains with MXNet's ``adam_update`` on
 row-sparse gradients with ``lazy_update=True``. That differs from PyTorch's Adam in
@@ -12,176 +12,73 @@ three ways that visibly change the learning curve:
    ``lr_t = lr * sqrt(1 - b2^t) / (1 - b1^t)``, with ``t`` counting optimizer steps of
    the whole parameter (not per row), and ``eps`` added outside the sqrt.
 
-All arithmetic is float32 in place, on the gathered rows only, so one step costs
-O(rows in batch x k) regardless of ``feature_dim``.
+This module holds what both training engines (:mod:`localfm.fm.engines`) must agree
+on: the constants, the bias-corrected step size, and the effective per-column
+learning rates and weight decays (global value x group multiplier). Each engine then
+does the float32 arithmetic in its own form (torch ops, compiled numba loops), with
+the same formulas and operation order. numpy only, so the numba engine never pays
+for importing torch.
 """
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
-import torch
 
 BETA1 = 0.9
 BETA2 = 0.999
 
 
-@dataclass
-class OptimizerConfig:
-    """Effective settings of one parameter table (global value x group multiplier).
-
-    ``lr`` and ``wd`` are floats, or float32 tensors of one value per column when
-    several groups share a table (the trainer keeps ``[v | w1]`` in one (d, k+1)
-    table so one gather/scatter serves both groups).
-    """
-
-    lr: float | torch.Tensor
-    wd: float | torch.Tensor
-    eps: float = 1e-8
-    clip: float | None = None
-    kind: str = "adam"  # adam (MXNet lazy), adamw, sgd, adagrad (local-only)
-
-
-@dataclass
-class SlotState:
-    """Per-parameter optimizer state (same shape as the parameter)."""
-
-    m: torch.Tensor
-    v: torch.Tensor
-    t: int = 0
-
-
-def new_state(param: torch.Tensor) -> SlotState:
-    return SlotState(m=torch.zeros_like(param), v=torch.zeros_like(param))
-
-
 def adam_coefficient(lr: float, t: int) -> float:
-    """MXNet's bias-corrected step size ``lr * sqrt(1 - b2^t) / (1 - b1^t)``."""
+    """MXNet's bias-corrected step size ``lr * sqrt(1 - b2^t) / (1 - b1^t)``.
+
+    Both engines evaluate it in Python double precision (``pow`` rounding included)
+    and round to float32 only where the step uses it, so they agree bit for bit.
+    """
     return lr * math.sqrt(1.0 - BETA2**t) / (1.0 - BETA1**t)
 
 
-def _add_wd(g: torch.Tensor, w: torch.Tensor, wd: float | torch.Tensor) -> None:
-    if isinstance(wd, torch.Tensor):
-        g.addcmul_(w, wd)
-    elif wd:
-        g.add_(w, alpha=wd)
+@dataclass(frozen=True)
+class OptimizerConfig:
+    """Effective optimizer settings of one training run.
 
-
-def step_gathered(
-    w: torch.Tensor,
-    m: torch.Tensor,
-    v: torch.Tensor,
-    grad: torch.Tensor,
-    cfg: OptimizerConfig,
-    t: int,
-    lr_scale: float = 1.0,
-) -> None:
-    """One optimizer step on already-gathered rows, in place on ``w``, ``m`` and ``v``.
-
-    ``w``/``m``/``v`` may be strided views (the trainer keeps weights and both moment
-    slots of a row side by side so one gather and one scatter move all three);
-    ``grad`` is ``rescale_grad`` x the gradient, same shape, and is consumed.
-    ``t`` is the step number (1 for the first step) used by Adam's bias correction.
+    The trainer keeps ``[v | w]`` in one (d, k+1) table so one gather/scatter serves
+    both groups; ``lr`` / ``wd`` therefore hold one float32 value per table column
+    (``factors`` k times, then ``linear``). The bias ``w0`` is a separate scalar
+    parameter with its own ``bias_lr`` / ``bias_wd`` (Python floats; each engine rounds
+    them to float32 where it uses them).
     """
-    g = grad if cfg.clip is None else grad.clamp_(-cfg.clip, cfg.clip)
-    if cfg.kind == "adamw":
-        decay = w * (cfg.wd * cfg.lr * lr_scale)
-    else:
-        _add_wd(g, w, cfg.wd)  # L2 through the gradient (MXNet)
-        decay = None
-    if cfg.kind == "sgd":
-        w.sub_(g * cfg.lr, alpha=lr_scale)
-    elif cfg.kind == "adagrad":
-        v.addcmul_(g, g)
-        w.addcdiv_(g * cfg.lr, v.sqrt().add_(cfg.eps), value=-lr_scale)
-    else:  # adam / adamw
-        m.lerp_(g, 1.0 - BETA1)  # b1*m + (1-b1)*g
-        v.mul_(BETA2).addcmul_(g, g, value=1.0 - BETA2)
-        coef = adam_coefficient(1.0, t) * lr_scale
-        w.addcdiv_(m * cfg.lr, v.sqrt().add_(cfg.eps), value=-coef)
-    if decay is not None:
-        w.sub_(decay)
+
+    kind: str  # adam (MXNet lazy, the cloud), adamw, sgd, adagrad (local-only)
+    lr: np.ndarray  # (k+1,) float32
+    wd: np.ndarray  # (k+1,) float32
+    bias_lr: float
+    bias_wd: float
+    eps: float
+    clip: float | None
+    rescale: float  # rescale_grad: 1/mini_batch_size unless set
 
 
-def step_rows(
-    param: torch.Tensor,
-    state: SlotState,
-    rows: torch.Tensor | None,
-    grad: torch.Tensor,
-    cfg: OptimizerConfig,
-    lr_scale: float = 1.0,
-) -> None:
-    """One optimizer step on ``param[rows]`` (``rows=None``: the whole, dense parameter).
+def optimizer_config(hp: Mapping[str, Any], k: int) -> OptimizerConfig:
+    """The settings for parsed FM hyperparameters ``hp`` and ``k`` factors.
 
-    Gathers the rows of the parameter and its moments, applies :func:`step_gathered`
-    and scatters them back; rows not listed are not touched (lazy update).
-    ``grad`` has the shape of ``param[rows]`` and is consumed. ``state.t`` is
-    advanced here, once per call = once per batch.
+    ``use_linear=false`` gives the linear column lr = wd = 0, so ``w`` stays at its
+    (zeroed) initial value while sharing the table with ``v``.
     """
-    state.t += 1
-    if rows is None:
-        w, m, v = param.clone(), state.m.clone(), state.v.clone()
-    else:
-        w, m, v = param.index_select(0, rows), state.m.index_select(0, rows), state.v.index_select(0, rows)
-    step_gathered(w, m, v, grad, cfg, state.t, lr_scale)
-    _put(param, rows, w)
-    _put(state.m, rows, m)
-    _put(state.v, rows, v)
-
-
-def decay_absent_rows(param: torch.Tensor, rows: torch.Tensor, cfg: OptimizerConfig, lr_scale: float = 1.0) -> None:
-    """Local-only non-lazy weight decay: shrink the rows *not* in the batch too.
-
-    Used when ``_local_lazy_wd=false``; the cloud never does this.
-    """
-    mask = torch.ones(param.shape[0], dtype=torch.bool)
-    mask[rows] = False
-    param[mask] *= 1.0 - cfg.lr * lr_scale * cfg.wd
-
-
-def _put(dest: torch.Tensor, rows: torch.Tensor | None, value: torch.Tensor) -> None:
-    if rows is None:
-        dest.copy_(value)
-    else:
-        dest.index_copy_(0, rows, value)
-
-
-@dataclass
-class ScalarState:
-    """Optimizer state of a scalar parameter (the global bias ``w0``), float32 values."""
-
-    m: np.float32 = np.float32(0.0)
-    v: np.float32 = np.float32(0.0)
-    t: int = 0
-
-
-def step_scalar(w: np.float32, state: ScalarState, grad: float, cfg: OptimizerConfig, lr_scale: float = 1.0) -> np.float32:
-    """:func:`step_rows` for one float32 scalar, in numpy scalars.
-
-    The bias gets a step every batch; doing it with ~15 tiny torch ops cost more
-    than the whole factor update at small batch sizes, so it runs as scalar
-    arithmetic here (same formulas, float32).
-    """
-    f32 = np.float32
-    state.t += 1
-    lr, wd = f32(cfg.lr), f32(cfg.wd)
-    g = f32(grad)
-    if cfg.clip is not None:
-        g = f32(min(max(g, -cfg.clip), cfg.clip))
-    decay = f32(0.0)
-    if cfg.kind == "adamw":
-        decay = w * wd * lr * f32(lr_scale)
-    else:
-        g = g + wd * w
-    if cfg.kind == "sgd":
-        w_new = w - f32(lr_scale) * lr * g
-    elif cfg.kind == "adagrad":
-        state.v = state.v + g * g
-        w_new = w - f32(lr_scale) * lr * g / (np.sqrt(state.v) + f32(cfg.eps))
-    else:
-        state.m = f32(BETA1) * state.m + f32(1.0 - BETA1) * g
-        state.v = f32(BETA2) * state.v + f32(1.0 - BETA2) * g * g
-        coef = f32(adam_coefficient(1.0, state.t) * lr_scale)
-        w_new = w - coef * lr * state.m / (np.sqrt(state.v) + f32(cfg.eps))
-    return f32(w_new - decay)
+    glr, gwd = hp["_learning_rate"], hp["_wd"]
+    lin_lr = glr * hp["linear_lr"] if hp["use_linear"] else 0.0
+    lin_wd = gwd * hp["linear_wd"] if hp["use_linear"] else 0.0
+    rescale = hp["rescale_grad"]
+    return OptimizerConfig(
+        kind=hp["_local_optimizer"],
+        lr=np.array([glr * hp["factors_lr"]] * k + [lin_lr], dtype=np.float32),
+        wd=np.array([gwd * hp["factors_wd"]] * k + [lin_wd], dtype=np.float32),
+        bias_lr=glr * hp["bias_lr"],
+        bias_wd=gwd * hp["bias_wd"],
+        eps=hp["eps"],
+        clip=hp["clip_gradient"],
+        rescale=rescale if rescale is not None else 1.0 / hp["mini_batch_size"],
+    )

@@ -1,7 +1,7 @@
 """The SageMaker k-NN estimator and its model artifact.
 
-``KNN(**hyperparameters).fit(X, labels)`` does what a SageMaker k-NN training job
-does: validate the hyperparameters, take a seeded reservoir sample of
+``KNN(seed=0, **hyperparameters).fit(X, labels)`` does what a SageMaker k-NN training
+job does: validate the hyperparameters, take a seeded reservoir sample of
 ``sample_size`` rows, optionally reduce dimensions, build the FAISS index and keep
 the sampled rows' labels. ``save(model_dir)`` writes the cloud's layout:
 
@@ -28,6 +28,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import LocalFMError
+from ..hyperparams import get_estimator_params, set_estimator_params
 from ..io.artifacts import read_members
 from ..io.atomic import atomic_outputs
 from .hyperparams import parse_knn
@@ -99,40 +100,70 @@ class Neighbours:
 
 
 class KNN:
-    """SageMaker k-NN as a local estimator (scikit-learn habits: learned state ends in ``_``)."""
+    """SageMaker k-NN as a local estimator, by scikit-learn's rules.
 
-    def __init__(self, **hyperparameters: Any) -> None:
-        # Validate now so bad hyperparameters fail before any data is read.
-        self.hyperparameters: dict[str, Any] = parse_knn(hyperparameters)
-        self.index_: KNNIndex | None = None
-        self.labels_: np.ndarray | None = None
-        self.sample_indices_: np.ndarray | None = None
-        # Measurements made at training time (recall, test score), kept in the artifact.
-        self.report_: dict[str, Any] = {}
+    The constructor only stores its arguments (:meth:`get_params` / :meth:`set_params`);
+    :meth:`fit` validates them (:meth:`check_params` does so up front, before any data
+    is read) and returns ``self``. ``seed`` seeds the reservoir sample, projections and
+    clustering; ``None`` takes the ``seed`` hyperparameter's default, 0 (the cloud's
+    sample is fixed too). Learned state: ``hp_`` (the parsed hyperparameters, as saved
+    in the artifact), ``index_``, ``labels_``, ``sample_indices_`` and ``report_``
+    (measurements made at training time, e.g. recall, kept in the artifact).
+    """
+
+    def __init__(self, *, seed: int | None = None, **hyperparameters: Any) -> None:
+        self.seed = seed
+        self.hyperparameters = dict(hyperparameters)
+
+    # -------------------------------------------------------------- parameters
+    def get_params(self, deep: bool = True) -> dict[str, Any]:  # noqa: ARG002 - sklearn protocol
+        """The constructor's arguments: ``seed`` and the hyperparameters as given."""
+        return get_estimator_params(self, ("seed",))
+
+    def set_params(self, **params: Any) -> KNN:
+        """Change constructor arguments (checked at the next :meth:`fit`); returns ``self``."""
+        set_estimator_params(self, ("seed",), params)
+        return self
+
+    def check_params(self) -> dict[str, Any]:
+        """The parsed hyperparameters, ``seed`` included (raises LocalFMError on a bad value).
+
+        ``fit`` starts with this; ``localfm knn train`` calls it before reading the
+        training data.
+        """
+        given = dict(self.hyperparameters)
+        if self.seed is not None:
+            given["seed"] = self.seed
+        return parse_knn(given)
 
     # ---------------------------------------------------------------- settings
+    def _hp(self) -> dict[str, Any]:
+        if not hasattr(self, "hp_"):
+            raise LocalFMError("k-NN model is not trained: call fit() or KNN.load() first")
+        return self.hp_
+
     @property
     def k(self) -> int:
-        return int(self.hyperparameters["k"])
+        return int(self._hp()["k"])
 
     @property
     def predictor_type(self) -> str:
-        return str(self.hyperparameters["predictor_type"])
+        return str(self._hp()["predictor_type"])
 
     @property
     def feature_dim(self) -> int:
-        return int(self.hyperparameters["feature_dim"])
+        return int(self._hp()["feature_dim"])
 
     def _require_fitted(self) -> KNNIndex:
-        if self.index_ is None or self.labels_ is None:
+        if getattr(self, "index_", None) is None or getattr(self, "labels_", None) is None:
             raise LocalFMError("k-NN model is not trained: call fit() or KNN.load() first")
         return self.index_
 
     # ------------------------------------------------------------------- train
     def fit(self, X: Any, labels: Any, *, where: str = "training data") -> KNN:
-        """Index a reservoir sample of ``X`` (n, feature_dim) with its ``labels`` (n,)."""
-        hp = self.hyperparameters
-        x = as_float_matrix(X, what=where, dim=self.feature_dim)
+        """Index a reservoir sample of ``X`` (n, feature_dim) with its ``labels`` (n,); returns ``self``."""
+        hp = self.check_params()  # before touching the data: bad values fail fast
+        x = as_float_matrix(X, what=where, dim=int(hp["feature_dim"]))
         if labels is None:
             raise LocalFMError(f"{where}: k-NN training needs a label for every row, found none")
         try:
@@ -151,7 +182,7 @@ class KNN:
         projection = None
         if hp["dimension_reduction_type"] is not None:
             projection = make_projection(
-                hp["dimension_reduction_type"], self.feature_dim, hp["dimension_reduction_target"],
+                hp["dimension_reduction_type"], int(hp["feature_dim"]), hp["dimension_reduction_target"],
                 seed=hp["seed"], n_points=xs.shape[0],
             )
         self.index_ = build_index(
@@ -167,8 +198,10 @@ class KNN:
             seed=hp["seed"],
             projection=projection,
         )
+        self.hp_ = hp
         self.labels_ = ys
         self.sample_indices_ = pick
+        self.report_ = {}
         return self
 
     # --------------------------------------------------------------- inference
@@ -176,7 +209,7 @@ class KNN:
         """Best-first ``(scores, row ids into the indexed sample)``, ``k' = min(k, indexed)``."""
         index = self._require_fitted()
         x = as_float_matrix(X, what=where, dim=self.feature_dim)
-        return index.search(x, self.k if k is None else k, batch_size=self.hyperparameters["mini_batch_size"])
+        return index.search(x, self.k if k is None else k, batch_size=self.hp_["mini_batch_size"])
 
     def neighbours(self, X: Any, k: int | None = None, *, where: str = "queries") -> Neighbours:
         """predicted_label, neighbour labels and distances in SageMaker's response order."""
@@ -214,7 +247,7 @@ class KNN:
             "index_type": index.index_type,
             "index_metric": index.index_metric,
             "feature_dim": self.feature_dim,
-            "localfm": {"index": meta, "hyperparameters": dict(self.hyperparameters), "report": self.report_},
+            "localfm": {"index": meta, "hyperparameters": dict(self.hp_), "report": self.report_},
         }
 
     def save(self, model_dir: str | os.PathLike[str]) -> Path:
@@ -286,6 +319,7 @@ class KNN:
         hp["nprobe"] = index.nprobe
         try:
             model = cls(**hp)
+            model.hp_ = model.check_params()
         except LocalFMError as exc:
             raise LocalFMError(f"{where}/{META_FILE}: {exc}") from None
         if model.feature_dim != index.dim:

@@ -111,7 +111,7 @@ def render(nb: Neighbours, accept: str | Accept) -> str:
 # ---------------------------------------------------------------- batch jobs
 def _write_response(model: KNN, x: np.ndarray, acc: Accept, fh: Any, *, where: str) -> None:
     """Stream the response for ``x`` in ``mini_batch_size`` blocks, so memory stays bounded."""
-    batch = max(1, int(model.hyperparameters["mini_batch_size"]))
+    batch = max(1, int(model.hp_["mini_batch_size"]))
     if not acc.jsonlines:
         fh.write('{"predictions": [')
     for start in progress(range(0, x.shape[0], batch), total=math.ceil(x.shape[0] / batch),

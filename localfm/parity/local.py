@@ -63,8 +63,8 @@ def train_local(
     """Train localfm's FM on a channel (path/URI, or an ``(X, y)`` pair) and collect its metrics."""
     from ..fm.model import FactorizationMachine
 
-    model = FactorizationMachine(seed=seed, **dict(hyperparameters))  # validates before any reading
-    feature_dim = model.hp_["feature_dim"]
+    model = FactorizationMachine(seed=seed, **dict(hyperparameters))
+    feature_dim = model.check_params()["feature_dim"]  # validates before any reading
     X, y = _channel(train, feature_dim)
     X_test = y_test = None
     if test is not None:

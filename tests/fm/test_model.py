@@ -7,7 +7,8 @@ import torch
 
 from localfm.errors import LocalFMError
 from localfm.fm import FactorizationMachine
-from localfm.fm.model import make_batches, predict_scores
+from localfm.fm.engines.torch import make_batches
+from localfm.fm.model import predict_scores
 
 
 def _data(n=60, d=15, seed=0, nnz=4):
@@ -277,3 +278,52 @@ def test_on_epoch_hook_sees_metrics_and_can_stop_training(engine):
     assert "binary_classification_accuracy" in seen[0][1]
     assert "validation:binary_classification_accuracy" in seen[0][1]
     assert len(fm.history_.train_metrics_per_epoch) == 2
+
+
+# ---------------------------------------------------------------- estimator rules (scikit-learn)
+def test_constructor_only_stores_and_fit_validates():
+    fm = FactorizationMachine(feature_dim=15, num_factors=-1, predictor_type="binary_classifier", seed=0)
+    assert fm.get_params()["num_factors"] == -1  # stored as given, no validation yet
+    assert not [name for name in vars(fm) if name.endswith("_")]  # no learned state before fit
+    with pytest.raises(LocalFMError, match="num_factors"):
+        fm.check_params()
+    with pytest.raises(LocalFMError, match="num_factors"):  # fails on the value, before the data is looked at
+        fm.fit(object(), None)
+    X, rng = _data()
+    y = (rng.random(X.shape[0]) < 0.5).astype(np.float32)
+    assert fm.set_params(num_factors=3) is fm
+    assert fm.fit(X, y) is fm
+    assert fm.hp_["num_factors"] == 3 and fm.hp_["epochs"] == 1 and fm.engine_ in ("numba", "torch")
+    with pytest.raises(LocalFMError, match="unknown factorization-machines hyperparameter 'epoch'"):
+        fm.set_params(epoch=2).fit(X, y)
+
+
+def test_get_params_rebuilds_an_equal_estimator():
+    fm = FactorizationMachine(feature_dim=15, num_factors="4", predictor_type="regressor", seed=5, verbose=False,
+                              epochs=2)
+    params = fm.get_params()
+    assert params == {"seed": 5, "verbose": False, "feature_dim": 15, "num_factors": "4",
+                      "predictor_type": "regressor", "epochs": 2}
+    twin = FactorizationMachine(**params)
+    assert twin.get_params() == params
+    X, _ = _data()
+    y = np.linspace(0, 1, X.shape[0], dtype=np.float32)
+    a, b = fm.fit(X, y), twin.fit(X, y)
+    assert a.V_.tobytes() == b.V_.tobytes()
+    fm.set_params(seed=6, epochs=3)
+    assert (fm.seed, fm.get_params()["epochs"], twin.get_params()["epochs"]) == (6, 3, 2)
+
+
+@pytest.mark.parametrize("seed", [-1, 1.5, "3", True])
+def test_bad_seed_is_a_localfm_error_naming_the_parameter(seed):
+    with pytest.raises(LocalFMError, match="parameter 'seed'"):
+        FactorizationMachine(feature_dim=3, num_factors=2, predictor_type="regressor", seed=seed).check_params()
+
+
+def test_loaded_model_without_predictor_type_names_the_parameter_not_a_flag():
+    w = SimpleNamespace(w0=0.0, w=np.zeros(3, np.float32), V=np.zeros((3, 2), np.float32))
+    with pytest.raises(LocalFMError, match="pass predictor_type=") as err:
+        FactorizationMachine.from_weights(w)
+    assert "--" not in str(err.value)
+    fm = FactorizationMachine.from_weights(w, predictor_type="regressor")
+    assert fm.hp_["predictor_type"] == "regressor" and fm.predict(sp.csr_matrix((1, 3))).tolist() == [0.0]

@@ -213,3 +213,36 @@ def test_non_numeric_labels_are_a_localfm_error_not_value_error() -> None:
     x, _ = data(3)
     with pytest.raises(LocalFMError, match="training data: labels must be numbers"):
         KNN(**hp()).fit(x, ["a", "b", "c"])
+
+
+# ---------------------------------------------------------------- estimator rules (scikit-learn)
+def test_constructor_only_stores_and_fit_validates() -> None:
+    m = KNN(**hp(k=0))
+    assert m.get_params() == {"seed": None, **hp(k=0)}
+    assert not [name for name in vars(m) if name.endswith("_")]  # no learned state before fit
+    with pytest.raises(LocalFMError, match="hyperparameter 'k'"):
+        m.check_params()
+    with pytest.raises(LocalFMError, match="hyperparameter 'k'"):  # fails on the value, before the data
+        m.fit(object(), None)
+    x, y = data(60)
+    assert m.set_params(k=3) is m
+    assert m.fit(x, y) is m
+    assert m.hp_["k"] == 3 and m.k == 3 and m.report_ == {}
+    with pytest.raises(LocalFMError, match="not trained"):
+        _ = KNN(**hp()).k
+
+
+def test_seed_is_a_keyword_like_fm_and_reaches_the_sample(tmp_path: Path) -> None:
+    x, y = data(400)
+    a = KNN(seed=3, **hp(sample_size=150)).fit(x, y)
+    np.testing.assert_array_equal(a.sample_indices_, reservoir_sample(400, 150, seed=3))
+    assert a.hp_["seed"] == 3 and a.get_params()["seed"] == 3
+    b = KNN(**hp(sample_size=150)).fit(x, y)  # None: the hyperparameter default, 0
+    np.testing.assert_array_equal(b.sample_indices_, reservoir_sample(400, 150, seed=0))
+    with pytest.raises(LocalFMError, match="hyperparameter 'seed'"):
+        KNN(seed=-1, **hp()).check_params()
+    a.save(tmp_path)
+    back = KNN.load(tmp_path)
+    assert back.hp_["seed"] == 3 and back.seed == 3
+    twin = KNN(**a.get_params()).fit(x, y)
+    np.testing.assert_array_equal(twin.sample_indices_, a.sample_indices_)

@@ -167,7 +167,7 @@ def test_streams_in_mini_batches(tmp_path: Path, model: KNN) -> None:
     whole, _ = transform_file(model, src, tmp_path / "a", accept="application/json; verbose=true")
     small = KNN.__new__(KNN)
     small.__dict__.update(model.__dict__)
-    small.hyperparameters = {**model.hyperparameters, "mini_batch_size": 5}
+    small.hp_ = {**model.hp_, "mini_batch_size": 5}
     batched, _ = transform_file(small, src, tmp_path / "b", accept="application/json; verbose=true")
     assert whole.read_text() == batched.read_text()
 

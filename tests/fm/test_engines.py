@@ -1,4 +1,4 @@
-"""The numba training engine (localfm.fm.fast) gives the torch engine's results.
+"""The two training engines (localfm.fm.engines: numba, torch) give the same results.
 
 Both engines run the same SageMaker semantics (padded last batch, pre-update metrics,
 lazy Adam on the batch's distinct rows); the compiled one must agree to float32
@@ -12,9 +12,9 @@ import pytest
 import scipy.sparse as sp
 
 from localfm.errors import LocalFMError
-from localfm.fm import FactorizationMachine, fast
+from localfm.fm import FactorizationMachine, engines
 
-pytestmark = pytest.mark.skipif(not fast.numba_available(), reason="numba not installed")
+pytestmark = pytest.mark.skipif(not engines.numba_available(), reason="numba not installed")
 
 
 def _ragged(n=157, d=23, seed=0):
@@ -149,18 +149,20 @@ def test_lazy_update_leaves_absent_rows_untouched():
 
 def test_engine_selection(monkeypatch):
     base = dict(feature_dim=5, num_factors=2, predictor_type="regressor")
-    assert fast.resolve_engine(FactorizationMachine(**base).hp_) == "numba"
-    assert fast.resolve_engine(FactorizationMachine(**base, _local_engine="torch").hp_) == "torch"
-    nonlazy = FactorizationMachine(**base, _local_lazy_wd="false").hp_
-    assert fast.resolve_engine(nonlazy) == "torch"  # auto falls back for what numba does not implement
+    assert engines.resolve_engine(FactorizationMachine(**base).check_params()) == "numba"
+    assert engines.resolve_engine(FactorizationMachine(**base, _local_engine="torch").check_params()) == "torch"
+    nonlazy = FactorizationMachine(**base, _local_lazy_wd="false").check_params()
+    assert engines.resolve_engine(nonlazy) == "torch"  # auto falls back for what numba does not implement
     with pytest.raises(LocalFMError, match=r"_local_engine'=numba does not support _local_lazy_wd=false"):
-        fast.resolve_engine({**nonlazy, "_local_engine": "numba"})
+        engines.resolve_engine({**nonlazy, "_local_engine": "numba"})
     with pytest.raises(LocalFMError, match="_local_engine"):
-        FactorizationMachine(**base, _local_engine="cuda")
-    monkeypatch.setattr(fast, "numba_available", lambda: False)
-    assert fast.resolve_engine(FactorizationMachine(**base).hp_) == "torch"
+        FactorizationMachine(**base, _local_engine="cuda").check_params()
+    monkeypatch.setattr(engines, "numba_available", lambda: False)
+    assert engines.resolve_engine(FactorizationMachine(**base).check_params()) == "torch"
     with pytest.raises(LocalFMError, match="needs the numba package"):
-        fast.resolve_engine(FactorizationMachine(**base, _local_engine="numba").hp_)
+        engines.resolve_engine({**FactorizationMachine(**base).check_params(), "_local_engine": "numba"})
+    with pytest.raises(LocalFMError, match="needs the numba package"):  # before any data is read
+        FactorizationMachine(**base, _local_engine="numba").fit(None, None)
 
 
 def test_non_lazy_wd_trains_with_torch_under_auto():
@@ -184,13 +186,56 @@ def test_ml100k_cloud_setup_engines_agree(ml100k_dir, tmp_path):
     _assert_same(a, b)
 
 
-def test_step_size_formula_matches_optim_bit_for_bit():
+def test_numba_step_factors_come_from_optim():
+    """One source of the Adam maths: the compiled step gets optim's coefficients, rounded once."""
     from localfm.fm import optim
+    from localfm.fm.engines.numba import step_factors
 
-    assert (fast.BETA1, fast.BETA2) == (optim.BETA1, optim.BETA2)
-    for t in (1, 2, 3, 10, 453, 13590, 10**6):
-        for lr in (1.0, 0.5, 1e-4):
-            assert fast.adam_coefficient(lr, t) == optim.adam_coefficient(lr, t)
+    got = step_factors("adam", 452, 4, 0.5)
+    want = [np.float32(optim.adam_coefficient(1.0, t) * 0.5) for t in range(452, 456)]
+    assert got.dtype == np.float32 and got.tolist() == want
+    assert step_factors("sgd", 1, 3, 0.25).tolist() == [0.25] * 3
+
+
+def test_optimizer_config_per_column_settings():
+    from localfm.fm.optim import optimizer_config
+
+    hp = FactorizationMachine(feature_dim=4, num_factors=3, predictor_type="regressor", mini_batch_size=50,
+                              _learning_rate=2.0, factors_lr=0.1, linear_lr=0.3, bias_lr=0.5,
+                              factors_wd=0.01, linear_wd=0.02, bias_wd=0.04).check_params()
+    cfg = optimizer_config(hp, 3)
+    assert cfg.lr.dtype == np.float32 and cfg.lr.tolist() == np.float32([0.2, 0.2, 0.2, 0.6]).tolist()
+    assert cfg.wd.tolist() == np.float32([0.01, 0.01, 0.01, 0.02]).tolist()
+    assert (cfg.bias_lr, cfg.bias_wd, cfg.rescale, cfg.kind) == (1.0, 0.04, 1 / 50, "adam")
+    off = optimizer_config({**hp, "use_linear": False, "rescale_grad": 0.5}, 3)
+    assert off.lr[3] == 0 and off.wd[3] == 0 and off.rescale == 0.5  # w frozen while sharing v's table
+
+
+@pytest.mark.parametrize("engine", ["numba", "torch"])
+def test_engine_interface_runs_epochs_and_reports_batches(engine):
+    """Driven through engines.start only: padded scores, on_batch every N batches, data swapped."""
+    X, rng = _ragged(n=50, d=23)
+    y = _labels("binary_classifier", 50, rng)
+    hp = FactorizationMachine(feature_dim=23, num_factors=4, predictor_type="binary_classifier",
+                              mini_batch_size=8, _local_engine=engine).check_params()
+    table = np.zeros((23, 3, 5), np.float32)
+    table[:, 0] = rng.normal(0, 0.1, (23, 5))
+    before = table.copy()
+    run = engines.start(engine, hp, table, np.float32(0.25))
+    run.set_data(X, y)
+    seen = []
+    scores, labels = run.epoch(None, 1.0, lambda b, s, lab: seen.append((b, s.copy(), lab.copy())), 3)
+    assert scores.shape == labels.shape == (56,)  # 7 batches of 8, the last padded with rows 0..5
+    np.testing.assert_array_equal(labels, np.concatenate([y, y[:6]]))
+    assert [b for b, _, _ in seen] == [0, 3, 6]
+    for b, s, lab in seen:
+        np.testing.assert_array_equal(s, scores[b * 8:(b + 1) * 8])
+        np.testing.assert_array_equal(lab, labels[b * 8:(b + 1) * 8])
+    assert not np.array_equal(table[:, 0], before[:, 0]) and run.w0 != np.float32(0.25)  # trained in place
+    run.set_data(X[:9], y[:9])
+    order = np.arange(9)[::-1].copy()
+    _, labels2 = run.epoch(order, 0.5, lambda *a: None, 1)
+    np.testing.assert_array_equal(labels2, np.concatenate([y[:9][::-1], y[:9][::-1][:7]]))
 
 
 def test_numba_engine_does_not_import_torch():
@@ -212,9 +257,11 @@ def test_numba_engine_does_not_import_torch():
 
 
 def test_large_table_prefetch_path_matches():
-    """feature_dim 40,000 x k 63: a 30 MB table, above PREFETCH_MIN_BYTES, so the kernel prefetches."""
+    """feature_dim 40,000 x k 63: a 30 MB table, above PREFETCH_MIN_BYTES, so the numba engine prefetches."""
+    from localfm.fm.engines.numba import PREFETCH_MIN_BYTES
+
     d, k = 40_000, 63
-    assert d * 3 * (k + 1) * 4 > fast.PREFETCH_MIN_BYTES
+    assert d * 3 * (k + 1) * 4 > PREFETCH_MIN_BYTES
     rng = np.random.default_rng(5)
     n = 300
     rows = np.repeat(np.arange(n), 2)
@@ -228,12 +275,32 @@ def test_large_table_prefetch_path_matches():
 
 def test_run_epoch_with_no_rows_raises_instead_of_reading_out_of_bounds():
     # n = 0 gave one padded batch indexing row 0 of an empty matrix: a segfault.
-    from localfm.errors import LocalFMError
+    from localfm.fm.engines.numba import run_epoch
     from localfm.fm.hyperparameters import parse_fm
+    from localfm.fm.optim import optimizer_config
 
     hp = parse_fm({"feature_dim": 3, "num_factors": 2, "predictor_type": "regressor"})
     X = sp.csr_matrix((0, 3), dtype=np.float32)
     P = np.zeros((3, 3, 3), np.float32)
     with pytest.raises(LocalFMError, match="no rows"):
-        fast.run_epoch(X, np.zeros(0, np.float32), np.zeros(0, np.int64), 4, P,
-                       np.zeros(3, np.float32), np.full(3, -1, np.int32), hp, 1, 1.0)
+        run_epoch(X, np.zeros(0, np.float32), np.zeros(0, np.int64), 4, P,
+                  np.zeros(3, np.float32), np.full(3, -1, np.int32), hp, optimizer_config(hp, 2), 1, 1.0)
+
+
+def test_loading_a_model_for_inference_loads_no_engine():
+    """predict after load must not pay for numba (~0.35 s) or torch (~1 s): no engine is resolved."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, numpy as np, scipy.sparse as sp\n"
+        "from types import SimpleNamespace\n"
+        "from localfm.fm import FactorizationMachine\n"
+        "w = SimpleNamespace(w0=0.5, w=np.ones(4, np.float32), V=np.ones((4, 2), np.float32))\n"
+        "fm = FactorizationMachine.from_weights(w, predictor_type='regressor')\n"
+        "assert fm.predict(sp.eye(4, format='csr', dtype=np.float32)).tolist() == [1.5] * 4\n"
+        "loaded = [m for m in ('numba', 'torch', 'localfm.fm.engines.numba') if m in sys.modules]\n"
+        "assert not loaded, loaded\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]

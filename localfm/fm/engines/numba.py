@@ -1,108 +1,82 @@
-"""Compiled (numba) training engine: one call runs a whole FM epoch with SageMaker semantics.
+"""The numba training engine: one compiled call runs a whole FM epoch with SageMaker semantics.
 
-Why: at the cloud job's ``mini_batch_size=200`` the torch engine in
-:mod:`localfm.fm.model` spends most of each step in Python and torch dispatch
-(~25 small ops per batch) rather than arithmetic. This module does the same work
-in one ``@njit`` function per epoch, with no per-batch allocation, directly on the
-CSR arrays and on the trainer's (d, 3, k+1) table ``P`` (``P[:, 0] = [v | w]``,
-``P[:, 1]`` = Adam m, ``P[:, 2]`` = Adam v), so results match the torch engine to
-float32 rounding while running several times faster (numbers in docs/fm.md).
+Why: at the cloud job's ``mini_batch_size=200`` the torch engine (:mod:`.torch`)
+spends most of each step in Python and torch dispatch (~25 small ops per batch)
+rather than arithmetic. This engine does the same work in one ``@njit`` function per
+epoch (:func:`train_epoch`), with no per-batch allocation, directly on the CSR arrays
+and on the run's (d, 3, k+1) table ``P`` (``P[:, 0] = [v | w]``, ``P[:, 1]`` = Adam m,
+``P[:, 2]`` = Adam v), so results match the torch engine to float32 rounding while
+running several times faster (numbers in docs/fm.md).
 
-Semantics reproduced step for step from the torch engine (``FactorizationMachine._fit``):
+Semantics reproduced step for step from the torch engine:
 
 - batches of ``mini_batch_size`` rows in ``order`` (file order unless the local
   shuffle is on), the last one padded by wrapping around to the first rows;
 - per batch: forward on the *pre-update* weights, scores stored for the epoch's
-  pooled metrics (computed afterwards by :class:`localfm.fm.metrics.MetricAccumulator`
+  pooled metrics (computed by the estimator with :class:`localfm.fm.metrics.MetricAccumulator`
   on exactly these float32 scores, so the metric code path is shared);
 - gradient ``g = rescale * (sigmoid(s) - y)`` (binary) or ``rescale * (s - y)``,
   ``dv_j = sum_i g_i x_ij S_i - v_j sum_i g_i x_ij^2``, ``dw_j = sum_i g_i x_ij``, summed
   per distinct column in batch-row order (the lazy update sees each touched row once);
 - the optimizer step on the touched rows only, with the same float32 formulas and
-  operation order as :func:`localfm.fm.optim.step_gathered` (torch lerp form of
-  Adam's first moment, ``addcmul`` / ``addcdiv`` association), the bias as
-  :func:`localfm.fm.optim.step_scalar`. Adam's bias-corrected step sizes are
-  computed in Python (``adam_coefficient``) and passed in, so ``pow`` rounding is
-  identical too.
+  operation order as the torch engine's ``step_gathered`` (torch lerp form of
+  Adam's first moment, ``addcmul`` / ``addcdiv`` association), the bias as its
+  ``step_scalar``. Constants, per-column lr/wd and Adam's bias-corrected step sizes
+  come from :mod:`localfm.fm.optim` (the step sizes evaluated in Python and passed
+  in, so ``pow`` rounding is identical too).
 
-The kernel is serial: it is deterministic (seeded runs give identical bytes) and
-leaves the other core free; a batch of 200 rows x 2 nonzeros is too little work to
-split across threads profitably.
-
-Without numba installed the kernels below are plain Python functions that are never
-called: :func:`resolve_engine` picks the torch engine instead.
+The compiled functions are serial: deterministic (seeded runs give identical bytes),
+and they leave the other core free; a batch of 200 rows x 2 nonzeros is too little
+work to split across threads profitably. numba freezes module globals such as
+``BETA1`` into its on-disk cache (``cache=True``), which is keyed on this file: if
+the constants in optim.py ever change, touch this file too.
 """
 from __future__ import annotations
 
-import functools
-import math
 from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
+import scipy.sparse as sp
+from llvmlite import ir
+from numba import njit
+from numba.core import cgutils, types
+from numba.extending import intrinsic
 
-from ..errors import LocalFMError
+from ...errors import LocalFMError
+from ..optim import BETA1, BETA2, OptimizerConfig, adam_coefficient, optimizer_config
+from . import NUMBA_OPTIMIZERS, OnBatch
 
-# The constants and step-size formula of localfm.fm.optim, restated so that the numba
-# engine never imports torch (optim does; the import alone costs ~1 s per CLI run).
-# tests/fm/test_fast.py checks both give the same bits.
-BETA1 = 0.9
-BETA2 = 0.999
-
-
-def adam_coefficient(lr: float, t: int) -> float:
-    """MXNet's bias-corrected step size ``lr * sqrt(1 - b2^t) / (1 - b1^t)`` (as optim's)."""
-    return lr * math.sqrt(1.0 - BETA2**t) / (1.0 - BETA1**t)
-
-
-try:  # numba is a project dependency, but the trainer must still work without it
-    from numba import njit
-
-    HAVE_NUMBA = True
-except ImportError:  # pragma: no cover - exercised only where numba is missing
-    HAVE_NUMBA = False
-
-    def njit(*args: Any, **kwargs: Any):  # noqa: ANN201 - no-op decorator stand-in
-        if args and callable(args[0]):
-            return args[0]
-        return lambda f: f
+#: optimizer codes of the compiled step (``_local_optimizer`` values)
+OPTIMIZERS = {name: code for code, name in enumerate(NUMBA_OPTIMIZERS)}
 
 
-if HAVE_NUMBA:
-    from llvmlite import ir
-    from numba.core import cgutils, types
-    from numba.extending import intrinsic
+@intrinsic
+def _prefetch(typingctx, arr, idx):  # noqa: ANN001, ANN202, ARG001 - numba intrinsic
+    """``llvm.prefetch`` of ``arr[idx]`` (idx: a tuple of ints): a cache hint, no effect on results.
 
-    @intrinsic
-    def _prefetch(typingctx, arr, idx):  # noqa: ANN001, ANN202, ARG001 - numba intrinsic
-        """``llvm.prefetch`` of ``arr[idx]`` (idx: a tuple of ints): a cache hint, no effect on results.
+    Why: with a large feature_dim every batch touches table rows that are not in
+    cache, and the loops are latency-bound (one miss at a time). Asking for the
+    rows a few batch rows ahead overlaps those misses.
+    """
+    if not (isinstance(arr, types.Array) and isinstance(idx, types.BaseTuple) and len(idx) == arr.ndim):
+        return None
+    sig = types.void(arr, idx)
 
-        Why: with a large feature_dim every batch touches table rows that are not in
-        cache, and the loops are latency-bound (one miss at a time). Asking for the
-        rows a few batch rows ahead overlaps those misses.
-        """
-        if not (isinstance(arr, types.Array) and isinstance(idx, types.BaseTuple) and len(idx) == arr.ndim):
-            return None
-        sig = types.void(arr, idx)
+    def codegen(context, builder, signature, args):  # noqa: ANN001, ANN202
+        aryty, idxty = signature.args
+        ary = context.make_array(aryty)(context, builder, args[0])
+        parts = cgutils.unpack_tuple(builder, args[1], len(idxty))
+        inds = [context.cast(builder, v, t, types.intp) for v, t in zip(parts, idxty, strict=True)]
+        ptr = cgutils.get_item_pointer(context, builder, aryty, ary, inds, wraparound=False)
+        i8p = ir.IntType(8).as_pointer()
+        i32 = ir.IntType(32)
+        fnty = ir.FunctionType(ir.VoidType(), [i8p, i32, i32, i32])
+        fn = cgutils.get_or_insert_function(builder.module, fnty, "llvm.prefetch.p0i8")
+        builder.call(fn, [builder.bitcast(ptr, i8p), i32(0), i32(3), i32(1)])  # read, keep, data
+        return context.get_dummy_value()
 
-        def codegen(context, builder, signature, args):  # noqa: ANN001, ANN202
-            aryty, idxty = signature.args
-            ary = context.make_array(aryty)(context, builder, args[0])
-            parts = cgutils.unpack_tuple(builder, args[1], len(idxty))
-            inds = [context.cast(builder, v, t, types.intp) for v, t in zip(parts, idxty, strict=True)]
-            ptr = cgutils.get_item_pointer(context, builder, aryty, ary, inds, wraparound=False)
-            i8p = ir.IntType(8).as_pointer()
-            i32 = ir.IntType(32)
-            fnty = ir.FunctionType(ir.VoidType(), [i8p, i32, i32, i32])
-            fn = cgutils.get_or_insert_function(builder.module, fnty, "llvm.prefetch.p0i8")
-            builder.call(fn, [builder.bitcast(ptr, i8p), i32(0), i32(3), i32(1)])  # read, keep, data
-            return context.get_dummy_value()
-
-        return sig, codegen
-else:  # pragma: no cover
-
-    def _prefetch(arr: Any, idx: Any) -> None:
-        """No-op stand-in (the kernels are not used without numba)."""
+    return sig, codegen
 
 
 #: prefetch the table rows of the batch row this many rows ahead (4, 8 and 16 measured alike)
@@ -119,52 +93,7 @@ def _prefetch_row(P, c):  # noqa: ANN001, ANN202 - numba
             _prefetch(P, (c, s, f))
 
 
-ENGINES = ("auto", "numba", "torch")
-#: optimizer codes of the kernel (``_local_optimizer`` values)
-OPTIMIZERS = {"adam": 0, "adamw": 1, "sgd": 2, "adagrad": 3}
-
-
-@functools.cache
-def numba_available() -> bool:
-    return HAVE_NUMBA
-
-
-def unsupported_options(hp: Mapping[str, Any]) -> list[str]:
-    """The options set in ``hp`` that only the torch engine implements (empty = numba can run)."""
-    out = []
-    if not hp["_local_lazy_wd"]:
-        out.append("_local_lazy_wd=false")
-    if hp["_local_optimizer"] not in OPTIMIZERS:
-        out.append(f"_local_optimizer={hp['_local_optimizer']}")
-    return out
-
-
-def resolve_engine(hp: Mapping[str, Any]) -> str:
-    """``numba`` or ``torch`` for these hyperparameters (``_local_engine``: auto|numba|torch).
-
-    ``auto`` takes numba when it is importable and every option is supported, else torch
-    (same results, slower). An explicit ``numba`` that cannot run is an error rather than a
-    silent fallback, so a benchmark never measures the wrong engine.
-    """
-    engine = hp.get("_local_engine", "auto")
-    if engine not in ENGINES:
-        raise LocalFMError(f"hyperparameter '_local_engine': expected one of {', '.join(ENGINES)}, got {engine!r}")
-    if engine == "torch":
-        return "torch"
-    missing = unsupported_options(hp)
-    if engine == "numba":
-        if not numba_available():
-            raise LocalFMError("hyperparameter '_local_engine'=numba needs the numba package: pip install numba")
-        if missing:
-            raise LocalFMError(
-                f"hyperparameter '_local_engine'=numba does not support {', '.join(missing)}; "
-                "use _local_engine=auto or torch"
-            )
-        return "numba"
-    return "numba" if numba_available() and not missing else "torch"
-
-
-# ----------------------------------------------------------------------------- kernels
+# ----------------------------------------------------------------------------- compiled epoch
 @njit(cache=True, error_model="numpy", fastmath={"reassoc", "nsz"})
 def _sumsq(a, n):  # noqa: ANN001, ANN202 - numba
     """sum(a[:n]**2) in float32, vectorised (reassociated like torch's own ``sum(1)``)."""
@@ -176,7 +105,7 @@ def _sumsq(a, n):  # noqa: ANN001, ANN202 - numba
 
 @njit(cache=True, error_model="numpy")
 def _bias_step(state, grad, kind, lr, wd, clip, use_clip, eps, coef, lr_scale):  # noqa: ANN001, ANN202
-    """:func:`localfm.fm.optim.step_scalar` on ``state = [w0, m, v]`` (float32), in place."""
+    """The torch engine's ``step_scalar`` on ``state = [w0, m, v]`` (float32), in place."""
     w = state[0]
     g = np.float32(grad)
     if use_clip:
@@ -202,7 +131,7 @@ def _bias_step(state, grad, kind, lr, wd, clip, use_clip, eps, coef, lr_scale): 
 def _step_range(kind, G, W, M, V, lr, wd, dec, ncoef, lr_scale, eps, use_clip, clip):  # noqa: ANN001, ANN202
     """Optimizer step of ``W`` (a slice holding one parameter group: scalar lr/wd), gradient ``G``.
 
-    Same float32 formulas and association as :func:`localfm.fm.optim.step_gathered`
+    Same float32 formulas and association as the torch engine's ``step_gathered``
     (Adam's m as torch's lerp ``m + 0.1 (g - m)``, ``addcmul``/``addcdiv`` order).
     One branch-free loop per variant with scalar settings: with per-column lr/wd
     arrays, branches inside, or ``range(lo, hi)`` bounds (possible negative-index
@@ -247,7 +176,7 @@ def _step_range(kind, G, W, M, V, lr, wd, dec, ncoef, lr_scale, eps, use_clip, c
 
 
 @njit(cache=True, error_model="numpy")
-def train_epoch(  # noqa: ANN201, PLR0913, PLR0912, PLR0915 - one flat kernel on purpose
+def train_epoch(  # noqa: ANN201, PLR0913, PLR0912, PLR0915 - one flat loop on purpose
     indptr, indices, data, y, order, batch_size, P, lr, wd, decay, kind, clip, use_clip, eps, rescale,
     binary, use_bias, bias, bias_lr, bias_wd, coefs, lr_scale, slot, scores_out, labels_out,
 ):
@@ -377,7 +306,7 @@ def train_epoch(  # noqa: ANN201, PLR0913, PLR0912, PLR0915 - one flat kernel on
 
 
 # ----------------------------------------------------------------------------- driver
-def epoch_coefficients(kind: str, t_first: int, n_batches: int, lr_scale: float) -> np.ndarray:
+def step_factors(kind: str, t_first: int, n_batches: int, lr_scale: float) -> np.ndarray:
     """Per-batch float32 step factors, exactly as the torch engine rounds them.
 
     Adam: ``float32(adam_coefficient(1, t) * lr_scale)`` for t = t_first .. (Python's
@@ -390,7 +319,7 @@ def epoch_coefficients(kind: str, t_first: int, n_batches: int, lr_scale: float)
 
 
 def run_epoch(
-    X: Any,
+    X: sp.csr_matrix,
     y: np.ndarray,
     order: np.ndarray,
     batch_size: int,
@@ -398,47 +327,77 @@ def run_epoch(
     bias: np.ndarray,
     slot: np.ndarray,
     hp: Mapping[str, Any],
+    cfg: OptimizerConfig,
     t_first: int,
     lr_scale: float,
     *,
     dry_run: bool = False,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Train one epoch with the numba kernel; returns the (scores, labels) of every padded row.
+    """Train one epoch with :func:`train_epoch`; returns the (scores, labels) of every padded row.
 
-    ``P`` (the trainer's table, float32 (d, 3, k+1)) and ``bias`` ([w0, m, v] float32)
+    ``P`` (the run's table, float32 (d, 3, k+1)) and ``bias`` ([w0, m, v] float32)
     are updated in place; ``t_first`` is the optimizer step number of the first batch.
-    Per-column settings are built with float32 products in the torch engine's order.
     ``dry_run`` runs zero batches: it only compiles (or loads from numba's cache) the
-    kernel for these argument types, so the first epoch's logged throughput is not
+    function for these argument types, so the first epoch's logged throughput is not
     charged with compilation.
     """
     n = order.shape[0]
     if n == 0 and not dry_run:
-        # The kernel pads the last batch from row 0; with no rows it would read out of
-        # bounds and take the process down instead of raising.
+        # The compiled loop pads the last batch from row 0; with no rows it would read
+        # out of bounds and take the process down instead of raising.
         raise LocalFMError("training data: no rows to train on")
     n_batches = 0 if dry_run else max(1, -(-n // batch_size))
-    k = P.shape[2] - 1
-    glr, gwd = hp["_learning_rate"], hp["_wd"]
-    use_linear = hp["use_linear"]
-    lin_lr = glr * hp["linear_lr"] if use_linear else 0.0
-    lin_wd = gwd * hp["linear_wd"] if use_linear else 0.0
-    lr = np.array([glr * hp["factors_lr"]] * k + [lin_lr], dtype=np.float32)
-    wd = np.array([gwd * hp["factors_wd"]] * k + [lin_wd], dtype=np.float32)
     ls = np.float32(lr_scale)
-    decay = (wd * lr) * ls  # torch: cfg.wd * cfg.lr * lr_scale (float32)
-    kind = hp["_local_optimizer"]
-    clip = hp["clip_gradient"]
-    rescale = hp["rescale_grad"] if hp["rescale_grad"] is not None else 1.0 / batch_size
-    bias_lr = np.float32(glr * hp["bias_lr"])
-    bias_wd = np.float32(gwd * hp["bias_wd"])
+    decay = (cfg.wd * cfg.lr) * ls  # torch engine: wd * lr * lr_scale (float32)
+    clip = cfg.clip
     scores = np.empty(n_batches * batch_size, dtype=np.float32)
     labels = np.empty(n_batches * batch_size, dtype=np.float32)
     train_epoch(
         X.indptr, X.indices, X.data, y, order.astype(np.int64, copy=False), int(batch_size), P,
-        lr, wd, decay, OPTIMIZERS[kind], np.float32(clip if clip is not None else 0.0), clip is not None,
-        np.float32(hp["eps"]), np.float32(rescale), hp["predictor_type"] == "binary_classifier",
-        bool(hp["use_bias"]), bias, bias_lr, bias_wd,
-        epoch_coefficients(kind, t_first, n_batches, lr_scale), ls, slot, scores, labels,
+        cfg.lr, cfg.wd, decay, OPTIMIZERS[cfg.kind], np.float32(clip if clip is not None else 0.0), clip is not None,
+        np.float32(cfg.eps), np.float32(cfg.rescale), hp["predictor_type"] == "binary_classifier",
+        bool(hp["use_bias"]), bias, np.float32(cfg.bias_lr), np.float32(cfg.bias_wd),
+        step_factors(cfg.kind, t_first, n_batches, lr_scale), ls, slot, scores, labels,
     )
     return scores, labels
+
+
+class NumbaRun:
+    """:class:`localfm.fm.engines.EngineRun` of the numba engine."""
+
+    def __init__(self, hp: Mapping[str, Any], table: np.ndarray, w0: np.float32) -> None:
+        self.hp = hp
+        self.table = table
+        self.cfg = optimizer_config(hp, table.shape[2] - 1)
+        self.batch_size = int(hp["mini_batch_size"])
+        self.bias = np.array([w0, 0.0, 0.0], dtype=np.float32)  # [w0, Adam m, Adam v]
+        self.slot = np.full(table.shape[0], -1, dtype=np.int32)  # scratch of train_epoch
+        self.t = 0  # optimizer steps so far
+        self.X: sp.csr_matrix | None = None
+        self.y: np.ndarray | None = None
+        self.file_order = np.zeros(0, dtype=np.int64)
+
+    @property
+    def w0(self) -> np.float32:
+        return self.bias[0]
+
+    def set_data(self, X: sp.csr_matrix, y: np.ndarray) -> None:
+        first = self.X is None
+        self.X, self.y = X, y
+        self.file_order = np.arange(X.shape[0], dtype=np.int64)
+        if first:
+            run_epoch(X, y, self.file_order, self.batch_size, self.table, self.bias, self.slot, self.hp, self.cfg,
+                      1, 1.0, dry_run=True)
+
+    def epoch(
+        self, order: np.ndarray | None, lr_scale: float, on_batch: OnBatch, every: int
+    ) -> tuple[np.ndarray, np.ndarray]:
+        assert self.X is not None and self.y is not None, "set_data() first"
+        B = self.batch_size
+        scores, labels = run_epoch(self.X, self.y, self.file_order if order is None else order, B, self.table,
+                                   self.bias, self.slot, self.hp, self.cfg, self.t + 1, lr_scale)
+        n_batches = scores.shape[0] // B
+        self.t += n_batches
+        for bi in range(0, n_batches, every):
+            on_batch(bi, scores[bi * B: (bi + 1) * B], labels[bi * B: (bi + 1) * B])
+        return scores, labels
