@@ -12,6 +12,8 @@ MOVIELENS_EPILOG = """examples:
       --columns train --drop-unseen --order file --out work/ml100k
   localfm prepare movielens ml-1m.zip --split random:0.2:42 --label rating --out work/ml1m
   localfm prepare movielens --split ua --features ids+side --out work/demo   # embedded synthetic data
+  localfm prepare movielens ../shared/datasets/ml-100k --split ua --label implicit --negatives 4 \
+      --negative-seed 0 --out work/ml100k-implicit   # every rated pair = 1, 4 unrated items per positive = 0
 """
 
 INTERACTIONS_EPILOG = """examples:
@@ -25,7 +27,17 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--split", required=True,
                    help="u1..u5, ua, ub (ml-100k layout only), random:FRACTION:SEED or leave-last:N")
     p.add_argument("--label", default="rating",
-                   help="rating (regressor labels) or binary:T (1.0 if rating >= T); default rating")
+                   help="rating (regressor labels), binary:T (1.0 if rating >= T), or implicit[:T] (every rated "
+                        "pair, or rating >= T, is 1.0; --negatives never-rated items per positive are 0.0); "
+                        "default rating")
+    p.add_argument("--negatives", type=int, default=None, metavar="N",
+                   help="implicit labels: negatives per positive, drawn per user from items the user never rated "
+                        "(train or test); the test file gets its positives plus as many negatives")
+    p.add_argument("--negative-sampling", default="uniform", metavar="uniform|popularity[:ALPHA]",
+                   help="implicit labels: uniform over unrated items, or proportional to (1 + training ratings) "
+                        "** ALPHA (default ALPHA 1); default uniform")
+    p.add_argument("--negative-seed", type=int, default=0, metavar="K",
+                   help="implicit labels: seed of the negative draws and of the row shuffle; default 0")
     p.add_argument("--order", default="file",
                    help="training row order: file (split-file order, as SageMaker reads it) or shuffle:SEED")
     p.add_argument("--columns", default="all", choices=["all", "train"],
@@ -41,7 +53,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "prepare",
         help="split ratings and write RecordIO-protobuf train/test + features.json",
         description="Split ratings, one-hot encode users and items (plus optional side features) and write "
-                    "DIR/train.protobuf, DIR/test.protobuf, DIR/features.json and DIR/train_interactions.parquet.",
+                    "DIR/train.protobuf, DIR/test.protobuf, DIR/features.json, DIR/train_interactions.parquet "
+                    "and DIR/test_interactions.parquet.",
     )
     kinds = parser.add_subparsers(dest="source", metavar="SOURCE")
     kinds.required = True
@@ -92,6 +105,9 @@ def _options(args: argparse.Namespace):  # noqa: ANN202 - localfm.data.prepare.O
         columns=args.columns,
         drop_unseen=args.drop_unseen,
         multi_hot=args.multi_hot,
+        negatives=args.negatives,
+        negative_sampling=args.negative_sampling,
+        negative_seed=args.negative_seed,
     )
 
 

@@ -35,6 +35,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, default=None, help="fixes initialisation and any shuffling (same seed -> same bytes)")
     p.add_argument("--init-model", metavar="URI", help="warm-start from a SageMaker FM artifact (model.tar.gz, s3:// ok)")
     p.add_argument("--quiet-log", action="store_true", help="do not print the SageMaker log lines")
+    p.add_argument("--features", metavar="FEATURES.json",
+                   help="LOCAL-ONLY, with --hp _local_resample_negatives=true: features.json of "
+                        "`prepare --label implicit`; fresh negatives are drawn every epoch from the "
+                        "train/test_interactions.parquet beside it")
     p.set_defaults(func=handler)
 
 
@@ -58,8 +62,9 @@ def handler(args: argparse.Namespace) -> int:
     X_val = y_val = None
     if args.validation:
         X_val, y_val = read_channel(args.validation, need_labels=True, feature_dim=hp["feature_dim"])
+    epoch_data = _resampler(args, hp, X.shape[0])
     log = TrainingLog(hp["predictor_type"], hp["epochs"], emit=not args.quiet_log)
-    model.fit(X, y, X_test, y_test, X_val=X_val, y_val=y_val, init=args.init_model, log=log)
+    model.fit(X, y, X_test, y_test, X_val=X_val, y_val=y_val, init=args.init_model, log=log, epoch_data=epoch_data)
 
     doc = {
         **log.as_dict(),
@@ -69,9 +74,37 @@ def handler(args: argparse.Namespace) -> int:
         "test_records": None if X_test is None else int(X_test.shape[0]),
         "feature_dim": hp["feature_dim"],
         "best_epoch": getattr(model, "best_epoch_", None),
+        "resampled_negatives_from": args.features if epoch_data is not None else None,
     }
     with atomic_outputs() as out:
         model.save(out.path(out_dir / "model.tar.gz"))
         with open(out.path(out_dir / "metrics.json"), "w", encoding="utf-8") as fh:
             json.dump(doc, fh, indent=1)
     return 0
+
+
+def _resampler(args: argparse.Namespace, hp: dict, train_rows: int):  # noqa: ANN202 - epoch_data callable or None
+    """``epoch_data`` for ``_local_resample_negatives``: fresh negatives per epoch, rules from features.json."""
+    if not hp["_local_resample_negatives"]:
+        if args.features:
+            raise LocalFMError("--features: only used with --hp _local_resample_negatives=true")
+        return None
+    if not args.features:
+        raise LocalFMError(
+            "hyperparameter '_local_resample_negatives' needs --features (the features.json of "
+            "`localfm prepare --label implicit[:T] --negatives N`)"
+        )
+    if hp["_local_validation_fraction"] > 0:
+        raise LocalFMError(
+            "hyperparameter '_local_resample_negatives' cannot be combined with _local_validation_fraction "
+            "(the held-out rows would be drawn again as training rows); use --validation"
+        )
+    from ..data.negatives import epoch_sampler
+
+    epoch_data, rows = epoch_sampler(args.features)
+    if rows != train_rows:
+        raise LocalFMError(
+            f"--train: {train_rows} rows, but {args.features} describes {rows} (positives x (1 + negatives)); "
+            "expected the train.protobuf prepared with it"
+        )
+    return epoch_data

@@ -5,7 +5,13 @@ sees exactly the bytes the cloud saw: rows in split-file order (SageMaker does n
 shuffle), labels as float32, sparse float32 records written with the SDK's
 conventions, and the ID maps that turn FM weights back into user/item vectors.
 
-Everything is validated and computed in memory first, then the four outputs land
+Implicit feedback (``label="implicit[:T]"``): every rated pair (rating >= T) is a
+positive (label 1) and ``negatives`` never-rated items per positive are label 0,
+drawn per user by :mod:`.negatives` and shuffled with ``negative_seed``; the test file
+gets its positives plus as many negatives. The spec is saved in features.json
+(``extra.implicit``) so training can redraw negatives every epoch.
+
+Everything is validated and computed in memory first, then the five outputs land
 together through :func:`localfm.io.atomic.atomic_outputs`: a failure at any point leaves
 no output behind (and earlier outputs in ``DIR`` untouched).
 """
@@ -23,9 +29,22 @@ from ..progress import progress
 from .features import FeatureSpace, build_feature_space
 from .interactions import Interactions, make_labels, parse_label
 from .movielens import ItemTable, MovieLens, UserTable
+from .negatives import (
+    STREAM_TEST,
+    STREAM_TRAIN,
+    ImplicitSpec,
+    implicit_matrix,
+    is_implicit,
+    item_counts_of,
+    parse_implicit_label,
+    parse_negative_sampling,
+    stream,
+)
 from .splits import make_split, parse_split
 
-OUTPUT_FILES = ("train.protobuf", "test.protobuf", "features.json", "train_interactions.parquet")
+OUTPUT_FILES = (
+    "train.protobuf", "test.protobuf", "features.json", "train_interactions.parquet", "test_interactions.parquet",
+)
 
 
 @dataclass(frozen=True)
@@ -39,10 +58,15 @@ class Options:
     columns: str = "all"
     drop_unseen: bool = False
     multi_hot: str = "ones"
+    # Implicit feedback (label "implicit" or "implicit:T"): negatives per positive, how
+    # they are drawn, and the seed of the draws and of the row shuffle.
+    negatives: int | None = None
+    negative_sampling: str = "uniform"
+    negative_seed: int = 0
 
     def check(self, *, grouplens_ok: bool) -> None:
         parse_split(self.split, grouplens_ok=grouplens_ok)
-        parse_label(self.label)
+        self.implicit()
         shuffle_seed(self.order)
         if self.features not in ("ids", "ids+side"):
             raise LocalFMError(f"features {self.features!r}: expected ids or ids+side", param="features")
@@ -50,6 +74,32 @@ class Options:
             raise LocalFMError(f"columns {self.columns!r}: expected all or train", param="columns")
         if self.multi_hot not in ("ones", "normalized"):
             raise LocalFMError(f"multi_hot {self.multi_hot!r}: expected ones or normalized", param="multi_hot")
+
+    def implicit(self) -> ImplicitSpec | None:
+        """The implicit-feedback spec for an ``implicit[:T]`` label, None for rating/binary labels."""
+        if not is_implicit(self.label):
+            try:
+                parse_label(self.label)
+            except LocalFMError:
+                raise LocalFMError(
+                    f"--label {self.label!r}: expected rating, binary:T or implicit[:T] with a number T"
+                ) from None
+            if self.negatives is not None:
+                raise LocalFMError(
+                    f"negatives: only with an implicit label (implicit or implicit:T), not {self.label!r}"
+                )
+            parse_negative_sampling(self.negative_sampling)
+            return None
+        threshold = parse_implicit_label(self.label)
+        if self.negatives is None or isinstance(self.negatives, bool) or int(self.negatives) < 1:
+            raise LocalFMError(
+                f"negatives: label {self.label!r} needs a number of negatives per positive >= 1, "
+                f"got {self.negatives!r}"
+            )
+        if isinstance(self.negative_seed, bool) or int(self.negative_seed) < 0:
+            raise LocalFMError(f"negative_seed: expected an integer >= 0, got {self.negative_seed!r}")
+        return ImplicitSpec(threshold, int(self.negatives), parse_negative_sampling(self.negative_sampling),
+                            int(self.negative_seed))
 
 
 @dataclass
@@ -64,6 +114,9 @@ class Prepared:
     X_test: Any
     y_test: np.ndarray
     counts: dict[str, int] = field(default_factory=dict)
+    # Every test-split rating, before drop_unseen: test_interactions.parquet (the
+    # evaluation's relevant items and, with train, the rated set negatives avoid).
+    test_interactions: Interactions | None = None
 
     def summary(self) -> str:
         """The stdout report: counts a user checks against expectations (e.g. 2,623 / 90,570 / 9,428)."""
@@ -77,6 +130,11 @@ class Prepared:
             f"feature_dim: {c['feature_dim']} ({c['user_columns']} user + {c['item_columns']} item"
             + (f" + {c['side_columns']} side" if c["side_columns"] else "") + " columns)",
         ]
+        if "train_negatives" in c:
+            lines.append(
+                f"implicit: train {c['train_positives']} positives + {c['train_negatives']} negatives, "
+                f"test {c['test_positives']} positives + {c['test_negatives']} negatives"
+            )
         return "\n".join(lines)
 
 
@@ -121,6 +179,7 @@ def prepare_data(
         train_rows = train_rows[np.random.default_rng(seed).permutation(len(train_rows))]
     train = ratings.take(train_rows)
     test = ratings.take(split.test)
+    test_all = test
 
     seen_users, seen_items = np.unique(train.user), np.unique(train.item)
     unseen_item = ~np.isin(test.item, seen_items)
@@ -171,15 +230,29 @@ def prepare_data(
         "multi_hot": options.multi_hot if side and items is not None else None,
         "counts": counts,
     }
+    spec = options.implicit()
+    if spec is None:
+        y_train, y_test = make_labels(train.rating, options.label), make_labels(test.rating, options.label)
+    else:
+        # Every rating of the input (train, test, dropped test rows) is "rated": never a negative.
+        pop = item_counts_of(space, train.item)
+        X_train, y_train, tr = implicit_matrix(space, train, ratings, spec, stream(spec.seed, STREAM_TRAIN),
+                                               per_positive=spec.negatives, item_counts=pop)
+        X_test, y_test, te = implicit_matrix(space, test, ratings, spec, stream(spec.seed, STREAM_TEST),
+                                             per_positive=1, item_counts=pop)
+        counts.update({"train_positives": tr["positives"], "train_negatives": tr["negatives"],
+                       "test_positives": te["positives"], "test_negatives": te["negatives"]})
+        space.extra["implicit"] = spec.to_dict()
     return Prepared(
         space=space,
         train=train,
         test=test,
         X_train=X_train,
-        y_train=make_labels(train.rating, options.label),
+        y_train=y_train,
         X_test=X_test,
-        y_test=make_labels(test.rating, options.label),
+        y_test=y_test,
         counts=counts,
+        test_interactions=test_all,
     )
 
 
@@ -212,6 +285,9 @@ def write_prepared(prepared: Prepared, out_dir: str | Path) -> list[Path]:
                 steps.update()
                 _write_interactions(outputs.path(targets[3]), prepared.train)
                 steps.update()
+                test_rows = prepared.test_interactions if prepared.test_interactions is not None else prepared.test
+                _write_interactions(outputs.path(targets[4]), test_rows)
+                steps.update()
             finally:  # a failed write must not leave a half-drawn bar above the error line
                 steps.close()
     except BaseException:
@@ -222,7 +298,7 @@ def write_prepared(prepared: Prepared, out_dir: str | Path) -> list[Path]:
 
 
 def _write_interactions(path: Path, rows: Interactions) -> None:
-    """train_interactions.parquet: the training rows in written order (for "exclude already rated")."""
+    """``*_interactions.parquet``: rows in order (train: "exclude already rated"; test: evaluation)."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 

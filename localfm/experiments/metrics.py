@@ -148,6 +148,8 @@ def ranking_metrics(
     rec = np.asarray(recommended, dtype=np.int64)
     if rec.ndim != 2:
         raise LocalFMError(f"recommended: expected a 2-d (users, k) array, got shape {rec.shape}")
+    if len(relevant) != rec.shape[0]:
+        raise LocalFMError(f"relevant: {len(relevant)} users, but recommended has {rec.shape[0]} rows")
     n_rel = np.array([len(r) for r in relevant], dtype=np.int64)
     scored = np.flatnonzero(n_rel > 0)
     sub_rel = [np.asarray(relevant[u]) for u in scored]

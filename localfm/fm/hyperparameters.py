@@ -80,6 +80,9 @@ FM_HYPERPARAMETERS: list[HP] = [
            "or auto (numba when installed and every option is supported)"),
     HP("_local_validation_fraction", "float", default=0.0, low=0, high=0.5, high_open=True,
        doc="LOCAL-ONLY: hold out a seeded random fraction of training rows for validation / early stopping"),
+    HP("_local_resample_negatives", "bool", default=False,
+       doc="LOCAL-ONLY: implicit-feedback data: draw fresh negatives every epoch after the first "
+           "(needs the features.json of `prepare --label implicit`; the artifact stays SageMaker-loadable)"),
 ]
 
 LOCAL_ONLY = tuple(hp.name for hp in FM_HYPERPARAMETERS if hp.name.startswith("_local_"))

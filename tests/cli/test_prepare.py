@@ -10,7 +10,8 @@ import pytest
 from localfm.data.features import FeatureSpace
 from localfm.io.recordio import read_matrix
 
-OUTPUTS = {"train.protobuf", "test.protobuf", "features.json", "train_interactions.parquet"}
+OUTPUTS = {"train.protobuf", "test.protobuf", "features.json", "train_interactions.parquet",
+           "test_interactions.parquet"}
 
 
 def _files(path: Path) -> set[str]:
