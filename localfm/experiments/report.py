@@ -104,7 +104,8 @@ def write_json(doc: Any, path: str | Path) -> None:
         raise LocalFMError(f"{path}: cannot write ({exc.strerror or exc})") from None
 
 
-def plot_systems(results: Mapping[str, Mapping[str, Any]], ks: Sequence[int], out_dir: str | Path) -> Path:
+def plot_systems(results: Mapping[str, Mapping[str, Any]], ks: Sequence[int], out_dir: str | Path,
+                 *, filename: str = "evaluate.png", title: str = "localfm evaluate") -> Path:
     """``DIR/evaluate.png``: a bar per system for every metric and k, 95% intervals as error bars."""
     from ..parity.plots import _pyplot, _save
 
@@ -131,8 +132,8 @@ def plot_systems(results: Mapping[str, Mapping[str, Any]], ks: Sequence[int], ou
             ax.set_title(f"{m}@{k}")
             ax.set_xticks(x)
             ax.set_xticklabels(names, rotation=30, ha="right", fontsize=8)
-    fig.suptitle("localfm evaluate: systems side by side (95% bootstrap intervals over users)")
+    fig.suptitle(f"{title}: systems side by side (95% bootstrap intervals over users)")
     fig.tight_layout()
-    path = out / "evaluate.png"
+    path = out / filename
     _save(fig, path)
     return path
