@@ -38,6 +38,10 @@ def _common(p: argparse.ArgumentParser) -> None:
                         "** ALPHA (default ALPHA 1); default uniform")
     p.add_argument("--negative-seed", type=int, default=0, metavar="K",
                    help="implicit labels: seed of the negative draws and of the row shuffle; default 0")
+    p.add_argument("--negative-pool", default="unrated", metavar="unrated|train-unrated",
+                   help="implicit labels: training negatives avoid every rated item (unrated, default) or only "
+                        "items rated in the training split (train-unrated: the training file does not depend on "
+                        "the test split, for leak-free offline evaluation)")
     p.add_argument("--order", default="file",
                    help="training row order: file (split-file order, as SageMaker reads it) or shuffle:SEED")
     p.add_argument("--columns", default="all", choices=["all", "train"],
@@ -108,6 +112,7 @@ def _options(args: argparse.Namespace):  # noqa: ANN202 - localfm.data.prepare.O
         negatives=args.negatives,
         negative_sampling=args.negative_sampling,
         negative_seed=args.negative_seed,
+        negative_pool=args.negative_pool,
     )
 
 

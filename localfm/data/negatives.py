@@ -175,10 +175,14 @@ class ImplicitSpec:
     negatives: int
     sampling: NegativeSampling = NegativeSampling()
     seed: int = 0
+    # Which ratings make an item ineligible as a *training* negative: "unrated" = every
+    # rating of the input (train and test); "train-unrated" = training ratings only, so
+    # the training file does not depend on the test split (leak-free offline evaluation).
+    pool: str = "unrated"
 
     def to_dict(self) -> dict:
         return {"threshold": self.threshold, "negatives": self.negatives, "sampling": self.sampling.spec,
-                "seed": self.seed}
+                "seed": self.seed, "pool": self.pool}
 
     @classmethod
     def from_dict(cls, data: object, *, where: str = "features.json") -> ImplicitSpec:
@@ -189,7 +193,18 @@ class ImplicitSpec:
             negatives, seed = int(data["negatives"]), int(data["seed"])
         except (TypeError, ValueError):
             raise LocalFMError(f"{where}: 'implicit' threshold/negatives/seed must be numbers") from None
-        return cls(threshold, negatives, parse_negative_sampling(data["sampling"]), seed)
+        return cls(threshold, negatives, parse_negative_sampling(data["sampling"]), seed,
+                   check_pool(data.get("pool", "unrated")))
+
+
+POOLS = ("unrated", "train-unrated")
+
+
+def check_pool(pool: object) -> str:
+    """``unrated`` (never any rated item) or ``train-unrated`` (never a training-rated item)."""
+    if pool not in POOLS:
+        raise LocalFMError(f"negative_pool {pool!r}: expected unrated or train-unrated")
+    return str(pool)
 
 
 def is_implicit(label: str) -> bool:
@@ -302,7 +317,8 @@ def epoch_sampler(features_json: str | Path) -> tuple[Callable[[int], tuple[sp.c
 
     Reads what ``prepare --label implicit`` left in the folder of ``features_json``: the
     spec (``extra.implicit``), ``train_interactions.parquet`` (positives and rated set)
-    and ``test_interactions.parquet`` (rated too: never a negative). Epoch e draws from
+    and ``test_interactions.parquet`` (rated too, never a negative, unless the spec's
+    pool is ``train-unrated``). Epoch e draws from
     its own seeded stream, so a rerun with the same files draws the same negatives.
     ``rows``: the number of rows every epoch has (positives × (1 + negatives)), for a
     check against the training channel.
@@ -331,7 +347,7 @@ def epoch_sampler(features_json: str | Path) -> tuple[Callable[[int], tuple[sp.c
     if not parts or pq.ParquetFile(path.parent / "train_interactions.parquet").metadata.num_rows == 0:
         raise LocalFMError(f"{path.parent / 'train_interactions.parquet'}: no training rows")
     train = parts[0]
-    rated = parts[0] if len(parts) == 1 else type(train)(
+    rated = parts[0] if len(parts) == 1 or spec.pool == "train-unrated" else type(train)(
         user=np.concatenate([p.user for p in parts]),
         item=np.concatenate([p.item for p in parts]),
         rating=np.concatenate([p.rating for p in parts]),

@@ -33,6 +33,7 @@ from .negatives import (
     STREAM_TEST,
     STREAM_TRAIN,
     ImplicitSpec,
+    check_pool,
     implicit_matrix,
     is_implicit,
     item_counts_of,
@@ -63,6 +64,7 @@ class Options:
     negatives: int | None = None
     negative_sampling: str = "uniform"
     negative_seed: int = 0
+    negative_pool: str = "unrated"
 
     def check(self, *, grouplens_ok: bool) -> None:
         parse_split(self.split, grouplens_ok=grouplens_ok)
@@ -89,6 +91,7 @@ class Options:
                     f"negatives: only with an implicit label (implicit or implicit:T), not {self.label!r}"
                 )
             parse_negative_sampling(self.negative_sampling)
+            check_pool(self.negative_pool)
             return None
         threshold = parse_implicit_label(self.label)
         if self.negatives is None or isinstance(self.negatives, bool) or int(self.negatives) < 1:
@@ -99,7 +102,7 @@ class Options:
         if isinstance(self.negative_seed, bool) or int(self.negative_seed) < 0:
             raise LocalFMError(f"negative_seed: expected an integer >= 0, got {self.negative_seed!r}")
         return ImplicitSpec(threshold, int(self.negatives), parse_negative_sampling(self.negative_sampling),
-                            int(self.negative_seed))
+                            int(self.negative_seed), check_pool(self.negative_pool))
 
 
 @dataclass
@@ -234,9 +237,13 @@ def prepare_data(
     if spec is None:
         y_train, y_test = make_labels(train.rating, options.label), make_labels(test.rating, options.label)
     else:
-        # Every rating of the input (train, test, dropped test rows) is "rated": never a negative.
+        # Pool "unrated": every rating of the input (train, test, dropped test rows) is
+        # "rated", never a negative. "train-unrated": only training ratings, so the
+        # training file does not depend on the test split. Test negatives always avoid
+        # every rating (a test positive must never also be a test negative).
         pop = item_counts_of(space, train.item)
-        X_train, y_train, tr = implicit_matrix(space, train, ratings, spec, stream(spec.seed, STREAM_TRAIN),
+        avoid = ratings if spec.pool == "unrated" else train
+        X_train, y_train, tr = implicit_matrix(space, train, avoid, spec, stream(spec.seed, STREAM_TRAIN),
                                                per_positive=spec.negatives, item_counts=pop)
         X_test, y_test, te = implicit_matrix(space, test, ratings, spec, stream(spec.seed, STREAM_TEST),
                                              per_positive=1, item_counts=pop)

@@ -103,7 +103,8 @@ def test_prepare_implicit_rows_labels_and_exclusions(cli, tmp_path: Path) -> Non
     out = tmp_path / "imp"
     stdout = _prepare(cli, out, "--label", "implicit", "--negatives", "3", "--negative-seed", "7")
     space = FeatureSpace.load(out / "features.json")
-    assert space.extra["implicit"] == {"threshold": None, "negatives": 3, "sampling": "uniform", "seed": 7}
+    assert space.extra["implicit"] == {"threshold": None, "negatives": 3, "sampling": "uniform", "seed": 7,
+                                      "pool": "unrated"}
     train_t = pq.read_table(out / "train_interactions.parquet")
     test_t = pq.read_table(out / "test_interactions.parquet")
     assert test_t.column_names == train_t.column_names == ["user_id", "item_id", "rating", "timestamp"]
@@ -142,6 +143,28 @@ def test_prepare_implicit_is_seeded_and_threshold_picks_positives(cli, tmp_path:
     assert (y == 1).sum() == (ratings >= 4).sum() == (y == 0).sum()
 
 
+def test_train_unrated_pool_ignores_test_ratings_for_training_negatives(cli, tmp_path: Path) -> None:
+    out = tmp_path / "pool"
+    _prepare(cli, out, "--label", "implicit", "--negatives", "8", "--negative-pool", "train-unrated")
+    space = FeatureSpace.load(out / "features.json")
+    assert space.extra["implicit"]["pool"] == "train-unrated"
+    tr = pq.read_table(out / "train_interactions.parquet")
+    te = pq.read_table(out / "test_interactions.parquet")
+    train_pairs = set(zip(tr.column("user_id").to_pylist(), tr.column("item_id").to_pylist()))
+    test_pairs = set(zip(te.column("user_id").to_pylist(), te.column("item_id").to_pylist()))
+    train = read_matrix(out / "train.protobuf")
+    negs = set(zip(*(a.tolist() for a in _pairs(train.X[train.y == 0], space))))
+    assert not negs & train_pairs
+    assert negs & test_pairs  # test-rated items are eligible: the file does not depend on the test split
+    test = read_matrix(out / "test.protobuf")
+    test_negs = set(zip(*(a.tolist() for a in _pairs(test.X[test.y == 0], space))))
+    assert not test_negs & (train_pairs | test_pairs)  # test negatives still avoid every rating
+    epoch_data, _ = epoch_sampler(out / "features.json")
+    X, y = epoch_data(3)
+    redrawn = set(zip(*(a.tolist() for a in _pairs(X[y == 0], space))))
+    assert not redrawn & train_pairs and redrawn & test_pairs
+
+
 @pytest.mark.parametrize("args, needle", [
     (["--label", "implicit"], "negatives"),
     (["--label", "implicit", "--negatives", "0"], "negatives"),
@@ -150,6 +173,7 @@ def test_prepare_implicit_is_seeded_and_threshold_picks_positives(cli, tmp_path:
     (["--label", "implicit", "--negatives", "4", "--negative-sampling", "zipf"], "negative_sampling"),
     (["--label", "implicit", "--negatives", "4", "--negative-seed", "-1"], "negative_seed"),
     (["--label", "explicit"], "implicit"),
+    (["--label", "implicit", "--negatives", "4", "--negative-pool", "test"], "negative_pool"),
 ])
 def test_prepare_implicit_bad_input_exits_2(cli, tmp_path: Path, args, needle) -> None:
     out = tmp_path / "bad"
