@@ -14,6 +14,9 @@ coverage @10 and @100 with 95% bootstrap intervals over users. Systems:
 - **implicit, hand grid**: the same data with factors_lr 3e-4, factors_wd 1e-4,
   linear_wd 1e-4 (issue 11's 52-point hand grid; static negatives: what SageMaker
   reproduces);
+- **implicit, hand grid, leak-free negatives**: the same, prepared with
+  ``--negative-pool train-unrated`` (training negatives may be items the user rates in
+  ua.test, so the training file does not depend on the test split);
 - **tuned**: ``examples/best_hyperparameters.json`` when present (the best run of
   ``localfm tune --config examples/tuning.json``, string values as ``tune`` writes
   ``DIR/best/hyperparameters.json``), else the hand-grid values with
@@ -87,11 +90,13 @@ def run(cfg: BenchConfig) -> dict[str, Any]:
     test = cfg.ml100k_dir / "ua.test"
     payload["load_average_before"] = os.getloadavg()
     with tempfile.TemporaryDirectory(prefix="localfm-ranking-") as tmp:
-        cloud_dir, impl_dir = Path(tmp) / "binary", Path(tmp) / "implicit"
+        cloud_dir, impl_dir, free_dir = Path(tmp) / "binary", Path(tmp) / "implicit", Path(tmp) / "leak-free"
         prepare_movielens(cfg.ml100k_dir, Options(split="ua", label="binary:4", columns="train", drop_unseen=True),
                           cloud_dir)
         prepare_movielens(cfg.ml100k_dir, Options(split="ua", label="implicit", negatives=4, negative_seed=0),
                           impl_dir)
+        prepare_movielens(cfg.ml100k_dir, Options(split="ua", label="implicit", negatives=4, negative_seed=0,
+                                                  negative_pool="train-unrated"), free_dir)
         p_cloud = load_protocol(cloud_dir / "features.json", cloud_dir / "train_interactions.parquet", test)
         p_impl = load_protocol(impl_dir / "features.json", impl_dir / "train_interactions.parquet", test)
         tuned_hp, tuned_from = tuned_hyperparameters()
@@ -104,6 +109,8 @@ def run(cfg: BenchConfig) -> dict[str, Any]:
             ("implicit_hand_grid", "implicit, 4 static negatives, factors_lr 3e-4, factors_wd 1e-4, "
              "linear_wd 1e-4, 150 epochs", impl_dir, {**COMMON, **HAND_GRID, "epochs": str(_epochs(cfg, 150))},
              p_impl),
+            ("implicit_hand_grid_leak_free", "as implicit_hand_grid, --negative-pool train-unrated", free_dir,
+             {**COMMON, **HAND_GRID, "epochs": str(_epochs(cfg, 150))}, p_impl),
             ("tuned", f"tuned: {tuned_from}", impl_dir,
              {**tuned_hp, "epochs": str(_epochs(cfg, int(float(tuned_hp.get("epochs", "150")))))}, p_impl),
         ]
