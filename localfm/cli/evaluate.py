@@ -33,7 +33,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description=(
             "Score top-k rankings on held-out interactions: FM models (ranked by the exact engine with "
             "training items excluded), stored recommendations, cloud k-NN output, and the popularity / "
-            "implicit-ALS baselines, each metric with a 95%% bootstrap interval over users."
+            "implicit-ALS baselines, each metric with a 95% bootstrap interval over users."
         ),
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
