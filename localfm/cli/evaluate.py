@@ -87,7 +87,9 @@ def _baselines(text: str) -> list[str]:
         return []
     bad = [n for n in names if n not in BASELINES]
     if bad:
-        raise LocalFMError(f"--baselines: unknown baseline {bad[0]!r}; expected a comma list of popularity, als, or none")
+        raise LocalFMError(
+            f"--baselines: unknown baseline {bad[0]!r}; expected a comma list of popularity, als, or none"
+        )
     return list(dict.fromkeys(names))
 
 

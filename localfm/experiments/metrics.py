@@ -74,7 +74,8 @@ def hit_matrix(recommended: np.ndarray, relevant: Sequence[np.ndarray], k: int) 
         rec = np.hstack([rec, np.full((n, k - rec.shape[1]), -1, dtype=np.int64)])
     rec = rec[:, :k]
     sizes = np.array([len(r) for r in relevant], dtype=np.int64)
-    rel_items = np.concatenate([np.asarray(r, dtype=np.int64).reshape(-1) for r in relevant]) if n else np.empty(0, np.int64)
+    rel_items = (np.concatenate([np.asarray(r, dtype=np.int64).reshape(-1) for r in relevant]) if n
+                 else np.empty(0, np.int64))
     span = int(max(rec.max(initial=-1), rel_items.max(initial=-1))) + 2  # +1 for id -1 → 0
     rel_keys = np.repeat(np.arange(n, dtype=np.int64), sizes) * span + (rel_items + 1)
     keys = np.arange(n, dtype=np.int64)[:, None] * span + (rec + 1)

@@ -19,7 +19,9 @@ from .metrics import METRICS
 from .protocol import Protocol, recommended_from_ids
 
 
-def ranking_from_table(protocol: Protocol, target: str, k: int, *, table: str = "recommendations") -> tuple[np.ndarray, dict[str, int]]:
+def ranking_from_table(
+    protocol: Protocol, target: str, k: int, *, table: str = "recommendations"
+) -> tuple[np.ndarray, dict[str, int]]:
     """A ``localfm recommend`` output (SQLite / Parquet / JSON Lines) as a (test users, k) ranking."""
     from ..recommend.sinks import read_results
 
