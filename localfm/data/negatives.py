@@ -65,7 +65,8 @@ def parse_negative_sampling(spec: str) -> NegativeSampling:
         if np.isfinite(value) and value >= 0:
             return NegativeSampling("popularity", value)
     raise LocalFMError(
-        f"negative_sampling {spec!r}: expected uniform, popularity or popularity:ALPHA (a number >= 0)"
+        f"negative_sampling {spec!r}: expected uniform, popularity or popularity:ALPHA (a number >= 0)",
+        param="negative_sampling",
     )
 
 
@@ -203,7 +204,7 @@ POOLS = ("unrated", "train-unrated")
 def check_pool(pool: object) -> str:
     """``unrated`` (never any rated item) or ``train-unrated`` (never a training-rated item)."""
     if pool not in POOLS:
-        raise LocalFMError(f"negative_pool {pool!r}: expected unrated or train-unrated")
+        raise LocalFMError(f"negative_pool {pool!r}: expected unrated or train-unrated", param="negative_pool")
     return str(pool)
 
 
@@ -223,7 +224,8 @@ def parse_implicit_label(label: str) -> float | None:
             value = float("nan")
         if np.isfinite(value):
             return value
-    raise LocalFMError(f"label {label!r}: expected implicit or implicit:T with a number T (e.g. implicit:4)")
+    raise LocalFMError(f"label {label!r}: expected implicit or implicit:T with a number T (e.g. implicit:4)",
+                       param="label")
 
 
 def positives_mask(rating: np.ndarray, threshold: float | None) -> np.ndarray:

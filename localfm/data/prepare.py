@@ -84,11 +84,12 @@ class Options:
                 parse_label(self.label)
             except LocalFMError:
                 raise LocalFMError(
-                    f"--label {self.label!r}: expected rating, binary:T or implicit[:T] with a number T"
+                    f"label {self.label!r}: expected rating, binary:T or implicit[:T] with a number T", param="label"
                 ) from None
             if self.negatives is not None:
                 raise LocalFMError(
-                    f"negatives: only with an implicit label (implicit or implicit:T), not {self.label!r}"
+                    f"negatives: only with an implicit label (implicit or implicit:T), not {self.label!r}",
+                    param="negatives",
                 )
             parse_negative_sampling(self.negative_sampling)
             check_pool(self.negative_pool)
@@ -97,10 +98,12 @@ class Options:
         if self.negatives is None or isinstance(self.negatives, bool) or int(self.negatives) < 1:
             raise LocalFMError(
                 f"negatives: label {self.label!r} needs a number of negatives per positive >= 1, "
-                f"got {self.negatives!r}"
+                f"got {self.negatives!r}",
+                param="negatives",
             )
         if isinstance(self.negative_seed, bool) or int(self.negative_seed) < 0:
-            raise LocalFMError(f"negative_seed: expected an integer >= 0, got {self.negative_seed!r}")
+            raise LocalFMError(f"negative_seed: expected an integer >= 0, got {self.negative_seed!r}",
+                               param="negative_seed")
         return ImplicitSpec(threshold, int(self.negatives), parse_negative_sampling(self.negative_sampling),
                             int(self.negative_seed), check_pool(self.negative_pool))
 

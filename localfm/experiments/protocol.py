@@ -61,16 +61,15 @@ def _read_interactions(path: str | Path, what: str) -> tuple[np.ndarray, np.ndar
     """(user, item, rating) of an interactions file: prepare's parquet, a MovieLens split file, or CSV."""
     from ..data.tabular import read_interactions
 
+    from ..data.movielens import read_ratings_file
+
     p = Path(path)
     if not p.is_file():
         raise LocalFMError(f"{what} {p}: file not found")
     name = p.name.lower()
-    if name == "u.data" or p.suffix.lower() in (".base", ".test"):
-        try:
-            arr = np.loadtxt(p, dtype=np.float64, delimiter="\t", ndmin=2, usecols=(0, 1, 2))
-        except ValueError as exc:
-            raise LocalFMError(f"{what} {p}: expected tab-separated user item rating timestamp ({exc})") from None
-        return arr[:, 0].astype(np.int64), arr[:, 1].astype(np.int64), arr[:, 2].astype(np.float32)
+    if name == "u.data" or p.suffix.lower() in (".base", ".test", ".dat"):
+        rows = read_ratings_file(p)
+        return rows.user, rows.item, rows.rating
     if p.suffix.lower() in (".parquet", ".pq"):
         import pyarrow.parquet as pq
 
@@ -91,11 +90,8 @@ def _read_interactions(path: str | Path, what: str) -> tuple[np.ndarray, np.ndar
 
 
 def _rows(space: Any, users: np.ndarray, items: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    from ..recommend.recommend import coerce_ids, positions
-
-    u = positions(space.user_ids, coerce_ids(users, space.user_ids, "interactions user_id"))
-    i = positions(space.item_ids, coerce_ids(items, space.item_ids, "interactions item_id"))
-    return u, i
+    """Rows of features.json for interaction ids (-1 = unknown), with FeatureSpace's id coercion."""
+    return space.user_index(users, allow_unknown=True), space.item_index(items, allow_unknown=True)
 
 
 def load_protocol(
@@ -114,7 +110,8 @@ def load_protocol(
 
     space = features_json if isinstance(features_json, FeatureSpace) else FeatureSpace.load(features_json)
     if not np.isfinite(float(relevant_min_rating)):
-        raise LocalFMError(f"relevant_min_rating: expected a number, got {relevant_min_rating!r}")
+        raise LocalFMError(f"relevant_min_rating: expected a number, got {relevant_min_rating!r}",
+                           param="relevant_min_rating")
     tu, ti, _ = _read_interactions(train_interactions, "train_interactions")
     su, si, sr = _read_interactions(test_interactions, "test_interactions")
     tur, tir = _rows(space, tu, ti)
@@ -170,7 +167,7 @@ def _top_x(U: np.ndarray, I: np.ndarray, protocol: Protocol, k: int) -> np.ndarr
     from ..recommend.topx import default_threads
 
     res = top_x(np.ascontiguousarray(U, dtype=np.float32), np.ascontiguousarray(I, dtype=np.float32), k,
-                exclude=protocol.seen, threads=default_threads())
+                exclude=protocol.seen, threads=default_threads(), progress_desc="rank")
     return _pad(res.ids, k)
 
 
@@ -227,16 +224,14 @@ def recommended_from_ids(protocol: Protocol, user_ids: Any, item_ids: Any, ranks
     user rated in training are dropped first (then the list is cut to k), so a
     ranking that did not exclude them (cloud k-NN) is judged on the same candidates.
     """
-    from ..recommend.recommend import coerce_ids, positions
-
-    uid = coerce_ids(user_ids, protocol.space.user_ids, "recommendations user_id")
-    iid = coerce_ids(item_ids, protocol.space.item_ids, "recommendations item_id")
+    space_rows, irow = _rows(protocol.space, np.asarray(user_ids), np.asarray(item_ids))
     rk = np.asarray(ranks, dtype=np.float64)
-    if not (len(uid) == len(iid) == len(rk)):
+    if not (len(space_rows) == len(irow) == len(rk)):
         raise LocalFMError("recommendations: user_id, item_id and rank columns differ in length")
-    urow = positions(protocol.user_ids, uid)
-    irow = positions(protocol.space.item_ids, iid)
-    info = {"rows": int(len(uid)), "rows_other_users": int((urow < 0).sum()),
+    to_test_row = np.full(len(protocol.space.user_ids) + 1, -1, dtype=np.int64)  # last slot: unknown users
+    to_test_row[protocol.user_rows] = np.arange(protocol.n_users)
+    urow = to_test_row[space_rows]
+    info = {"rows": int(len(space_rows)), "rows_other_users": int((urow < 0).sum()),
             "rows_unknown_item": int(((urow >= 0) & (irow < 0)).sum()), "rows_seen_dropped": 0}
     keep = urow >= 0
     if exclude_seen:

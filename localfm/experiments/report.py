@@ -48,7 +48,7 @@ def ranking_from_knn(protocol: Protocol, path: str | Path, k: int) -> tuple[np.n
     :func:`recommended_from_ids`).
     """
     from ..parity.cloudlog import read_knn
-    from ..recommend.repackage import knn_labels
+    from ..recommend.vectors import knn_labels
 
     nb = read_knn(path)
     users = np.asarray(protocol.space.user_ids)

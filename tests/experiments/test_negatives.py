@@ -166,14 +166,14 @@ def test_train_unrated_pool_ignores_test_ratings_for_training_negatives(cli, tmp
 
 
 @pytest.mark.parametrize("args, needle", [
-    (["--label", "implicit"], "negatives"),
-    (["--label", "implicit", "--negatives", "0"], "negatives"),
-    (["--label", "binary:4", "--negatives", "4"], "negatives"),
-    (["--label", "implicit:x", "--negatives", "4"], "implicit"),
-    (["--label", "implicit", "--negatives", "4", "--negative-sampling", "zipf"], "negative_sampling"),
-    (["--label", "implicit", "--negatives", "4", "--negative-seed", "-1"], "negative_seed"),
-    (["--label", "explicit"], "implicit"),
-    (["--label", "implicit", "--negatives", "4", "--negative-pool", "test"], "negative_pool"),
+    (["--label", "implicit"], "--negatives: label 'implicit' needs"),
+    (["--label", "implicit", "--negatives", "0"], "--negatives: label"),
+    (["--label", "binary:4", "--negatives", "4"], "--negatives: only with an implicit label"),
+    (["--label", "implicit:x", "--negatives", "4"], "--label 'implicit:x'"),
+    (["--label", "implicit", "--negatives", "4", "--negative-sampling", "zipf"], "--negative-sampling 'zipf'"),
+    (["--label", "implicit", "--negatives", "4", "--negative-seed", "-1"], "--negative-seed: expected"),
+    (["--label", "explicit"], "--label 'explicit': expected rating, binary:T or implicit[:T]"),
+    (["--label", "implicit", "--negatives", "4", "--negative-pool", "test"], "--negative-pool 'test'"),
 ])
 def test_prepare_implicit_bad_input_exits_2(cli, tmp_path: Path, args, needle) -> None:
     out = tmp_path / "bad"
