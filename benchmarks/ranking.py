@@ -67,7 +67,7 @@ def _train(data: Path, hp: dict[str, str], features: Path) -> tuple[Any, float]:
     train = read_matrix(data / "train.protobuf")
     fm = FactorizationMachine(seed=0, feature_dim=str(train.X.shape[1]), **hp)
     epoch_data = None
-    if fm.hp_["_local_resample_negatives"]:
+    if fm.check_params()["_local_resample_negatives"]:
         epoch_data, _ = epoch_sampler(features)
     t0 = time.perf_counter()
     fm.fit(train.X, train.y, epoch_data=epoch_data)
