@@ -17,7 +17,9 @@ from __future__ import annotations
 
 import argparse
 import io
+from collections.abc import Iterator
 from dataclasses import dataclass
+from importlib import resources
 from pathlib import Path
 
 import numpy as np
@@ -69,6 +71,18 @@ See LICENSE: synthetic, no real data, freely redistributable.
 """
 
 
+# (user, item) pairs scored at once while rescaling the planted FM. The generator
+# scores every pair (its mean and spread set the rating scale), so this, not the
+# dataset size, bounds the working memory (~100 MB): the old all-pairs CSR of 30,000
+# users x 10,000 items needed tens of GB. The default dataset (120,000 pairs) is one chunk.
+PAIR_CHUNK = 1 << 18
+# Ratings are the output and stay in memory (ids, labels, times, a shuffle order:
+# about 50 bytes each); ml-20m's size is the ceiling, refused up front beyond it.
+MAX_RATINGS = 20_000_000
+# Rows of u.data rendered per write, so the text never exists whole in memory.
+_LINES_PER_CHUNK = 100_000
+
+
 @dataclass(frozen=True)
 class SyntheticConfig:
     """Size and randomness of the generated dataset (defaults: the embedded one)."""
@@ -81,9 +95,38 @@ class SyntheticConfig:
     noise: float = 0.5
     seed: int = DEFAULT_SEED
 
+    def expected_ratings(self) -> int:
+        """About how many ratings the dataset gets (each user rates < n_items movies)."""
+        per_user = min(max(self.mean_ratings_per_user, self.min_ratings_per_user), self.n_items - 1)
+        return int(self.n_users * per_user)
+
+
+@dataclass(frozen=True)
+class _Dataset:
+    """Everything the files are rendered from (ratings as parallel arrays)."""
+
+    config: SyntheticConfig
+    users: UserTable
+    items: ItemTable
+    years: np.ndarray
+    planted: tuple[float, np.ndarray, np.ndarray]  # w0, w, V
+    uu: np.ndarray  # user row of each rating (ascending), item row ascending within a user
+    ii: np.ndarray
+    ratings: np.ndarray
+    ts: np.ndarray
+    order: np.ndarray  # the (unsorted, like GroupLens) row order of u.data
+
 
 def default_dataset_path() -> Path:
-    """Where the embedded dataset lives: ``data/ml-synthetic`` at the repository root."""
+    """Where the embedded dataset lives.
+
+    A wheel carries it as package data (``localfm/_data/ml-synthetic``, copied from the
+    repository's ``data/`` by setup.py at build time); a source checkout or editable
+    install reads ``data/ml-synthetic`` at the repository root, its only copy in git.
+    """
+    packaged = resources.files("localfm").joinpath("_data", "ml-synthetic")
+    if packaged.joinpath("u.data").is_file():
+        return Path(str(packaged))
     path = Path(__file__).resolve().parents[2] / "data" / "ml-synthetic"
     if not (path / "u.data").is_file():
         raise LocalFMError(
@@ -93,14 +136,29 @@ def default_dataset_path() -> Path:
     return path
 
 
-def generate(config: SyntheticConfig = SyntheticConfig()) -> dict[str, bytes]:
-    """All files of the dataset as ``{name: bytes}`` (deterministic for a config)."""
+def _check(config: SyntheticConfig) -> None:
+    """Refuse impossible or oversized configs before allocating anything."""
     if config.seed < 0:  # numpy's SeedSequence raises a bare ValueError for these
-        raise LocalFMError(f"synthetic dataset: --seed {config.seed}: expected an integer >= 0")
+        raise LocalFMError(f"synthetic dataset: seed {config.seed}: expected an integer >= 0")
+    if config.n_users < 1 or config.n_items <= config.min_ratings_per_user + 2:
+        raise LocalFMError(
+            f"synthetic dataset: n_users={config.n_users}, n_items={config.n_items}: need at least 1 user "
+            f"and more than {config.min_ratings_per_user + 2} items (min ratings per user + 2)"
+        )
+    expected = config.expected_ratings()
+    if expected > MAX_RATINGS:
+        raise LocalFMError(
+            f"synthetic dataset: n_users={config.n_users} x about {expected // config.n_users} ratings each "
+            f"is about {expected:,} ratings (~{expected * 50 / 2**30:.1f} GiB in memory); "
+            f"expected at most {MAX_RATINGS:,} (ml-20m's size)"
+        )
+
+
+def _build(config: SyntheticConfig) -> _Dataset:
+    """Draw the dataset. The random draws happen in a fixed order, so a seed fixes the bytes."""
+    _check(config)
     rng = np.random.default_rng(config.seed)
     nu, ni = config.n_users, config.n_items
-    if nu < 1 or ni <= config.min_ratings_per_user + 2:
-        raise LocalFMError("synthetic dataset: need at least 1 user and more items than min ratings per user")
 
     # --- users: ages roughly like ml-100k (7..73, mostly 20-40), 70% male, skewed occupations.
     user_ids = np.arange(1, nu + 1, dtype=np.int64)
@@ -134,16 +192,12 @@ def generate(config: SyntheticConfig = SyntheticConfig()) -> dict[str, bytes]:
     is_id[: nu + ni] = True
     w = np.where(is_id, rng.normal(0, 0.3, dim), rng.normal(0, 0.15, dim))
     V = rng.normal(0, 1, (dim, k)) * np.where(is_id, 0.3, 0.2)[:, None]
-    pairs_u = np.repeat(user_ids, ni)
-    pairs_i = np.tile(item_ids, nu)
-    X = space.encode(pairs_u, pairs_i)
-    raw = _fm_score(X, 0.0, w, V)
-    # Rescale the planted FM so scores look like MovieLens ratings (mean 3.55, sd 1.0):
-    # score' = b + a*score is again an FM with w0 = b, w = a*w, V = sqrt(a)*V.
-    a = 1.0 / raw.std()
-    b = 3.55 - a * raw.mean()
+    # Rescale the planted FM so scores over all pairs look like MovieLens ratings (mean
+    # 3.55, sd 1.0): score' = b + a*score is again an FM with w0 = b, w = a*w, V = sqrt(a)*V.
+    mean, std = _all_pairs_mean_std(space, user_ids, item_ids, w, V)
+    a = 1.0 / std
+    b = 3.55 - a * mean
     w0, w, V = float(b), (a * w).astype(np.float32), (np.sqrt(a) * V).astype(np.float32)
-    score = _fm_score(X, w0, w, V).reshape(nu, ni)
 
     # --- which pairs are rated: per-user activity, Zipf-like item popularity.
     popularity = 1.0 / np.arange(1, ni + 1) ** 0.8
@@ -152,43 +206,107 @@ def generate(config: SyntheticConfig = SyntheticConfig()) -> dict[str, bytes]:
     extra = rng.lognormal(0.0, 0.9, nu)
     target = config.mean_ratings_per_user - config.min_ratings_per_user
     counts = np.minimum(config.min_ratings_per_user + np.round(extra / extra.mean() * target), ni - 1).astype(int)
-    rated = np.zeros((nu, ni), dtype=bool)
-    for u in range(nu):
-        rated[u, rng.choice(ni, counts[u], replace=False, p=popularity)] = True
-    for i in np.flatnonzero(~rated.any(axis=0)):  # every movie gets at least one rating
-        rated[rng.integers(nu), i] = True
-    uu, ii = np.nonzero(rated)
-    ratings = np.clip(np.round(score[uu, ii] + rng.normal(0, config.noise, len(uu))), 1, 5).astype(np.int64)
+    rated = [rng.choice(ni, counts[u], replace=False, p=popularity) for u in range(nu)]
+    covered = np.bincount(np.concatenate(rated), minlength=ni) > 0
+    for i in np.flatnonzero(~covered):  # every movie gets at least one rating
+        u = rng.integers(nu)
+        rated[u] = np.append(rated[u], i)
+    # Row-major (user, then item) order: what np.nonzero of a users x items mask gives.
+    uu = np.repeat(np.arange(nu), [len(r) for r in rated])
+    ii = np.concatenate([np.sort(r) for r in rated]).astype(np.int64)
+    del rated
+    score = np.concatenate([
+        _fm_score(space.encode(user_ids[uu[s:s + PAIR_CHUNK]], item_ids[ii[s:s + PAIR_CHUNK]]), w0, w, V)
+        for s in range(0, len(uu), PAIR_CHUNK)
+    ])
+    ratings = np.clip(np.round(score + rng.normal(0, config.noise, len(uu))), 1, 5).astype(np.int64)
+    del score
 
     # --- timestamps: each user rates over a span inside Sep 1997 - Apr 1998 (like ml-100k).
     start = 874_724_710 + rng.integers(0, 12_000_000, nu)
     span = rng.integers(3_600, 8_000_000, nu)
     ts = start[uu] + (rng.random(len(uu)) * span[uu]).astype(np.int64)
     order = rng.permutation(len(uu))  # u.data is not sorted in the GroupLens files either
+    return _Dataset(config=config, users=users, items=items, years=years, planted=(w0, w, V),
+                    uu=uu, ii=ii, ratings=ratings, ts=ts, order=order)
 
-    files: dict[str, bytes] = {}
-    files["u.data"] = "".join(
-        f"{user_ids[uu[j]]}\t{item_ids[ii[j]]}\t{ratings[j]}\t{ts[j]}\n" for j in order
-    ).encode("ascii")
-    files["u.item"] = "".join(
-        f"{item_ids[r]}|{titles[r]}|01-{_MONTHS[years[r] % 12]}-{years[r]}||"
-        f"https://localfm.invalid/movie/{item_ids[r]}|" + "|".join("1" if g else "0" for g in genres[r]) + "\n"
-        for r in range(ni)
-    ).encode("latin-1")
-    files["u.user"] = "".join(
-        f"{user_ids[r]}|{ages[r]}|{genders[r]}|{occupations[r]}|{zips[r]}\n" for r in range(nu)
-    ).encode("ascii")
-    files["u.genre"] = ("".join(f"{g}|{n}\n" for n, g in enumerate(ML100K_GENRES)) + "\n").encode("ascii")
-    files["u.occupation"] = "".join(f"{o}\n" for o in OCCUPATIONS).encode("ascii")
-    files["u.info"] = f"{nu} users\n{ni} items\n{len(uu)} ratings\n".encode("ascii")
-    buf = io.BytesIO()
-    np.savez(buf, w0=np.float32(w0), w=w, V=V)
-    files["planted.npz"] = buf.getvalue()
-    files["README.md"] = README_TEXT.format(
-        n_users=nu, n_items=ni, n_ratings=len(uu), k=k, seed=config.seed, noise=config.noise
-    ).encode("utf-8")
-    files["LICENSE"] = LICENSE_TEXT.encode("utf-8")
-    return files
+
+def _all_pairs_mean_std(space, user_ids: np.ndarray, item_ids: np.ndarray,  # noqa: ANN001 - FeatureSpace
+                        w: np.ndarray, V: np.ndarray) -> tuple[float, float]:
+    """Mean and (population) sd of the raw FM score over every (user, item) pair.
+
+    Scored a block of users at a time and merged with Chan et al.'s parallel update,
+    so memory is bounded by PAIR_CHUNK. With a single block the arithmetic is exactly
+    numpy's ``mean()``/``std()`` of the whole array, which keeps the committed default
+    dataset byte for byte what it always was.
+    """
+    ni = len(item_ids)
+    per_block = max(1, PAIR_CHUNK // ni)
+    n = 0
+    mean = m2 = 0.0
+    for lo in range(0, len(user_ids), per_block):
+        block = user_ids[lo:lo + per_block]
+        raw = _fm_score(space.encode(np.repeat(block, ni), np.tile(item_ids, len(block))), 0.0, w, V)
+        n_b, mean_b = len(raw), raw.mean()
+        m2_b = np.square(raw - mean_b).sum()
+        if n == 0:
+            n, mean, m2 = n_b, mean_b, m2_b
+            continue
+        delta = mean_b - mean
+        total = n + n_b
+        mean = mean + delta * n_b / total
+        m2 = m2 + m2_b + delta * delta * n * n_b / total
+        n = total
+    return float(mean), float(np.sqrt(m2 / n))
+
+
+def _render(ds: _Dataset) -> Iterator[tuple[str, Iterator[bytes]]]:
+    """Each file of the dataset as (name, byte chunks), u.data a slice of rows at a time."""
+    cfg, users, items, years = ds.config, ds.users, ds.items, ds.years
+    uid, iid = users.ids, items.ids
+
+    def u_data() -> Iterator[bytes]:
+        for s in range(0, len(ds.order), _LINES_PER_CHUNK):
+            yield "".join(
+                f"{uid[ds.uu[j]]}\t{iid[ds.ii[j]]}\t{ds.ratings[j]}\t{ds.ts[j]}\n"
+                for j in ds.order[s:s + _LINES_PER_CHUNK]
+            ).encode("ascii")
+
+    def u_item() -> Iterator[bytes]:
+        yield "".join(
+            f"{iid[r]}|{items.titles[r]}|01-{_MONTHS[years[r] % 12]}-{years[r]}||"
+            f"https://localfm.invalid/movie/{iid[r]}|" + "|".join("1" if g else "0" for g in items.genres[r]) + "\n"
+            for r in range(len(iid))
+        ).encode("latin-1")
+
+    def planted() -> Iterator[bytes]:
+        w0, w, V = ds.planted
+        buf = io.BytesIO()
+        np.savez(buf, w0=np.float32(w0), w=w, V=V)
+        yield buf.getvalue()
+
+    yield "u.data", u_data()
+    yield "u.item", u_item()
+    yield "u.user", iter([("".join(
+        f"{uid[r]}|{users.age[r]}|{users.gender[r]}|{users.occupation[r]}|{users.zip[r]}\n"
+        for r in range(len(uid))
+    )).encode("ascii")])
+    yield "u.genre", iter([("".join(f"{g}|{n}\n" for n, g in enumerate(ML100K_GENRES)) + "\n").encode("ascii")])
+    yield "u.occupation", iter(["".join(f"{o}\n" for o in OCCUPATIONS).encode("ascii")])
+    yield "u.info", iter([f"{len(uid)} users\n{len(iid)} items\n{len(ds.uu)} ratings\n".encode("ascii")])
+    yield "planted.npz", planted()
+    yield "README.md", iter([README_TEXT.format(
+        n_users=len(uid), n_items=len(iid), n_ratings=len(ds.uu), k=cfg.num_factors, seed=cfg.seed, noise=cfg.noise
+    ).encode("utf-8")])
+    yield "LICENSE", iter([LICENSE_TEXT.encode("utf-8")])
+
+
+def generate(config: SyntheticConfig = SyntheticConfig()) -> dict[str, bytes]:
+    """All files of the dataset as ``{name: bytes}`` (deterministic for a config).
+
+    Holds every file in memory: for tests and small configs; :func:`write` streams.
+    """
+    return {name: b"".join(chunks) for name, chunks in _render(_build(config))}
 
 
 def _fm_score(X, w0: float, w: np.ndarray, V: np.ndarray) -> np.ndarray:  # noqa: ANN001 - csr
@@ -205,13 +323,20 @@ def load_planted(path: str | Path) -> tuple[float, np.ndarray, np.ndarray]:
 
 
 def write(out_dir: str | Path, config: SyntheticConfig = SyntheticConfig()) -> list[Path]:
-    """Generate the dataset and write its files into ``out_dir`` atomically (all or none)."""
-    files = generate(config)
+    """Generate the dataset and write its files into ``out_dir`` atomically (all or none).
+
+    Files are written chunk by chunk, so memory stays bounded by the ratings arrays.
+    """
+    dataset = _build(config)
     out = Path(out_dir)
+    names: list[str] = []
     with atomic_outputs() as outputs:
-        for name, data in files.items():
-            outputs.path(out / name).write_bytes(data)
-    return [out / name for name in files]
+        for name, chunks in _render(dataset):
+            with open(outputs.path(out / name), "wb") as fh:
+                for chunk in chunks:
+                    fh.write(chunk)
+            names.append(name)
+    return [out / name for name in names]
 
 
 def main(argv: list[str] | None = None) -> int:
