@@ -8,6 +8,8 @@ import json
 import subprocess
 import sys
 
+import pytest
+
 import localfm
 
 # Each public name and the module that defines it (independent of localfm._EXPORTS on purpose).
@@ -92,6 +94,7 @@ def test_cloud_log_reader_and_knn_training_reader_have_distinct_names():
     assert "read_training" not in localfm.__all__ and read_training is not read_training_log
 
 
+@pytest.mark.slow
 def test_import_does_not_load_torch_or_faiss():
     code = "import sys, localfm; print('torch' in sys.modules, 'faiss' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout

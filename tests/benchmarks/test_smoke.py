@@ -37,6 +37,7 @@ def smoke_results(tmp_path_factory):
     return code, out
 
 
+@pytest.mark.slow
 def test_smoke_run_writes_every_results_file(smoke_results):
     code, out = smoke_results
     assert code == 0
@@ -51,6 +52,7 @@ def test_smoke_run_writes_every_results_file(smoke_results):
             assert (out / png).stat().st_size > 1000
 
 
+@pytest.mark.slow
 def test_smoke_retrieval_engines_agree_with_float64(smoke_results):
     _, out = smoke_results
     doc = json.loads((out / "retrieval.json").read_text())
@@ -62,6 +64,7 @@ def test_smoke_retrieval_engines_agree_with_float64(smoke_results):
         assert row["gflops"] > 0 and row["median_s"] > 0
 
 
+@pytest.mark.slow
 def test_smoke_end_to_end_stages_succeed(smoke_results):
     _, out = smoke_results
     doc = json.loads((out / "end_to_end.json").read_text())
@@ -72,6 +75,7 @@ def test_smoke_end_to_end_stages_succeed(smoke_results):
         assert all(s["peak_rss_bytes"] > 0 for s in p["stages"])
 
 
+@pytest.mark.slow
 def test_summary_markdown_quotes_results(smoke_results):
     _, out = smoke_results
     text = summary_markdown(out)
@@ -79,6 +83,7 @@ def test_summary_markdown_quotes_results(smoke_results):
     assert "(quick)" in text  # smoke/quick results are marked as such
 
 
+@pytest.mark.slow
 def test_report_readme_and_replot_read_results_files(smoke_results, capsys):
     _, out = smoke_results
     assert main(["--report", "--out", str(out)]) == 0
@@ -124,6 +129,7 @@ def test_agreement_catches_wrong_results():
     assert a["recall"] == pytest.approx(0.9)
 
 
+@pytest.mark.slow
 def test_naive_fm_learns_and_can_be_cut_short():
     rng = np.random.default_rng(0)
     users = rng.integers(0, 30, 1000)
@@ -154,6 +160,7 @@ def test_ranking_metrics_perfect_and_popularity_cases():
     assert ranking_metrics(lambda u: bad[u], 3, 5, tu, ti, su, si, sr, k=1)["recall@1"] == 0.0
 
 
+@pytest.mark.slow
 def test_quality_scorer_matches_fm_decision_function():
     import scipy.sparse as sp
 
@@ -172,6 +179,7 @@ def test_quality_scorer_matches_fm_decision_function():
     np.testing.assert_allclose(S[r.users, r.items], fm.decision_function(X), rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.slow
 def test_rss_launcher_measures_the_child_not_the_parent():
     big = run_command([sys.executable, "-c", "b = bytearray(300 * 2**20); b[::4096] = b'x' * len(b[::4096])"])
     small = run_command([sys.executable, "-c", "pass"])

@@ -1,6 +1,8 @@
 import contextlib
 import sqlite3
 
+import pytest
+
 
 def test_demo_runs_the_whole_pipeline_on_embedded_data(cli, tmp_path):
     code, out, err = cli("--quiet", "demo", "--out", tmp_path, "--epochs", "3", "-k", "7")
@@ -16,6 +18,7 @@ def test_demo_runs_the_whole_pipeline_on_embedded_data(cli, tmp_path):
     assert len(lines) == 300 and lines[0].startswith('{"predicted_label": ')
 
 
+@pytest.mark.slow
 def test_demo_on_real_movielens(cli, tmp_path, ml100k_dir):
     code, out, err = cli("--quiet", "demo", "--movielens", ml100k_dir, "--out", tmp_path, "--epochs", "2")
     assert code == 0, err

@@ -111,6 +111,7 @@ def test_inconsistent_fm_is_an_error(cli, tmp_path):
     assert code == 2 and "w1_weight" in err
 
 
+@pytest.mark.slow
 def test_s3_uri(cli, new_s3_bucket, fm_model):
     new_s3_bucket("jobs").upload_file(str(fm_model), "jobs", "fm/output/model.tar.gz")
     code, out, err = cli("inspect", "s3://jobs/fm/output/model.tar.gz", "--json")

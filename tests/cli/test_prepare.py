@@ -18,6 +18,7 @@ def _files(path: Path) -> set[str]:
     return {p.name for p in path.iterdir()} if path.exists() else set()
 
 
+@pytest.mark.slow
 def test_movielens_ua_cloud_preparation(cli, ml100k_dir: Path, tmp_path: Path) -> None:
     out = tmp_path / "ua"
     code, stdout, stderr = cli("prepare", "movielens", ml100k_dir, "--split", "ua", "--label", "binary:4",

@@ -238,6 +238,7 @@ def test_approximate_index_reports_recall(cli, demo, tmp_path):
     assert summary["index"] == "faiss.IVFFlat" and 0.0 < summary["recall"]["recall"] <= 1.0
 
 
+@pytest.mark.slow
 def test_postgresql_output(cli, demo, tmp_path):
     from tests.pgserver import start
 

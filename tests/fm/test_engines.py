@@ -173,6 +173,7 @@ def test_non_lazy_wd_trains_with_torch_under_auto():
     assert fm.engine_ == "torch"
 
 
+@pytest.mark.slow
 def test_ml100k_cloud_setup_engines_agree(ml100k_dir, tmp_path):
     """The cloud job's setup (ua.base, binary:4, k=64, batch 200), 3 epochs: metrics within 1e-6."""
     from localfm.cli import main
@@ -238,6 +239,7 @@ def test_engine_interface_runs_epochs_and_reports_batches(engine):
     np.testing.assert_array_equal(labels2, np.concatenate([y[:9][::-1], y[:9][::-1][:7]]))
 
 
+@pytest.mark.slow
 def test_numba_engine_does_not_import_torch():
     """The numba path must stay torch-free: importing torch costs ~1 s per `localfm train`."""
     import subprocess

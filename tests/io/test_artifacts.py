@@ -347,6 +347,7 @@ _GOOD_TGZ = art.fm_artifact_bytes(FMWeights(0.1, np.ones(5), np.ones((5, 2)), "r
 _GOOD_TAR = gzip.decompress(_GOOD_TGZ)
 
 
+@pytest.mark.slow
 @settings(max_examples=300, deadline=None)
 @given(st.data())
 def test_corrupted_artifacts_fail_cleanly(data):
@@ -389,6 +390,7 @@ def test_failed_save_keeps_previous_file(tmp_path):
 # --------------------------------------------------------------------------- s3
 
 
+@pytest.mark.slow
 def test_s3_roundtrip_with_moto(new_s3_bucket):
     new_s3_bucket("models")
     w = _weights()

@@ -182,6 +182,7 @@ def _same(a, b) -> bool:
         a, b, equal_nan=a.dtype.kind == "f")
 
 
+@pytest.mark.slow
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.lists(dense_arrays(), max_size=4))
 def test_roundtrip_unnamed_dense(arrays):
@@ -192,6 +193,7 @@ def test_roundtrip_unnamed_dense(arrays):
     assert nd.dumps(back) == data
 
 
+@pytest.mark.slow
 @settings(max_examples=80, deadline=None)
 @given(st.dictionaries(st.text(min_size=1, max_size=12), dense_arrays(min_dims=0), max_size=4))
 def test_roundtrip_named_v3_with_scalars(arrays):
@@ -214,6 +216,7 @@ def sparse_arrays(draw):
     return nd.RowSparse(dense[keep], keep, dense.shape)
 
 
+@pytest.mark.slow
 @settings(max_examples=80, deadline=None)
 @given(st.lists(sparse_arrays(), min_size=1, max_size=3))
 def test_roundtrip_sparse(arrays):
@@ -223,6 +226,7 @@ def test_roundtrip_sparse(arrays):
     assert nd.dumps(back) == data
 
 
+@pytest.mark.slow
 @settings(max_examples=300, deadline=None)
 @given(st.data())
 def test_corrupted_files_fail_cleanly(data):

@@ -44,6 +44,7 @@ def _sparse(n: int, d: int, density: float, seed: int, dtype=np.float32) -> sp.c
 
 # ----------------------------------------------------------------------------- the SDK fixture
 
+@pytest.mark.slow
 def test_fixture_decodes_all_records_and_reencodes_to_identical_bytes(sagemaker_fixtures):
     path = sagemaker_fixtures / UFO
     raw = path.read_bytes()
@@ -162,6 +163,7 @@ def sparse_matrices(draw):  # noqa: ANN001,ANN201
     return X
 
 
+@pytest.mark.slow
 @given(sparse_matrices(), st.booleans())
 @FAST
 def test_sparse_round_trip(X, with_labels):
@@ -175,6 +177,7 @@ def test_sparse_round_trip(X, with_labels):
     _assert_fast_equals_exact(raw)
 
 
+@pytest.mark.slow
 @given(st.integers(1, 20), st.integers(1, 40), st.sampled_from([np.float32, np.float64]), st.integers(0, 99))
 @FAST
 def test_dense_round_trip(n, d, dtype, seed):
@@ -213,6 +216,7 @@ _records = st.builds(
 )
 
 
+@pytest.mark.slow
 @given(st.lists(_records, max_size=6), st.booleans())
 @FAST
 def test_record_round_trip(records, split):
@@ -282,6 +286,7 @@ def _cflags(raw: bytes) -> list[int]:
     return out
 
 
+@pytest.mark.slow
 @given(st.lists(_records, min_size=1, max_size=5), st.data())
 @FAST
 def test_vectorised_framing_matches_the_loop(records, data):
@@ -498,6 +503,7 @@ def test_varint_stream_rejects_malformed():
     assert decode_varint_stream(np.array([0xFF] * 9 + [0x02], np.uint8)) is None
 
 
+@pytest.mark.slow
 def test_s3_write_and_read(new_s3_bucket):
     new_s3_bucket("data")
     X = _sparse(20, 40, 0.1, seed=2)

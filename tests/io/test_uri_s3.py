@@ -65,6 +65,7 @@ def test_missing_bucket_is_bad_input(s3) -> None:  # noqa: ANN001
         uri.read_bytes("s3://no-such-bucket-localfm/x.out")
 
 
+@pytest.mark.slow
 def test_missing_credentials_named_and_secret_never_echoed(s3, monkeypatch: pytest.MonkeyPatch) -> None:  # noqa: ANN001
     import boto3
 
@@ -76,6 +77,7 @@ def test_missing_credentials_named_and_secret_never_echoed(s3, monkeypatch: pyte
     assert SECRET not in str(info.value)
 
 
+@pytest.mark.slow
 def test_wrong_credentials_do_not_leak_the_secret(s3, monkeypatch: pytest.MonkeyPatch) -> None:  # noqa: ANN001
     # moto accepts any key by default; the message must still never contain the secret.
     s3.put_object(Bucket=BUCKET, Key="a.txt", Body=b"x")
@@ -89,6 +91,7 @@ def test_wrong_credentials_do_not_leak_the_secret(s3, monkeypatch: pytest.Monkey
         assert SECRET not in str(exc)
 
 
+@pytest.mark.slow
 def test_large_object_streamed_to_disk_not_memory(s3, tmp_path: Path) -> None:  # noqa: ANN001
     """An 80 MiB object travels as a multipart upload and a ranged download to a temp file.
 

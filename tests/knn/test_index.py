@@ -191,6 +191,7 @@ def test_raw_faiss_bytes_infer_metadata() -> None:
         KNNIndex.from_bytes(b"garbage bytes", where="model_algo-1")
 
 
+@pytest.mark.slow
 def test_ivfpq_pads_dimensions_not_divisible_by_m() -> None:
     items, users = fm_like(1000, 20)
     assert auto_pq_m(65) == 16

@@ -178,6 +178,7 @@ def test_broken_artifacts(tmp_path: Path) -> None:
     assert not (tmp_path.parent / "model_algo-1").exists()
 
 
+@pytest.mark.slow
 def test_load_from_s3(tmp_path: Path, new_s3_bucket) -> None:
     x, y = data(60)
     m = KNN(**hp()).fit(x, y)

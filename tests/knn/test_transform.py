@@ -35,6 +35,7 @@ def model() -> KNN:
 QUERIES = np.array([[0.5, -1.0, 2.0, 0.25], [1.0, 1.0, 1.0, 1.0]], dtype=np.float32)
 
 
+@pytest.mark.slow
 @given(st.floats(width=32, allow_nan=False, allow_infinity=False))
 @settings(max_examples=300, deadline=None)
 def test_format_float_round_trips_float32(v: float) -> None:

@@ -114,6 +114,7 @@ def test_training_subcommand_runs_locally(cloud_fixture: Path, ml100k_channels: 
     assert len(doc["comparisons"][1]["checks"]) == 6  # 2 epochs x 3 metrics; --epochs skips test metrics
 
 
+@pytest.mark.slow
 @pytest.mark.parity
 def test_prepare_json_rebuilds_channels(cloud_fixture: Path, ml100k_dir: Path, tmp_path: Path) -> None:
     """A run folder may record how its channels were made instead of holding them;
@@ -150,6 +151,7 @@ def _local_metrics(cloud_fixture: Path, path: Path, bump: float = 0.0, epoch: in
     return path
 
 
+@pytest.mark.slow
 @pytest.mark.parity
 def test_training_against_finished_local_run(cloud_fixture: Path, tmp_path: Path) -> None:
     good = _local_metrics(cloud_fixture, tmp_path / "good.json", bump=0.004)
@@ -243,6 +245,7 @@ def _write_out(path: Path, scores: np.ndarray, digits: int | None = None) -> Pat
     return path
 
 
+@pytest.mark.slow
 def test_predictions_with_model_and_input(tmp_path: Path) -> None:
     from localfm.fm.model import FactorizationMachine
 
@@ -260,6 +263,7 @@ def test_predictions_with_model_and_input(tmp_path: Path) -> None:
     assert code == 3 and "FAIL max |score diff|" in out and "row 3" in out
 
 
+@pytest.mark.slow
 def test_models_same_and_perturbed(tmp_path: Path) -> None:
     from localfm.io.artifacts import FMWeights, save_fm
 

@@ -107,6 +107,7 @@ def _pred(scores: list[float], labels: bool = True, source: str = "x") -> Predic
                        ["score", "predicted_label"] if labels else ["score"])
 
 
+@pytest.mark.slow
 def test_predictions_exact_and_drift() -> None:
     cloud = _pred([0.1, 0.5, 0.9, 0.49999])
     assert compare_predictions(cloud, _pred([0.1, 0.5, 0.9, 0.49999])).ok

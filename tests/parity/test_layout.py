@@ -97,6 +97,7 @@ def test_scan_finds_every_part(recorded_run: Path) -> None:
     assert layout.given_hyperparameters(lay, layout.cloud_training(lay)) == HP
 
 
+@pytest.mark.slow
 def test_same_seed_reproduces_the_recording(recorded_run: Path, tmp_path: Path) -> None:
     code, out, err = run_cli("--quiet", "parity", "fixture", recorded_run, "--seed", "5", "--json", tmp_path / "r.json",
                              "--plot", tmp_path / "plots")

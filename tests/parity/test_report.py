@@ -65,6 +65,7 @@ def _pred_comp(shift: float) -> Comparison:
     return c
 
 
+@pytest.mark.slow
 def test_two_comparisons_of_one_kind_get_two_plots(tmp_path: Path) -> None:
     """A fixture with two transform files wrote both scatters to one name: the first plot was lost."""
     written = write_plots([_pred_comp(0.0), _pred_comp(0.1)], tmp_path / "p")

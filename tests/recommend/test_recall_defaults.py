@@ -57,6 +57,7 @@ def rep() -> Repackaged:
     return fm_like()
 
 
+@pytest.mark.slow
 def test_synthetic_default_meets_target_and_nprobe_5_does_not(rep):
     stats, rows = _run(rep)
     tuned = stats.nprobe
@@ -78,6 +79,7 @@ def test_synthetic_default_meets_target_and_nprobe_5_does_not(rep):
     assert _true_recall(rep, rows5) == pytest.approx(stats5.recall["recall"], abs=1e-9)
 
 
+@pytest.mark.slow
 def test_exclude_seen_recall_is_post_exclusion(rep):
     rng = np.random.default_rng(3)
     # Each user has rated 30 random items, 10 of them among its exact top-100.
@@ -113,6 +115,7 @@ def test_target_and_nprobe_validation(rep):
             _run(small, **bad)
 
 
+@pytest.mark.slow
 def test_cli_default_tunes_and_explicit_nprobe_5_does_not(cli, tmp_path):
     """Always runs: the embedded synthetic MovieLens (ids only) with a random FM of ml-100k's shape."""
     from localfm.data.features import FeatureSpace

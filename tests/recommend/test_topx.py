@@ -41,6 +41,7 @@ def _fm_like(n_users, n_items, d=17, seed=0):
     return U, I
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("mode", ["fp32", "bf16"])
 @pytest.mark.parametrize("kernel", KERNELS)
 def test_equals_brute_force_across_blocks_and_batches(mode, kernel):
@@ -59,6 +60,7 @@ def test_random_gaussian_vectors(mode, kernel):
     _assert_same_ranking(top_x(U, I, 30, precision=mode, kernel=kernel, batch_size=50, block_size=100), U, I, 30)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("mode", ["fp32", "bf16"])
 @pytest.mark.parametrize("kernel", KERNELS)
 def test_exclusions_give_exact_top_k_after_filtering(mode, kernel):
