@@ -4,12 +4,14 @@ SageMaker hands every hyperparameter to the container as a *string* (from
 ``hyperparameters.json``). Each algorithm declares a table of :class:`HP` rows
 (name, type, default, allowed range, required) and :func:`parse` turns a mapping of
 strings (or already-typed values) into a validated dict. Errors name the
-hyperparameter and what was allowed, so ``--hp num_factors=0`` fails the same way
-the cloud would, before any work starts.
+hyperparameter and what was allowed, so ``num_factors=0`` fails the same way the
+cloud would, before any work starts. They name hyperparameters, never command-line
+flags: the CLI is one caller among several.
 """
 from __future__ import annotations
 
 import copy
+import difflib
 import json
 import math
 from collections.abc import Iterable, Mapping, Sequence
@@ -18,6 +20,10 @@ from pathlib import Path
 from typing import Any
 
 from .errors import LocalFMError
+
+# Our own namespace for settings SageMaker does not have: never sent by the cloud, so an
+# unknown name in it is a typo, not a container internal to ignore.
+LOCAL_PREFIX = "_local_"
 
 _TRUE = {"true", "1", "yes"}
 _FALSE = {"false", "0", "no"}
@@ -141,12 +147,10 @@ def parse(
     skip = set(ignore)
     out: dict[str, Any] = {}
     for name, raw in given.items():
-        if name in skip or (name.startswith("_") and name not in rows):
+        if name in skip or (name.startswith("_") and not name.startswith(LOCAL_PREFIX) and name not in rows):
             continue
         if name not in rows:
-            raise LocalFMError(
-                f"unknown {algorithm} hyperparameter '{name}'; known: {', '.join(sorted(rows))}"
-            )
+            raise LocalFMError(f"unknown {algorithm} hyperparameter '{name}'; {_suggest(name, rows)}")
         out[name] = rows[name].convert(raw)
     for name, hp in rows.items():
         if name in out:
@@ -159,13 +163,29 @@ def parse(
     return out
 
 
+def _suggest(name: str, known: Iterable[str]) -> str:
+    """"did you mean X?" (the closest name) for a near miss, else the public names.
+
+    Underscore names (container internals, ``_local_*`` extensions) are named only when
+    the misspelling is close to one of them: listing all of them buries the 20 names
+    people actually set.
+    """
+    public = sorted(n for n in known if not n.startswith("_"))
+    private = sorted(n for n in known if n.startswith("_"))
+    close = difflib.get_close_matches(name, public, n=1) or difflib.get_close_matches(name, private, n=1)
+    if close:
+        return f"did you mean {close[0]}?"
+    hidden = f" (and {len(private)} underscore-prefixed local/internal ones)" if private else ""
+    return f"known: {', '.join(public)}{hidden}"
+
+
 def parse_assignments(pairs: Sequence[str]) -> dict[str, str]:
-    """``["num_factors=64", ...]`` (the CLI's ``--hp`` flags) → ``{"num_factors": "64"}``."""
+    """``["num_factors=64", ...]`` → ``{"num_factors": "64"}`` (how the CLI's repeated flag arrives)."""
     out: dict[str, str] = {}
     for pair in pairs:
         name, sep, value = pair.partition("=")
         if not sep or not name.strip():
-            raise LocalFMError(f"--hp {pair!r}: expected name=value")
+            raise LocalFMError(f"hyperparameter assignment {pair!r}: expected name=value")
         out[name.strip()] = value.strip()
     return out
 
@@ -181,7 +201,7 @@ def load_json(path: str | Path) -> dict[str, str]:
 
 
 def collect(hp_file: str | Path | None, pairs: Sequence[str] | None) -> dict[str, str]:
-    """Merge a hyperparameters file with ``--hp`` overrides (flags win), like SageMaker's merge."""
+    """Merge a hyperparameters file with ``name=value`` overrides (overrides win), like SageMaker's merge."""
     merged: dict[str, str] = {}
     if hp_file:
         merged.update(load_json(hp_file))

@@ -65,3 +65,39 @@ def test_markdown_table_lists_every_row():
     md = table_markdown(TABLE)
     for hp in TABLE:
         assert f"`{hp.name}`" in md
+
+
+PRIVATE = [HP("_wd", "float", default=1.0), HP("_local_shuffle", "bool", default=False),
+           HP("_local_early_stopping_patience", "int", default=0, low=0)]
+
+
+def _unknown_message(given: dict) -> str:
+    with pytest.raises(LocalFMError) as exc:
+        parse(TABLE + PRIVATE, {"feature_dim": "3", **given}, algorithm="fm")
+    return str(exc.value)
+
+
+def test_misspelling_suggests_the_close_name_and_hides_private_ones():
+    msg = _unknown_message({"num_factor": "8"})
+    assert msg == "unknown fm hyperparameter 'num_factor'; did you mean num_factors?"
+    msg = _unknown_message({"predictor": "regressor"})
+    assert "did you mean predictor_type?" in msg and "_local_" not in msg
+
+
+def test_far_misses_list_only_public_names():
+    msg = _unknown_message({"zzz": "1"})
+    assert "known: bias_lr, feature_dim, nlists, num_factors, predictor_type, use_bias" in msg
+    assert "_local_" not in msg and "_wd" not in msg and "3 underscore-prefixed" in msg
+
+
+def test_private_names_are_suggested_when_close_and_local_typos_are_not_ignored():
+    # _local_* is localfm's own namespace: a typo there is an error, not a SageMaker internal to skip.
+    msg = _unknown_message({"_local_shufle": "true"})
+    assert msg.endswith("did you mean _local_shuffle?")
+    assert parse(TABLE + PRIVATE, {"feature_dim": "3", "_kvstore": "auto"}, algorithm="fm")["_local_shuffle"] is False
+
+
+def test_messages_name_parameters_not_command_line_flags():
+    with pytest.raises(LocalFMError) as exc:
+        parse_assignments(["num_factors"])
+    assert "--" not in str(exc.value) and "'num_factors'" in str(exc.value)
