@@ -2,8 +2,9 @@
 
 Reads RecordIO-protobuf channels (``--train``, optional ``--test``), validates the
 hyperparameters (SageMaker names, string values), prints the container's log lines
-and writes ``OUTPUT/model.tar.gz`` (SageMaker layout) and ``OUTPUT/metrics.json``
-together, atomically: a failed run leaves no model and keeps previous outputs.
+and writes ``DIR/model.tar.gz`` (SageMaker layout) and ``DIR/metrics.json`` together,
+atomically: a failed run leaves no model and keeps previous outputs. The last line
+says where they went.
 """
 from __future__ import annotations
 
@@ -13,15 +14,35 @@ from pathlib import Path
 
 from ..errors import LocalFMError
 
+# The rows of localfm.fm.hyperparameters with required=True (a test keeps them in sync;
+# importing the table here would load the FM engine for every `localfm --help`).
+REQUIRED_HYPERPARAMETERS = (
+    ("feature_dim=N", "number of feature columns (`localfm prepare` prints it)"),
+    ("num_factors=K", "latent dimension k, 1..1000"),
+    ("predictor_type=T", "binary_classifier or regressor"),
+)
+EPILOG = (
+    "required hyperparameters (each as --hp NAME=VALUE or in --hyperparameters FILE.json):\n"
+    + "".join(f"  {name:<18} {what}\n" for name, what in REQUIRED_HYPERPARAMETERS)
+    + "Every other SageMaker FM hyperparameter is optional with the cloud's default (table: docs/fm.md).\n\n"
+    "example:\n"
+    "  localfm train --train prepared/train.protobuf --test prepared/test.protobuf \\\n"
+    "      --hp feature_dim=2623 --hp num_factors=64 --hp predictor_type=binary_classifier \\\n"
+    "      --hp epochs=30 --seed 0 --model-dir model"
+)
+
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
         "train",
         help="train a Factorization Machine with SageMaker semantics",
         description=(
-            "Train a SageMaker-compatible Factorization Machine on RecordIO-protobuf data. "
-            "Writes OUTPUT/model.tar.gz and OUTPUT/metrics.json; prints SageMaker-format log lines."
+            "Train a SageMaker-compatible Factorization Machine on RecordIO-protobuf data.\n"
+            "Writes DIR/model.tar.gz and DIR/metrics.json (DIR is --model-dir) and prints\n"
+            "SageMaker-format log lines."
         ),
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("--train", required=True, metavar="PATH", help="training channel: RecordIO-protobuf file or folder")
     p.add_argument("--test", metavar="PATH", help="optional test channel (scored after training, like the cloud)")
@@ -76,10 +97,12 @@ def handler(args: argparse.Namespace) -> int:
         "best_epoch": getattr(model, "best_epoch_", None),
         "resampled_negatives_from": args.features if epoch_data is not None else None,
     }
+    model_path, metrics_path = out_dir / "model.tar.gz", out_dir / "metrics.json"
     with atomic_outputs() as out:
-        model.save(out.path(out_dir / "model.tar.gz"))
-        with open(out.path(out_dir / "metrics.json"), "w", encoding="utf-8") as fh:
+        model.save(out.path(model_path))
+        with open(out.path(metrics_path), "w", encoding="utf-8") as fh:
             json.dump(doc, fh, indent=1)
+    print(f"wrote {model_path} and {metrics_path}", flush=True)
     return 0
 
 

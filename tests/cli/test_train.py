@@ -163,10 +163,36 @@ def test_missing_required_hyperparameter(tmp_path, cli):
     assert code == 2 and "missing required" in err
 
 
-def test_help(cli):
+def test_help(cli, capsys):
     with pytest.raises(SystemExit) as exc:
         cli("train", "--help")
     assert exc.value.code == 0
+    text = capsys.readouterr().out
+    assert "OUTPUT" not in text and "Writes DIR/model.tar.gz and DIR/metrics.json (DIR is --model-dir)" in text
+    epilog = text.split("required hyperparameters", 1)[1].split("\n\n", 1)[0]
+    from localfm.fm.hyperparameters import FM_HYPERPARAMETERS
+
+    required = {hp.name for hp in FM_HYPERPARAMETERS if hp.required}
+    assert required == {"feature_dim", "num_factors", "predictor_type"}
+    listed = {line.split("=", 1)[0].strip() for line in epilog.splitlines()[1:] if line.startswith("  ")}
+    assert listed == required
+
+
+def test_train_says_where_the_model_went(tmp_path, cli):
+    _write(tmp_path / "train.rec")
+    code, out, err = cli("--quiet", "train", "--train", tmp_path / "train.rec", "--model-dir", tmp_path / "m",
+                         "--quiet-log", *_hp())
+    assert code == 0, err
+    assert out.splitlines() == [f"wrote {tmp_path / 'm' / 'model.tar.gz'} and {tmp_path / 'm' / 'metrics.json'}"]
+    assert (tmp_path / "m" / "model.tar.gz").is_file()
+
+
+def test_misspelt_hyperparameter_suggests_the_name(tmp_path, cli):
+    _write(tmp_path / "train.rec")
+    code, _, err = cli("train", "--train", tmp_path / "train.rec", "-o", tmp_path / "out", *_hp(), "--hp", "num_factor=3")
+    assert code == 2 and err.count("\n") == 1
+    assert "unknown factorization-machines hyperparameter 'num_factor'; did you mean num_factors?" in err
+    assert "_local_" not in err
 
 
 def test_local_validation_channel_and_early_stopping(tmp_path, cli):
