@@ -155,3 +155,11 @@ def test_transform_max_artifact_bytes(cli, tmp_path: Path, channel) -> None:
                          "--max-artifact-bytes", str(1 << 30))
     assert code == 0, err
     assert (tmp_path / "out" / "q.csv.out").is_file()
+
+
+def test_errors_name_the_subcommand(cli, tmp_path: Path) -> None:
+    """Errors said `localfm knn:`; a user with both subcommands in a script needs to know which."""
+    code, _, err = cli("knn", "train", "--train", tmp_path / "missing", "-o", tmp_path / "m", *HP)
+    assert code == 2 and err.startswith("localfm knn train: error: ") and "missing" in err
+    code, _, err = cli("knn", "transform", "-m", tmp_path / "nope", "-i", tmp_path / "q.csv")
+    assert code == 2 and err.startswith("localfm knn transform: error: ") and "nope" in err
