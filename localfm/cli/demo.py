@@ -19,12 +19,27 @@ from pathlib import Path
 
 from ..errors import LocalFMError
 
+# Written for a terminal (the module docstring is for readers of the code).
+DESCRIPTION = """\
+Run the whole localfm pipeline end to end and print each command as it runs:
+prepare -> train (SageMaker FM semantics) -> repackage -> knn train -> knn transform
+(SageMaker's verbose top-x batch transform) -> recommend into SQLite. The printed
+commands double as a worked example you can copy.
+
+By default it uses the embedded synthetic MovieLens-shaped dataset (300 users,
+400 movies), which ships with localfm. With --movielens PATH it runs the same on a
+GroupLens MovieLens folder or .zip; on ml-100k that is the cloud fixture's exact
+configuration."""
+
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "demo",
         help="run the whole pipeline on the embedded default data (or a MovieLens folder)",
-        description=__doc__.split("\n\n")[1] if __doc__ else None,
+        description=DESCRIPTION,
+        epilog="examples:\n  localfm demo\n  localfm demo --epochs 5 -k 20 --out my-demo\n"
+               "  localfm demo --movielens ../shared/datasets/ml-100k",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("--movielens", metavar="PATH", help="a GroupLens MovieLens folder or .zip instead of the embedded data")
     p.add_argument("--out", metavar="DIR", help="where to put the results (default: a new folder under ./localfm-demo)")

@@ -67,7 +67,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "movielens",
         help="a GroupLens MovieLens dataset (ml-100k, ml-1m, ml-10m, ml-20m/25m; directory or .zip)",
         description="Prepare a MovieLens dataset. PATH is a directory or the original GroupLens .zip; "
-                    "omit it to use the embedded synthetic dataset (data/ml-synthetic).",
+                    "omit it to use the embedded synthetic dataset that ships with localfm "
+                    "(data/ml-synthetic in the repository).",
         epilog=MOVIELENS_EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )

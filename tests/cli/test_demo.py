@@ -38,3 +38,15 @@ def test_demo_out_is_an_existing_file_exit_2(cli, tmp_path):
     code, _, err = cli("--quiet", "demo", "--out", tmp_path / "taken", "--epochs", "1")
     assert code == 2 and "--out" in err and "cannot create the demo folder" in err, err
     assert (tmp_path / "taken").read_text() == "keep"
+
+
+def test_help_reads_as_help_text(cli, capsys):
+    """--help used to start mid-sentence ("It runs exactly ...") with reST ``--movielens`` markup."""
+    with pytest.raises(SystemExit) as exc:
+        cli("demo", "--help")
+    assert exc.value.code == 0
+    text = capsys.readouterr().out
+    description = text.split("\n\n")[1]
+    assert description.startswith("Run the whole localfm pipeline")
+    assert "``" not in text
+    assert "--movielens PATH" in text.split("options:")[0]  # the description explains the flag
