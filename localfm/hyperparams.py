@@ -139,9 +139,11 @@ def parse(
 ) -> dict[str, Any]:
     """Validate ``given`` against ``table``; return every declared name with its value.
 
-    Unknown names are an error (SageMaker rejects them too) except those in
-    ``ignore`` and SageMaker's own underscore-prefixed internals (``_kvstore`` ...),
-    which real ``hyperparameters.json`` files carry and which have no local meaning.
+    Unknown names are an error (SageMaker rejects them too), with the closest known
+    name as a hint, except those in ``ignore`` and SageMaker's own underscore-prefixed
+    internals (``_kvstore`` ...), which real ``hyperparameters.json`` files carry and
+    which have no local meaning. ``_local_*`` is localfm's namespace, so an unknown
+    name there is a typo and an error too.
     """
     rows = {hp.name: hp for hp in table}
     skip = set(ignore)
