@@ -26,6 +26,7 @@ import numpy as np
 
 from ..errors import LocalFMError
 from ..io.atomic import atomic_outputs
+from ..progress import progress
 from .features import build_feature_space
 from .movielens import ML100K_GENRES, ItemTable, UserTable
 
@@ -244,7 +245,8 @@ def _all_pairs_mean_std(space, user_ids: np.ndarray, item_ids: np.ndarray,  # no
     per_block = max(1, PAIR_CHUNK // ni)
     n = 0
     mean = m2 = 0.0
-    for lo in range(0, len(user_ids), per_block):
+    # Minutes at 10^8+ pairs, so a bar (stderr, only after a second, off with LOCALFM_QUIET=1).
+    for lo in progress(range(0, len(user_ids), per_block), desc="scoring all user x item pairs", unit="block"):
         block = user_ids[lo:lo + per_block]
         raw = _fm_score(space.encode(np.repeat(block, ni), np.tile(item_ids, len(block))), 0.0, w, V)
         n_b, mean_b = len(raw), raw.mean()
