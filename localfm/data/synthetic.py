@@ -125,7 +125,7 @@ def default_dataset_path() -> Path:
     repository's ``data/`` by setup.py at build time); a source checkout or editable
     install reads ``data/ml-synthetic`` at the repository root, its only copy in git.
     """
-    packaged = resources.files("localfm").joinpath("_data", "ml-synthetic")
+    packaged = resources.files("localfm") / "_data" / "ml-synthetic"
     if packaged.joinpath("u.data").is_file():
         return Path(str(packaged))
     path = Path(__file__).resolve().parents[2] / "data" / "ml-synthetic"
