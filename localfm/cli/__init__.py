@@ -113,7 +113,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             warnings.showwarning = _warning_printer(parser, args)
             code = args.func(args)
     except LocalFMError as exc:
-        print(f"localfm {args.command}: error: {error_line(parser, args, exc)}", file=sys.stderr)
+        print(f"localfm {_command_name(args)}: error: {error_line(parser, args, exc)}", file=sys.stderr)
         return EXIT_BAD_INPUT
     except KeyboardInterrupt:
         print("localfm: interrupted", file=sys.stderr)
@@ -121,6 +121,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     except BrokenPipeError:
         return EXIT_OK
     return EXIT_OK if code is None else int(code)
+
+
+def _command_name(args: argparse.Namespace) -> str:
+    """What error and warning lines call the command: a subcommand module may name itself
+    more precisely with ``set_defaults(command_name="knn train")``."""
+    return getattr(args, "command_name", None) or args.command
 
 
 def _warning_printer(parser: argparse.ArgumentParser, args: argparse.Namespace):  # noqa: ANN202
@@ -132,7 +138,7 @@ def _warning_printer(parser: argparse.ArgumentParser, args: argparse.Namespace):
             return default(message, category, filename, lineno, file, line)
         flag = flag_for(running_parser(parser, args), getattr(message, "param", None))
         text = message.renamed(flag) if flag and isinstance(message, LocalFMWarning) else " ".join(str(message).split())
-        print(f"localfm {args.command}: warning: {text}", file=sys.stderr)
+        print(f"localfm {_command_name(args)}: warning: {text}", file=sys.stderr)
         return None
 
     return show

@@ -57,7 +57,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="number of training rows used as recall queries (default 1000)")
     t.add_argument("--target-recall", type=float, metavar="R",
                    help="IVF indexes: double nprobe until recall@K >= R and store it in the model")
-    t.set_defaults(func=train_handler, command="knn train")  # errors say "localfm knn train:"
+    # command_name: errors and warnings say "localfm knn train:", not "localfm knn:".
+    t.set_defaults(func=train_handler, command_name="knn train")
 
     x = sub.add_parser(
         "transform",
@@ -81,7 +82,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     x.add_argument("--max-artifact-bytes", type=int, metavar="N",
                    help="refuse a model.tar.gz holding more than N bytes (default 8 GiB, "
                         "or LOCALFM_MAX_ARTIFACT_BYTES)")
-    x.set_defaults(func=transform_handler, command="knn transform")
+    x.set_defaults(func=transform_handler, command_name="knn transform")
 
 
 def train_handler(args: argparse.Namespace) -> int:

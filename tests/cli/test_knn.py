@@ -163,3 +163,11 @@ def test_errors_name_the_subcommand(cli, tmp_path: Path) -> None:
     assert code == 2 and err.startswith("localfm knn train: error: ") and "missing" in err
     code, _, err = cli("knn", "transform", "-m", tmp_path / "nope", "-i", tmp_path / "q.csv")
     assert code == 2 and err.startswith("localfm knn transform: error: ") and "nope" in err
+    # Naming the subcommand must not cost the parameter -> flag mapping of library errors.
+    from localfm.cli import build_parser, error_line, running_parser
+    from localfm.errors import LocalFMError
+
+    parser = build_parser()
+    args = parser.parse_args(["knn", "transform", "-m", "m", "-i", "q"])
+    assert running_parser(parser, args).prog == "localfm knn transform"
+    assert error_line(parser, args, LocalFMError("nprobe: expected >= 1", param="nprobe")) == "--nprobe: expected >= 1"
