@@ -78,6 +78,7 @@ print(json.dumps(report))
 """
 
 
+@pytest.mark.slow
 def test_every_export_is_its_defining_object_after_importing_every_submodule():
     proc = subprocess.run([sys.executable, "-c", _PROBE, json.dumps(DEFINED_IN)], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr

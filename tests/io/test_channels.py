@@ -86,6 +86,7 @@ def test_transform_inputs_skip_our_own_outputs(tmp_path: Path) -> None:
     assert len(channel_files(tmp_path)) == 2
 
 
+@pytest.mark.slow
 def test_s3_object_and_prefix(tmp_path: Path, new_s3_bucket) -> None:
     s3 = new_s3_bucket("channels")
     _rec(tmp_path / "a.rec", [[1, 0]], [1])

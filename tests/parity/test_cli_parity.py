@@ -318,6 +318,7 @@ def test_knn_overlap_rank_and_worst_queries(tmp_path: Path) -> None:
 
 
 # ------------------------------------------------------------------ S3
+@pytest.mark.slow
 def test_s3_inputs_mixed_with_local(s3_bucket, cloud_fixture: Path, tmp_path: Path) -> None:  # noqa: ANN001
     client, bucket = s3_bucket
     client.upload_file(str(cloud_fixture / "training-log.txt"), bucket, "job/output/training-log.txt")
