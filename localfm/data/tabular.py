@@ -15,6 +15,10 @@ import numpy as np
 
 from ..errors import LocalFMError
 from .interactions import Interactions
+from .movielens import read_ratings_file
+
+# Column names an interactions file is recognised by, in order of preference.
+KNOWN_COLUMNS = (("user_id", "item_id"), ("userId", "movieId"), ("user", "item"))
 
 
 def read_interactions(
@@ -141,3 +145,46 @@ def _is_number(value: object) -> bool:
     except ValueError:
         return False
     return True
+
+
+def read_interaction_file(path: str | Path, *, what: str = "interactions") -> Interactions:
+    """Any interactions file localfm meets, its layout recognised from the file itself.
+
+    One reader for every "who rated what" input (seen items in ``recommend``, the train and
+    test sides of ``evaluate``), so they accept the same files with the same errors:
+    ``*_interactions.parquet`` written by ``localfm prepare``, a MovieLens
+    ``u.data``/``*.base``/``*.test``/``ratings.dat`` file, or a CSV/Parquet whose header has
+    one of :data:`KNOWN_COLUMNS` (plus ``rating`` when present; absent means 1.0).
+    """
+    import pyarrow as pa
+
+    p = Path(path)
+    if not p.is_file():
+        raise LocalFMError(f"{what} {p}: file not found")
+    if p.name.lower() == "u.data" or p.suffix.lower() in (".base", ".test", ".dat"):
+        return read_ratings_file(p)
+    cols = _column_names(p, what)
+    for ucol, icol in KNOWN_COLUMNS:
+        if ucol in cols and icol in cols:
+            try:
+                return read_interactions(p, user_col=ucol, item_col=icol,
+                                         rating_col="rating" if "rating" in cols else None)
+            except pa.ArrowException as exc:
+                # e.g. an id column that is not valid UTF-8: pyarrow's error, not bad-input exit 2.
+                first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+                raise LocalFMError(f"{what} {p}: cannot read columns {ucol}, {icol} ({first})") from None
+    raise LocalFMError(f"{what} {p}: expected columns user_id and item_id; found {', '.join(cols) or 'none'}")
+
+
+def _column_names(p: Path, what: str) -> list[str]:
+    if p.suffix.lower() in (".parquet", ".pq"):
+        import pyarrow.parquet as pq
+
+        try:
+            return list(pq.read_schema(p).names)
+        except Exception as exc:  # pyarrow raises several types for a bad file
+            raise LocalFMError(f"{what} {p}: not a readable Parquet file ({type(exc).__name__})") from None
+    with open(p, encoding="utf-8", errors="replace") as fh:
+        header = fh.readline()
+    sep = "\t" if p.suffix.lower() == ".tsv" else ","
+    return [c.strip() for c in header.rstrip("\r\n").split(sep)]

@@ -27,6 +27,7 @@ from typing import Any
 import numpy as np
 import scipy.sparse as sp
 
+from ..data.tabular import read_interaction_file
 from ..errors import LocalFMError
 from .metrics import Metric, ranking_metrics
 
@@ -58,35 +59,8 @@ class Protocol:
 
 
 def _read_interactions(path: str | Path, what: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(user, item, rating) of an interactions file: prepare's parquet, a MovieLens split file, or CSV."""
-    from ..data.tabular import read_interactions
-
-    from ..data.movielens import read_ratings_file
-
-    p = Path(path)
-    if not p.is_file():
-        raise LocalFMError(f"{what} {p}: file not found")
-    name = p.name.lower()
-    if name == "u.data" or p.suffix.lower() in (".base", ".test", ".dat"):
-        rows = read_ratings_file(p)
-        return rows.user, rows.item, rows.rating
-    if p.suffix.lower() in (".parquet", ".pq"):
-        import pyarrow.parquet as pq
-
-        try:
-            cols = set(pq.read_schema(p).names)
-        except Exception as exc:  # pyarrow raises several types for a bad file
-            raise LocalFMError(f"{what} {p}: not a readable Parquet file ({type(exc).__name__})") from None
-    else:
-        with open(p, encoding="utf-8", errors="replace") as fh:
-            header = fh.readline().rstrip("\r\n")
-        cols = {c.strip() for c in header.split("\t" if p.suffix.lower() == ".tsv" else ",")}
-    for ucol, icol, rcol in (("user_id", "item_id", "rating"), ("userId", "movieId", "rating"),
-                             ("user", "item", "rating")):
-        if ucol in cols and icol in cols:
-            rows = read_interactions(p, user_col=ucol, item_col=icol, rating_col=rcol if rcol in cols else None)
-            return rows.user, rows.item, rows.rating
-    raise LocalFMError(f"{what} {p}: expected columns user_id, item_id (and rating); found {', '.join(sorted(cols))}")
+    rows = read_interaction_file(path, what=what)
+    return rows.user, rows.item, rows.rating
 
 
 def _rows(space: Any, users: np.ndarray, items: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -44,8 +44,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from ..data.features import FeatureSpace, as_ids, lookup
-from ..data.movielens import read_ratings_file
-from ..data.tabular import read_interactions
+from ..data.tabular import read_interaction_file
 from ..errors import LocalFMError, LocalFMWarning
 from ..io.artifacts import load_fm
 from ..knn.index import (
@@ -252,47 +251,10 @@ def positions(known: np.ndarray, query: np.ndarray) -> np.ndarray:
 
 
 def read_seen(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
-    """(user ids, item ids) of already-rated pairs from an interactions file.
-
-    Accepts ``train_interactions.parquet`` written by ``localfm prepare`` (columns
-    user_id, item_id), a MovieLens ``u.data``/``*.base``/``*.test``/``ratings.dat``
-    file (read by :func:`localfm.data.movielens.read_ratings_file`), or a CSV/Parquet
-    with user_id,item_id (or userId,movieId) columns (:func:`localfm.data.tabular.read_interactions`).
-    """
-    import pyarrow as pa
-
-    p = Path(path)
-    if not p.is_file():
-        raise LocalFMError(f"{p}: interactions file not found")
-    name = p.name.lower()
-    if name == "u.data" or p.suffix.lower() in (".base", ".test", ".dat"):
-        ratings = read_ratings_file(p)
-        return ratings.user, ratings.item
-    cols = _column_names(p)
-    for ucol, icol in (("user_id", "item_id"), ("userId", "movieId"), ("user", "item")):
-        if ucol in cols and icol in cols:
-            try:
-                inter = read_interactions(p, user_col=ucol, item_col=icol, rating_col=None)
-            except pa.ArrowException as exc:
-                # e.g. an id column that is not valid UTF-8: pyarrow's error, not bad-input exit 2.
-                first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-                raise LocalFMError(f"{p}: cannot read columns {ucol}, {icol} ({first})") from None
-            return inter.user, inter.item
-    raise LocalFMError(f"{p}: expected columns user_id and item_id; found {', '.join(cols) or 'none'}")
-
-
-def _column_names(p: Path) -> list[str]:
-    if p.suffix.lower() in (".parquet", ".pq"):
-        import pyarrow.parquet as pq
-
-        try:
-            return list(pq.read_schema(p).names)
-        except Exception as exc:  # pyarrow raises several types for a bad file
-            raise LocalFMError(f"{p}: not a readable Parquet file ({type(exc).__name__})") from None
-    with open(p, encoding="utf-8", errors="replace") as fh:
-        header = fh.readline()
-    sep = "\t" if p.suffix.lower() == ".tsv" else ","
-    return [c.strip() for c in header.rstrip("\r\n").split(sep)]
+    """(user ids, item ids) of already-rated pairs from any interactions file
+    (:func:`localfm.data.tabular.read_interaction_file` says which)."""
+    seen = read_interaction_file(path)
+    return seen.user, seen.item
 
 
 def seen_matrix(

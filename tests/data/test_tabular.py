@@ -103,3 +103,24 @@ def test_subsecond_timestamps_become_whole_seconds(tmp_path: Path, unit: str) ->
     pq.write_table(pa.table({"u": [1, 2], "i": [1, 2], "t": stamps}), path)
     data = read_interactions(path, user_col="u", item_col="i", rating_col=None, timestamp_col="t")
     assert data.timestamp.tolist() == [1_000_000_000, 1_000_000_060]
+
+
+def test_read_interaction_file_recognises_each_layout(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from localfm.data.tabular import read_interaction_file
+
+    (tmp_path / "ua.base").write_text("1\t10\t4\t100\n2\t20\t3\t101\n")
+    (tmp_path / "r.csv").write_text("userId,movieId,rating\n1,10,4\n2,20,3\n")
+    (tmp_path / "seen.tsv").write_text("user\titem\n1\t10\n2\t20\n")
+    pq.write_table(pa.table({"user_id": [1, 2], "item_id": [10, 20], "rating": [4.0, 3.0]}),
+                   tmp_path / "train_interactions.parquet")
+    for name, ratings in (("ua.base", [4, 3]), ("r.csv", [4, 3]), ("seen.tsv", [1, 1]),
+                          ("train_interactions.parquet", [4, 3])):
+        rows = read_interaction_file(tmp_path / name)
+        assert rows.user.tolist() == [1, 2] and rows.item.tolist() == [10, 20], name
+        assert rows.rating.tolist() == ratings, name
+    (tmp_path / "bad.csv").write_text("a,b\n1,2\n")
+    with pytest.raises(LocalFMError, match=r"test_interactions .*bad.csv: expected columns user_id and item_id"):
+        read_interaction_file(tmp_path / "bad.csv", what="test_interactions")
