@@ -70,6 +70,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--engine-mode", dest="precision", choices=("auto", "fp32", "bf16"), help=argparse.SUPPRESS)
     p.add_argument("--strict", action="store_true",
                    help="k larger than the number of candidate items is an error (exit 2) instead of a warning")
+    p.add_argument("--ray", dest="cluster", metavar="local:N|auto|ADDRESS",
+                   help="rank on a Ray cluster (pip install 'localfm[ray]'; see docs/scale.md): results staged, "
+                        "then committed to --out in one step")
+    p.add_argument("--workers", type=int, help="with --ray: actors ranking users (default: every CPU of the cluster)")
+    p.add_argument("--resume", action="store_true",
+                   help="with --ray: keep the shards a failed run of this job finished")
+    p.add_argument("--layout", choices=("flat", "nested"), default="flat",
+                   help="with --ray: flat rows (default), or nested: a directory --out of Parquet parts, one row per "
+                        "user with items list<int32> and scores list<float32>")
     p.set_defaults(func=handler)
 
 
@@ -131,6 +140,8 @@ def handler(args: argparse.Namespace) -> int:
         sigmoid=args.sigmoid, batch_size=args.batch_size, threads=args.threads, precision=args.precision,
         strict=args.strict,
     )
+    if args.cluster is not None:
+        return _on_cluster(args, users, options)
     recs = recommend_all(
         args.model, args.features, users=users, unknown_users=args.unknown_users,
         exclude_seen=args.exclude_seen, interactions=args.interactions,
@@ -142,4 +153,24 @@ def handler(args: argparse.Namespace) -> int:
     if note:
         print(f"localfm recommend: {note}", file=sys.stderr)
     print(json.dumps(summary))
+    return 0
+
+
+def _on_cluster(args: argparse.Namespace, users: list[str] | None, options) -> int:  # noqa: ANN001
+    """``--ray``: the same inputs as the single process, ranked on a cluster (localfm.scale)."""
+    from ..recommend.recommend import prepare_inputs
+    from ..scale import recommend_on_cluster
+
+    rep, seen, item_rows = prepare_inputs(
+        args.model, args.features, users=users, unknown_users=args.unknown_users, exclude_seen=args.exclude_seen,
+        interactions=args.interactions, allow_items=_id_list(args.allow_items, "--allow-items"),
+        deny_items=_id_list(args.deny_items, "--deny-items"),
+    )
+    run = recommend_on_cluster(rep, options, target=args.target, cluster=args.cluster, workers=args.workers,
+                               seen=seen, item_rows=item_rows, layout=args.layout, table=args.table,
+                               lock_timeout=args.lock_timeout, resume=args.resume)
+    note = _recall_note(run.stats)
+    if note:
+        print(f"localfm recommend: {note}", file=sys.stderr)
+    print(json.dumps(run.summary()))
     return 0

@@ -342,6 +342,25 @@ def recommend_all(
     >>> summary = recs.write("recommendations.sqlite")  # doctest: +SKIP
     """
     opts = _options(options, k, option_fields)
+    rep, seen, item_rows = prepare_inputs(model, features, users=users, unknown_users=unknown_users,
+                                          exclude_seen=exclude_seen, interactions=interactions,
+                                          allow_items=allow_items, deny_items=deny_items)
+    return rank(rep, opts, seen=seen, item_rows=item_rows)
+
+
+def prepare_inputs(
+    model: Any,
+    features: FeatureSpace | str | Path,
+    *,
+    users: Sequence[Any] | np.ndarray | None = None,
+    unknown_users: str = "error",
+    exclude_seen: bool = False,
+    interactions: str | Path | None = None,
+    allow_items: Sequence[Any] | np.ndarray | None = None,
+    deny_items: Sequence[Any] | np.ndarray | None = None,
+) -> tuple[Repackaged, sp.csr_matrix | None, np.ndarray | None]:
+    """(vectors, already-rated matrix or None, candidate item rows or None) for :func:`recommend_all`'s
+    arguments: shared with the cluster path (:mod:`localfm.scale`), which ranks the same inputs elsewhere."""
     space = features if isinstance(features, FeatureSpace) else FeatureSpace.load(features)
     chosen = None if users is None else select_users(space, users, unknown_users)
     weights = load_fm(str(model)) if isinstance(model, (str, Path)) else model
@@ -357,7 +376,7 @@ def recommend_all(
     item_rows = None
     if allow_items is not None or deny_items is not None:
         item_rows = select_items(rep.item_ids, allow_items, deny_items)
-    return rank(rep, opts, seen=seen, item_rows=item_rows)
+    return rep, seen, item_rows
 
 
 def _options(options: RecommendOptions | None, k: int | None, fields: dict[str, Any]) -> RecommendOptions:
@@ -429,28 +448,40 @@ def _stream(rep: Repackaged, U: np.ndarray, I: np.ndarray, seen: sp.csr_matrix |
     else:
         configure_threads()
         t0 = time.perf_counter()
-        ivf = opts.index in IVF_INDEX_TYPES
-        auto = ivf and opts.nprobe == "auto"
-        build = dict(opts.index_options)
-        if ivf:
-            build["nprobe"] = START_NPROBE if auto else opts.nprobe
-        idx = build_index(I, index_type=opts.index, index_metric=opts.index_metric, **build)
-        ref = _Reference(U, I, k, seen, opts.threads, opts.index_metric)
-        tuned_rows = None
-        if auto and U.shape[0]:
-            stats.nprobe, tuned_rows = _tune_nprobe(idx, ref, target=float(opts.target_recall),
-                                                    tune_users=int(opts.tune_users))
-        elif ivf:
-            stats.nprobe = {"mode": "auto" if auto else "fixed", "nprobe": int(idx.nprobe),
-                            "nlist": int(idx.extra.get("nlist", 0))}
-        exact_equivalent = opts.index == "faiss.Flat" and opts.index_metric == "INNER_PRODUCT"
-        if not exact_equivalent and opts.recall_users > 0 and U.shape[0]:
-            stats.recall = measure_recall(idx, U, I, k, seen, opts.recall_users, opts.threads, ref=ref,
-                                          tuned_rows=tuned_rows)
+        idx = approx_index(U, I, seen, opts, stats)
         source = _index_iter(idx, U, k, seen, opts.batch_size, I.shape[0])
     for first, ids in source:
         yield _to_batch(rep, first, ids, item_rows, opts.sigmoid)
     stats.seconds = time.perf_counter() - t0
+
+
+def approx_index(U: np.ndarray, I: np.ndarray, seen: sp.csr_matrix | None, opts: RecommendOptions,
+                 stats: RecommendStats) -> Any:
+    """Build ``opts.index`` over the candidate items ``I``, tune nprobe when asked, measure recall.
+
+    Fills ``stats.nprobe`` / ``stats.recall``. One function for the single process and the
+    cluster path (:mod:`localfm.scale`, which builds once on the driver and broadcasts the index).
+    """
+    k = opts.k
+    ivf = opts.index in IVF_INDEX_TYPES
+    auto = ivf and opts.nprobe == "auto"
+    build = dict(opts.index_options)
+    if ivf:
+        build["nprobe"] = START_NPROBE if auto else opts.nprobe
+    idx = build_index(I, index_type=opts.index, index_metric=opts.index_metric, **build)
+    ref = _Reference(U, I, k, seen, opts.threads, opts.index_metric)
+    tuned_rows = None
+    if auto and U.shape[0]:
+        stats.nprobe, tuned_rows = _tune_nprobe(idx, ref, target=float(opts.target_recall),
+                                                tune_users=int(opts.tune_users))
+    elif ivf:
+        stats.nprobe = {"mode": "auto" if auto else "fixed", "nprobe": int(idx.nprobe),
+                        "nlist": int(idx.extra.get("nlist", 0))}
+    exact_equivalent = opts.index == "faiss.Flat" and opts.index_metric == "INNER_PRODUCT"
+    if not exact_equivalent and opts.recall_users > 0 and U.shape[0]:
+        stats.recall = measure_recall(idx, U, I, k, seen, opts.recall_users, opts.threads, ref=ref,
+                                      tuned_rows=tuned_rows)
+    return idx
 
 
 # ---------------------------------------------------------------- ranking

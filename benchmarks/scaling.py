@@ -1,0 +1,182 @@
+"""All-users top-x: single process vs Ray with 1 and 2 nodes (a script, not a test).
+
+    python -m benchmarks.scaling --users 162000 --items 62000 --dim 65 --k 100 --cpus-per-node 2
+    python -m benchmarks.scaling --smoke        # tiny sizes: checks the harness, not speed
+
+Same FM-like vectors (:func:`benchmarks.topx_vs_faiss.vectors`) for every run. ``single``
+ranks in this process with ``--cpus-per-node`` threads (``rank`` + the Parquet sink);
+``ray1`` / ``ray2`` start a loopback cluster of 1 / 2 nodes with ``--cpus-per-node`` CPUs each
+(:func:`localfm.scale.cluster.loopback_cluster`) and run :func:`localfm.scale.recommend_on_cluster`
+with one actor per node (``threads = cpus-per-node``) into the same kind of Parquet file.
+Cluster start-up is reported separately and not in the job's wall time.
+
+Reported per run: wall seconds, and for Ray the peak memory per node, as the sum of the
+proportional set size (PSS: a page shared by k processes counts 1/k) of the node's raylet and
+every process under it, sampled every 0.2 s. PSS is what shows the item matrix stored once per
+node: the object store's shared pages are split across the actors that map them instead of
+being counted once per actor as RSS would. Also: Ray overhead = ray1 / single - 1 (goal
+<= 15% at 162k x 62k x 65), speed-up = ray1 / ray2, and whether every run stored the same rows.
+
+The machine must be quiet for the numbers to mean anything; never run this at full size on a
+shared machine. Writes ``--out`` (JSON).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from benchmarks.topx_vs_faiss import vectors
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def synthetic_rep(n_users: int, n_items: int, dim: int, seed: int = 0) -> Any:
+    """Repackaged vectors without a model: FM-like users/items, zero per-user constants."""
+    from localfm.recommend.vectors import Repackaged
+
+    U, I = vectors("fm", n_users, n_items, dim, seed)
+    return Repackaged(user_ids=np.arange(1, n_users + 1), user_vectors=U, user_constants=np.zeros(n_users),
+                      item_ids=np.arange(1, n_items + 1), item_vectors=I, predictor_type="regressor")
+
+
+def _pss_kb(pid: int) -> int:
+    try:
+        with open(f"/proc/{pid}/smaps_rollup", encoding="ascii") as fh:
+            for line in fh:
+                if line.startswith("Pss:"):
+                    return int(line.split()[1])
+    except OSError:
+        pass
+    return 0
+
+
+def _children() -> dict[int, list[int]]:
+    kids: dict[int, list[int]] = {}
+    for name in os.listdir("/proc"):
+        if name.isdigit():
+            try:
+                with open(f"/proc/{name}/stat", encoding="ascii", errors="replace") as fh:
+                    ppid = int(fh.read().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+            kids.setdefault(ppid, []).append(int(name))
+    return kids
+
+
+class NodeMemory:
+    """Peak PSS per raylet process tree, sampled in a thread while the block runs."""
+
+    def __init__(self, raylet_pids: list[int], every: float = 0.2) -> None:
+        self.raylets, self.every = raylet_pids, every
+        self.peak = {pid: 0 for pid in raylet_pids}
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            kids = _children()
+            for root in self.raylets:
+                tree, todo = [], [root]
+                while todo:
+                    p = todo.pop()
+                    tree.append(p)
+                    todo.extend(kids.get(p, []))
+                self.peak[root] = max(self.peak[root], sum(_pss_kb(p) for p in tree) * 1024)
+            self._stop.wait(self.every)
+
+    def __enter__(self) -> NodeMemory:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+def run_single(rep: Any, k: int, threads: int, out: Path) -> dict[str, Any]:
+    from localfm.recommend.recommend import rank
+    from localfm.recommend.sinks import write_results
+
+    t0 = time.perf_counter()
+    write_results(str(out), rank(rep, k=k, threads=threads))
+    return {"mode": "single", "threads": threads, "seconds": time.perf_counter() - t0}
+
+
+def run_ray(rep: Any, k: int, nodes: int, cpus: int, out: Path, object_store: int) -> dict[str, Any]:
+    from localfm.scale import recommend_on_cluster
+    from localfm.scale.cluster import loopback_cluster
+
+    t0 = time.perf_counter()
+    with loopback_cluster(nodes=nodes, cpus_per_node=cpus, object_store_bytes=object_store,
+                          pythonpath=str(REPO)) as cluster:
+        started = time.perf_counter() - t0
+        raylets = [n.all_processes["raylet"][0].process.pid for n in cluster.list_all_nodes()]
+        with NodeMemory(raylets) as mem:
+            t1 = time.perf_counter()
+            run = recommend_on_cluster(rep, k=k, target=str(out), cluster=cluster.address, threads=cpus)
+            seconds = time.perf_counter() - t1
+    return {"mode": f"ray{nodes}", "nodes": nodes, "cpus_per_node": cpus, "seconds": seconds,
+            "cluster_start_seconds": started, "workers": run.workers,
+            "peak_pss_bytes_per_node": [mem.peak[p] for p in raylets],
+            "item_matrix_bytes": int(rep.item_vectors.nbytes)}
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--users", type=int, default=162_000)
+    ap.add_argument("--items", type=int, default=62_000)
+    ap.add_argument("--dim", type=int, default=65)
+    ap.add_argument("--k", type=int, default=100)
+    ap.add_argument("--cpus-per-node", type=int, default=2)
+    ap.add_argument("--object-store-mb", type=int, default=1024)
+    ap.add_argument("--modes", default="single,ray1,ray2")
+    ap.add_argument("--smoke", action="store_true", help="tiny sizes: 3000 users x 2000 items x 16, k=10")
+    ap.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "scaling.json"))
+    args = ap.parse_args(argv)
+    if args.smoke:
+        args.users, args.items, args.dim, args.k, args.cpus_per_node = 3000, 2000, 16, 10, 1
+        args.object_store_mb = 200
+    rep = synthetic_rep(args.users, args.items, args.dim)
+    from localfm.recommend.sinks import read_results
+
+    results, outputs = [], {}
+    with tempfile.TemporaryDirectory(prefix="lfbench") as tmp:
+        for mode in args.modes.split(","):
+            out = Path(tmp) / f"{mode}.parquet"
+            if mode == "single":
+                results.append(run_single(rep, args.k, args.cpus_per_node, out))
+            elif mode in ("ray1", "ray2"):
+                results.append(run_ray(rep, args.k, int(mode[-1]), args.cpus_per_node, out,
+                                       args.object_store_mb * 1024**2))
+            else:
+                ap.error(f"--modes: unknown mode {mode!r} (single, ray1, ray2)")
+            outputs[mode] = read_results(str(out))
+            print(json.dumps(results[-1]), file=sys.stderr)
+    first = next(iter(outputs.values()))
+    report: dict[str, Any] = {
+        "size": {"users": args.users, "items": args.items, "dim": args.dim, "k": args.k},
+        "runs": results,
+        "identical_rows": all(o == first for o in outputs.values()),
+    }
+    by = {r["mode"]: r["seconds"] for r in results}
+    if "single" in by and "ray1" in by:
+        report["ray_overhead"] = by["ray1"] / by["single"] - 1.0
+    if "ray1" in by and "ray2" in by:
+        report["speedup_2_nodes"] = by["ray1"] / by["ray2"]
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+    print(json.dumps({k: v for k, v in report.items() if k != "runs"}))
+    return 0 if report["identical_rows"] else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,149 @@
+"""Which Ray cluster a job runs on, and connecting to it.
+
+Why a module of its own: the same three spellings (``local:N``, ``auto``, an address)
+serve every scaled-out command, and the rule for who shuts Ray down lives in one place:
+whoever connected. A caller that already called ``ray.init`` (a notebook, a test
+fixture, a Ray job) keeps its connection; :func:`connect` then only borrows it.
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+from ..errors import LocalFMError
+
+_LOCAL = re.compile(r"^local:(\d+)$")
+
+
+@dataclass(frozen=True)
+class ClusterSpec:
+    """``kind`` is ``local`` (start a private cluster of ``cpus`` worker CPUs on this machine),
+    ``auto`` (the cluster ``ray start`` left on this machine) or ``address`` (``host:port`` or
+    ``ray://host:port``)."""
+
+    kind: str
+    cpus: int | None = None
+    address: str | None = None
+
+
+def parse_cluster(value: str) -> ClusterSpec:
+    """``local:N`` | ``auto`` | ``ADDRESS``; anything else is a :class:`LocalFMError` naming ``cluster``."""
+    text = str(value).strip()
+    m = _LOCAL.match(text)
+    if m:
+        cpus = int(m.group(1))
+        if cpus < 1:
+            raise LocalFMError(f"cluster: local:N needs at least one worker CPU, got {value!r}", param="cluster")
+        return ClusterSpec("local", cpus=cpus)
+    if text == "auto":
+        return ClusterSpec("auto", address="auto")
+    if text.startswith("local"):
+        raise LocalFMError(f"cluster: expected local:N with N a positive integer, got {value!r}", param="cluster")
+    if re.match(r"^(ray://)?[A-Za-z0-9_.\-\[\]:]+:\d+$", text):
+        return ClusterSpec("address", address=text)
+    raise LocalFMError(f"cluster: expected local:N, auto or a Ray address host:port, got {value!r}", param="cluster")
+
+
+def import_ray() -> Any:
+    """The ``ray`` module, or a one-line error saying how to install it."""
+    try:
+        import ray
+        import ray.data  # noqa: F401 - the extra installs both; a partial install fails here, not mid-job
+    except ImportError:
+        raise LocalFMError("cluster: Ray is not installed; pip install 'localfm[ray]'", param="cluster") from None
+    return ray
+
+
+@contextlib.contextmanager
+def connect(cluster: str) -> Iterator[Any]:
+    """Yield the ``ray`` module connected to ``cluster``; disconnect on exit if we connected.
+
+    ``local:N`` starts Ray on this machine with N CPUs, sockets on 127.0.0.1 and no
+    dashboard, and stops it again on exit. ``auto`` and addresses join a running cluster
+    (started with ``ray start --head`` and ``ray start --address=...``); every node must
+    have ``localfm[ray]`` installed, since the workers import localfm.
+    """
+    spec = parse_cluster(cluster)
+    ray = import_ray()
+    if ray.is_initialized():
+        yield ray
+        return
+    try:
+        if spec.kind == "local":
+            ray.init(num_cpus=spec.cpus, include_dashboard=False, _node_ip_address="127.0.0.1",
+                     logging_level="WARNING", configure_logging=True)
+        else:
+            ray.init(address=spec.address, logging_level="WARNING")
+    except (ConnectionError, RuntimeError, ValueError) as exc:
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise LocalFMError(f"cluster {cluster!r}: cannot connect to Ray ({first[:200]})", param="cluster") from None
+    try:
+        yield ray
+    finally:
+        ray.shutdown()
+
+
+def actor_slots(ray: Any, cpus_per_actor: int) -> int:
+    """How many actors of ``cpus_per_actor`` CPUs fit on the live nodes (an actor cannot span nodes)."""
+    return sum(int(n.get("Resources", {}).get("CPU", 0)) // cpus_per_actor for n in ray.nodes() if n.get("Alive"))
+
+
+@contextlib.contextmanager
+def loopback_cluster(nodes: int = 2, cpus_per_node: int = 1, object_store_bytes: int = 200 * 1024**2,
+                     *, pythonpath: str | None = None) -> Iterator[Any]:
+    """A real multi-node Ray cluster on this machine, every socket on 127.0.0.1; yields the
+    ``ray.cluster_utils.Cluster``, connected (``ray.init``) for the block.
+
+    For tests and scaling benchmarks: each node is its own raylet with its own object store,
+    as on separate machines. All of Ray's state (sessions, sockets, logs, the auth token) goes
+    to a short temp dir under /tmp (unix socket paths are limited to ~107 bytes) that is removed
+    afterwards, so nothing lands in /tmp/ray or ~/.ray. ``pythonpath`` is prepended to the
+    workers' PYTHONPATH (e.g. a checkout that is not installed). Stops only its own processes.
+    """
+    import shutil
+    import tempfile
+
+    tmp = tempfile.mkdtemp(dir="/tmp", prefix="lfr")
+    env = {
+        "RAY_TMPDIR": tmp,
+        "RAY_AUTH_TOKEN_PATH": os.path.join(tmp, "auth_token"),
+        "RAY_memory_monitor_refresh_ms": "0",
+        "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",
+        "RAY_USAGE_STATS_ENABLED": "0",
+    }
+    if pythonpath:
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (pythonpath, os.environ.get("PYTHONPATH", "")) if p)
+    saved = {key: os.environ.get(key) for key in env}
+    os.environ.update(env)
+    ray = import_ray()
+    from ray._private import ray_constants
+    from ray.cluster_utils import Cluster
+
+    # Read once when Ray is imported: off, Ray keeps 127.0.0.1 instead of rewriting it to the
+    # host's address (the environment variable covers the raylets and workers).
+    saved_flag = ray_constants.ENABLE_RAY_CLUSTER
+    ray_constants.ENABLE_RAY_CLUSTER = False
+    node = {"num_cpus": cpus_per_node, "object_store_memory": object_store_bytes, "node_ip_address": "127.0.0.1"}
+    cluster = None
+    try:
+        cluster = Cluster(initialize_head=True, head_node_args={**node, "include_dashboard": False})
+        for _ in range(nodes - 1):
+            cluster.add_node(**node)
+        ray.init(address=cluster.address, logging_level="WARNING")
+        cluster.wait_for_nodes()
+        yield cluster
+    finally:
+        ray.shutdown()
+        if cluster is not None:
+            cluster.shutdown()
+        ray_constants.ENABLE_RAY_CLUSTER = saved_flag
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+        shutil.rmtree(tmp, ignore_errors=True)

@@ -1,0 +1,82 @@
+"""Cluster spelling, the no-Ray-unless-asked rule, and input checks that run before any cluster."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from tests.recommend.recommend_fakes import make_space, random_weights
+
+from localfm.errors import LocalFMError
+from localfm.recommend.vectors import repackage
+from localfm.scale import ClusterSpec, parse_cluster, recommend_on_cluster
+
+
+def test_parse_cluster_spellings():
+    assert parse_cluster("local:3") == ClusterSpec("local", cpus=3)
+    assert parse_cluster("auto") == ClusterSpec("auto", address="auto")
+    assert parse_cluster("10.0.0.5:6379") == ClusterSpec("address", address="10.0.0.5:6379")
+    assert parse_cluster("ray://head.example:10001") == ClusterSpec("address", address="ray://head.example:10001")
+    for bad in ("local:0", "local:x", "local", "", "head", "http://x:1/y"):
+        with pytest.raises(LocalFMError, match="^cluster: expected|^cluster: local:N"):
+            parse_cluster(bad)
+
+
+def test_importing_localfm_does_not_import_ray():
+    code = ("import sys, localfm, localfm.recommend, localfm.recommend.recommend, localfm.scale, localfm.scale.topx, "
+            "localfm.cli, localfm.cli.recommend; print('ray' in sys.modules, 'ray.data' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True)
+    assert out.stdout.split() == ["False", "False"]
+
+
+@pytest.fixture(scope="module")
+def rep():
+    space = make_space(30, 40, su=2, si=2, seed=3)
+    return repackage(random_weights(space.feature_dim, 4, seed=3), space)
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"layout": "wide"}, "^layout: expected one of flat, nested"),
+    ({"layout": "nested", "target": "postgresql://u@h/db"}, "nested layout writes a directory"),
+    ({"target": "r.csv"}, "^target r.csv: expected"),
+    ({"batch_size": 0}, "^batch_size: expected a positive integer"),
+    ({"precision": "fp8"}, "^precision: expected one of"),
+    ({"shard_users": -1}, "^shard_users: expected a positive integer"),
+    ({"max_retries": -1}, "^max_retries: expected an integer >= 0"),
+    ({"workers": 0, "cluster": "local:x"}, "^cluster: expected local:N"),
+    ({"k": 0}, "^k: expected a positive integer"),
+])
+def test_bad_input_fails_before_any_cluster(rep, tmp_path, kwargs, message):
+    args = {"k": 3, "target": str(tmp_path / "r.parquet"), "cluster": "local:1", **kwargs}
+    with pytest.raises(LocalFMError, match=message):
+        recommend_on_cluster(rep, **args)
+    assert not (tmp_path / "r.parquet").exists()
+
+
+def test_resume_refuses_a_staged_job_with_other_inputs(rep, tmp_path):
+    work = tmp_path / "job"
+    work.mkdir()
+    (work / "manifest.json").write_text(json.dumps({"version": 1, "fingerprint": "0" * 64, "done": [], "parts": {}}))
+    with pytest.raises(LocalFMError, match="different inputs or settings; rerun without resume"):
+        recommend_on_cluster(rep, k=3, target=str(tmp_path / "r.parquet"), cluster="local:1", work_dir=work,
+                             resume=True)
+    assert json.loads((work / "manifest.json").read_text())["fingerprint"] == "0" * 64
+
+
+def test_seen_shape_is_checked(rep, tmp_path):
+    import scipy.sparse as sp
+
+    with pytest.raises(LocalFMError, match=r"^seen: shape \(2, 2\), expected \(30, 40\)"):
+        recommend_on_cluster(rep, k=3, target=str(tmp_path / "r.parquet"), cluster="local:1",
+                             seen=sp.csr_matrix(np.zeros((2, 2))))
+
+
+def test_sqlite_is_for_small_jobs(rep, tmp_path, monkeypatch):
+    import localfm.scale.topx as scale_topx
+
+    monkeypatch.setattr(scale_topx, "SQLITE_MAX_ROWS", 30 * 3 - 1)
+    with pytest.raises(LocalFMError, match="SQLite is for small jobs .* makes up to 90"):
+        recommend_on_cluster(rep, k=3, target=str(tmp_path / "r.sqlite"), cluster="local:1")
+    assert not (tmp_path / "r.sqlite").exists()
