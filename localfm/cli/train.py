@@ -60,6 +60,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="LOCAL-ONLY, with --hp _local_resample_negatives=true: features.json of "
                         "`prepare --label implicit`; fresh negatives are drawn every epoch from the "
                         "train/test_interactions.parquet beside it")
+    p.add_argument("--ray", dest="cluster", metavar="local:N|auto|ADDRESS",
+                   help="train on a Ray cluster with SageMaker multi-instance semantics (dist_sync; "
+                        "pip install 'localfm[ray]'; see docs/scale.md). --hp _num_kv_servers=S: "
+                        "parameters on S kv-server actors (auto; 0 = replicated in every instance)")
+    p.add_argument("--instance-count", dest="instance_count", type=int, default=None, metavar="N",
+                   help="with --ray: training instances (hosts algo-1 ... algo-N), default 1")
+    p.add_argument("--s3-data-distribution-type", dest="distribution", default=None,
+                   choices=("FullyReplicated", "ShardedByS3Key"),
+                   help="with --ray: every instance reads the whole --train channel (FullyReplicated, "
+                        "default) or its files are dealt to the instances by name (ShardedByS3Key)")
     p.set_defaults(func=handler)
 
 
@@ -68,7 +78,6 @@ def handler(args: argparse.Namespace) -> int:
     from ..fm.metrics import TrainingLog
     from ..fm.model import FactorizationMachine
     from ..hyperparams import collect
-    from ..io.atomic import atomic_outputs
 
     given = collect(args.hyperparameters, args.hp)
     model = FactorizationMachine(seed=args.seed, **given)
@@ -76,6 +85,11 @@ def handler(args: argparse.Namespace) -> int:
     out_dir = Path(args.output)
     if out_dir.exists() and not out_dir.is_dir():  # fail before hours of training, not after
         raise LocalFMError(f"{out_dir}: exists and is not a folder")
+    if args.cluster:
+        return _cluster_handler(args, given, out_dir)
+    for flag, value in (("--instance-count", args.instance_count), ("--s3-data-distribution-type", args.distribution)):
+        if value is not None:
+            raise LocalFMError(f"{flag}: only used with --ray (multi-instance training)")
     X, y = read_channel(args.train, need_labels=True, feature_dim=hp["feature_dim"])
     X_test = y_test = None
     if args.test:
@@ -97,12 +111,48 @@ def handler(args: argparse.Namespace) -> int:
         "best_epoch": getattr(model, "best_epoch_", None),
         "resampled_negatives_from": args.features if epoch_data is not None else None,
     }
+    _write(model, doc, out_dir)
+    return 0
+
+
+def _write(model, doc: dict, out_dir: Path) -> None:  # noqa: ANN001 - a fitted FactorizationMachine
+    """model.tar.gz and metrics.json together, atomically."""
+    from ..io.atomic import atomic_outputs
+
     model_path, metrics_path = out_dir / "model.tar.gz", out_dir / "metrics.json"
     with atomic_outputs() as out:
         model.save(out.path(model_path))
         with open(out.path(metrics_path), "w", encoding="utf-8") as fh:
             json.dump(doc, fh, indent=1)
     print(f"wrote {model_path} and {metrics_path}", flush=True)
+
+
+def _cluster_handler(args: argparse.Namespace, given: dict, out_dir: Path) -> int:
+    """``--ray``: multi-instance training (localfm.scale.train); same outputs as one instance."""
+    for flag, value in (("--validation", args.validation), ("--features", args.features)):
+        if value:
+            raise LocalFMError(f"{flag}: not supported with --ray")
+    from ..scale import train_on_cluster
+
+    count = 1 if args.instance_count is None else args.instance_count
+    job = train_on_cluster(args.train, given, cluster=args.cluster, instance_count=count,
+                           distribution=args.distribution or "FullyReplicated", test=args.test, seed=args.seed,
+                           init=args.init_model, verbose=not args.quiet_log)
+    doc = {
+        **job.log.as_dict(),
+        "hyperparameters": dict(given),
+        "seed": args.seed,
+        "train_records": int(sum(job.train_records)),
+        "test_records": job.test_records,
+        "feature_dim": job.model.hp_["feature_dim"],
+        "best_epoch": None,
+        "resampled_negatives_from": None,
+        "instance_count": len(job.files),
+        "s3_data_distribution_type": job.distribution,
+        "kv_servers": job.kv_servers,
+        "train_records_per_host": {f"algo-{i + 1}": n for i, n in enumerate(job.train_records)},
+    }
+    _write(job.model, doc, out_dir)
     return 0
 
 

@@ -114,7 +114,25 @@ def read_channel(
     Every file must agree on the width (``feature_dim`` when given) and hold finite
     values; with ``need_labels`` every record needs a label.
     """
-    names = channel_files(uri)
+    return read_files(channel_files(uri), uri, need_labels=need_labels, feature_dim=feature_dim,
+                      content_type=content_type, accepted=accepted, dense=dense)
+
+
+def read_files(
+    names: list[str],
+    uri: str | os.PathLike[str],
+    *,
+    need_labels: bool,
+    feature_dim: int | None = None,
+    content_type: str | None = None,
+    accepted: tuple[str, ...] = (RECORDIO,),
+    dense: bool = False,
+) -> tuple[Any, np.ndarray | None]:
+    """:func:`read_channel` on some of a channel's files (``names``, from :func:`channel_files`).
+
+    Multi-instance training (``ShardedByS3Key``) gives each instance a subset of the
+    channel's files; ``uri`` is the channel, named in errors.
+    """
     Xs: list[Any] = []
     ys: list[np.ndarray | None] = []
     first: str | None = None

@@ -7,10 +7,14 @@ works without the ``localfm[ray]`` extra; Ray is imported when a cluster is aske
   :func:`loopback_cluster`: a real multi-node cluster on 127.0.0.1 for tests and benchmarks.
 - :func:`recommend_on_cluster` (``topx.py``): all-users top-x through Ray Data, staged,
   resumable, committed to the usual sinks.
+- :func:`train_on_cluster` (``train.py``): multi-instance FM training, SageMaker ``dist_sync``
+  semantics, parameters on kv-server actors.
 """
 from __future__ import annotations
 
 from .cluster import ClusterSpec, connect, loopback_cluster, parse_cluster
 from .topx import ClusterRun, recommend_on_cluster
+from .train import ClusterTraining, train_on_cluster
 
-__all__ = ["ClusterRun", "ClusterSpec", "connect", "loopback_cluster", "parse_cluster", "recommend_on_cluster"]
+__all__ = ["ClusterRun", "ClusterSpec", "ClusterTraining", "connect", "loopback_cluster", "parse_cluster",
+           "recommend_on_cluster", "train_on_cluster"]
