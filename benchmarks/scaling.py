@@ -17,6 +17,12 @@ node: the object store's shared pages are split across the actors that map them 
 being counted once per actor as RSS would. Also: Ray overhead = ray1 / single - 1 (goal
 <= 15% at 162k x 62k x 65), speed-up = ray1 / ray2, and whether every run stored the same rows.
 
+Training (modes ``train1`` / ``train2``): multi-instance FM training
+(:func:`localfm.scale.train_on_cluster`) on one loopback cluster of 2 nodes, 1 instance x batch
+2b vs 2 instances x batch b (``ShardedByS3Key``, one kv server): the same total batch, so the same
+model up to float32 rounding (reported as ``max_weight_diff``). Synthetic one-hot user/item rows
+(``--train-rows``, ``--train-features``), written as RecordIO files of b rows each.
+
 The machine must be quiet for the numbers to mean anything; never run this at full size on a
 shared machine. Writes ``--out`` (JSON).
 """
@@ -130,6 +136,53 @@ def run_ray(rep: Any, k: int, nodes: int, cpus: int, out: Path, object_store: in
             "item_matrix_bytes": int(rep.item_vectors.nbytes)}
 
 
+def write_training_channel(folder: Path, rows: int, features: int, batch: int, seed: int = 0) -> None:
+    """``rows`` one-hot (user, item) rows with 0/1 labels, as RecordIO files of ``batch`` rows each."""
+    import scipy.sparse as sp
+
+    from localfm.io.recordio import write_sparse
+
+    rng = np.random.default_rng(seed)
+    half = features // 2
+    cols = np.stack([rng.integers(0, half, rows), rng.integers(half, features, rows)], axis=1).reshape(-1)
+    X = sp.csr_matrix((np.ones(2 * rows, dtype=np.float32), (np.repeat(np.arange(rows), 2), cols)),
+                      shape=(rows, features))
+    y = rng.integers(0, 2, rows).astype(np.float32)
+    folder.mkdir(parents=True, exist_ok=True)
+    for i, lo in enumerate(range(0, rows, batch)):
+        with open(folder / f"part-{i:06d}.protobuf", "wb") as fh:
+            write_sparse(fh, X[lo: lo + batch], y[lo: lo + batch])
+
+
+def run_training(rows: int, features: int, dim: int, batch: int, cpus: int, object_store: int,
+                 tmp: Path) -> list[dict[str, Any]]:
+    """1 instance x batch 2b, then 2 instances x batch b, on one 2-node loopback cluster."""
+    from localfm.scale import train_on_cluster
+    from localfm.scale.cluster import loopback_cluster
+
+    channel = tmp / "train"
+    write_training_channel(channel, rows, features, batch)
+    hp = {"feature_dim": features, "num_factors": dim, "predictor_type": "binary_classifier", "epochs": 1,
+          "_num_kv_servers": 1}
+    out, models = [], []
+    with loopback_cluster(nodes=2, cpus_per_node=cpus, object_store_bytes=object_store,
+                          pythonpath=str(REPO)) as cluster:
+        for instances in (1, 2):
+            t0 = time.perf_counter()
+            job = train_on_cluster(str(channel), {**hp, "mini_batch_size": 2 * batch // instances},
+                                   cluster=cluster.address, instance_count=instances,
+                                   distribution="ShardedByS3Key", seed=0)
+            out.append({"mode": f"train{instances}", "instances": instances,
+                        "mini_batch_size": 2 * batch // instances, "kv_servers": job.kv_servers,
+                        "rows": rows, "seconds": time.perf_counter() - t0,
+                        "train_metrics": job.log.train_metrics_per_epoch[-1]})
+            models.append(job.model)
+    diff = float(max(np.abs(models[0].V_ - models[1].V_).max(), np.abs(models[0].w_ - models[1].w_).max()))
+    for r in out:
+        r["max_weight_diff"] = diff
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--users", type=int, default=162_000)
@@ -138,13 +191,17 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--k", type=int, default=100)
     ap.add_argument("--cpus-per-node", type=int, default=2)
     ap.add_argument("--object-store-mb", type=int, default=1024)
-    ap.add_argument("--modes", default="single,ray1,ray2")
+    ap.add_argument("--modes", default="single,ray1,ray2,train")
+    ap.add_argument("--train-rows", type=int, default=200_000)
+    ap.add_argument("--train-features", type=int, default=20_000)
+    ap.add_argument("--train-batch", type=int, default=1000, help="b: 2 instances x b vs 1 instance x 2b")
     ap.add_argument("--smoke", action="store_true", help="tiny sizes: 3000 users x 2000 items x 16, k=10")
     ap.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "scaling.json"))
     args = ap.parse_args(argv)
     if args.smoke:
         args.users, args.items, args.dim, args.k, args.cpus_per_node = 3000, 2000, 16, 10, 1
         args.object_store_mb = 200
+        args.train_rows, args.train_features, args.train_batch = 2000, 400, 100
     rep = synthetic_rep(args.users, args.items, args.dim)
     from localfm.recommend.sinks import read_results
 
@@ -152,16 +209,21 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="lfbench") as tmp:
         for mode in args.modes.split(","):
             out = Path(tmp) / f"{mode}.parquet"
+            if mode == "train":
+                results += run_training(args.train_rows, args.train_features, args.dim, args.train_batch,
+                                        args.cpus_per_node, args.object_store_mb * 1024**2, Path(tmp))
+                print(json.dumps(results[-2:]), file=sys.stderr)
+                continue
             if mode == "single":
                 results.append(run_single(rep, args.k, args.cpus_per_node, out))
             elif mode in ("ray1", "ray2"):
                 results.append(run_ray(rep, args.k, int(mode[-1]), args.cpus_per_node, out,
                                        args.object_store_mb * 1024**2))
             else:
-                ap.error(f"--modes: unknown mode {mode!r} (single, ray1, ray2)")
+                ap.error(f"--modes: unknown mode {mode!r} (single, ray1, ray2, train)")
             outputs[mode] = read_results(str(out))
             print(json.dumps(results[-1]), file=sys.stderr)
-    first = next(iter(outputs.values()))
+    first = next(iter(outputs.values()), None)
     report: dict[str, Any] = {
         "size": {"users": args.users, "items": args.items, "dim": args.dim, "k": args.k},
         "runs": results,
@@ -172,6 +234,8 @@ def main(argv: list[str] | None = None) -> int:
         report["ray_overhead"] = by["ray1"] / by["single"] - 1.0
     if "ray1" in by and "ray2" in by:
         report["speedup_2_nodes"] = by["ray1"] / by["ray2"]
+    if "train1" in by and "train2" in by:
+        report["train_2_instances_vs_1"] = by["train1"] / by["train2"]
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
     print(json.dumps({k: v for k, v in report.items() if k != "runs"}))

@@ -294,7 +294,7 @@ class TorchRun:
     def _epoch(
         self, batches: list[Batch], lr_scale: float, on_batch: OnBatch, every: int
     ) -> tuple[np.ndarray, np.ndarray]:
-        B, k, cfg, P_np = self.batch_size, self.k, self.cfg, self.table
+        B, cfg, P_np = self.batch_size, self.cfg, self.table
         binary = self.hp["predictor_type"] == "binary_classifier"
         use_bias = self.hp["use_bias"]
         lazy_wd = self.hp["_local_lazy_wd"]
