@@ -33,12 +33,14 @@ from pathlib import Path
 import numpy as np
 import scipy.sparse as sp
 
+from ...data.negatives import rated_matrix, sample_negatives
 from ...errors import LocalFMError
 from ...io.atomic import atomic_outputs
 
 TRAIN_FILE = "train_interactions.parquet"
 HELD_OUT_FILE = "held_out_interactions.parquet"
 SPLIT_FILE = "split.npz"
+RESAMPLE_DIR = "resample"
 
 
 @dataclass
@@ -117,18 +119,12 @@ def carve(
     # validation channel: the held-out rows themselves, plus sampled unrated items as
     # negatives for a binary classifier (labels of the training file for a regressor)
     if predictor_type == "binary_classifier":
-        rated = set((key[(users >= 0) & (items >= 0)]).tolist())
-        neg_u, neg_i = [], []
-        for u, _ in held_pairs:
-            got = 0
-            while got < negatives_per_positive:
-                i = int(rng.integers(n_items))
-                if u * n_items + i not in rated:
-                    neg_u.append(u)
-                    neg_i.append(i)
-                    got += 1
-        vu = np.r_[held_pairs[:, 0], np.asarray(neg_u, dtype=np.int64)]
-        vi = np.r_[held_pairs[:, 1], np.asarray(neg_i, dtype=np.int64)]
+        n_users = len(space.user_ids)
+        rated = rated_matrix(users, items, n_users, n_items)
+        counts = np.bincount(held_pairs[:, 0], minlength=n_users) * int(negatives_per_positive)
+        neg_u, neg_i = sample_negatives(counts, rated, rng)
+        vu = np.r_[held_pairs[:, 0], neg_u]
+        vi = np.r_[held_pairs[:, 1], neg_i]
         labels = np.r_[np.ones(len(held_pairs)), np.zeros(len(neg_u))].astype(np.float32)
         val = space.encode(np.asarray(space.user_ids)[vu], np.asarray(space.item_ids)[vi])
     else:
@@ -172,3 +168,37 @@ def load_split(out_dir: str | Path) -> dict[str, object]:
         shape = tuple(int(n) for n in z["val_shape"])
         val = sp.csr_matrix((z["val_data"], z["val_indices"], z["val_indptr"]), shape=shape)
         return {"keep": z["keep"], "val_rows": val, "val_labels": z["val_labels"]}
+
+
+def write_resample_inputs(holdout: Holdout, space, features_json: str | Path, out_dir: str | Path) -> Path:  # noqa: ANN001
+    """A copy of the prepared folder for ``_local_resample_negatives`` that respects the holdout.
+
+    Fresh negatives are drawn per epoch from ``train_interactions.parquet`` (positives)
+    and never from items in it or in ``test_interactions.parquet`` (rated). Here the
+    held-out rows move from the first file to the second: trials never train on them
+    as positives, and never learn them as negatives either. Returns the features.json
+    to hand to :func:`localfm.data.negatives.epoch_sampler`.
+    """
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    src = Path(features_json).parent
+    dest = Path(out_dir) / RESAMPLE_DIR
+    names = ("train_interactions.parquet", "test_interactions.parquet")
+    for name in names:
+        if not (src / name).is_file():
+            raise LocalFMError(f"{src / name}: not found; _local_resample_negatives needs the folder "
+                               "written by prepare with an implicit label")
+    train = pq.read_table(src / names[0])
+    test = pq.read_table(src / names[1])
+    n_items = len(space.item_ids)
+    u = space.user_index(train.column("user_id").to_numpy(zero_copy_only=False), allow_unknown=True)
+    i = space.item_index(train.column("item_id").to_numpy(zero_copy_only=False), allow_unknown=True)
+    held = np.isin(u * n_items + i, holdout.held_pairs[:, 0] * n_items + holdout.held_pairs[:, 1]) & (u >= 0) & (i >= 0)
+    moved = train.filter(pa.array(held)).select(test.column_names).cast(test.schema)
+    with atomic_outputs() as out:
+        pq.write_table(train.filter(pa.array(~held)), out.path(dest / names[0]))
+        pq.write_table(pa.concat_tables([test, moved]), out.path(dest / names[1]))
+        with open(out.path(dest / "features.json"), "wb") as fh:
+            fh.write(Path(features_json).read_bytes())
+    return dest / "features.json"

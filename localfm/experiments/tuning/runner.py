@@ -205,12 +205,18 @@ def tune(
             h = ho.carve(X, y, space, predictor_type=config.predictor_type, fraction=holdout_fraction,
                          seed=config.random_seed or 0)
             ho.write(h, space, holdout_dir)
+            if _may_resample(config):
+                ho.write_resample_inputs(h, space, inputs.features, holdout_dir)
+    resample = None
+    if _may_resample(config):
+        resample = holdout_dir / ho.RESAMPLE_DIR / "features.json" if holdout_dir else Path(inputs.features)
 
     _recover(study)
     pruner = _pruner_spec(config)
     data = TrialData(train=str(Path(inputs.train).resolve()), features=str(Path(inputs.features).resolve()),
                      feature_dim=feature_dim, eval_channel=str(Path(eval_channel).resolve()) if eval_channel else None,
-                     holdout_dir=str(holdout_dir.resolve()) if holdout_dir else None)
+                     holdout_dir=str(holdout_dir.resolve()) if holdout_dir else None,
+                     resample_features=str(resample.resolve()) if resample else None)
     dists = _distributions(config)
     static = dict(config.static)
     if config.strategy == "Hyperband":
@@ -263,6 +269,16 @@ def tune(
     counted = counted_trials(study)
     best = write_outputs(config, study, counted, out_dir, job)
     return TuneResult(out_dir=out_dir, jobs=len(counted), ran_now=ran, best=best, failures=failures)
+
+
+def _may_resample(config: TuningConfig) -> bool:
+    """Whether any trial trains with ``_local_resample_negatives`` (static or searched)."""
+    from ...fm.hyperparameters import FM_HYPERPARAMETERS
+
+    row = next(hp for hp in FM_HYPERPARAMETERS if hp.name == "_local_resample_negatives")
+    values = [config.static.get(row.name, "false")]
+    values += [v for r in config.ranges if r.name == row.name for v in r.values]
+    return any(row.convert(v) for v in values)
 
 
 def _fmt(v: Any) -> str:

@@ -36,6 +36,7 @@ class TrialData:
     feature_dim: int
     eval_channel: str | None  # --validation or --test, for the cloud objectives
     holdout_dir: str | None  # for the ranking objectives
+    resample_features: str | None = None  # features.json for _local_resample_negatives (holdout-aware copy)
 
 
 @dataclass(frozen=True)
@@ -129,6 +130,9 @@ def _intermediate(job: TrialJob, metrics: dict[str, float], predictor_type: str)
 
 def run_trial(job: TrialJob) -> TrialOutcome:
     """Train, score and save one trial; never raises (failures come back as an outcome)."""
+    from ...progress import set_quiet
+
+    set_quiet(True)  # one bar for the tune (in the tuner process), none per trial
     start = time.time()
     outcome = TrialOutcome(job.number, "failed", start=start)
     try:
@@ -171,10 +175,19 @@ def _run(job: TrialJob, outcome: TrialOutcome) -> None:
             return True
         return False
 
+    epoch_data = None
+    if model.hp_["_local_resample_negatives"]:
+        if job.data.resample_features is None:
+            raise LocalFMError("hyperparameter '_local_resample_negatives': no prepared implicit-feedback folder")
+        if "epoch_data" not in data:
+            from ...data.negatives import epoch_sampler
+
+            data["epoch_data"] = epoch_sampler(job.data.resample_features)[0]
+        epoch_data = data["epoch_data"]
     X_val = y_val = None
     if trial is not None:
         X_val, y_val = (data["X_eval"], data["y_eval"]) if job.fm_metric else (data["X_val"], data["y_val"])
-    model.fit(data["X"], data["y"], X_val=X_val, y_val=y_val, on_epoch=on_epoch)
+    model.fit(data["X"], data["y"], X_val=X_val, y_val=y_val, epoch_data=epoch_data, on_epoch=on_epoch)
     if job.fm_metric is not None:
         value = model.score(data["X_eval"], data["y_eval"])[job.fm_metric]
     else:
