@@ -82,7 +82,15 @@ def _sampler(config: TuningConfig):  # noqa: ANN202 - optuna sampler
 
     seed = config.random_seed
     if config.strategy == "Grid":
-        return optuna.samplers.GridSampler({r.name: list(r.values) for r in config.ranges}, seed=seed)
+
+        class Grid(optuna.samplers.GridSampler):
+            """The stock sampler ends the study with ``study.stop()`` once the grid is covered,
+            which only works inside ``optimize()``; here ask/tell and the job count end it."""
+
+            def after_trial(self, study, trial, state, values) -> None:  # noqa: ANN001
+                return None
+
+        return Grid({r.name: list(r.values) for r in config.ranges}, seed=seed)
     if config.strategy == "Random":
         return optuna.samplers.RandomSampler(seed=seed)
     # Bayesian and Hyperband: TPE (constant_liar keeps parallel proposals apart)

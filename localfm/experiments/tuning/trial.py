@@ -170,7 +170,7 @@ def _run(job: TrialJob, outcome: TrialOutcome) -> None:
         value = _intermediate(job, metrics, ptype)
         outcome.intermediate.append(value)
         trial.report(value, epoch + 1)
-        if trial.should_prune():
+        if epoch + 1 < model.hp_["epochs"] and trial.should_prune():  # the last epoch completes the job
             outcome.state = "pruned"
             return True
         return False
