@@ -77,10 +77,19 @@ def tuned_values(config: TuningConfig, params: dict[str, Any]) -> dict[str, Any]
     return out
 
 
-def _sampler(config: TuningConfig):  # noqa: ANN202 - optuna sampler
+def _sampler(config: TuningConfig, existing: int = 0):  # noqa: ANN202 - optuna sampler
+    """The strategy's sampler. ``existing``: trials already in the study (a resume).
+
+    A fresh sampler seeded with RandomSeed would replay the configurations the first
+    run already proposed; on a resume the seed is derived from RandomSeed and the
+    number of trials so far, so the continuation is reproducible and new.
+    """
+    import numpy as np
     import optuna
 
     seed = config.random_seed
+    if seed is not None and existing:
+        seed = int(np.random.SeedSequence([seed, existing]).generate_state(1)[0])
     if config.strategy == "Grid":
 
         class Grid(optuna.samplers.GridSampler):
@@ -192,9 +201,14 @@ def tune(
     out_dir.mkdir(parents=True, exist_ok=True)
     url = f"sqlite:///{(out_dir / STUDY_FILE).resolve()}"
     job = _job_name(config, out_dir)
-    study = optuna.create_study(storage=storage(url), study_name=job, load_if_exists=True,
+    store = storage(url)
+    try:
+        existing = len(optuna.load_study(study_name=job, storage=store).get_trials(deepcopy=False))
+    except KeyError:  # a new tuning job
+        existing = 0
+    study = optuna.create_study(storage=store, study_name=job, load_if_exists=True,
                                 direction="maximize" if objective.maximize else "minimize",
-                                sampler=_sampler(config))
+                                sampler=_sampler(config, existing))
     fp = _fingerprint(config, inputs, holdout_fraction)
     known = study.user_attrs.get("localfm_fingerprint")
     if known is None:
