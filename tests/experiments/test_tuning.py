@@ -119,11 +119,11 @@ def test_holdout_is_seeded_drops_held_pairs_and_never_touches_test(data):
     # every user keeps at least one positive to learn from
     kept_pos_users = set(users[h1.keep & (y > 0.5)].tolist())
     assert set(h1.held_pairs[:, 0].tolist()) <= kept_pos_users
-    # validation negatives are never a rated pair of their user
+    # validation negatives are never a positive pair of their user
     vu, vi = ho.decode_rows(h1.val_rows, space)
     neg = h1.val_labels == 0
     assert neg.sum() == 4 * len(h1.held_pairs)
-    assert not np.isin(vu[neg] * n_items + vi[neg], key).any()
+    assert not np.isin(vu[neg] * n_items + vi[neg], key[y > 0.5]).any()
     # the test split plays no part: held-out pairs are not test pairs
     import pyarrow.parquet as pq
 
@@ -134,25 +134,33 @@ def test_holdout_is_seeded_drops_held_pairs_and_never_touches_test(data):
                                                       fraction=0.2, seed=4).held_pairs)
 
 
-def test_resample_inputs_move_held_pairs_out_of_training(data, tmp_path):
+@pytest.mark.parametrize("pool", ["unrated", "train-unrated"])
+def test_resample_inputs_never_train_or_sample_held_pairs(data, tmp_path, pool):
     import pyarrow.parquet as pq
 
+    from localfm.data.negatives import epoch_sampler
+
+    if pool != "unrated":
+        data = tmp_path / "data"
+        assert cli_main(["--quiet", "prepare", "movielens", "--split", "ua", "--label", "implicit", "--negatives",
+                         "4", "--negative-pool", pool, "--out", str(data)]) == 0
     space = FeatureSpace.load(data / "features.json")
     X, y = read_channel(str(data / "train.protobuf"), need_labels=True)
     h = ho.carve(X, y, space, predictor_type="binary_classifier", fraction=0.1, seed=0)
     feats = ho.write_resample_inputs(h, space, data / "features.json", tmp_path)
     n_items = len(space.item_ids)
-
-    def keys(name: str) -> np.ndarray:
-        t = pq.read_table(feats.parent / name)
-        return (space.user_index(t.column("user_id").to_numpy()) * n_items
-                + space.item_index(t.column("item_id").to_numpy()))
-
     held = h.held_pairs[:, 0] * n_items + h.held_pairs[:, 1]
-    train_before = pq.read_table(data / "train_interactions.parquet").num_rows
-    assert not np.isin(held, keys("train_interactions.parquet")).any()
-    assert np.isin(held, keys("test_interactions.parquet")).all()  # rated: never drawn as a negative
-    assert len(keys("train_interactions.parquet")) == train_before - len(held)
+    t = pq.read_table(feats.parent / "train_interactions.parquet")
+    kept = space.user_index(t.column("user_id").to_numpy()) * n_items + space.item_index(t.column("item_id").to_numpy())
+    assert not np.isin(held, kept).any()
+    assert len(kept) == pq.read_table(data / "train_interactions.parquet").num_rows - len(held)
+    # what the trials actually train on in later epochs: no held-out pair, as positive or negative
+    epoch_data, _ = epoch_sampler(feats)
+    for epoch in (1, 2):
+        Xe, ye = epoch_data(epoch)
+        u, i = ho.decode_rows(Xe, space)
+        assert not np.isin(u * n_items + i, held).any()
+        assert ye.sum() == len(kept)
 
 
 # ------------------------------------------------------------------ strategies (train tiny models)

@@ -27,6 +27,7 @@ RMSE) per epoch stands in for the ranking objective.
 """
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -120,7 +121,8 @@ def carve(
     # negatives for a binary classifier (labels of the training file for a regressor)
     if predictor_type == "binary_classifier":
         n_users = len(space.user_ids)
-        rated = rated_matrix(users, items, n_users, n_items)
+        # positives only: on a small catalogue a user's static negatives may cover every other item
+        rated = rated_matrix(users[pos], items[pos], n_users, n_items)
         counts = np.bincount(held_pairs[:, 0], minlength=n_users) * int(negatives_per_positive)
         neg_u, neg_i = sample_negatives(counts, rated, rng)
         vu = np.r_[held_pairs[:, 0], neg_u]
@@ -196,9 +198,16 @@ def write_resample_inputs(holdout: Holdout, space, features_json: str | Path, ou
     i = space.item_index(train.column("item_id").to_numpy(zero_copy_only=False), allow_unknown=True)
     held = np.isin(u * n_items + i, holdout.held_pairs[:, 0] * n_items + holdout.held_pairs[:, 1]) & (u >= 0) & (i >= 0)
     moved = train.filter(pa.array(held)).select(test.column_names).cast(test.schema)
+    doc = json.loads(Path(features_json).read_text(encoding="utf-8"))
+    implicit = doc.get("extra", {}).get("implicit", {})
+    if implicit.get("pool") == "train-unrated":
+        # negatives come from items unrated in *training* only: keep exactly the training
+        # pairs as "rated" (remaining + held out) and leave the real test pairs out
+        test = test.slice(0, 0)
+        implicit["pool"] = "unrated"
     with atomic_outputs() as out:
         pq.write_table(train.filter(pa.array(~held)), out.path(dest / names[0]))
         pq.write_table(pa.concat_tables([test, moved]), out.path(dest / names[1]))
-        with open(out.path(dest / "features.json"), "wb") as fh:
-            fh.write(Path(features_json).read_bytes())
+        with open(out.path(dest / "features.json"), "w", encoding="utf-8") as fh:
+            json.dump(doc, fh)
     return dest / "features.json"
