@@ -15,7 +15,7 @@ from localfm.experiments.tuning import TuneInputs, parse_tuning_config, tune
 from localfm.experiments.tuning import holdout as ho
 from localfm.experiments.tuning.outputs import FIXED_COLUMNS
 from localfm.experiments.tuning.runner import _distributions, tuned_values
-from localfm.fm.channels import read_channel
+from localfm.io.channels import read_channel
 from localfm.fm.hyperparameters import parse_fm
 
 CFG = "HyperParameterTuningJobConfig"

@@ -112,7 +112,8 @@ def _plot(path: Path, config: TuningConfig, table: list[dict[str, Any]]) -> None
     ax.set_ylabel(config.objective.metric_name)
     ax.set_title(f"{config.strategy} tuning: {config.objective.type} {config.objective.metric_name}{local}")
     ax.grid(alpha=0.3)
-    ax.legend()
+    if ax.get_legend_handles_labels()[0]:  # no completed or stopped job: nothing to label
+        ax.legend()
     fig.tight_layout()
     fig.savefig(path, format="png", dpi=100)
     plt.close(fig)

@@ -221,7 +221,7 @@ def tune(
     if objective.is_ranking:
         holdout_dir = out_dir / "holdout"
         if not (holdout_dir / ho.SPLIT_FILE).is_file():
-            from ...fm.channels import read_channel
+            from ...io.channels import read_channel
 
             X, y = read_channel(inputs.train, need_labels=True, feature_dim=feature_dim)
             h = ho.carve(X, y, space, predictor_type=config.predictor_type, fraction=holdout_fraction,

@@ -75,7 +75,7 @@ _cache: dict[TrialData, dict[str, Any]] = {}
 def _load(data: TrialData) -> dict[str, Any]:
     if data in _cache:
         return _cache[data]
-    from ...fm.channels import read_channel
+    from ...io.channels import read_channel
     from . import holdout as ho
 
     X, y = read_channel(data.train, need_labels=True, feature_dim=data.feature_dim)
@@ -150,8 +150,9 @@ def _run(job: TrialJob, outcome: TrialOutcome) -> None:
     from ...fm.model import FactorizationMachine
 
     model = FactorizationMachine(seed=job.seed, **job.hyperparameters)
+    hp = model.check_params()  # a bad combination fails before any data is read
     data = _load(job.data)
-    ptype = model.hp_["predictor_type"]
+    ptype = hp["predictor_type"]
     trial = None
     if job.pruner is not None:
         import optuna
@@ -170,13 +171,13 @@ def _run(job: TrialJob, outcome: TrialOutcome) -> None:
         value = _intermediate(job, metrics, ptype)
         outcome.intermediate.append(value)
         trial.report(value, epoch + 1)
-        if epoch + 1 < model.hp_["epochs"] and trial.should_prune():  # the last epoch completes the job
+        if epoch + 1 < hp["epochs"] and trial.should_prune():  # the last epoch completes the job
             outcome.state = "pruned"
             return True
         return False
 
     epoch_data = None
-    if model.hp_["_local_resample_negatives"]:
+    if hp["_local_resample_negatives"]:
         if job.data.resample_features is None:
             raise LocalFMError("hyperparameter '_local_resample_negatives': no prepared implicit-feedback folder")
         if "epoch_data" not in data:
