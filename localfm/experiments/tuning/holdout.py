@@ -175,11 +175,15 @@ def load_split(out_dir: str | Path) -> dict[str, object]:
 def write_resample_inputs(holdout: Holdout, space, features_json: str | Path, out_dir: str | Path) -> Path:  # noqa: ANN001
     """A copy of the prepared folder for ``_local_resample_negatives`` that respects the holdout.
 
-    Fresh negatives are drawn per epoch from ``train_interactions.parquet`` (positives)
-    and never from items in it or in ``test_interactions.parquet`` (rated). Here the
-    held-out rows move from the first file to the second: trials never train on them
-    as positives, and never learn them as negatives either. Returns the features.json
-    to hand to :func:`localfm.data.negatives.epoch_sampler`.
+    Fresh negatives are drawn per epoch around ``train_interactions.parquet``
+    (positives) and, with the default negative pool ``unrated``, never from items in
+    ``test_interactions.parquet`` either. The held-out pairs are to the tuner what the
+    test pairs are to the final model, so they get the same treatment: they leave the
+    training file (no trial trains on them as positives); with pool ``unrated`` they join
+    the test file (never drawn as negatives, exactly like the test items, including the
+    leak that pool has, see docs/experiments.md); with ``train-unrated`` they may be
+    drawn as negatives like any item unrated in training (leak-free). Returns the
+    features.json to hand to :func:`localfm.data.negatives.epoch_sampler`.
     """
     import pyarrow as pa
     import pyarrow.parquet as pq
@@ -197,17 +201,12 @@ def write_resample_inputs(holdout: Holdout, space, features_json: str | Path, ou
     u = space.user_index(train.column("user_id").to_numpy(zero_copy_only=False), allow_unknown=True)
     i = space.item_index(train.column("item_id").to_numpy(zero_copy_only=False), allow_unknown=True)
     held = np.isin(u * n_items + i, holdout.held_pairs[:, 0] * n_items + holdout.held_pairs[:, 1]) & (u >= 0) & (i >= 0)
-    moved = train.filter(pa.array(held)).select(test.column_names).cast(test.schema)
     doc = json.loads(Path(features_json).read_text(encoding="utf-8"))
-    implicit = doc.get("extra", {}).get("implicit", {})
-    if implicit.get("pool") == "train-unrated":
-        # negatives come from items unrated in *training* only: keep exactly the training
-        # pairs as "rated" (remaining + held out) and leave the real test pairs out
-        test = test.slice(0, 0)
-        implicit["pool"] = "unrated"
+    if doc.get("extra", {}).get("implicit", {}).get("pool") != "train-unrated":
+        test = pa.concat_tables([test, train.filter(pa.array(held)).select(test.column_names).cast(test.schema)])
     with atomic_outputs() as out:
         pq.write_table(train.filter(pa.array(~held)), out.path(dest / names[0]))
-        pq.write_table(pa.concat_tables([test, moved]), out.path(dest / names[1]))
+        pq.write_table(test, out.path(dest / names[1]))
         with open(out.path(dest / "features.json"), "w", encoding="utf-8") as fh:
             json.dump(doc, fh)
     return dest / "features.json"
