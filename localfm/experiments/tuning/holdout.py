@@ -27,7 +27,6 @@ RMSE) per epoch stands in for the ranking objective.
 """
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -176,14 +175,14 @@ def write_resample_inputs(holdout: Holdout, space, features_json: str | Path, ou
     """A copy of the prepared folder for ``_local_resample_negatives`` that respects the holdout.
 
     Fresh negatives are drawn per epoch around ``train_interactions.parquet``
-    (positives) and, with the default negative pool ``unrated``, never from items in
-    ``test_interactions.parquet`` either. The held-out pairs are to the tuner what the
-    test pairs are to the final model, so they get the same treatment: they leave the
-    training file (no trial trains on them as positives); with pool ``unrated`` they join
-    the test file (never drawn as negatives, exactly like the test items, including the
-    leak that pool has, see docs/experiments.md); with ``train-unrated`` they may be
-    drawn as negatives like any item unrated in training (leak-free). Returns the
-    features.json to hand to :func:`localfm.data.negatives.epoch_sampler`.
+    (positives). The held-out pairs leave that file, so no trial trains on them as
+    positives, and nothing else marks them: like any item the user did not rate in
+    the reduced training data they *can* be drawn as negatives. Keeping them out of
+    the negatives instead (as the default pool ``unrated`` does for test items) was
+    measured to be exploited: "never shown as a negative" singles the held-out items
+    out after enough resampled epochs, and the tuner rewarded high-capacity models that
+    learn exactly that (docs/tuning.md). Returns the features.json to hand to
+    :func:`localfm.data.negatives.epoch_sampler`.
     """
     import pyarrow as pa
     import pyarrow.parquet as pq
@@ -201,12 +200,9 @@ def write_resample_inputs(holdout: Holdout, space, features_json: str | Path, ou
     u = space.user_index(train.column("user_id").to_numpy(zero_copy_only=False), allow_unknown=True)
     i = space.item_index(train.column("item_id").to_numpy(zero_copy_only=False), allow_unknown=True)
     held = np.isin(u * n_items + i, holdout.held_pairs[:, 0] * n_items + holdout.held_pairs[:, 1]) & (u >= 0) & (i >= 0)
-    doc = json.loads(Path(features_json).read_text(encoding="utf-8"))
-    if doc.get("extra", {}).get("implicit", {}).get("pool") != "train-unrated":
-        test = pa.concat_tables([test, train.filter(pa.array(held)).select(test.column_names).cast(test.schema)])
     with atomic_outputs() as out:
         pq.write_table(train.filter(pa.array(~held)), out.path(dest / names[0]))
         pq.write_table(test, out.path(dest / names[1]))
-        with open(out.path(dest / "features.json"), "w", encoding="utf-8") as fh:
-            json.dump(doc, fh)
+        with open(out.path(dest / "features.json"), "wb") as fh:
+            fh.write(Path(features_json).read_bytes())
     return dest / "features.json"
