@@ -38,10 +38,11 @@ def _common(p: argparse.ArgumentParser) -> None:
                         "** ALPHA (default ALPHA 1); default uniform")
     p.add_argument("--negative-seed", type=int, default=0, metavar="K",
                    help="implicit labels: seed of the negative draws and of the row shuffle; default 0")
-    p.add_argument("--negative-pool", default="unrated", metavar="unrated|train-unrated",
-                   help="implicit labels: training negatives avoid every rated item (unrated, default) or only "
-                        "items rated in the training split (train-unrated: the training file does not depend on "
-                        "the test split, for leak-free offline evaluation)")
+    p.add_argument("--negative-pool", default="train-unrated", metavar="train-unrated|unrated",
+                   help="implicit labels: training negatives avoid the items rated in the training split "
+                        "(train-unrated, default: the training file does not depend on the test split, so offline "
+                        "evaluation is leak-free) or every rated item of the input, test split included (unrated: "
+                        "leaks the test split into training; the same as train-unrated when you train on all data)")
     p.add_argument("--order", default="file",
                    help="training row order: file (split-file order, as SageMaker reads it) or shuffle:SEED")
     p.add_argument("--columns", default="all", choices=["all", "train"],

@@ -176,10 +176,12 @@ class ImplicitSpec:
     negatives: int
     sampling: NegativeSampling = NegativeSampling()
     seed: int = 0
-    # Which ratings make an item ineligible as a *training* negative: "unrated" = every
-    # rating of the input (train and test); "train-unrated" = training ratings only, so
-    # the training file does not depend on the test split (leak-free offline evaluation).
-    pool: str = "unrated"
+    # Which ratings make an item ineligible as a *training* negative: "train-unrated" (the
+    # default) = training ratings only, so the training file does not depend on the test
+    # split; "unrated" = every rating of the input, test split included. "unrated" leaks:
+    # a test item is then the one item never shown as a negative, and with fresh negatives
+    # every epoch a model (and a tuner) learns exactly that tell (docs/experiments.md).
+    pool: str = "train-unrated"
 
     def to_dict(self) -> dict:
         return {"threshold": self.threshold, "negatives": self.negatives, "sampling": self.sampling.spec,
@@ -195,7 +197,7 @@ class ImplicitSpec:
         except (TypeError, ValueError):
             raise LocalFMError(f"{where}: 'implicit' threshold/negatives/seed must be numbers") from None
         return cls(threshold, negatives, parse_negative_sampling(data["sampling"]), seed,
-                   check_pool(data.get("pool", "unrated")))
+                   check_pool(data.get("pool", "train-unrated")))
 
 
 POOLS = ("unrated", "train-unrated")

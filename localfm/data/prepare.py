@@ -64,7 +64,7 @@ class Options:
     negatives: int | None = None
     negative_sampling: str = "uniform"
     negative_seed: int = 0
-    negative_pool: str = "unrated"
+    negative_pool: str = "train-unrated"
 
     def check(self, *, grouplens_ok: bool) -> None:
         parse_split(self.split, grouplens_ok=grouplens_ok)

@@ -101,7 +101,8 @@ def _pairs(X: sp.csr_matrix, space: FeatureSpace) -> tuple[np.ndarray, np.ndarra
 
 def test_prepare_implicit_rows_labels_and_exclusions(cli, tmp_path: Path) -> None:
     out = tmp_path / "imp"
-    stdout = _prepare(cli, out, "--label", "implicit", "--negatives", "3", "--negative-seed", "7")
+    stdout = _prepare(cli, out, "--label", "implicit", "--negatives", "3", "--negative-seed", "7",
+                      "--negative-pool", "unrated")
     space = FeatureSpace.load(out / "features.json")
     assert space.extra["implicit"] == {"threshold": None, "negatives": 3, "sampling": "uniform", "seed": 7,
                                       "pool": "unrated"}
@@ -145,7 +146,7 @@ def test_prepare_implicit_is_seeded_and_threshold_picks_positives(cli, tmp_path:
 
 def test_train_unrated_pool_ignores_test_ratings_for_training_negatives(cli, tmp_path: Path) -> None:
     out = tmp_path / "pool"
-    _prepare(cli, out, "--label", "implicit", "--negatives", "8", "--negative-pool", "train-unrated")
+    _prepare(cli, out, "--label", "implicit", "--negatives", "8")  # train-unrated is the default
     space = FeatureSpace.load(out / "features.json")
     assert space.extra["implicit"]["pool"] == "train-unrated"
     tr = pq.read_table(out / "train_interactions.parquet")

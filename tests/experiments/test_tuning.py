@@ -140,7 +140,7 @@ def test_resample_inputs_never_train_or_sample_held_pairs(data, tmp_path, pool):
 
     from localfm.data.negatives import epoch_sampler
 
-    if pool != "unrated":
+    if pool != "train-unrated":  # the fixture's data uses the default pool
         data = tmp_path / "data"
         assert cli_main(["--quiet", "prepare", "movielens", "--split", "ua", "--label", "implicit", "--negatives",
                          "4", "--negative-pool", pool, "--out", str(data)]) == 0
