@@ -6,8 +6,11 @@ winner". In NumPy/torch that costs several full passes (compare, nonzero, gather
 scatter); here it is one vectorisable compare per score, with a heap update only on
 the winners. Nothing is allocated per block.
 
-Heaps are min-heaps on the score: ``heap_v[r, 0]`` is user r's current k-th best,
-initialised to -inf (ids -1). Ties do not replace (the earlier item wins).
+Heaps are min-heaps on (score, -column): ``heap_v[r, 0]`` is user r's current k-th
+best, initialised to -inf (ids -1). Columns are in visit order, so ties resolve as
+"the earlier-visited item wins": an equal score never replaces the root, and among
+equal scores in the heap the latest-visited one sits at the root and leaves first.
+The result is then exactly the first k items of a stable sort by descending score.
 
 The kernels are serial and release the GIL: the engine runs one Python thread per core,
 each doing its own GEMM (torch, one thread) and scan on its share of the users, so no
@@ -30,9 +33,9 @@ def _sift_down(hv, hi, v, c):  # noqa: ANN001, ANN202 - numba
             break
         child = left
         right = left + 1
-        if right < k and hv[right] < hv[left]:
+        if right < k and (hv[right] < hv[left] or (hv[right] == hv[left] and hi[right] > hi[left])):
             child = right
-        if hv[child] >= v:
+        if hv[child] > v or (hv[child] == v and hi[child] < c):
             break
         hv[pos] = hv[child]
         hi[pos] = hi[child]
@@ -109,10 +112,14 @@ def _scan_row_exact(row, col0, hv, hi, r, seen_ptr, seen_idx):  # noqa: ANN001, 
 
 
 @njit(cache=True, nogil=True)
-def scan_exact(S, col0, heap_v, heap_i, seen_ptr, seen_idx):  # noqa: ANN001, ANN201 - numba
-    """Push every score of block ``S`` (b, w) (item columns col0..col0+w) that beats a heap root."""
-    for r in range(S.shape[0]):
-        _scan_row_exact(S[r], col0, heap_v[r], heap_i[r], r, seen_ptr, seen_idx)
+def scan_exact(S, col0, heap_v, heap_i, seen_ptr, seen_idx, rows):  # noqa: ANN001, ANN201 - numba
+    """Push every score of block ``S`` (n, w) (item columns col0..col0+w) that beats a heap root.
+
+    Row j of ``S`` belongs to user ``rows[j]`` (the users still active after pruning).
+    """
+    for j in range(S.shape[0]):
+        r = rows[j]
+        _scan_row_exact(S[j], col0, heap_v[r], heap_i[r], r, seen_ptr, seen_idx)
 
 
 @njit(cache=True, nogil=True)
@@ -138,15 +145,17 @@ def _scan_row_screened(row, lim, u, I, col0, hv, hi, r, seen_ptr, seen_idx):  # 
 
 
 @njit(cache=True, nogil=True)
-def scan_screened(A, key_lim, U, I, col0, heap_v, heap_i, seen_ptr, seen_idx):  # noqa: ANN001, ANN201
+def scan_screened(A, key_lim, U, I, col0, heap_v, heap_i, seen_ptr, seen_idx, rows):  # noqa: ANN001, ANN201
     """Like :func:`scan_exact` for a bfloat16 block ``A`` (raw bits as int16).
 
-    A score passes the screen when its monotone integer key is >= ``key_lim[r]`` (the
+    A score passes the screen when its monotone integer key is >= ``key_lim[j]`` (the
     bf16 key of a proven lower bound: root − error bound, rounded down); then it is
-    re-scored exactly in float32 (``U[r] · I[c]``) and pushed if it beats the root.
+    re-scored exactly in float32 (``U[r] · I[c]``, r = ``rows[j]``) and pushed if it
+    beats the root.
     """
-    for r in range(A.shape[0]):
-        _scan_row_screened(A[r], key_lim[r], U[r], I, col0, heap_v[r], heap_i[r], r, seen_ptr, seen_idx)
+    for j in range(A.shape[0]):
+        r = rows[j]
+        _scan_row_screened(A[j], key_lim[j], U[r], I, col0, heap_v[r], heap_i[r], r, seen_ptr, seen_idx)
 
 
 def bf16_keys(lim: np.ndarray) -> np.ndarray:

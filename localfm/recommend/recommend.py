@@ -171,6 +171,9 @@ class RecommendStats:
     recall: dict[str, Any] | None = None
     # IVF indexes: how nprobe was chosen ({"mode": "auto"|"fixed", "nprobe", ...}).
     nprobe: dict[str, Any] | None = None
+    # Exact engine: (user, item) scores its pruning never computed, of users × items.
+    scores_skipped: int = 0
+    scores_total: int = 0
 
 
 class Recommendations:
@@ -223,6 +226,8 @@ class Recommendations:
             out["recall"] = s.recall
         if s.nprobe is not None:
             out["nprobe"] = s.nprobe
+        if s.scores_total:
+            out["skipped_fraction"] = round(s.scores_skipped / s.scores_total, 4)
         if self.warnings:
             out["warnings"] = list(self.warnings)
         return out
@@ -444,7 +449,7 @@ def _stream(rep: Repackaged, U: np.ndarray, I: np.ndarray, seen: sp.csr_matrix |
         import torch  # noqa: F401 - imported before the clock starts: seconds measure ranking, not imports
 
         t0 = time.perf_counter()
-        source = _exact_iter(U, I, k, seen, opts.batch_size, opts.threads, opts.precision)
+        source = _exact_iter(U, I, k, seen, opts.batch_size, opts.threads, opts.precision, stats)
     else:
         configure_threads()
         t0 = time.perf_counter()
@@ -503,13 +508,18 @@ def _to_batch(
 
 
 def _exact_iter(
-    U: np.ndarray, I: np.ndarray, k: int, seen: sp.csr_matrix | None, batch_size: int, threads: int, precision: str
+    U: np.ndarray, I: np.ndarray, k: int, seen: sp.csr_matrix | None, batch_size: int, threads: int, precision: str,
+    stats: RecommendStats | None = None,
 ) -> Iterator[tuple[int, np.ndarray]]:
     """(first user row, ids) per batch from the exact engine: the same shape :func:`_index_iter` yields,
-    so ranking, recall references and tuning share one consumer."""
+    so ranking, recall references and tuning share one consumer. ``stats`` (when given) counts the
+    scores the engine's pruning skipped."""
     for first, part in iter_top_x(
         U, I, k, exclude=seen, batch_size=batch_size, threads=threads, precision=precision, progress_desc="recommend"
     ):
+        if stats is not None:
+            stats.scores_skipped += part.skipped
+            stats.scores_total += part.total
         yield first, part.ids
 
 

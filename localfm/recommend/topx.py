@@ -26,6 +26,15 @@ How it stays exact and fast:
   exact scores enter the result. The answer is the exact float32 top-k either way.
 * Exclusions (items a user already rated) never enter the running top-k, so the
   result is the exact top-k *after* exclusion, with no over-fetching.
+* Pruning (``prune=True``, the default): before each item block, every user gets an
+  upper bound on the score of *any* item not yet visited, from Cauchy–Schwarz on all
+  columns but the last plus the last column exactly — for FM vectors (``[V, 1]`` users,
+  ``[V, w]`` items) that is ``‖u_V‖·max‖i_V‖ + max w`` over the remaining items (suffix
+  maxima, so any item order stays correct). A user whose bound is below its k-th score
+  is finished: it leaves the batch, and the next GEMMs run on the remaining users only.
+  The bound carries a slack for float32 rounding of the GEMM, so a pruned item could
+  never have entered the result: the ids are exactly those of the unpruned scan (ties
+  included). :attr:`TopX.skipped` counts the (user, item) scores never computed.
 """
 from __future__ import annotations
 
@@ -53,6 +62,18 @@ BF16_REL_ERROR = 2.0**-6
 #: its share of a GEMM, so early blocks (many survivors) stay in float32.
 BF16_SWITCH = 0.004
 
+#: Slack, per unit of ‖u‖·‖i‖, added to the pruning bound: a float32 GEMM score is within
+#: d·2⁻²⁴·‖u‖·‖i‖ of the exact one (the bf16 screen's re-score likewise), so a pruned
+#: item can never reach the threshold through rounding; 2⁻¹⁰ covers d up to ~16,000.
+PRUNE_SLACK = 2.0**-10
+
+#: Item block width while pruning: users leave the batch only between blocks, so narrower
+#: blocks stop them sooner; 512 columns still keep a (2048 × 65) · (65 × 512) GEMM efficient.
+#: Small catalogues get at least ~16 blocks (of no fewer than PRUNE_MIN_BLOCK items), so an
+#: ml-100k-sized one (1,682 items) is not a single unprunable block.
+PRUNE_BLOCK = 512
+PRUNE_MIN_BLOCK = 128
+
 
 @dataclass
 class TopX:
@@ -64,6 +85,14 @@ class TopX:
 
     scores: np.ndarray  # (n_users, k) float32
     ids: np.ndarray  # (n_users, k) int64
+    #: (user, item) scores pruned, never computed, and all users × items of this result.
+    skipped: int = 0
+    total: int = 0
+
+    @property
+    def skipped_fraction(self) -> float:
+        """Share of the users × items scores that pruning never computed (0 when there were none)."""
+        return self.skipped / self.total if self.total else 0.0
 
 
 @functools.cache
@@ -155,6 +184,7 @@ def iter_top_x(
     precision: str = "auto",
     progress_desc: str | None = None,
     kernel: str = "auto",
+    prune: bool = True,
 ) -> Iterator[tuple[int, TopX]]:
     """Yield ``(first_user_row, TopX)`` per user batch; see :func:`top_x`."""
     import torch
@@ -173,6 +203,8 @@ def iter_top_x(
             raise LocalFMError(f"exclusions: shape {exclude.shape}, expected (users, items) = {(n_users, n_items)}")
     precision = resolve_precision(precision)
     kk = min(k, n_items)
+    if prune:
+        block_size = min(block_size, PRUNE_BLOCK, max(PRUNE_MIN_BLOCK, -(-n_items // 16)))
 
     # Visit items by decreasing norm: the threshold rises fastest that way.
     norms = np.sqrt(np.einsum("ij,ij->i", I, I, dtype=np.float64))
@@ -185,6 +217,7 @@ def iter_top_x(
     block_norm = [float(norms[perm[a:b]].max()) if b > a else 0.0 for a, b in blocks]
     block_T16 = [to_bf16(t.numpy()) for t in block_T] if precision == "bf16" else None
     perm_t = torch.from_numpy(perm.astype(np.int64))
+    suffix = _Suffix.of(I[perm], blocks) if prune else None
 
     starts = range(0, n_users, batch_size)
     iterator = progress(starts, total=len(starts), desc=progress_desc or "top-x", unit="batch")
@@ -194,11 +227,11 @@ def iter_top_x(
         with torch_threads(1):
             for s in iterator:
                 e = min(s + batch_size, n_users)
-                ids, scores = _batch_numba(
+                ids, scores, skipped = _batch_numba(
                     U[s:e], Ip, kk, exclude[s:e] if exclude is not None else None, inv_perm,
-                    blocks, block_T, block_T16, block_norm, precision, threads or default_threads(),
+                    blocks, block_T, block_T16, block_norm, precision, threads or default_threads(), suffix,
                 )
-                yield s, _finish(ids, scores, perm)
+                yield s, _finish(ids, scores, perm, skipped, (e - s) * n_items)
         return
     with torch_threads(threads), torch.inference_mode():
         for s in iterator:
@@ -217,34 +250,51 @@ def iter_top_x(
             unorm = torch.linalg.vector_norm(Ub, dim=1) if precision == "bf16" else None
             Ub16 = Ub.to(torch.bfloat16) if precision == "bf16" else None
             last_frac = 1.0
+            # Users still in the batch (pruning removes the finished ones): positions into Ub.
+            act = torch.arange(b, dtype=torch.int64)
+            Ua, Ua16 = Ub, Ub16
+            ubound = _UserBound.of(U[s:e]) if suffix is not None else None
+            skipped = 0
             for bi, (j0, j1) in enumerate(blocks):
-                thr = run_v[:, -1]
                 width = j1 - j0
+                if ubound is not None and bi > 0:
+                    live = ubound.live(act.numpy(), run_v[act, -1].numpy(), suffix, bi)
+                    if not live.all():
+                        act = act[torch.from_numpy(live)]
+                        Ua = Ub[act]
+                        Ua16 = Ub16[act] if Ub16 is not None else None
+                    skipped += (b - act.numel()) * width
+                    if act.numel() == 0:
+                        skipped += b * (n_items - j1)
+                        break
+                n_act = act.numel()
+                thr = run_v[act, -1]
                 rows = cols = vals = None
                 screened = (
                     precision == "bf16" and bi > 0 and last_frac < BF16_SWITCH and bool(torch.isfinite(thr).all())
                 )
                 if screened:
-                    A = Ub16 @ block_T16[bi]
-                    lim = thr - BF16_REL_ERROR * unorm * block_norm[bi]
+                    A = Ua16 @ block_T16[bi]
+                    lim = thr - BF16_REL_ERROR * unorm[act] * block_norm[bi]
                     # Round the limit down before casting so the bf16 compare stays conservative.
                     lim16 = (lim - lim.abs() * 2.0**-7).to(torch.bfloat16)
                     rows, cols = (A >= lim16[:, None]).nonzero(as_tuple=True)
-                    if rows.numel() > BF16_SWITCH * 4 * b * width:
+                    if rows.numel() > BF16_SWITCH * 4 * n_act * width:
                         # Too many to re-score one by one: a float32 GEMM of the block is cheaper.
                         screened = False
                     else:
-                        vals = (Ub[rows] * It[j0 + cols]).sum(dim=1)
+                        vals = (Ua[rows] * It[j0 + cols]).sum(dim=1)
                         keep = vals > thr[rows]
-                        rows, cols, vals = rows[keep], cols[keep], vals[keep]
+                        rows, cols, vals = act[rows[keep]], cols[keep], vals[keep]
                 if not screened:
-                    S = Ub @ block_T[bi]
+                    S = Ua @ block_T[bi]
                     if bi == 0:
                         rows = None
                         vals = S
                     else:
                         rows, cols = (S > thr[:, None]).nonzero(as_tuple=True)
                         vals = S[rows, cols]
+                        rows = act[rows]
                 if rows is None:
                     # First block: a dense (b, block) candidate set.
                     cand_i = torch.arange(j0, j1, dtype=torch.int64).expand(b, -1)
@@ -253,10 +303,10 @@ def iter_top_x(
                         vals = vals.masked_fill(_isin_sorted(keys, seen_keys), -math.inf)
                     all_v = torch.cat([run_v, vals], dim=1)
                     all_i = torch.cat([run_i, cand_i], dim=1)
-                    run_v, pos = torch.topk(all_v, kk, dim=1, sorted=True)
+                    run_v, pos = _top_stable(all_v, kk)
                     run_i = torch.gather(all_i, 1, pos)
                     continue
-                last_frac = rows.numel() / max(1, b * width)
+                last_frac = rows.numel() / max(1, n_act * width)
                 if rows.numel() == 0:
                     continue
                 gcols = cols + j0
@@ -270,7 +320,7 @@ def iter_top_x(
                 cand_v, cand_i = _pad_by_row(local, gcols, vals, active.numel())
                 all_v = torch.cat([run_v[active], cand_v], dim=1)
                 all_i = torch.cat([run_i[active], cand_i], dim=1)
-                top_v, pos = torch.topk(all_v, kk, dim=1, sorted=True)
+                top_v, pos = _top_stable(all_v, kk)
                 run_v[active] = top_v
                 run_i[active] = torch.gather(all_i, 1, pos)
             # Excluded / padded slots may carry an id with -inf: normalise them to -1.
@@ -282,15 +332,77 @@ def iter_top_x(
             yield s, TopX(
                 scores=np.take_along_axis(scores, order, axis=1),
                 ids=np.take_along_axis(ids, order, axis=1),
+                skipped=skipped,
+                total=b * n_items,
             )
 
 
-def _finish(run_i: np.ndarray, run_v: np.ndarray, perm: np.ndarray) -> TopX:
+def _finish(run_i: np.ndarray, run_v: np.ndarray, perm: np.ndarray, skipped: int, total: int) -> TopX:
     """Map permuted item rows back, pad empty slots with -1, sort best first (ties: item row)."""
     ids = np.where(np.isfinite(run_v) & (run_i >= 0), perm[np.clip(run_i, 0, None)], -1)
     scores = run_v
     order = np.lexsort((np.where(ids < 0, np.iinfo(np.int64).max, ids), -scores.astype(np.float64)), axis=-1)
-    return TopX(scores=np.take_along_axis(scores, order, axis=1), ids=np.take_along_axis(ids, order, axis=1))
+    return TopX(scores=np.take_along_axis(scores, order, axis=1), ids=np.take_along_axis(ids, order, axis=1),
+                skipped=skipped, total=total)
+
+
+@dataclass(frozen=True)
+class _Suffix:
+    """For each item block bi: bounds over every item from block bi to the last (visit order).
+
+    Suffix maxima rather than per-block ones: a user may stop only when *no* later item
+    can beat its k-th score, and taking maxima over the whole rest keeps that true for
+    any item order (the norm order only makes the bounds fall faster).
+    """
+
+    v_norm: np.ndarray  # max ‖i_V‖, i_V = all columns but the last
+    w_max: np.ndarray  # max of the last column (the FM bias w)
+    w_min: np.ndarray  # min of the last column
+    norm: np.ndarray  # max ‖i‖, for the rounding slack
+
+    @staticmethod
+    def of(Ip: np.ndarray, blocks: list[tuple[int, int]]) -> _Suffix:
+        X = Ip.astype(np.float64)
+        vn2 = np.einsum("ij,ij->i", X[:, :-1], X[:, :-1])
+        w = X[:, -1]
+        full = np.sqrt(vn2 + w * w)
+        vn = np.sqrt(vn2)
+
+        def suffix(values: np.ndarray, reduce: Any, acc: Any) -> np.ndarray:
+            per_block = np.array([reduce(values[a:b]) for a, b in blocks])
+            return acc.accumulate(per_block[::-1])[::-1]
+
+        return _Suffix(suffix(vn, np.max, np.maximum), suffix(w, np.max, np.maximum),
+                       suffix(w, np.min, np.minimum), suffix(full, np.max, np.maximum))
+
+
+@dataclass(frozen=True)
+class _UserBound:
+    """Per user: ‖u_V‖, the last column and ‖u‖ (float64), to bound any item's score."""
+
+    v_norm: np.ndarray
+    w: np.ndarray
+    norm: np.ndarray
+
+    @staticmethod
+    def of(Ub: np.ndarray) -> _UserBound:
+        X = Ub.astype(np.float64)
+        vn2 = np.einsum("ij,ij->i", X[:, :-1], X[:, :-1])
+        w = X[:, -1]
+        return _UserBound(np.sqrt(vn2), w, np.sqrt(vn2 + w * w))
+
+    def live(self, rows: np.ndarray, kth: np.ndarray, suffix: _Suffix, bi: int) -> np.ndarray:
+        """Which of the users ``rows`` (k-th scores ``kth``) an item of block bi or later may still reach.
+
+        u·i = u_V·i_V + u_w·i_w ≤ ‖u_V‖·‖i_V‖ + u_w·i_w (Cauchy–Schwarz), maximised over the
+        remaining items, plus the rounding slack. ``kth`` is -inf until a heap is full, so
+        such users always stay; a bound equal to the k-th score stays too (strict <), although
+        a tie could not enter the heap either.
+        """
+        wv = self.w[rows]
+        bound = (self.v_norm[rows] * suffix.v_norm[bi] + np.maximum(wv * suffix.w_max[bi], wv * suffix.w_min[bi])
+                 + PRUNE_SLACK * self.norm[rows] * suffix.norm[bi])
+        return ~(bound < kth.astype(np.float64))
 
 
 def _batch_numba(
@@ -305,8 +417,11 @@ def _batch_numba(
     block_norm: list[float],
     precision: str,
     threads: int,
-) -> tuple[np.ndarray, np.ndarray]:
-    """One user batch with the numba heap scan, split over ``threads`` Python threads."""
+    suffix: _Suffix | None,
+) -> tuple[np.ndarray, np.ndarray, int]:
+    """One user batch with the numba heap scan, split over ``threads`` Python threads.
+
+    Returns (heap ids, heap scores, scores pruned)."""
     b = Ub.shape[0]
     heap_v = np.full((b, kk), -np.inf, dtype=np.float32)
     heap_i = np.full((b, kk), -1, dtype=np.int64)
@@ -318,21 +433,21 @@ def _batch_numba(
         seen_ptr, seen_idx = None, None
     parts = [p for p in np.array_split(np.arange(b), max(1, min(threads, b))) if p.size]
 
-    def run(rows: np.ndarray) -> None:
+    def run(rows: np.ndarray) -> int:
         lo, hi = int(rows[0]), int(rows[-1]) + 1
         if seen_ptr is None:
             ptr, idx = np.zeros(1, np.int64), np.zeros(1, np.int64)
         else:
             ptr, idx = seen_ptr[lo:hi + 1] - seen_ptr[lo], seen_idx[seen_ptr[lo]:seen_ptr[hi]]
-        _scan_users(Ub[lo:hi], Ip, heap_v[lo:hi], heap_i[lo:hi], ptr, idx, blocks, block_T, block_T16,
-                    block_norm, precision)
+        return _scan_users(Ub[lo:hi], Ip, heap_v[lo:hi], heap_i[lo:hi], ptr, idx, blocks, block_T, block_T16,
+                           block_norm, precision, suffix)
 
     if len(parts) == 1:
-        run(parts[0])
+        skipped = run(parts[0])
     else:
         with ThreadPoolExecutor(len(parts)) as pool:
-            list(pool.map(run, parts))
-    return heap_i, heap_v
+            skipped = sum(pool.map(run, parts))
+    return heap_i, heap_v, skipped
 
 
 def _scan_users(
@@ -347,8 +462,13 @@ def _scan_users(
     block_T16: list[Any] | None,
     block_norm: list[float],
     precision: str,
-) -> None:
-    """All item blocks for one slice of users: GEMM (torch, releases the GIL) then one scan."""
+    suffix: _Suffix | None,
+) -> int:
+    """All item blocks for one slice of users: GEMM (torch, releases the GIL) then one scan.
+
+    With ``suffix`` (pruning) finished users leave before each block and the GEMM shrinks to
+    the rest; returns how many (user, item) scores were never computed.
+    """
     import torch
 
     from ._heapscan import bf16_keys, scan_exact, scan_screened
@@ -363,14 +483,30 @@ def _scan_users(
         key = (width, dtype)
         if key not in bufs:
             bufs[key] = torch.empty((Ub.shape[0], width), dtype=dtype)
-        return bufs[key]
+        return bufs[key][: act.shape[0]]
 
+    b = Ub.shape[0]
+    n_items = Ip.shape[0]
+    act = np.arange(b, dtype=np.int64)  # users still in the batch
+    Ua, Ua16 = Ut, Ut16
+    ubound = _UserBound.of(Ub) if suffix is not None else None
+    skipped = 0
     for bi, (j0, j1) in enumerate(blocks):
+        if ubound is not None and bi > 0:
+            live = ubound.live(act, heap_v[act, 0], suffix, bi)
+            if not live.all():
+                act = act[live]
+                Ua = torch.from_numpy(Ub[act])
+                Ua16 = to_bf16(Ub[act]) if Ut16 is not None else None
+            skipped += (b - act.shape[0]) * (j1 - j0)
+            if act.shape[0] == 0:
+                skipped += b * (n_items - j1)
+                break
         if precision == "bf16" and bi > 0:
-            out16 = torch.mm(Ut16, block_T16[bi], out=buf(j1 - j0, torch.bfloat16))
-            lim = heap_v[:, 0] - np.float32(BF16_REL_ERROR) * unorm * np.float32(block_norm[bi])
+            out16 = torch.mm(Ua16, block_T16[bi], out=buf(j1 - j0, torch.bfloat16))
+            lim = heap_v[act, 0] - np.float32(BF16_REL_ERROR) * unorm[act] * np.float32(block_norm[bi])
             scan_screened(out16.view(torch.int16).numpy(), bf16_keys(lim), Ub, Ip, j0, heap_v, heap_i,
-                          seen_ptr, seen_idx)
+                          seen_ptr, seen_idx, act)
         elif bi == 0:
             # Seed the heaps with a plain top-k of the first block (sorted ascending is a
             # valid min-heap); pushing 4096 scores one by one into empty heaps is slower.
@@ -380,13 +516,16 @@ def _scan_users(
                 rows = np.repeat(np.arange(Ub.shape[0]), np.diff(seen_ptr))
                 inside = (seen_idx >= j0) & (seen_idx < j1)
                 Sn[rows[inside], seen_idx[inside] - j0] = -np.inf
+            # A stable sort, not topk: among tied scores the earlier item must make the cut
+            # (topk's choice is unspecified); ascending (score, -column) is a valid heap.
             m = min(heap_v.shape[1], j1 - j0)
-            top_v, top_i = torch.topk(S, m, dim=1, largest=True, sorted=True)
+            top_v, top_i = _top_stable(S, m)
             heap_v[:, heap_v.shape[1] - m:] = top_v.numpy()[:, ::-1]
             heap_i[:, heap_i.shape[1] - m:] = (top_i.numpy()[:, ::-1] + j0)
         else:
-            S = torch.mm(Ut, block_T[bi], out=buf(j1 - j0, torch.float32)).numpy()
-            scan_exact(S, j0, heap_v, heap_i, seen_ptr, seen_idx)
+            S = torch.mm(Ua, block_T[bi], out=buf(j1 - j0, torch.float32)).numpy()
+            scan_exact(S, j0, heap_v, heap_i, seen_ptr, seen_idx, act)
+    return skipped
 
 
 @functools.cache
@@ -406,6 +545,18 @@ def _resolve_kernel(kernel: str) -> str:
     if kernel not in ("numba", "torch"):
         raise LocalFMError(f"kernel: expected 'auto', 'numba' or 'torch', got {kernel!r}")
     return kernel
+
+
+def _top_stable(S: Any, m: int) -> tuple[Any, Any]:
+    """The m best of each row, best first; among equal scores the leftmost (earliest-visited) wins.
+
+    This is the engine's tie rule, shared with the heap scan; ``torch.topk`` leaves the
+    choice among ties unspecified, a stable descending sort does not.
+    """
+    import torch
+
+    v, pos = torch.sort(S, dim=1, descending=True, stable=True)
+    return v[:, :m].contiguous(), pos[:, :m].contiguous()
 
 
 def _isin_sorted(query: Any, sorted_keys: Any) -> Any:
@@ -443,6 +594,7 @@ def top_x(
     precision: str = "auto",
     progress_desc: str | None = None,
     kernel: str = "auto",
+    prune: bool = True,
 ) -> TopX:
     """Exact top-``k`` items by inner product for every user row, best first.
 
@@ -452,6 +604,9 @@ def top_x(
     bfloat16 GEMM and a proven error bound, then re-scores survivors in float32;
     ``"auto"`` picks bf16 when the CPU has native bf16 dot products. Both give the
     exact float32 top-k. ``threads`` caps torch's intra-op threads while it runs.
+    ``prune`` (default on) stops each user once no remaining item can reach its k-th
+    score (see the module docstring): the same ids, fewer scores computed;
+    ``TopX.skipped / TopX.total`` says how many were skipped.
     """
     parts = list(
         iter_top_x(
@@ -465,6 +620,7 @@ def top_x(
             precision=precision,
             progress_desc=progress_desc,
             kernel=kernel,
+            prune=prune,
         )
     )
     kk = min(validate_k(k), np.asarray(items).shape[0])
@@ -473,6 +629,8 @@ def top_x(
     return TopX(
         scores=np.concatenate([p.scores for _, p in parts]),
         ids=np.concatenate([p.ids for _, p in parts]),
+        skipped=sum(p.skipped for _, p in parts),
+        total=sum(p.total for _, p in parts),
     )
 
 

@@ -149,3 +149,174 @@ def test_matches_faiss_flat_ip():
     res = top_x(U, I, 100, block_size=512)
     np.testing.assert_allclose(res.scores, D, rtol=1e-5, atol=1e-4)
     assert (np.sort(res.ids, axis=1) == np.sort(L, axis=1)).mean() > 0.999
+
+
+# ---------------------------------------------------------------- pruning: identical ids to brute force
+#
+# Vectors are rounded to 8-bit mantissas on a power-of-two grid, so every float32 product
+# and sum (d <= 65) is exact whatever order a GEMM or a kernel adds them in: scores are then
+# exactly the float64 brute-force scores, and "identical ids" is well defined, ties included.
+
+MODES = ["fp32", "bf16"]
+
+
+def _exact_grid(X: np.ndarray) -> np.ndarray:
+    step = 2.0 ** np.ceil(np.log2(np.abs(X).max() / 255.0))
+    return (np.round(X / step) * step).astype(np.float32)
+
+
+def _brute_tie_rule(U, I, k, exclude=None):
+    """The engine's documented rule by plain numpy: best score first; among equal scores the item
+    visited earlier (larger norm, then smaller row) makes the cut; the kept ones come back by
+    (score, item row)."""
+    S = U.astype(np.float64) @ I.astype(np.float64).T
+    if exclude is not None:
+        S[exclude.toarray() != 0] = -np.inf
+    norms = np.sqrt(np.einsum("ij,ij->i", I, I, dtype=np.float64))
+    visit = np.empty(I.shape[0], np.int64)
+    visit[np.argsort(-norms, kind="stable")] = np.arange(I.shape[0])
+    kk = min(k, I.shape[0])
+    ids = np.full((U.shape[0], kk), -1, np.int64)
+    for r in range(U.shape[0]):
+        cut = np.lexsort((visit, -S[r]))[:kk]
+        cut = cut[np.isfinite(S[r, cut])]
+        ids[r, : cut.size] = cut[np.lexsort((cut, -S[r, cut]))]
+    return ids
+
+
+def _trained_fm_vectors(path, factors=8, epochs=3):
+    """[V_u, 1] user and [V_i, w_i] item vectors of a binary FM trained on a ratings file (rating >= 4)."""
+    from localfm.fm.model import FactorizationMachine
+
+    D = np.loadtxt(path, dtype=np.int64, usecols=(0, 1, 2))
+    u, i = D[:, 0] - 1, D[:, 1] - 1
+    nu, ni, n = int(u.max()) + 1, int(i.max()) + 1, D.shape[0]
+    X = sp.csr_matrix((np.ones(2 * n, np.float32), (np.repeat(np.arange(n), 2), np.column_stack([u, nu + i]).ravel())),
+                      shape=(n, nu + ni))
+    fm = FactorizationMachine(feature_dim=nu + ni, num_factors=factors, predictor_type="binary_classifier",
+                              epochs=epochs, mini_batch_size=200, seed=1).fit(X, (D[:, 2] >= 4).astype(np.float32))
+    V, w = np.asarray(fm.V_, np.float64), np.asarray(fm.w_, np.float64)
+    U = np.hstack([V[:nu], np.ones((nu, 1))]).astype(np.float32)
+    I = np.hstack([V[nu:], w[nu:, None]]).astype(np.float32)
+    return U, I
+
+
+@pytest.fixture(scope="module")
+def trained_vectors():
+    """A tiny FM on the embedded ml-synthetic ratings (always present, no ../shared needed)."""
+    from pathlib import Path
+
+    return _trained_fm_vectors(Path(__file__).resolve().parents[2] / "data" / "ml-synthetic" / "u.data")
+
+
+def _seen(U, I, density, seed):
+    ex = sp.random(U.shape[0], I.shape[0], density=density, random_state=seed, format="csr")
+    ex.data[:] = 1
+    return ex
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("kernel", KERNELS)
+@pytest.mark.parametrize("with_exclusions", [False, True])
+def test_pruned_ids_identical_to_brute_force_on_trained_fm(trained_vectors, mode, kernel, with_exclusions):
+    U, I = (_exact_grid(X) for X in trained_vectors)
+    ex = _seen(U, I, 0.05, 7) if with_exclusions else None
+    res = top_x(U, I, 20, exclude=ex, precision=mode, kernel=kernel, batch_size=256, block_size=64)
+    np.testing.assert_array_equal(res.ids, _brute_tie_rule(U, I, 20, ex))
+    # Trained FM vectors are where the bound bites: a good share of the scores is never computed.
+    assert res.total == U.shape[0] * I.shape[0]
+    assert 0.2 < res.skipped_fraction < 1.0
+    off = top_x(U, I, 20, exclude=ex, precision=mode, kernel=kernel, batch_size=256, block_size=64, prune=False)
+    np.testing.assert_array_equal(off.ids, res.ids)
+    assert off.skipped == 0 and off.skipped_fraction == 0.0
+
+
+@pytest.mark.slow
+def test_pruning_on_the_real_ml100k_model(ml100k_dir):
+    """The raw (unrounded) float32 vectors of a real ml-100k FM: the same ids pruned or not, most scores skipped."""
+    U, I = _trained_fm_vectors(ml100k_dir / "u.data", factors=16, epochs=3)
+    res = top_x(U, I, 100, precision="fp32")
+    np.testing.assert_array_equal(res.ids, top_x(U, I, 100, precision="fp32", prune=False).ids)
+    _assert_same_ranking(res, U, I, 100)
+    assert res.skipped_fraction > 0.3
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("kernel", KERNELS)
+@pytest.mark.parametrize("with_exclusions", [False, True])
+def test_pruned_ids_identical_to_brute_force_on_random_fm_shaped(mode, kernel, with_exclusions):
+    U, I = _fm_like(150, 900, d=17, seed=11)
+    U, I = _exact_grid(U), _exact_grid(I)
+    ex = _seen(U, I, 0.1, 8) if with_exclusions else None
+    res = top_x(U, I, 30, exclude=ex, precision=mode, kernel=kernel, batch_size=64, block_size=50)
+    np.testing.assert_array_equal(res.ids, _brute_tie_rule(U, I, 30, ex))
+    assert res.skipped > 0  # lognormal item norms: some users stop before the last block
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("kernel", KERNELS)
+@pytest.mark.parametrize("with_exclusions", [False, True])
+@pytest.mark.parametrize("k", [5, 40, 200])
+def test_pruned_ties_and_k_beyond_the_catalogue(mode, kernel, with_exclusions, k):
+    """Few distinct small-integer values: scores tie massively, and several items share each norm,
+    so the cut falls inside runs of equal scores; k = 200 exceeds the 120 items."""
+    rng = np.random.default_rng(5)
+    U = rng.integers(-1, 3, (40, 6)).astype(np.float32)
+    U[:, -1] = 1
+    I = rng.integers(-1, 2, (120, 6)).astype(np.float32)
+    I[:30] *= 3  # a high-norm head, so pruning has something to cut after it
+    ex = _seen(U, I, 0.2, 9) if with_exclusions else None
+    res = top_x(U, I, k, exclude=ex, precision=mode, kernel=kernel, batch_size=16, block_size=8)
+    want = _brute_tie_rule(U, I, k, ex)
+    np.testing.assert_array_equal(res.ids, want)
+    assert res.ids.shape == (40, min(k, 120))
+    if k == 5:
+        assert res.skipped > 0
+
+
+def test_pruning_bound_holds_for_a_non_fm_last_column():
+    """The bound is Cauchy-Schwarz plus the last column exactly: valid for any vectors, here users
+    whose last entry is negative and varies (not the FM's constant 1) and items with a wide last column."""
+    rng = np.random.default_rng(12)
+    U = _exact_grid(rng.standard_normal((60, 9)).astype(np.float32))
+    I = rng.standard_normal((500, 9)) * rng.lognormal(0, 1.0, (500, 1))
+    I[:, -1] = rng.normal(0, 4, 500)
+    I = _exact_grid(I.astype(np.float32))
+    res = top_x(U, I, 10, precision="fp32", block_size=32)
+    np.testing.assert_array_equal(res.ids, _brute_tie_rule(U, I, 10))
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("kernel", KERNELS)
+@pytest.mark.parametrize("sign", [1.0, -1.0])
+def test_pruning_bound_is_tight_where_it_must_be(mode, kernel, sign):
+    """Visit order A, B, T (one item per block). After A the k-th (k=1) score is 2. A bound without
+    the last column (1 < 2), or one from block B alone (0 - 9 < 2), would stop the user before T,
+    whose score 6 is the answer; the exact suffix bound is 1 + 5 = 6 >= 2. ``sign`` flips the last
+    column of user and items, so the bound must use the smallest remaining last entry (w_min)."""
+    U = np.array([[1, 0, 0, sign]], np.float32)
+    I = np.array([[0, 10, 0, 2 * sign], [0, 0, 0, -9 * sign], [1, 0, 0, 5 * sign]], np.float32)
+    res = top_x(U, I, 1, precision=mode, kernel=kernel, block_size=1)
+    assert res.ids.tolist() == [[2]] and res.scores.tolist() == [[6.0]]
+    assert res.skipped == 0  # the bound never fell below 2
+    # With a decoy in place of T the user stops right after A: the two later scores are skipped.
+    I[2] = [0, 0, 0, 1 * sign]
+    res = top_x(U, I, 1, precision=mode, kernel=kernel, block_size=1)
+    assert res.ids.tolist() == [[0]] and res.skipped == 2 and res.total == 3
+
+
+def test_recommend_summary_reports_the_skipped_fraction(trained_vectors):
+    """`localfm recommend`'s JSON summary carries the engine's skipped fraction for the exact path."""
+    from localfm.recommend.recommend import rank
+    from localfm.recommend.vectors import Repackaged
+
+    U, I = trained_vectors
+    rep = Repackaged(user_ids=np.arange(U.shape[0]), user_vectors=U, user_constants=np.zeros(U.shape[0]),
+                     item_ids=np.arange(I.shape[0]), item_vectors=I, predictor_type="binary_classifier")
+    recs = rank(rep, k=10, batch_size=128, precision="fp32")
+    list(recs)
+    want = top_x(U, I, 10, batch_size=128, precision="fp32")
+    assert recs.stats.scores_total == U.shape[0] * I.shape[0] == want.total
+    assert recs.stats.scores_skipped == want.skipped > 0
+    assert recs.summary()["skipped_fraction"] == round(want.skipped_fraction, 4)
