@@ -109,7 +109,7 @@ def write_json(doc: Any, path: str | Path) -> None:
 def plot_systems(results: Mapping[str, Mapping[str, Any]], ks: Sequence[int], out_dir: str | Path,
                  *, filename: str = "evaluate.png", title: str = "localfm evaluate") -> Path:
     """``DIR/evaluate.png``: a bar per system for every metric and k, 95% intervals as error bars."""
-    from ..parity.plots import _pyplot, _save
+    from ..plotting import pyplot, save_png
 
     out = Path(out_dir)
     if out.exists() and not out.is_dir():
@@ -118,7 +118,7 @@ def plot_systems(results: Mapping[str, Mapping[str, Any]], ks: Sequence[int], ou
         out.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise LocalFMError(f"{out}: cannot create the directory ({exc.strerror or exc})") from None
-    plt = _pyplot()
+    plt = pyplot()
     names = list(results)
     fig, axes = plt.subplots(len(ks), len(METRICS), figsize=(3.2 * len(METRICS), 2.8 * len(ks)), squeeze=False)
     colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
@@ -137,5 +137,5 @@ def plot_systems(results: Mapping[str, Mapping[str, Any]], ks: Sequence[int], ou
     fig.suptitle(f"{title}: systems side by side (95% bootstrap intervals over users)")
     fig.tight_layout()
     path = out / filename
-    _save(fig, path)
+    save_png(fig, path)
     return path

@@ -76,7 +76,7 @@ def configure_threads() -> int:
     return n
 
 
-def _faiss():  # noqa: ANN202 - the faiss module
+def load_faiss():  # noqa: ANN202 - the faiss module
     import faiss
 
     if not _THREADS_SET:
@@ -230,7 +230,7 @@ class KNNIndex:
         return scores, ids
 
     def _set_search_params(self, k: int) -> None:
-        faiss = _faiss()
+        faiss = load_faiss()
         idx = self.faiss_index
         if self.index_type in ("faiss.IVFFlat", "faiss.IVFPQ"):
             faiss.extract_index_ivf(idx).nprobe = min(self.nprobe, faiss.extract_index_ivf(idx).nlist)
@@ -274,7 +274,7 @@ class KNNIndex:
         spread norms. HNSW: exact search of its flat storage. Counted in
         ``search_stats["refilled"]``.
         """
-        faiss = _faiss()
+        faiss = load_faiss()
         self.search_stats["refilled"] += int(prepared.shape[0])
         if self.index_type == "faiss.HNSW":
             storage = faiss.downcast_index(self.faiss_index.storage)
@@ -317,7 +317,7 @@ class KNNIndex:
 
     def index_bytes(self) -> bytes:
         """``faiss.serialize_index`` bytes: the content of SageMaker's ``model_algo-1``."""
-        return _faiss().serialize_index(self.faiss_index).tobytes()
+        return load_faiss().serialize_index(self.faiss_index).tobytes()
 
     def to_bytes(self) -> bytes:
         """Self-contained bytes (magic, JSON meta, FAISS index) for :meth:`from_bytes`."""
@@ -341,7 +341,7 @@ class KNNIndex:
             except (UnicodeDecodeError, json.JSONDecodeError) as exc:
                 raise LocalFMError(f"{where}: corrupt index metadata ({exc})") from None
             data = data[off + 8 + n:]
-        faiss = _faiss()
+        faiss = load_faiss()
         try:
             raw = faiss.deserialize_index(np.frombuffer(data, dtype=np.uint8).copy())
         except Exception as exc:  # FAISS raises RuntimeError with a C++ message
@@ -353,7 +353,7 @@ class KNNIndex:
 
     @classmethod
     def _from_faiss(cls, idx: Any, meta: dict[str, Any], *, where: str) -> KNNIndex:
-        faiss = _faiss()
+        faiss = load_faiss()
         kind = _faiss_kind(idx)
         faiss_metric = "L2" if idx.metric_type == faiss.METRIC_L2 else "INNER_PRODUCT"
         metric = str(meta.get("index_metric") or faiss_metric)
@@ -409,7 +409,7 @@ class KNNIndex:
 
 
 def _faiss_kind(idx: Any) -> str:
-    faiss = _faiss()
+    faiss = load_faiss()
     if isinstance(idx, faiss.IndexHNSW):
         return "faiss.HNSW"
     if isinstance(idx, faiss.IndexIVFPQ):
@@ -465,7 +465,7 @@ def build_index(
         )
     if nprobe < 1:
         raise LocalFMError(f"nprobe: expected a positive integer, got {nprobe}")
-    faiss = _faiss()
+    faiss = load_faiss()
     out = KNNIndex(
         faiss_index=None,
         index_type=index_type,
@@ -622,7 +622,7 @@ def choose_nprobe(
     chosen value) and ``tried`` (``[{"nprobe", "recall"}]`` in the order tried).
     """
     _check_tunable(index, target)
-    nlist = int(_faiss().extract_index_ivf(index.faiss_index).nlist)
+    nlist = int(load_faiss().extract_index_ivf(index.faiss_index).nlist)
     tried: dict[int, float] = {}
     passed: dict[int, bool] = {}
 

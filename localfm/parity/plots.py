@@ -10,32 +10,13 @@ from pathlib import Path
 
 import numpy as np
 
-from ..io.atomic import atomic_write
+from ..plotting import pyplot, save_png
 from .compare import Comparison
-
-
-def _pyplot():  # noqa: ANN202 - matplotlib module
-    import matplotlib
-
-    matplotlib.use("Agg", force=True)
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
-def _save(fig, path: Path) -> None:  # noqa: ANN001 - matplotlib Figure
-    """Write the PNG atomically and always close the figure: pyplot keeps every open
-    figure alive, so one that failed to save would otherwise leak for the whole process."""
-    try:
-        with atomic_write(path, "wb") as fh:
-            fig.savefig(fh, format="png", dpi=100, bbox_inches="tight")
-    finally:
-        _pyplot().close(fig)
 
 
 def plot_training(comp: Comparison, path: Path) -> Path:
     """One panel per metric: cloud and local curves per epoch, test values as markers."""
-    plt = _pyplot()
+    plt = pyplot()
     curves = comp.series.get("curves", {})
     names = [n for n, c in curves.items() if any(v is not None for v in c["cloud"])]
     fig, axes = plt.subplots(1, max(1, len(names)), figsize=(5 * max(1, len(names)), 4), squeeze=False)
@@ -58,20 +39,20 @@ def plot_training(comp: Comparison, path: Path) -> Path:
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
     fig.suptitle("training curves: cloud vs local")
-    _save(fig, path)
+    save_png(fig, path)
     return path
 
 
 def plot_overlap(comp: Comparison, path: Path) -> Path:
     """Histogram of per-query overlap@k."""
-    plt = _pyplot()
+    plt = pyplot()
     ov = np.asarray(comp.series["overlap"], dtype=float)
     fig, ax = plt.subplots(figsize=(6, 4))
     ax.hist(ov, bins=np.linspace(0, 1, 21), edgecolor="black")
     ax.set_xlabel(f"overlap@{comp.summary.get('k')}")
     ax.set_ylabel("queries")
     ax.set_title(f"k-NN overlap: mean {ov.mean():.4f}, min {ov.min():.4f} ({len(ov)} queries)")
-    _save(fig, path)
+    save_png(fig, path)
     return path
 
 
@@ -81,7 +62,7 @@ def plot_scatter(comp: Comparison, path: Path) -> Path:
     For recorded scores (a few cloud rows) a second panel shows the local score
     histogram with the recorded cloud scores marked, which is the distribution claim.
     """
-    plt = _pyplot()
+    plt = pyplot()
     c = np.asarray(comp.series["cloud_scores"], dtype=float)
     lo = np.asarray(comp.series["local_scores"], dtype=float)
     has_dist = "local_all" in comp.series
@@ -107,7 +88,7 @@ def plot_scatter(comp: Comparison, path: Path) -> Path:
         ax2.set_ylabel("density")
         ax2.set_title("score distribution")
         ax2.legend(fontsize=8)
-    _save(fig, path)
+    save_png(fig, path)
     return path
 
 

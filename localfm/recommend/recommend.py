@@ -346,7 +346,7 @@ def recommend_all(
     >>> recs = recommend_all("model.tar.gz", "data/features.json", k=20, exclude_seen=True)  # doctest: +SKIP
     >>> summary = recs.write("recommendations.sqlite")  # doctest: +SKIP
     """
-    opts = _options(options, k, option_fields)
+    opts = resolve_options(options, k, option_fields)
     rep, seen, item_rows = prepare_inputs(model, features, users=users, unknown_users=unknown_users,
                                           exclude_seen=exclude_seen, interactions=interactions,
                                           allow_items=allow_items, deny_items=deny_items)
@@ -384,7 +384,7 @@ def prepare_inputs(
     return rep, seen, item_rows
 
 
-def _options(options: RecommendOptions | None, k: int | None, fields: dict[str, Any]) -> RecommendOptions:
+def resolve_options(options: RecommendOptions | None, k: int | None, fields: dict[str, Any]) -> RecommendOptions:
     base = options if options is not None else RecommendOptions()
     if k is not None:
         fields = {**fields, "k": k}
@@ -410,7 +410,7 @@ def rank(
     approximate index: building it, tuning nprobe, measuring recall into
     ``stats.recall``) happens as the result is iterated.
     """
-    opts = _options(options, None, option_fields)
+    opts = resolve_options(options, None, option_fields)
     if opts.sigmoid and rep.predictor_type not in ("binary_classifier", None):
         raise LocalFMError(f"sigmoid: applies to binary_classifier models, this one is {rep.predictor_type}",
                            param="sigmoid")
@@ -449,14 +449,14 @@ def _stream(rep: Repackaged, U: np.ndarray, I: np.ndarray, seen: sp.csr_matrix |
         import torch  # noqa: F401 - imported before the clock starts: seconds measure ranking, not imports
 
         t0 = time.perf_counter()
-        source = _exact_iter(U, I, k, seen, opts.batch_size, opts.threads, opts.precision, stats)
+        source = exact_batches(U, I, k, seen, opts.batch_size, opts.threads, opts.precision, stats)
     else:
         configure_threads()
         t0 = time.perf_counter()
         idx = approx_index(U, I, seen, opts, stats)
-        source = _index_iter(idx, U, k, seen, opts.batch_size, I.shape[0])
+        source = index_batches(idx, U, k, seen, opts.batch_size, I.shape[0])
     for first, ids in source:
-        yield _to_batch(rep, first, ids, item_rows, opts.sigmoid)
+        yield to_result_batch(rep, first, ids, item_rows, opts.sigmoid)
     stats.seconds = time.perf_counter() - t0
 
 
@@ -492,7 +492,7 @@ def approx_index(U: np.ndarray, I: np.ndarray, seen: sp.csr_matrix | None, opts:
 # ---------------------------------------------------------------- ranking
 
 
-def _to_batch(
+def to_result_batch(
     rep: Repackaged, first: int, ids: np.ndarray, item_rows: np.ndarray, sigmoid: bool
 ) -> ResultBatch:
     """Result rows for users ``first..first+len(ids)``; ``ids`` index ``item_rows`` (-1 = none)."""
@@ -507,11 +507,11 @@ def _to_batch(
     return ResultBatch(user_id=rep.user_ids[urow], rank=rank_.astype(np.int32), item_id=rep.item_ids[irow], score=score)
 
 
-def _exact_iter(
+def exact_batches(
     U: np.ndarray, I: np.ndarray, k: int, seen: sp.csr_matrix | None, batch_size: int, threads: int, precision: str,
     stats: RecommendStats | None = None,
 ) -> Iterator[tuple[int, np.ndarray]]:
-    """(first user row, ids) per batch from the exact engine: the same shape :func:`_index_iter` yields,
+    """(first user row, ids) per batch from the exact engine: the same shape :func:`index_batches` yields,
     so ranking, recall references and tuning share one consumer. ``stats`` (when given) counts the
     scores the engine's pruning skipped."""
     for first, part in iter_top_x(
@@ -523,7 +523,7 @@ def _exact_iter(
         yield first, part.ids
 
 
-def _index_iter(
+def index_batches(
     index: Any, U: np.ndarray, k: int, seen: sp.csr_matrix | None, batch_size: int, n_items: int
 ) -> Iterator[tuple[int, np.ndarray]]:
     """Search an approximate index per user batch, over-fetching to survive exclusions."""
@@ -588,12 +588,12 @@ class _Reference:
         if todo.size:
             ss = self.seen[todo] if self.seen is not None else None
             if kind == "fm":
-                got = np.concatenate([ids for _, ids in _exact_iter(self.U[todo], self.I, self.k, ss, 1024,
+                got = np.concatenate([ids for _, ids in exact_batches(self.U[todo], self.I, self.k, ss, 1024,
                                                                     self.threads, "auto")])
             else:
                 if self._flat is None:
                     self._flat = build_index(self.I, index_type="faiss.Flat", index_metric=self.metric)
-                got = np.concatenate([ids for _, ids in _index_iter(self._flat, self.U[todo], self.k, ss, 1024,
+                got = np.concatenate([ids for _, ids in index_batches(self._flat, self.U[todo], self.k, ss, 1024,
                                                                     self.I.shape[0])])
             cache.update(zip(todo.tolist(), got))
         return np.stack([cache[r] for r in rows.tolist()]) if rows.size else np.empty((0, self.k), np.int64)
@@ -604,7 +604,7 @@ class _Reference:
 
     def approx(self, idx: Any, rows: np.ndarray) -> np.ndarray:
         ss = self.seen[rows] if self.seen is not None else None
-        return np.concatenate([ids for _, ids in _index_iter(idx, self.U[rows], self.k, ss, 1024, self.I.shape[0])])
+        return np.concatenate([ids for _, ids in index_batches(idx, self.U[rows], self.k, ss, 1024, self.I.shape[0])])
 
 
 def _tune_nprobe(idx: Any, ref: _Reference, *, target: float, tune_users: int,

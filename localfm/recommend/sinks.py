@@ -94,7 +94,7 @@ def _check_table(table: str) -> str:
     return table
 
 
-def _id_kind(ids: np.ndarray) -> str:
+def id_kind(ids: np.ndarray) -> str:
     return "int" if np.asarray(ids).dtype.kind in "iu" else "text"
 
 
@@ -114,7 +114,7 @@ def open_sink(
 ) -> Iterator[Writer]:
     """Yield ``write(batch)``; on normal exit the results replace the previous ones atomically.
 
-    ``*_id_kind`` is ``"int"`` or ``"text"`` (the column types). ``lock_timeout`` is how
+    ``*id_kind`` is ``"int"`` or ``"text"`` (the column types). ``lock_timeout`` is how
     long to wait for a database another process holds before giving up (exit 2).
     """
     kind = sink_kind(target)

@@ -12,7 +12,7 @@ Why it looks like this:
 * **No shuffle.** Each user's already-rated items travel in the user's own row
   (``seen list<int32>`` of candidate-item positions), so exclusion is local.
 * **The same arithmetic.** Actors call the single-process pieces
-  (:func:`localfm.recommend.recommend._exact_iter` / ``_index_iter`` / ``_to_batch``) on their
+  (:func:`localfm.recommend.recommend.exact_batches` / ``index_batches`` / ``to_result_batch``) on their
   users, so results equal ``localfm.recommend.recommend.recommend(...)`` row for row.
 * **Nothing half-written; resumable.** Actors write result parts into a staging directory
   (each part atomically, named by its first user row, so a retried task overwrites its own
@@ -49,14 +49,14 @@ from ..recommend.recommend import (
     EXACT,
     RecommendOptions,
     RecommendStats,
-    _exact_iter,
-    _index_iter,
-    _options,
-    _to_batch,
+    exact_batches,
+    index_batches,
+    resolve_options,
+    to_result_batch,
     approx_index,
     rank,
 )
-from ..recommend.sinks import ResultBatch, _id_kind, open_sink, redact, sink_kind
+from ..recommend.sinks import ResultBatch, id_kind, open_sink, redact, sink_kind
 from ..recommend.vectors import Repackaged
 from .cluster import actor_slots, connect, parse_cluster
 
@@ -145,7 +145,7 @@ def recommend_on_cluster(
     ``target`` is untouched then.
     """
     parse_cluster(cluster)
-    opts = _options(options, None, option_fields)
+    opts = resolve_options(options, None, option_fields)
     # rank() checks the inputs and fills the stats skeleton; it ranks nothing until iterated,
     # and it is never iterated here: the ranking happens on the cluster.
     recs = rank(rep, opts, seen=seen, item_rows=item_rows)
@@ -428,7 +428,7 @@ class _Job:
                     "precision": self.opts.precision, "sigmoid": self.opts.sigmoid,
                     "predictor_type": self.rep.predictor_type,
                     "parts_dir": str(self.parts_dir), "shard_users": self.shard_users, "layout": self.layout,
-                    "user_kind": _id_kind(self.rep.user_ids), "hook": batch_hook,
+                    "user_kind": id_kind(self.rep.user_ids), "hook": batch_hook,
                 },
             },
             batch_size=self.opts.batch_size,
@@ -463,7 +463,7 @@ class _Job:
         if self.layout == "nested":
             _swap_dir(self.parts_dir, Path(self.out))
         else:
-            kinds = {"user_id_kind": _id_kind(self.rep.user_ids), "item_id_kind": _id_kind(self.item_ids)}
+            kinds = {"user_id_kind": id_kind(self.rep.user_ids), "item_id_kind": id_kind(self.item_ids)}
             with open_sink(self.out, table=self.table, lock_timeout=self.lock_timeout, **kinds) as write:
                 for first, _ in parts:
                     write(_explode(self.parts_dir / _part_name(first)))
@@ -529,9 +529,9 @@ class _Ranker:
         self.all_rows = np.arange(self.items.shape[0], dtype=np.int64)
         self.index = None
         if side["index"] is not None:
-            from ..knn.index import KNNIndex, _faiss
+            from ..knn.index import KNNIndex, load_faiss
 
-            _faiss().omp_set_num_threads(int(config["threads"]))
+            load_faiss().omp_set_num_threads(int(config["threads"]))
             self.index = KNNIndex.from_bytes(side["index"].tobytes(), where="broadcast index")
         kind = self.item_ids.dtype.kind
         if kind in "iu":
@@ -578,13 +578,13 @@ class _Ranker:
         rep = Repackaged(user_ids=uids, user_vectors=U, user_constants=part.column("const").to_numpy(),
                          item_ids=self.item_ids, item_vectors=self.items, predictor_type=cfg["predictor_type"])
         if self.index is None:
-            source = _exact_iter(U, self.items, cfg["k"], seen, cfg["batch_size"], cfg["threads"], cfg["precision"])
+            source = exact_batches(U, self.items, cfg["k"], seen, cfg["batch_size"], cfg["threads"], cfg["precision"])
         else:
-            source = _index_iter(self.index, U, cfg["k"], seen, cfg["batch_size"], self.items.shape[0])
+            source = index_batches(self.index, U, cfg["k"], seen, cfg["batch_size"], self.items.shape[0])
         counts = np.zeros(n, dtype=np.int64)
         item_chunks, score_chunks = [], []
         for b0, ids in source:
-            res = _to_batch(rep, b0, ids, self.all_rows, cfg["sigmoid"])
+            res = to_result_batch(rep, b0, ids, self.all_rows, cfg["sigmoid"])
             counts[b0:b0 + ids.shape[0]] = (ids >= 0).sum(axis=1)
             item_chunks.append(res.item_id)
             score_chunks.append(res.score)

@@ -19,6 +19,7 @@ from typing import Any
 
 from ...errors import LocalFMError
 from ...io.atomic import atomic_outputs
+from ...plotting import pyplot, save_png
 from .config import TuningConfig
 
 FIXED_COLUMNS = ("TrainingJobName", "TrainingJobStatus", "FinalObjectiveValue", "TrainingStartTime",
@@ -85,11 +86,7 @@ def _write_parquet(path: Path, config: TuningConfig, columns: list[str], table: 
 
 
 def _plot(path: Path, config: TuningConfig, table: list[dict[str, Any]]) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(7, 4))
     sign = 1.0 if config.objective.maximize else -1.0
     for status, marker in (("Completed", "o"), ("Stopped", "x")):
@@ -115,8 +112,7 @@ def _plot(path: Path, config: TuningConfig, table: list[dict[str, Any]]) -> None
     if ax.get_legend_handles_labels()[0]:  # no completed or stopped job: nothing to label
         ax.legend()
     fig.tight_layout()
-    fig.savefig(path, format="png", dpi=100)
-    plt.close(fig)
+    save_png(fig, path)
 
 
 def write_outputs(config: TuningConfig, study: Any, trials: list[Any], out_dir: Path, job: str) -> dict[str, Any] | None:
