@@ -128,7 +128,7 @@ def resolve_threads(hp: Mapping[str, Any], cores: int | None = None, load: float
     not depend on it, only the speed. ``auto``: :data:`AUTO_THREADS_MAX` (at most
     ``cores``) when ``mini_batch_size`` >= :data:`AUTO_THREADS_MIN_BATCH` and the 1-minute
     load average leaves a core idle beside this process (``load`` < cores - 0.5), else 1.
-    Why: each batch hands work to the threads twice; a 200-row batch (~0.1 ms of work)
+    Why: each batch hands work to the threads three times; a 200-row batch (~0.1 ms of work)
     cannot amortise that, and on an oversubscribed machine a hand-off waits for a time
     slice: on the shared 2-core box (load 3-7) two threads were never faster than one and
     up to 3x slower. ``cores`` / ``load`` default to this process's affinity and

@@ -536,7 +536,7 @@ def step_factors(kind: str, t_first: int, n_batches: int, lr_scale: float) -> np
 def _passive_omp_wait() -> None:
     """Let idle OpenMP workers sleep instead of spinning, unless the user chose otherwise.
 
-    Why: the parallel epoch hands work to its threads twice per batch. With GNU OpenMP's
+    Why: the parallel epoch hands work to its threads three times per batch. With GNU OpenMP's
     default (spin, then sleep) a spinning worker on an oversubscribed machine steals the
     time slice its partner needs: measured on the shared 2-core box (load ~3) ~900 us per
     hand-off against ~13 us with ``OMP_WAIT_POLICY=passive``, i.e. 2 threads 5-40x slower
