@@ -478,7 +478,8 @@ def _scratch(indptr, order, batch_size, n_batches, k1):  # noqa: ANN001, ANN202 
 
 
 @njit(cache=True, error_model="numpy")
-def _batch_tail(b, U, gs, bias, use_bias, kind, bias_lr, bias_wd, clip, use_clip, eps, coefs, lr_scale):  # noqa: ANN001, ANN202, PLR0913
+def _batch_tail(b, gs, bias, use_bias, kind, bias_lr, bias_wd, clip, use_clip, eps, coefs,
+                lr_scale):  # noqa: ANN001, ANN202, PLR0913 - numba
     """The bias step of batch ``b``: its gradient summed over the batch rows in order (float64, as before)."""
     if use_bias:
         gsum = 0.0
@@ -517,7 +518,7 @@ def train_epoch_parallel(  # noqa: ANN201, PLR0913
         for u in prange(U):
             _column_update(u, P, cols[:U], colptr, lst, qrow, val, gs, S, G, slot, kind, lr, wd, decay, ncoef,
                            lr_scale, eps, use_clip, clip, prefetch)
-        _batch_tail(b, U, gs, bias, use_bias, kind, bias_lr, bias_wd, clip, use_clip, eps, coefs, lr_scale)
+        _batch_tail(b, gs, bias, use_bias, kind, bias_lr, bias_wd, clip, use_clip, eps, coefs, lr_scale)
 
 
 # ----------------------------------------------------------------------------- driver
