@@ -406,20 +406,26 @@ def _forward_row(i, indptr, indices, order, base, P, rowptr, inv, val, nrm, S, g
 
 
 @njit(cache=True, error_model="numpy")
-def _batch_lists(U, nz, cnt, inv, colptr, fill, lst):  # noqa: ANN001, ANN202 - numba
-    """Serial pass 2: each slot's nonzeros in batch-row order (a counting sort of ``inv``)."""
+def _batch_lists(U, nz, cnt, inv, qrow, val, colptr, fill, lrow, lval):  # noqa: ANN001, ANN202 - numba
+    """Serial pass 2: each slot's nonzeros in batch-row order (a counting sort of ``inv``).
+
+    Slot ``u``'s nonzeros are ``colptr[u]:colptr[u+1]`` of ``lrow`` (their batch rows) and
+    ``lval`` (their values), copied so the column pass reads them sequentially.
+    """
     colptr[0] = 0
     for u in range(U):
         colptr[u + 1] = colptr[u] + cnt[u]
         fill[u] = colptr[u]
     for q in range(nz):
         u = inv[q]
-        lst[fill[u]] = q
-        fill[u] += 1
+        a = fill[u]
+        lrow[a] = qrow[q]
+        lval[a] = val[q]
+        fill[u] = a + 1
 
 
 @njit(cache=True, error_model="numpy", inline="always")
-def _column_update(u, P, cols, colptr, lst, qrow, val, gs, S, G, slot, kind, lr, wd, decay, ncoef, lr_scale, eps,
+def _column_update(u, P, cols, colptr, lrow, lval, gs, S, G, slot, kind, lr, wd, decay, ncoef, lr_scale, eps,
                    use_clip, clip, prefetch):  # noqa: ANN001, ANN202, PLR0913 - numba
     """Gradient and optimizer step of the batch's distinct column ``u`` (lazy update: touched rows only).
 
@@ -437,14 +443,14 @@ def _column_update(u, P, cols, colptr, lst, qrow, val, gs, S, G, slot, kind, lr,
         Gu[f] = np.float32(0.0)
     cc = np.float32(0.0)
     for a in range(colptr[u], colptr[u + 1]):
-        q = lst[a]
-        i = qrow[q]
-        gx = gs[i] * val[q]
+        i = lrow[a]
+        x = lval[a]
+        gx = gs[i] * x
         Si = S[i]
         for f in range(k):
             Gu[f] += gx * Si[f]
         Gu[k] += gx
-        cc += gx * val[q]
+        cc += gx * x
     Wc = P[c, 0]
     Mc = P[c, 1]
     Vc = P[c, 2]
@@ -466,15 +472,16 @@ def _scratch(indptr, order, batch_size, n_batches, k1):  # noqa: ANN001, ANN202 
             row = order[(b * batch_size + i) % n]
             cnt += indptr[row + 1] - indptr[row]
         max_nnz = max(max_nnz, cnt)
-    ints = np.empty((6, max_nnz + 1), np.int64)  # cols, cnt, inv, qrow, colptr, fill / lst below
-    lst = np.empty(max_nnz, np.int64)
+    ints = np.empty((6, max_nnz + 1), np.int64)  # cols, cnt, inv, qrow, colptr, fill
+    lrow = np.empty(max_nnz, np.int64)
+    lval = np.empty(max_nnz, np.float32)
     nrm = np.empty(max_nnz, np.float32)
     val = np.empty(max_nnz, np.float32)
     G = np.empty((max_nnz, k1), np.float32)
     S = np.empty((batch_size, k1), np.float32)
     gs = np.empty(batch_size, np.float32)
     rowptr = np.empty(batch_size + 1, np.int64)
-    return ints, lst, nrm, val, G, S, gs, rowptr
+    return ints, lrow, lval, nrm, val, G, S, gs, rowptr
 
 
 @njit(cache=True, error_model="numpy")
@@ -501,7 +508,7 @@ def train_epoch_parallel(  # noqa: ANN201, PLR0913
     """
     n_batches = scores_out.shape[0] // batch_size
     prefetch = P.size * 4 > PREFETCH_MIN_BYTES
-    ints, lst, nrm, val, G, S, gs, rowptr = _scratch(indptr, order, batch_size, n_batches, P.shape[2])
+    ints, lrow, lval, nrm, val, G, S, gs, rowptr = _scratch(indptr, order, batch_size, n_batches, P.shape[2])
     cols, cnt, inv, qrow, colptr, fill = ints[0], ints[1], ints[2], ints[3], ints[4], ints[5]
     for b in range(n_batches):
         base = b * batch_size
@@ -513,10 +520,10 @@ def train_epoch_parallel(  # noqa: ANN201, PLR0913
         for i in prange(batch_size):
             _forward_row(i, indptr, indices, order, base, P, rowptr, inv, val, nrm, S, gs, scores_out, labels_out, w0,
                          use_bias, binary, rescale, False)
-        _batch_lists(U, nz, cnt, inv, colptr, fill, lst)
+        _batch_lists(U, nz, cnt, inv, qrow, val, colptr, fill, lrow, lval)
         ncoef = -coefs[b]
         for u in prange(U):
-            _column_update(u, P, cols[:U], colptr, lst, qrow, val, gs, S, G, slot, kind, lr, wd, decay, ncoef,
+            _column_update(u, P, cols[:U], colptr, lrow, lval, gs, S, G, slot, kind, lr, wd, decay, ncoef,
                            lr_scale, eps, use_clip, clip, prefetch)
         _batch_tail(b, gs, bias, use_bias, kind, bias_lr, bias_wd, clip, use_clip, eps, coefs, lr_scale)
 
