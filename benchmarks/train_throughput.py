@@ -16,9 +16,23 @@ samples it actually processed — its per-step cost is constant, so a partial ep
 measures the same rate as a full one, at a fraction of the benchmark's time). Plus one full epoch on the synthetic set for the
 "ML-25M-shaped epoch ≤ 15 s" target, extrapolated linearly to 25M rows when a
 reduced row count ran.
+
+Run as a module, it compares the numba engine's thread counts side by side instead
+(``_local_threads``; :func:`compare_threads`)::
+
+    python -m benchmarks.train_throughput --threads 1,2 --data ml100k --batch 1000 --repeat 5
+    python -m benchmarks.train_throughput --threads 1,2 --data synthetic --rows 25000095 --batch 5000
+
+It prints one JSON object: per thread count the median wall and CPU time of one
+epoch's ``fit``, samples/s, the speedup over the first count, whether the weights
+are byte-identical to the first count's, and the load average before and after.
+Run it alone: on a loaded machine extra threads wait for time slices.
 """
 from __future__ import annotations
 
+import argparse
+import json
+import os
 import statistics
 import time
 from typing import Any
@@ -237,3 +251,73 @@ def tables(payload: dict[str, Any]) -> str:
             f"{le[m]['epoch_s_at_25M_extrapolated']:.0f} s scaled to 25M rows)"
             for m in ("localfm_fast", "localfm_sagemaker", "localfm_sagemaker_torch") if m in le) + ".")
     return "\n".join(lines) + "\n"
+
+
+# ----------------------------------------------------------------------------- threads, side by side
+def compare_threads(data: Ratings, threads: list[int], num_factors: int, batch: int, repeat: int,
+                    extra: dict[str, Any] | None = None) -> dict[str, Any]:
+    """One-epoch ``fit`` per thread count of the numba engine, interleaved ``repeat`` times.
+
+    Interleaving (1, 2, 1, 2, ...) lets a neighbour's load burst hit every count alike. A
+    warm-up fit per count loads the compiled functions first (numba's cache), so compile
+    time is not throughput.
+    """
+    FM = fm_class()
+    X, y = data.onehot(), data.binary()
+    hp = dict(feature_dim=X.shape[1], num_factors=num_factors, predictor_type="binary_classifier", epochs=1,
+              mini_batch_size=batch, seed=0, _local_engine="numba", **(extra or {}))
+    small = data.subset(min(len(data), 2 * batch))
+    for t in threads:
+        FM(**hp, _local_threads=t).fit(small.onehot(), small.binary())
+    walls: dict[int, list[float]] = {t: [] for t in threads}
+    cpus: dict[int, list[float]] = {t: [] for t in threads}
+    weights: dict[int, bytes] = {}
+    load_before = os.getloadavg()
+    for _ in range(repeat):
+        for t in threads:
+            model = FM(**hp, _local_threads=t)
+            w0, c0 = time.perf_counter(), time.process_time()
+            model.fit(X, y)
+            walls[t].append(time.perf_counter() - w0)
+            cpus[t].append(time.process_time() - c0)
+            weights.setdefault(t, model.V_.tobytes() + model.w_.tobytes())
+    out: dict[str, Any] = {"rows": len(data), "feature_dim": X.shape[1], "num_factors": num_factors,
+                           "mini_batch_size": batch, "repeat": repeat, "load_average_before": load_before,
+                           "cores": os.cpu_count(), "runs": {}}
+    base = statistics.median(walls[threads[0]])
+    for t in threads:
+        wall = statistics.median(walls[t])
+        out["runs"][str(t)] = {"wall_s_median": wall, "cpu_s_median": statistics.median(cpus[t]),
+                               "wall_s_runs": walls[t], "cpu_s_runs": cpus[t],
+                               "samples_per_s": len(data) / wall, f"speedup_vs_{threads[0]}": base / wall,
+                               f"same_bytes_as_{threads[0]}": weights[t] == weights[threads[0]]}
+    out["load_average_after"] = os.getloadavg()
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--threads", default="1,2", help="comma-separated thread counts (default 1,2)")
+    ap.add_argument("--data", choices=("ml100k", "synthetic"), default="ml100k",
+                    help="ml-100k ua.base, or the ML-25M-shaped synthetic set")
+    ap.add_argument("--rows", type=int, default=1_000_000, help="rows of the synthetic set (default 1M)")
+    ap.add_argument("--batch", type=int, default=1000, help="mini_batch_size (default 1000)")
+    ap.add_argument("--factors", type=int, default=64, help="num_factors (default 64)")
+    ap.add_argument("--repeat", type=int, default=3, help="interleaved repeats; medians are quoted (default 3)")
+    ap.add_argument("--sgd", action="store_true", help="the fast mode's optimizer (sgd) instead of the cloud's Adam")
+    args = ap.parse_args(argv)
+    threads = [int(t) for t in args.threads.split(",")]
+    cfg = BenchConfig()
+    if args.data == "ml100k":
+        data, _ = ml100k_split(cfg, "ua")
+    else:
+        data = synthetic_ratings(args.rows, seed=cfg.seed)
+    extra = {"_local_optimizer": "sgd", "_learning_rate": 100.0} if args.sgd else None
+    res = compare_threads(data, threads, args.factors, args.batch, args.repeat, extra)
+    res["data"] = args.data
+    print(json.dumps(res, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

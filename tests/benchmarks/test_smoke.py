@@ -202,3 +202,18 @@ def test_presets_and_bad_mode():
 def test_cli_rejects_bad_sizes_with_exit_2(capsys):
     assert main(["--smoke", "--rows", "0"]) == 2
     assert "--rows" in capsys.readouterr().err
+
+
+def test_train_throughput_compares_thread_counts(capsys):
+    """``python -m benchmarks.train_throughput --threads 1,2``: one row per count, bytes compared, load recorded."""
+    from benchmarks.data import synthetic_ratings
+    from benchmarks.train_throughput import compare_threads
+
+    data = synthetic_ratings(3000, 300, 200, seed=0)
+    res = compare_threads(data, [1, 2], num_factors=4, batch=1000, repeat=1)
+    assert list(res["runs"]) == ["1", "2"] and res["rows"] == 3000
+    for run in res["runs"].values():
+        assert run["same_bytes_as_1"] is True
+        assert run["wall_s_median"] > 0 and run["cpu_s_median"] >= 0 and len(run["wall_s_runs"]) == 1
+    assert res["runs"]["1"]["speedup_vs_1"] == 1.0
+    assert len(res["load_average_before"]) == len(res["load_average_after"]) == 3

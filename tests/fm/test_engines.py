@@ -66,14 +66,15 @@ OPTIONS = [
 ]
 
 
+@pytest.mark.parametrize("threads", ["1", "2"])
 @pytest.mark.parametrize("options", OPTIONS)
 @pytest.mark.parametrize("ptype", ["binary_classifier", "regressor"])
-def test_numba_matches_torch(ptype, options):
+def test_numba_matches_torch(ptype, options, threads):
     X, rng = _ragged()
     y = _labels(ptype, X.shape[0], rng)
     # 157 rows in batches of 20: 8 batches, the last one padded with rows 0..2
     hp = dict(feature_dim=X.shape[1], num_factors=6, predictor_type=ptype, epochs=4, mini_batch_size=20,
-              factors_lr="0.01", linear_lr="0.01", factors_init_sigma="0.1", **options)
+              factors_lr="0.01", linear_lr="0.01", factors_init_sigma="0.1", _local_threads=threads, **options)
     a, b = _both(hp, X, y)
     _assert_same(a, b)
 
@@ -306,3 +307,107 @@ def test_loading_a_model_for_inference_loads_no_engine():
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr[-2000:]
+
+
+# ----------------------------------------------------------------------------- threads
+def _fingerprint(fm):
+    return (fm.V_.tobytes(), fm.w_.tobytes(), np.float32(fm.w0_).tobytes(), fm.history_.train_metrics_per_epoch)
+
+
+@pytest.fixture
+def parallel_calls(monkeypatch):
+    """Counts the parallel epoch's calls, so a thread test cannot pass on the serial path alone."""
+    from localfm.fm.engines import numba as engine
+
+    calls = []
+    real = engine.train_epoch_parallel
+
+    def spy(*args):
+        calls.append(args[5])  # batch_size
+        return real(*args)
+
+    monkeypatch.setattr(engine, "train_epoch_parallel", spy)
+    return calls
+
+
+@pytest.mark.parametrize("options", [OPTIONS[0], OPTIONS[1], OPTIONS[2]])
+def test_threads_give_the_same_bytes(options, parallel_calls):
+    """1 thread (the serial function) and 2 threads (the parallel one) agree to the byte.
+
+    Batch sizes 7 / 20 / 64 / 200 over 157 rows: padded last batches (3, 3, 35 and 43 rows
+    wrapped), and one batch larger than the data.
+    """
+    X, rng = _ragged()
+    y = _labels("binary_classifier", X.shape[0], rng)
+    for batch in (7, 20, 64, 200):
+        hp = dict(feature_dim=X.shape[1], num_factors=6, predictor_type="binary_classifier", epochs=3,
+                  mini_batch_size=batch, factors_lr="0.01", linear_lr="0.01", factors_init_sigma="0.1",
+                  _local_engine="numba", **options)
+        runs = [FactorizationMachine(seed=2, _local_threads=t, **hp).fit(X, y) for t in ("1", "2")]
+        assert _fingerprint(runs[0]) == _fingerprint(runs[1]), batch
+    assert parallel_calls.count(200) == 3 + 1  # 3 epochs + the compile-only call: the 2-thread runs went parallel
+
+
+def test_threads_on_a_large_table_give_the_same_bytes(parallel_calls):
+    """The prefetching path (table > PREFETCH_MIN_BYTES) of the parallel epoch, batch 1000 with a padded tail."""
+    d, k, n = 40_000, 31, 2500
+    rng = np.random.default_rng(7)
+    rows = np.repeat(np.arange(n), 2)
+    cols = np.stack([rng.integers(0, 500, n), rng.integers(500, d, n)], axis=1).reshape(-1)
+    X = sp.csr_matrix((np.ones(2 * n, np.float32), (rows, cols)), shape=(n, d))
+    y = _labels("regressor", n, rng)
+    hp = dict(feature_dim=d, num_factors=k, predictor_type="regressor", epochs=2, mini_batch_size=1000,
+              _local_engine="numba")
+    a, b = (FactorizationMachine(seed=0, _local_threads=t, **hp).fit(X, y) for t in (1, 2))
+    assert _fingerprint(a) == _fingerprint(b)
+    assert parallel_calls
+
+
+@pytest.mark.slow
+def test_three_threads_give_the_same_bytes_as_one_and_two():
+    """numba's pool is sized at import (NUMBA_NUM_THREADS, the core count): 3 real threads need a fresh process."""
+    import subprocess
+    import sys
+
+    code = (
+        "import hashlib, numpy as np, scipy.sparse as sp\n"
+        "from numba import config\n"
+        "from localfm.fm import FactorizationMachine\n"
+        "assert config.NUMBA_NUM_THREADS == 3\n"
+        "rng = np.random.default_rng(0)\n"
+        "X = sp.random(1013, 300, density=0.01, format='csr', dtype=np.float32, random_state=1)\n"
+        "y = (rng.random(1013) < 0.5).astype(np.float32)\n"
+        "for batch in (50, 256):\n"
+        "    h = set()\n"
+        "    for t in (1, 2, 3):\n"
+        "        fm = FactorizationMachine(feature_dim=300, num_factors=8, predictor_type='binary_classifier',\n"
+        "                                  epochs=2, mini_batch_size=batch, seed=0, _local_threads=t,\n"
+        "                                  _local_engine='numba').fit(X, y)\n"
+        "        h.add(hashlib.sha256(fm.V_.tobytes() + fm.w_.tobytes() + np.float32(fm.w0_).tobytes()).hexdigest())\n"
+        "    assert len(h) == 1, (batch, h)\n"
+        "print('ok')\n"
+    )
+    import os
+
+    env = {**os.environ, "NUMBA_NUM_THREADS": "3"}
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, env=env)
+    assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr[-2000:]
+
+
+def test_local_threads_validation_and_auto():
+    base = dict(feature_dim=5, num_factors=2, predictor_type="regressor")
+    for bad in ("0", "-1", "two", "1.5", "257"):
+        with pytest.raises(LocalFMError, match=r"hyperparameter '_local_threads': expected an integer in \[1, 256\] "
+                                               r"or 'auto'"):
+            FactorizationMachine(**base, _local_threads=bad).check_params()
+    hp = FactorizationMachine(**base).check_params()
+    assert hp["_local_threads"] == "auto"
+    assert FactorizationMachine(**base, _local_threads="3").check_params()["_local_threads"] == 3
+    big = {**hp, "mini_batch_size": engines.AUTO_THREADS_MIN_BATCH}
+    small = {**hp, "mini_batch_size": engines.AUTO_THREADS_MIN_BATCH - 1}
+    assert engines.resolve_threads(big, cores=2, load=0.3) == 2
+    assert engines.resolve_threads(big, cores=16, load=0.3) == engines.AUTO_THREADS_MAX
+    assert engines.resolve_threads(small, cores=2, load=0.3) == 1  # too little work per batch
+    assert engines.resolve_threads(big, cores=1, load=0.0) == 1
+    assert engines.resolve_threads(big, cores=2, load=1.6) == 1  # no idle core to run on
+    assert engines.resolve_threads({**small, "_local_threads": 3}, cores=1, load=9.0) == 3  # explicit: as given

@@ -25,27 +25,33 @@ Semantics reproduced step for step from the torch engine:
   come from :mod:`localfm.fm.optim` (the step sizes evaluated in Python and passed
   in, so ``pow`` rounding is identical too).
 
-The compiled functions are serial: deterministic (seeded runs give identical bytes),
-and they leave the other core free; a batch of 200 rows x 2 nonzeros is too little
-work to split across threads profitably. numba freezes module globals such as
+Two compiled epochs: :func:`train_epoch` (serial, one pass per batch; used at one
+thread, so a single-threaded run never starts numba's OpenMP pool) and
+:func:`train_epoch_parallel` (``_local_threads`` > 1), which splits each batch's rows
+and distinct columns over threads without summing anything across them, so it gives
+the serial function's bytes at any thread count: seeded runs are identical whatever
+the threads. A batch of 200 rows x 2 nonzeros is too little work to split profitably
+(:func:`localfm.fm.engines.resolve_threads`). numba freezes module globals such as
 ``BETA1`` into its on-disk cache (``cache=True``), which is keyed on this file: if
 the constants in optim.py ever change, touch this file too.
 """
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
 import scipy.sparse as sp
 from llvmlite import ir
-from numba import njit
+from numba import config as numba_config
+from numba import njit, prange, set_num_threads
 from numba.core import cgutils, types
 from numba.extending import intrinsic
 
 from ...errors import LocalFMError
 from ..optim import BETA1, BETA2, OptimizerConfig, adam_coefficient, optimizer_config
-from . import NUMBA_OPTIMIZERS, OnBatch
+from . import NUMBA_OPTIMIZERS, OnBatch, resolve_threads
 
 #: optimizer codes of the compiled step (``_local_optimizer`` values)
 OPTIMIZERS = {name: code for code, name in enumerate(NUMBA_OPTIMIZERS)}
@@ -305,6 +311,223 @@ def train_epoch(  # noqa: ANN201, PLR0913, PLR0912, PLR0915 - one flat loop on p
             _bias_step(bias, gsum, kind, bias_lr, bias_wd, clip, use_clip, eps, coefs[b], lr_scale)
 
 
+# ----------------------------------------------------------------------------- parallel epoch
+# train_epoch_parallel computes what train_epoch does, to the byte, with each batch's
+# rows and distinct columns spread over numba's threads. Nothing is summed across
+# threads: a thread owns whole outputs (a row's forward, a column's gradient and step)
+# and sums in batch-row order, as train_epoch does, so neither the thread count nor the
+# scheduling changes a bit (tests/fm/test_engines.py checks 1, 2 and 3 threads against
+# the serial function). Two serial O(nnz) integer passes per batch build the index lists
+# the threads need; the table rows are read only by the threads.
+@njit(cache=True, error_model="numpy")
+def _batch_slots(indptr, indices, data, y, order, base, batch_size, slot, cols, cnt, inv, val, qrow, rowptr,
+                 labels_out, prefetch):  # noqa: ANN001, ANN202, PLR0913 - numba
+    """Serial pass 1 of a batch: give each new column a slot (first-seen order), list the nonzeros.
+
+    Writes, per nonzero ``q`` in batch-row order, its slot ``inv[q]``, value ``val[q]`` and
+    batch row ``qrow[q]``; per slot its column ``cols[u]`` and nonzero count ``cnt[u]``;
+    ``rowptr`` (batch row -> first nonzero) and the labels. Returns (distinct columns, nonzeros).
+    No table row is read here (the threads fetch them): O(nnz) integer work, cheap enough
+    to stay serial.
+    """
+    n = order.shape[0]
+    nz = 0
+    U = 0
+    for i in range(batch_size):
+        if prefetch:
+            ahead = order[(base + i + PREFETCH_AHEAD) % n]
+            for p in range(indptr[ahead], indptr[ahead + 1]):
+                _prefetch(slot, (indices[p],))
+        row = order[(base + i) % n]
+        rowptr[i] = nz
+        labels_out[base + i] = y[row]
+        for p in range(indptr[row], indptr[row + 1]):
+            c = indices[p]
+            u = slot[c]
+            if u < 0:
+                u = U
+                slot[c] = U
+                cols[U] = c
+                cnt[U] = 0
+                U += 1
+            inv[nz] = u
+            val[nz] = data[p]
+            qrow[nz] = i
+            cnt[u] += 1
+            nz += 1
+    rowptr[batch_size] = nz
+    return U, nz
+
+
+@njit(cache=True, error_model="numpy", inline="always")
+def _column_norm(u, P, cols, nrm, prefetch):  # noqa: ANN001, ANN202 - numba
+    """``nrm[u] = |v_c|^2`` of distinct column ``u`` (the parallel driver's replacement for the serial pass's)."""
+    if prefetch and u + PREFETCH_AHEAD < cols.shape[0]:
+        _prefetch_row(P, cols[u + PREFETCH_AHEAD])
+    nrm[u] = _sumsq(P[cols[u], 0], P.shape[2] - 1)
+
+
+@njit(cache=True, error_model="numpy", inline="always")
+def _forward_row(i, indptr, indices, order, base, P, rowptr, inv, val, nrm, S, gs, scores_out, labels_out, w0,
+                 use_bias, binary, rescale, prefetch):  # noqa: ANN001, ANN202, PLR0913 - numba
+    """Forward of batch row ``i`` on the pre-update weights: ``S_i``, its score and ``g_i``.
+
+    ``S_i = sum_j x_ij [v_j | w_j]``; independent across rows, so any thread may run any row.
+    """
+    n = order.shape[0]
+    k1 = P.shape[2]
+    k = k1 - 1
+    if prefetch:
+        ahead = order[(base + i + PREFETCH_AHEAD) % n]
+        for p in range(indptr[ahead], indptr[ahead + 1]):
+            _prefetch_row(P, indices[p])
+    row = order[(base + i) % n]
+    Si = S[i]
+    for f in range(k1):
+        Si[f] = np.float32(0.0)
+    sq = np.float32(0.0)
+    q = rowptr[i]
+    for p in range(indptr[row], indptr[row + 1]):
+        Wc = P[indices[p], 0]
+        x = val[q]
+        q += 1
+        for f in range(k1):
+            Si[f] += x * Wc[f]
+        sq += (x * x) * nrm[inv[q - 1]]
+    s = (_sumsq(Si, k) - sq) * np.float32(0.5) + Si[k]
+    if use_bias:
+        s = s + w0
+    scores_out[base + i] = s
+    if binary:
+        out = np.float32(1.0) / (np.float32(1.0) + np.exp(-s))
+    else:
+        out = s
+    gs[i] = (out - labels_out[base + i]) * rescale
+
+
+@njit(cache=True, error_model="numpy")
+def _batch_lists(U, nz, cnt, inv, qrow, val, colptr, fill, lrow, lval):  # noqa: ANN001, ANN202 - numba
+    """Serial pass 2: each slot's nonzeros in batch-row order (a counting sort of ``inv``).
+
+    Slot ``u``'s nonzeros are ``colptr[u]:colptr[u+1]`` of ``lrow`` (their batch rows) and
+    ``lval`` (their values), copied so the column pass reads them sequentially.
+    """
+    colptr[0] = 0
+    for u in range(U):
+        colptr[u + 1] = colptr[u] + cnt[u]
+        fill[u] = colptr[u]
+    for q in range(nz):
+        u = inv[q]
+        a = fill[u]
+        lrow[a] = qrow[q]
+        lval[a] = val[q]
+        fill[u] = a + 1
+
+
+@njit(cache=True, error_model="numpy", inline="always")
+def _column_update(u, P, cols, colptr, lrow, lval, gs, S, G, slot, kind, lr, wd, decay, ncoef, lr_scale, eps,
+                   use_clip, clip, prefetch):  # noqa: ANN001, ANN202, PLR0913 - numba
+    """Gradient and optimizer step of the batch's distinct column ``u`` (lazy update: touched rows only).
+
+    ``dv = sum_i g_i x_i S_i - v sum_i g_i x_i^2``, ``dw = sum_i g_i x_i``, summed over the
+    column's nonzeros in batch-row order. Each column is owned by one call, so its sum
+    order, and therefore its bytes, do not depend on which thread runs it or how many there are.
+    """
+    k1 = P.shape[2]
+    k = k1 - 1
+    if prefetch and u + PREFETCH_AHEAD < cols.shape[0]:
+        _prefetch_row(P, cols[u + PREFETCH_AHEAD])
+    c = cols[u]
+    Gu = G[u]
+    for f in range(k1):
+        Gu[f] = np.float32(0.0)
+    cc = np.float32(0.0)
+    for a in range(colptr[u], colptr[u + 1]):
+        i = lrow[a]
+        x = lval[a]
+        gx = gs[i] * x
+        Si = S[i]
+        for f in range(k):
+            Gu[f] += gx * Si[f]
+        Gu[k] += gx
+        cc += gx * x
+    Wc = P[c, 0]
+    Mc = P[c, 1]
+    Vc = P[c, 2]
+    for f in range(k):
+        Gu[f] = Gu[f] - Wc[f] * cc
+    _step_range(kind, Gu[:k], Wc[:k], Mc[:k], Vc[:k], lr[0], wd[0], decay[0], ncoef, lr_scale, eps, use_clip, clip)
+    _step_range(kind, Gu[k:], Wc[k:], Mc[k:], Vc[k:], lr[k], wd[k], decay[k], ncoef, lr_scale, eps, use_clip, clip)
+    slot[c] = -1
+
+
+@njit(cache=True, error_model="numpy")
+def _scratch(indptr, order, batch_size, n_batches, k1):  # noqa: ANN001, ANN202 - numba
+    """The epoch's scratch buffers, sized once by the largest nonzero count of one (padded) batch."""
+    n = order.shape[0]
+    max_nnz = 1
+    for b in range(n_batches):
+        cnt = 0
+        for i in range(batch_size):
+            row = order[(b * batch_size + i) % n]
+            cnt += indptr[row + 1] - indptr[row]
+        max_nnz = max(max_nnz, cnt)
+    ints = np.empty((6, max_nnz + 1), np.int64)  # cols, cnt, inv, qrow, colptr, fill
+    lrow = np.empty(max_nnz, np.int64)
+    lval = np.empty(max_nnz, np.float32)
+    nrm = np.empty(max_nnz, np.float32)
+    val = np.empty(max_nnz, np.float32)
+    G = np.empty((max_nnz, k1), np.float32)
+    S = np.empty((batch_size, k1), np.float32)
+    gs = np.empty(batch_size, np.float32)
+    rowptr = np.empty(batch_size + 1, np.int64)
+    return ints, lrow, lval, nrm, val, G, S, gs, rowptr
+
+
+@njit(cache=True, error_model="numpy")
+def _batch_tail(b, gs, bias, use_bias, kind, bias_lr, bias_wd, clip, use_clip, eps, coefs,
+                lr_scale):  # noqa: ANN001, ANN202, PLR0913 - numba
+    """The bias step of batch ``b``: its gradient summed over the batch rows in order (float64, as before)."""
+    if use_bias:
+        gsum = 0.0
+        for i in range(gs.shape[0]):
+            gsum += gs[i]
+        _bias_step(bias, gsum, kind, bias_lr, bias_wd, clip, use_clip, eps, coefs[b], lr_scale)
+
+
+@njit(cache=True, error_model="numpy", parallel=True)
+def train_epoch_parallel(  # noqa: ANN201, PLR0913
+    indptr, indices, data, y, order, batch_size, P, lr, wd, decay, kind, clip, use_clip, eps, rescale,
+    binary, use_bias, bias, bias_lr, bias_wd, coefs, lr_scale, slot, scores_out, labels_out,
+):
+    """:func:`train_epoch` (same arguments, same bytes) on numba's threads (``numba.set_num_threads``).
+
+    Per batch: slots and nonzero lists (serial), the distinct columns' squared norms and
+    the rows' forward (parallel; they fetch the cold table rows), each column's nonzeros in
+    batch-row order (serial), the columns' gradient and lazy step (parallel), the bias step.
+    """
+    n_batches = scores_out.shape[0] // batch_size
+    prefetch = P.size * 4 > PREFETCH_MIN_BYTES
+    ints, lrow, lval, nrm, val, G, S, gs, rowptr = _scratch(indptr, order, batch_size, n_batches, P.shape[2])
+    cols, cnt, inv, qrow, colptr, fill = ints[0], ints[1], ints[2], ints[3], ints[4], ints[5]
+    for b in range(n_batches):
+        base = b * batch_size
+        U, nz = _batch_slots(indptr, indices, data, y, order, base, batch_size, slot, cols, cnt, inv, val, qrow,
+                             rowptr, labels_out, prefetch)
+        for u in prange(U):  # the (cold) table rows are fetched here, by all threads
+            _column_norm(u, P, cols[:U], nrm, prefetch)
+        w0 = bias[0]
+        for i in prange(batch_size):
+            _forward_row(i, indptr, indices, order, base, P, rowptr, inv, val, nrm, S, gs, scores_out, labels_out, w0,
+                         use_bias, binary, rescale, False)
+        _batch_lists(U, nz, cnt, inv, qrow, val, colptr, fill, lrow, lval)
+        ncoef = -coefs[b]
+        for u in prange(U):
+            _column_update(u, P, cols[:U], colptr, lrow, lval, gs, S, G, slot, kind, lr, wd, decay, ncoef,
+                           lr_scale, eps, use_clip, clip, prefetch)
+        _batch_tail(b, gs, bias, use_bias, kind, bias_lr, bias_wd, clip, use_clip, eps, coefs, lr_scale)
+
+
 # ----------------------------------------------------------------------------- driver
 def step_factors(kind: str, t_first: int, n_batches: int, lr_scale: float) -> np.ndarray:
     """Per-batch float32 step factors, exactly as the torch engine rounds them.
@@ -316,6 +539,19 @@ def step_factors(kind: str, t_first: int, n_batches: int, lr_scale: float) -> np
         return np.array([adam_coefficient(1.0, t) * lr_scale for t in range(t_first, t_first + n_batches)],
                         dtype=np.float32)
     return np.full(n_batches, lr_scale, dtype=np.float32)
+
+
+def _passive_omp_wait() -> None:
+    """Let idle OpenMP workers sleep instead of spinning, unless the user chose otherwise.
+
+    Why: the parallel epoch hands work to its threads three times per batch. With GNU OpenMP's
+    default (spin, then sleep) a spinning worker on an oversubscribed machine steals the
+    time slice its partner needs: measured on the shared 2-core box (load ~3) ~900 us per
+    hand-off against ~13 us with ``OMP_WAIT_POLICY=passive``, i.e. 2 threads 5-40x slower
+    than 1. libgomp reads the variable when numba first loads it (the first parallel
+    epoch), so a value set later, or already in the environment, wins.
+    """
+    os.environ.setdefault("OMP_WAIT_POLICY", "passive")
 
 
 def run_epoch(
@@ -331,12 +567,15 @@ def run_epoch(
     t_first: int,
     lr_scale: float,
     *,
+    threads: int = 1,
     dry_run: bool = False,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Train one epoch with :func:`train_epoch`; returns the (scores, labels) of every padded row.
 
     ``P`` (the run's table, float32 (d, 3, k+1)) and ``bias`` ([w0, m, v] float32)
     are updated in place; ``t_first`` is the optimizer step number of the first batch.
+    ``threads`` > 1 runs :func:`train_epoch_parallel` on that many of numba's threads
+    (capped at ``numba.config.NUMBA_NUM_THREADS``); the bytes are the same either way.
     ``dry_run`` runs zero batches: it only compiles (or loads from numba's cache) the
     function for these argument types, so the first epoch's logged throughput is not
     charged with compilation.
@@ -352,7 +591,12 @@ def run_epoch(
     clip = cfg.clip
     scores = np.empty(n_batches * batch_size, dtype=np.float32)
     labels = np.empty(n_batches * batch_size, dtype=np.float32)
-    train_epoch(
+    fn = train_epoch
+    if threads > 1:
+        fn = train_epoch_parallel
+        _passive_omp_wait()
+        set_num_threads(min(threads, numba_config.NUMBA_NUM_THREADS))
+    fn(
         X.indptr, X.indices, X.data, y, order.astype(np.int64, copy=False), int(batch_size), P,
         cfg.lr, cfg.wd, decay, OPTIMIZERS[cfg.kind], np.float32(clip if clip is not None else 0.0), clip is not None,
         np.float32(cfg.eps), np.float32(cfg.rescale), hp["predictor_type"] == "binary_classifier",
@@ -370,6 +614,7 @@ class NumbaRun:
         self.table = table
         self.cfg = optimizer_config(hp, table.shape[2] - 1)
         self.batch_size = int(hp["mini_batch_size"])
+        self.threads = resolve_threads(hp)
         self.bias = np.array([w0, 0.0, 0.0], dtype=np.float32)  # [w0, Adam m, Adam v]
         self.slot = np.full(table.shape[0], -1, dtype=np.int32)  # scratch of train_epoch
         self.t = 0  # optimizer steps so far
@@ -387,7 +632,7 @@ class NumbaRun:
         self.file_order = np.arange(X.shape[0], dtype=np.int64)
         if first:
             run_epoch(X, y, self.file_order, self.batch_size, self.table, self.bias, self.slot, self.hp, self.cfg,
-                      1, 1.0, dry_run=True)
+                      1, 1.0, threads=self.threads, dry_run=True)
 
     def epoch(
         self, order: np.ndarray | None, lr_scale: float, on_batch: OnBatch, every: int
@@ -395,7 +640,8 @@ class NumbaRun:
         assert self.X is not None and self.y is not None, "set_data() first"
         B = self.batch_size
         scores, labels = run_epoch(self.X, self.y, self.file_order if order is None else order, B, self.table,
-                                   self.bias, self.slot, self.hp, self.cfg, self.t + 1, lr_scale)
+                                   self.bias, self.slot, self.hp, self.cfg, self.t + 1, lr_scale,
+                                   threads=self.threads)
         n_batches = scores.shape[0] // B
         self.t += n_batches
         for bi in range(0, n_batches, every):
