@@ -112,7 +112,7 @@ def _describe_member(m: Any, where: str, values: bool) -> dict[str, Any]:
 
 def inspect_path(path: str, *, values: bool = False) -> dict[str, Any]:
     """The document ``localfm inspect --json`` prints (also usable from Python)."""
-    from ..io.artifacts import FM_PARAM_NAMES, _fm_parts, fm_from_artifact, open_artifact
+    from ..io.artifacts import FM_PARAM_NAMES, fm_parts, fm_from_artifact, open_artifact
 
     if _is_local_recordio(path):
         # Training data can be many GB: stream it through the RecordIO reader instead
@@ -131,7 +131,7 @@ def inspect_path(path: str, *, values: bool = False) -> dict[str, Any]:
     # Other layouts (KMeans, PCA, a tar without model_algo-1) are simply described;
     # an FM whose parameters are inconsistent is an error.
     try:
-        params, _, _ = _fm_parts(art)
+        params, _, _ = fm_parts(art)
     except LocalFMError:
         return doc
     if params.kind == "ndarray-list":

@@ -90,7 +90,7 @@ def _check_labels(y: Any, n: int, predictor_type: str, what: str) -> np.ndarray:
     return y
 
 
-def _labelled_rows(X: Any, y: Any, hp: Mapping[str, Any], what: str, *,
+def labelled_rows(X: Any, y: Any, hp: Mapping[str, Any], what: str, *,
                    need_rows: bool = False) -> tuple[sp.csr_matrix, np.ndarray]:
     """``X`` as canonical float32 CSR with ``feature_dim`` columns, and its checked labels."""
     X = _as_csr(X, what)
@@ -222,9 +222,9 @@ class FactorizationMachine:
         """
         hp = self.check_params()  # before reading data: bad values fail fast
         engine = engines.resolve_engine(hp)
-        X, y = _labelled_rows(X, y, hp, "training data", need_rows=True)
+        X, y = labelled_rows(X, y, hp, "training data", need_rows=True)
         if X_test is not None:
-            X_test, y_test = _labelled_rows(X_test, y_test, hp, "test data")
+            X_test, y_test = labelled_rows(X_test, y_test, hp, "test data")
         frac = hp["_local_validation_fraction"]
         if X_val is None and frac > 0:
             # A seeded random hold-out (its own stream, so init draws are unchanged);
@@ -242,7 +242,7 @@ class FactorizationMachine:
             X, X_val = X[train_rows], X[val_rows]
             y, y_val = y[train_rows], y[val_rows]
         if X_val is not None:
-            X_val, y_val = _labelled_rows(X_val, y_val, hp, "validation data")
+            X_val, y_val = labelled_rows(X_val, y_val, hp, "validation data")
         if hp["_local_early_stopping_patience"] and X_val is None:
             raise LocalFMError(
                 "hyperparameter '_local_early_stopping_patience' needs validation data "
@@ -281,9 +281,9 @@ class FactorizationMachine:
         best: tuple[float, int, tuple] | None = None
         bad_epochs = 0
         for epoch in progress(range(epochs), desc="train", unit="epoch"):
-            lr_scale = _schedule(hp["_local_lr_schedule"], epoch, epochs)
+            lr_scale = lr_schedule(hp["_local_lr_schedule"], epoch, epochs)
             if epoch_data is not None and epoch > 0:
-                X, y = _labelled_rows(*epoch_data(epoch), hp, f"epoch {epoch} training data", need_rows=True)
+                X, y = labelled_rows(*epoch_data(epoch), hp, f"epoch {epoch} training data", need_rows=True)
                 run.set_data(X, y)
             order = rng.permutation(X.shape[0]) if shuffle else None
 
@@ -300,7 +300,7 @@ class FactorizationMachine:
             log.epoch(epoch, acc.result(), X.shape[0], seconds)
             if X_val is not None:
                 W = table[:, 0]
-                vals = _evaluate(float(run.w0), W[:, k].copy(), W[:, :k].copy(), X_val, y_val, ptype)
+                vals = evaluate_weights(float(run.w0), W[:, k].copy(), W[:, :k].copy(), X_val, y_val, ptype)
                 log.validation(epoch, vals)
                 if patience:
                     key = "binary_classification_cross_entropy" if binary else "rmse"
@@ -327,7 +327,7 @@ class FactorizationMachine:
         self.w_ = np.ascontiguousarray(W_final[:, k])
         self.V_ = np.ascontiguousarray(W_final[:, :k])
         if X_test is not None:
-            log.test(_evaluate(self.w0_, self.w_, self.V_, X_test, y_test, ptype))
+            log.test(evaluate_weights(self.w0_, self.w_, self.V_, X_test, y_test, ptype))
         return self
 
     @staticmethod
@@ -437,13 +437,13 @@ class FactorizationMachine:
             raise LocalFMError("model is not trained: call fit() or load() first")
 
 
-def _evaluate(w0: float, w: np.ndarray, V: np.ndarray, X: sp.csr_matrix, y: np.ndarray, ptype: str) -> dict[str, float]:
+def evaluate_weights(w0: float, w: np.ndarray, V: np.ndarray, X: sp.csr_matrix, y: np.ndarray, ptype: str) -> dict[str, float]:
     acc = MetricAccumulator(ptype)
     acc.update(predict_scores(w0, w, V, X), y)
     return acc.result()
 
 
-def _schedule(kind: str, epoch: int, epochs: int) -> float:
+def lr_schedule(kind: str, epoch: int, epochs: int) -> float:
     """Local-only learning-rate multiplier for ``epoch`` (1.0 = cloud)."""
     if kind == "cosine":
         return 0.5 * (1.0 + math.cos(math.pi * epoch / epochs))

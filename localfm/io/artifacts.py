@@ -712,7 +712,7 @@ def read_members(uri: str | os.PathLike[str], names: Collection[str], *,
 # --------------------------------------------------------------------------- FM load / save
 
 
-def _fm_parts(art: Artifact) -> tuple[Member, Member | None, Member | None]:
+def fm_parts(art: Artifact) -> tuple[Member, Member | None, Member | None]:
     """(params, symbol, meta) members of an FM artifact, whatever the layout."""
     if art.layout == "checkpoint":
         sym, params = art.members
@@ -766,7 +766,7 @@ def load_fm(uri_or_file: str | os.PathLike[str] | IO[bytes], *, max_bytes: int |
 
 def fm_from_artifact(art: Artifact) -> FMWeights:
     """:class:`FMWeights` from an already opened :class:`Artifact` (see :func:`load_fm`)."""
-    params_m, sym_m, meta_m = _fm_parts(art)
+    params_m, sym_m, meta_m = fm_parts(art)
     where = f"{art.source}:{params_m.name}"
     if params_m.kind != "ndarray-list":
         raise LocalFMError(f"{where}: not an MXNet NDArray file")

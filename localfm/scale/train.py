@@ -40,7 +40,7 @@ import numpy as np
 
 from ..errors import LocalFMError
 from ..fm.metrics import MetricAccumulator, TrainingLog
-from ..fm.model import FactorizationMachine, _evaluate, _labelled_rows, _schedule, init_weights
+from ..fm.model import FactorizationMachine, evaluate_weights, labelled_rows, lr_schedule, init_weights
 from ..io.channels import channel_files, read_channel, read_files
 from .cluster import actor_slots, connect
 
@@ -182,7 +182,7 @@ class Instance:
         torch.set_num_threads(1)
         self.hp = hp
         X, y = read_files(files, channel, need_labels=True, feature_dim=hp["feature_dim"])
-        self.X, self.y = _labelled_rows(X, y, hp, f"{channel} (this instance's files)", need_rows=True)
+        self.X, self.y = labelled_rows(X, y, hp, f"{channel} (this instance's files)", need_rows=True)
         self.b = int(hp["mini_batch_size"])
         self.servers = servers
         # replicated path: the whole table here, updated with everyone's gradients
@@ -332,7 +332,7 @@ def train_on_cluster(
         holders = servers or workers
         t = 0
         for epoch in range(epochs):
-            lr_scale = _schedule(hp["_local_lr_schedule"], epoch, epochs)
+            lr_scale = lr_schedule(hp["_local_lr_schedule"], epoch, epochs)
             start = time.perf_counter()
             for step in range(steps):
                 t += 1
@@ -355,7 +355,7 @@ def train_on_cluster(
     model.w0_ = float(parts[0][1])
     model.w_, model.V_ = np.ascontiguousarray(W[:, k]), np.ascontiguousarray(W[:, :k])
     if X_test is not None:
-        values = _evaluate(model.w0_, model.w_, model.V_, X_test, y_test, ptype)
+        values = evaluate_weights(model.w0_, model.w_, model.V_, X_test, y_test, ptype)
         log.test(values)
         host_logs[0].test(values)
     return ClusterTraining(model=model, log=log, host_logs=host_logs, kv_servers=S, distribution=distribution,
