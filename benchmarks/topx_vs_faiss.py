@@ -40,7 +40,7 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--kind", choices=("fm", "gaussian"), default="fm")
-    ap.add_argument("--mode", choices=("auto", "fp32", "bf16"), default="auto")
+    ap.add_argument("--precision", choices=("auto", "fp32", "bf16"), default="auto")
     ap.add_argument("--kernel", choices=("auto", "numba", "torch"), default="auto")
     ap.add_argument("--batch-size", type=int, default=2048)
     ap.add_argument("--block-size", type=int, default=4096)
@@ -67,14 +67,14 @@ def main() -> None:
         t_faiss.append(time.perf_counter() - t)
         c_faiss.append(time.process_time() - c)
         t, c = time.perf_counter(), time.process_time()
-        res = top_x(U, I, args.k, threads=args.threads, precision=args.mode, batch_size=args.batch_size,
+        res = top_x(U, I, args.k, threads=args.threads, precision=args.precision, batch_size=args.batch_size,
                     block_size=args.block_size, kernel=args.kernel, prune=args.prune)
         t_ours.append(time.perf_counter() - t)
         c_ours.append(time.process_time() - c)
     same_sets = float(np.mean([len(np.intersect1d(a, b)) / args.k for a, b in zip(res.ids, L)]))
     print(json.dumps({
         "users": args.users, "items": args.items, "dim": args.dim, "k": args.k, "threads": args.threads,
-        "kind": args.kind, "mode": args.mode, "kernel": args.kernel, "prune": args.prune,
+        "kind": args.kind, "precision": args.precision, "kernel": args.kernel, "prune": args.prune,
         "skipped_fraction": round(res.skipped_fraction, 4),
         "faiss_s": round(min(t_faiss), 3), "engine_s": round(min(t_ours), 3),
         "speedup": round(min(t_faiss) / min(t_ours), 2),
