@@ -33,6 +33,8 @@ import numpy as np
 import scipy.sparse as sp
 
 from ..errors import LocalFMError
+from .features import FeatureSpace
+from .tabular import read_interactions
 
 _REJECTION_ROUNDS = 16
 
@@ -327,9 +329,6 @@ def epoch_sampler(features_json: str | Path) -> tuple[Callable[[int], tuple[sp.c
     ``rows``: the number of rows every epoch has (positives × (1 + negatives)), for a
     check against the training channel.
     """
-    from .features import FeatureSpace
-    from .tabular import read_interactions
-
     path = Path(features_json)
     space = FeatureSpace.load(path)
     if "implicit" not in space.extra:

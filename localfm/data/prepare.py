@@ -25,10 +25,11 @@ import numpy as np
 
 from ..errors import LocalFMError
 from ..io.atomic import atomic_outputs
+from ..io.recordio import write_sparse
 from ..progress import progress
 from .features import FeatureSpace, build_feature_space
 from .interactions import Interactions, make_labels, parse_label
-from .movielens import ItemTable, MovieLens, UserTable
+from .movielens import ItemTable, MovieLens, UserTable, load_movielens
 from .negatives import (
     STREAM_TEST,
     STREAM_TRAIN,
@@ -42,6 +43,7 @@ from .negatives import (
     stream,
 )
 from .splits import make_split, parse_split
+from .tabular import read_interactions
 
 OUTPUT_FILES = (
     "train.protobuf", "test.protobuf", "features.json", "train_interactions.parquet", "test_interactions.parquet",
@@ -272,8 +274,6 @@ def write_prepared(prepared: Prepared, out_dir: str | Path) -> list[Path]:
     If ``out_dir`` did not exist and writing fails, the directory is removed again so a
     failed run leaves nothing behind.
     """
-    from ..io.recordio import write_sparse
-
     out = Path(out_dir)
     if out.exists() and not out.is_dir():
         raise LocalFMError(f"out {out}: exists and is not a directory", param="out")
@@ -329,8 +329,6 @@ def _write_interactions(path: Path, rows: Interactions) -> None:
 
 def prepare_movielens(path: str | Path, options: Options, out_dir: str | Path | None = None) -> Prepared:
     """Read a MovieLens dataset (directory or .zip) and prepare it; write to ``out_dir`` if given."""
-    from .movielens import load_movielens
-
     # Validate cheap flags before reading anything (the layout decides grouplens_ok below).
     options.check(grouplens_ok=True)
     data: MovieLens = load_movielens(path)
@@ -361,8 +359,6 @@ def prepare_interactions(
     out_dir: str | Path | None = None,
 ) -> Prepared:
     """Read generic interactions (CSV/Parquet) and prepare them; write to ``out_dir`` if given."""
-    from .tabular import read_interactions
-
     options.check(grouplens_ok=False)
     if options.features != "ids":
         raise LocalFMError("features ids+side: generic interactions carry no side features (expected ids)", param="features")

@@ -27,8 +27,12 @@ from typing import Any
 import numpy as np
 import scipy.sparse as sp
 
+from ..data.features import FeatureSpace
 from ..data.tabular import read_interaction_file
 from ..errors import LocalFMError
+from ..io.artifacts import load_fm
+from ..recommend import repackage, top_x
+from ..recommend.topx import default_threads
 from .metrics import Metric, ranking_metrics
 
 DEFAULT_KS = (10, 100)
@@ -80,8 +84,6 @@ def load_protocol(
     ``*_interactions.parquet`` files ``localfm prepare`` writes, a MovieLens
     ``u.data``/``*.base``/``*.test`` file, or CSV/Parquet with user_id, item_id, rating.
     """
-    from ..data.features import FeatureSpace
-
     space = features_json if isinstance(features_json, FeatureSpace) else FeatureSpace.load(features_json)
     if not np.isfinite(float(relevant_min_rating)):
         raise LocalFMError(f"relevant_min_rating: expected a number, got {relevant_min_rating!r}",
@@ -137,9 +139,6 @@ def load_protocol(
 
 
 def _top_x(U: np.ndarray, I: np.ndarray, protocol: Protocol, k: int) -> np.ndarray:
-    from ..recommend import top_x
-    from ..recommend.topx import default_threads
-
     res = top_x(np.ascontiguousarray(U, dtype=np.float32), np.ascontiguousarray(I, dtype=np.float32), k,
                 exclude=protocol.seen, threads=default_threads(), progress_desc="rank")
     return _pad(res.ids, k)
@@ -159,9 +158,6 @@ def rank_model(weights_or_path: Any, protocol: Protocol, k: int) -> np.ndarray:
     path/URI (model.tar.gz ...). Uses :func:`localfm.recommend.repackage` + the exact
     engine with the training items excluded — what ``localfm recommend --exclude`` serves.
     """
-    from ..io.artifacts import load_fm
-    from ..recommend import repackage
-
     weights = weights_or_path
     if isinstance(weights, (str, Path)):
         weights = load_fm(str(weights))

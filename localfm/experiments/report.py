@@ -15,6 +15,10 @@ import numpy as np
 
 from ..errors import LocalFMError
 from ..io.atomic import atomic_write
+from ..parity.cloudlog import read_knn
+from ..plotting import pyplot, save_png
+from ..recommend.sinks import read_results
+from ..recommend.vectors import knn_labels
 from .metrics import METRICS
 from .protocol import Protocol, recommended_from_ids
 
@@ -23,8 +27,6 @@ def ranking_from_table(
     protocol: Protocol, target: str, k: int, *, table: str = "recommendations"
 ) -> tuple[np.ndarray, dict[str, int]]:
     """A ``localfm recommend`` output (SQLite / Parquet / JSON Lines) as a (test users, k) ranking."""
-    from ..recommend.sinks import read_results
-
     try:
         cols = read_results(str(target), table=table)
     except (KeyError, ValueError, json.JSONDecodeError, OSError) as exc:
@@ -47,9 +49,6 @@ def ranking_from_knn(protocol: Protocol, path: str | Path, k: int) -> tuple[np.n
     exclude rated items, so they are dropped here before cutting to k (see
     :func:`recommended_from_ids`).
     """
-    from ..parity.cloudlog import read_knn
-    from ..recommend.vectors import knn_labels
-
     nb = read_knn(path)
     users = np.asarray(protocol.space.user_ids)
     if len(nb) != len(users):
@@ -109,8 +108,6 @@ def write_json(doc: Any, path: str | Path) -> None:
 def plot_systems(results: Mapping[str, Mapping[str, Any]], ks: Sequence[int], out_dir: str | Path,
                  *, filename: str = "evaluate.png", title: str = "localfm evaluate") -> Path:
     """``DIR/evaluate.png``: a bar per system for every metric and k, 95% intervals as error bars."""
-    from ..plotting import pyplot, save_png
-
     out = Path(out_dir)
     if out.exists() and not out.is_dir():
         raise LocalFMError(f"{out}: exists and is not a directory")

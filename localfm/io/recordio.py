@@ -30,7 +30,9 @@ from dataclasses import dataclass
 from typing import IO, Any
 
 import numpy as np
+from scipy import sparse as sp
 
+from ..progress import progress
 from ._protobuf import (
     HEADER,
     BytesValue,
@@ -46,6 +48,8 @@ from ._protobuf import (
     segment_positions,
     varint_sizes,
 )
+from .atomic import atomic_write
+from .uri import is_s3, open_binary, upload
 
 __all__ = [
     "MAGIC",
@@ -103,8 +107,6 @@ def _open_source(src: Source) -> Iterator[tuple[IO[bytes], str, int | None]]:
         yield io.BytesIO(data), _source_name(src), len(data)
         return
     if isinstance(src, (str, os.PathLike)):
-        from .uri import is_s3, open_binary
-
         if not is_s3(src) and os.path.isdir(src):
             raise RecordIOError(f"{src}: is a directory, expected a RecordIO-protobuf file")
         if not is_s3(src) and os.path.exists(src) and not os.access(src, os.R_OK):
@@ -755,8 +757,6 @@ def _iter_columns(src: Source, block_bytes: int | None = None) -> Iterator[tuple
 
 def _matrix(cols: _Columns, name: str, feature_dim: int | None, index0: int = 0) -> RecordIOMatrix:
     """Turn decoded columns into X / y with SageMaker's rules, or say precisely what is wrong."""
-    from scipy import sparse as sp
-
     n = cols.n
     if n == 0:
         raise RecordIOError(f"{name}: contains no records")
@@ -856,8 +856,6 @@ def read_matrix(src: Source, feature_dim: int | None = None) -> RecordIOMatrix:
     ``feature_dim`` fixes the column count of sparse data whose records carry no
     shape, and is checked against the shape when they do.
     """
-    from ..progress import progress
-
     _check_feature_dim(feature_dim)
     parts: list[_Columns] = []
     with _open_source(src) as (fh, name, size):
@@ -1171,12 +1169,8 @@ def _check_labels(labels: Any, n_rows: int) -> tuple[np.ndarray, str] | None:
 @contextlib.contextmanager
 def _open_dest(dest: Dest) -> Iterator[IO[bytes]]:
     """A binary file to write: a temp sibling renamed on success, an S3 upload on success, or ``dest``."""
-    from .uri import is_s3
-
     if isinstance(dest, str) and is_s3(dest):
         import tempfile
-
-        from .uri import upload
 
         with tempfile.TemporaryDirectory(prefix="localfm-recordio-") as tmp:
             local = os.path.join(tmp, "part.protobuf")
@@ -1185,8 +1179,6 @@ def _open_dest(dest: Dest) -> Iterator[IO[bytes]]:
             upload(local, dest)
         return
     if isinstance(dest, (str, os.PathLike)):
-        from .atomic import atomic_write
-
         with atomic_write(dest, "wb") as fh:
             yield fh
     elif hasattr(dest, "write"):
@@ -1197,8 +1189,6 @@ def _open_dest(dest: Dest) -> Iterator[IO[bytes]]:
 
 def write_dense(dest: Dest, X: Any, labels: Any = None) -> int:
     """Write rows of a 2-D array like the SDK's ``write_numpy_to_dense_tensor``; returns rows written."""
-    from ..progress import progress
-
     arr = np.asarray(X)
     if arr.ndim != 2:
         raise RecordIOError(f"array with shape {arr.shape}: expected a 2-D matrix")
@@ -1225,10 +1215,6 @@ def write_sparse(dest: Dest, X: Any, labels: Any = None) -> int:
     Each row keeps its stored entry order (explicit zeros included), exactly as the
     SDK's ``csr.getrow(i).data/.indices`` would.
     """
-    from scipy import sparse as sp
-
-    from ..progress import progress
-
     if not sp.issparse(X):
         raise RecordIOError(f"matrix of type {type(X).__name__}: expected a scipy sparse matrix")
     if len(X.shape) != 2:

@@ -134,9 +134,9 @@ def test_failure_while_writing_keeps_previous_outputs(cli, tmp_path: Path, monke
     assert code == 0
     before = {name: (out / name).read_bytes() for name in OUTPUTS}
 
-    import localfm.io.recordio as recordio
+    import localfm.data.prepare as prepare
 
-    real = recordio.write_sparse
+    real = prepare.write_sparse
     calls = []
 
     def failing(dest, X, labels=None):  # noqa: ANN001
@@ -145,7 +145,7 @@ def test_failure_while_writing_keeps_previous_outputs(cli, tmp_path: Path, monke
             raise OSError("disk full")
         return real(dest, X, labels)
 
-    monkeypatch.setattr(recordio, "write_sparse", failing)
+    monkeypatch.setattr(prepare, "write_sparse", failing)
     with pytest.raises(OSError):
         cli("prepare", "movielens", "--split", "ub", "--label", "binary:4", "--out", out)
     assert _files(out) == OUTPUTS  # no temporaries left

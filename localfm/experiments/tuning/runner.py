@@ -25,10 +25,25 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
+from ...data.features import FeatureSpace
 from ...errors import LocalFMError
+from ...fm.hyperparameters import FM_HYPERPARAMETERS
+from ...io.channels import read_channel
 from ...progress import progress
-from .config import TuningConfig
-from .trial import TrialData, TrialJob, TrialOutcome, limit_threads, restore_env, run_trial, storage
+from . import holdout as ho
+from .config import TuningConfig, format_value
+from .outputs import write_outputs
+from .trial import (
+    TrialData,
+    TrialJob,
+    TrialOutcome,
+    limit_threads,
+    restore_env,
+    run_trial,
+    storage,
+)
 
 STUDY_FILE = "study.db"
 COUNTED = ("COMPLETE", "PRUNED", "FAIL")
@@ -52,7 +67,11 @@ class TuneResult:
 
 
 def _distributions(config: TuningConfig) -> dict[str, Any]:
-    from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
+    from optuna.distributions import (
+        CategoricalDistribution,
+        FloatDistribution,
+        IntDistribution,
+    )
 
     out: dict[str, Any] = {}
     for r in config.ranges:
@@ -84,7 +103,6 @@ def _sampler(config: TuningConfig, existing: int = 0):  # noqa: ANN202 - optuna 
     run already proposed; on a resume the seed is derived from RandomSeed and the
     number of trials so far, so the continuation is reproducible and new.
     """
-    import numpy as np
     import optuna
 
     seed = config.random_seed
@@ -179,10 +197,6 @@ def tune(
     """
     import optuna
 
-    from ...data.features import FeatureSpace
-    from . import holdout as ho
-    from .outputs import write_outputs
-
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     out_dir = Path(out_dir)
     if out_dir.exists() and not out_dir.is_dir():
@@ -221,8 +235,6 @@ def tune(
     if objective.is_ranking:
         holdout_dir = out_dir / "holdout"
         if not (holdout_dir / ho.SPLIT_FILE).is_file():
-            from ...io.channels import read_channel
-
             X, y = read_channel(inputs.train, need_labels=True, feature_dim=feature_dim)
             h = ho.carve(X, y, space, predictor_type=config.predictor_type, fraction=holdout_fraction,
                          seed=config.random_seed or 0)
@@ -295,8 +307,6 @@ def tune(
 
 def _may_resample(config: TuningConfig) -> bool:
     """Whether any trial trains with ``_local_resample_negatives`` (static or searched)."""
-    from ...fm.hyperparameters import FM_HYPERPARAMETERS
-
     row = next(hp for hp in FM_HYPERPARAMETERS if hp.name == "_local_resample_negatives")
     values = [config.static.get(row.name, "false")]
     values += [v for r in config.ranges if r.name == row.name for v in r.values]
@@ -304,8 +314,6 @@ def _may_resample(config: TuningConfig) -> bool:
 
 
 def _fmt(v: Any) -> str:
-    from .config import format_value
-
     return format_value(v)
 
 

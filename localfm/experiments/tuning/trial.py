@@ -22,7 +22,15 @@ from typing import Any
 
 import numpy as np
 
+from ...data.features import FeatureSpace
+from ...data.negatives import epoch_sampler
 from ...errors import LocalFMError
+from ...fm.model import FactorizationMachine
+from ...io.channels import read_channel
+from ...progress import set_quiet
+from ..metrics import ranking_metrics
+from ..protocol import load_protocol, rank_model
+from . import holdout as ho
 
 THREAD_ENV = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "NUMBA_NUM_THREADS")
 
@@ -75,17 +83,12 @@ _cache: dict[TrialData, dict[str, Any]] = {}
 def _load(data: TrialData) -> dict[str, Any]:
     if data in _cache:
         return _cache[data]
-    from ...io.channels import read_channel
-    from . import holdout as ho
 
     X, y = read_channel(data.train, need_labels=True, feature_dim=data.feature_dim)
     out: dict[str, Any] = {"X": X, "y": y}
     if data.eval_channel is not None:
         out["X_eval"], out["y_eval"] = read_channel(data.eval_channel, need_labels=True, feature_dim=data.feature_dim)
     if data.holdout_dir is not None:
-        from ...data.features import FeatureSpace
-        from ..protocol import load_protocol
-
         h = ho.load_split(data.holdout_dir)
         out["X"], out["y"] = X[h["keep"]], y[h["keep"]]
         out["X_val"], out["y_val"] = h["val_rows"], h["val_labels"]
@@ -112,9 +115,6 @@ def make_pruner(spec: dict[str, Any] | None):  # noqa: ANN201 - optuna pruner
 
 def ranking_value(model: Any, protocol: Any, metric: str, k: int) -> float:
     """The holdout ranking metric of a trained model (no bootstrap: only the mean is needed)."""
-    from ..metrics import ranking_metrics
-    from ..protocol import rank_model
-
     rec = rank_model(model, protocol, k)
     return float(ranking_metrics(rec, protocol.relevant, [k], protocol.n_items, bootstrap=0)[k][metric].value)
 
@@ -130,8 +130,6 @@ def _intermediate(job: TrialJob, metrics: dict[str, float], predictor_type: str)
 
 def run_trial(job: TrialJob) -> TrialOutcome:
     """Train, score and save one trial; never raises (failures come back as an outcome)."""
-    from ...progress import set_quiet
-
     set_quiet(True)  # one bar for the tune (in the tuner process), none per trial
     start = time.time()
     outcome = TrialOutcome(job.number, "failed", start=start)
@@ -147,8 +145,6 @@ def run_trial(job: TrialJob) -> TrialOutcome:
 
 
 def _run(job: TrialJob, outcome: TrialOutcome) -> None:
-    from ...fm.model import FactorizationMachine
-
     model = FactorizationMachine(seed=job.seed, **job.hyperparameters)
     hp = model.check_params()  # a bad combination fails before any data is read
     data = _load(job.data)
@@ -181,8 +177,6 @@ def _run(job: TrialJob, outcome: TrialOutcome) -> None:
         if job.data.resample_features is None:
             raise LocalFMError("hyperparameter '_local_resample_negatives': no prepared implicit-feedback folder")
         if "epoch_data" not in data:
-            from ...data.negatives import epoch_sampler
-
             data["epoch_data"] = epoch_sampler(job.data.resample_features)[0]
         epoch_data = data["epoch_data"]
     X_val = y_val = None
