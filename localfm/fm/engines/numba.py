@@ -92,6 +92,20 @@ PREFETCH_MIN_BYTES = 8 << 20
 
 
 @njit(cache=True, error_model="numpy")
+def _max_batch_nnz(indptr, order, batch_size, n_batches):  # noqa: ANN001, ANN202 - numba
+    """Most nonzeros in one padded batch (rows wrap around, as the padding does): sizes scratch buffers."""
+    n = order.shape[0]
+    most = 0
+    for b in range(n_batches):
+        cnt = 0
+        for i in range(batch_size):
+            row = order[(b * batch_size + i) % n]
+            cnt += indptr[row + 1] - indptr[row]
+        most = max(most, cnt)
+    return most
+
+
+@njit(cache=True, error_model="numpy")
 def _prefetch_row(P, c):  # noqa: ANN001, ANN202 - numba
     """Prefetch every cache line of table row ``c`` (weights and both moments)."""
     for s in range(P.shape[1]):
@@ -202,13 +216,7 @@ def train_epoch(  # noqa: ANN201, PLR0913, PLR0912, PLR0915 - one flat loop on p
     # prefetching pays only when the table does not fit in cache (it costs ~10 % otherwise)
     prefetch = P.size * 4 > PREFETCH_MIN_BYTES
     # largest number of nonzeros in one (padded) batch: sizes the scratch buffers once
-    max_nnz = 0
-    for b in range(n_batches):
-        cnt = 0
-        for i in range(batch_size):
-            row = order[(b * batch_size + i) % n]
-            cnt += indptr[row + 1] - indptr[row]
-        max_nnz = max(max_nnz, cnt)
+    max_nnz = _max_batch_nnz(indptr, order, batch_size, n_batches)
     inv = np.empty(max_nnz, np.int64)
     val = np.empty(max_nnz, np.float32)
     cols = np.empty(max(max_nnz, 1), np.int64)
@@ -464,14 +472,7 @@ def _column_update(u, P, cols, colptr, lrow, lval, gs, S, G, slot, kind, lr, wd,
 @njit(cache=True, error_model="numpy")
 def _scratch(indptr, order, batch_size, n_batches, k1):  # noqa: ANN001, ANN202 - numba
     """The epoch's scratch buffers, sized once by the largest nonzero count of one (padded) batch."""
-    n = order.shape[0]
-    max_nnz = 1
-    for b in range(n_batches):
-        cnt = 0
-        for i in range(batch_size):
-            row = order[(b * batch_size + i) % n]
-            cnt += indptr[row + 1] - indptr[row]
-        max_nnz = max(max_nnz, cnt)
+    max_nnz = max(1, _max_batch_nnz(indptr, order, batch_size, n_batches))
     ints = np.empty((6, max_nnz + 1), np.int64)  # cols, cnt, inv, qrow, colptr, fill
     lrow = np.empty(max_nnz, np.int64)
     lval = np.empty(max_nnz, np.float32)
