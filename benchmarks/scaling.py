@@ -203,7 +203,10 @@ def main(argv: list[str] | None = None) -> int:
         args.object_store_mb = 200
         args.train_rows, args.train_features, args.train_batch = 2000, 400, 100
     rep = synthetic_rep(args.users, args.items, args.dim)
+    from localfm.io.atomic import atomic_write
     from localfm.recommend.sinks import read_results
+
+    load_before = os.getloadavg()
 
     results, outputs = [], {}
     with tempfile.TemporaryDirectory(prefix="lfbench") as tmp:
@@ -226,6 +229,11 @@ def main(argv: list[str] | None = None) -> int:
     first = next(iter(outputs.values()), None)
     report: dict[str, Any] = {
         "size": {"users": args.users, "items": args.items, "dim": args.dim, "k": args.k},
+        "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "cores": os.cpu_count(),
+        # a loopback cluster shares this machine: its own processes raise the "after" figure
+        "load_average_before": load_before,
+        "load_average_after": os.getloadavg(),
         "runs": results,
         "identical_rows": all(o == first for o in outputs.values()),
     }
@@ -237,7 +245,8 @@ def main(argv: list[str] | None = None) -> int:
     if "train1" in by and "train2" in by:
         report["train_2_instances_vs_1"] = by["train1"] / by["train2"]
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+    with atomic_write(Path(args.out), "w") as fh:
+        fh.write(json.dumps(report, indent=2) + "\n")
     print(json.dumps({k: v for k, v in report.items() if k != "runs"}))
     return 0 if report["identical_rows"] else 1
 
