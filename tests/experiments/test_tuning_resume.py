@@ -17,6 +17,7 @@ from localfm.cli import main as cli_main
 
 REPO = Path(__file__).resolve().parents[2]
 JOBS = 5
+SEARCHED = {"factors_lr", "linear_wd", "epochs"}
 
 
 def _config(path: Path) -> Path:
@@ -93,11 +94,15 @@ def test_sigkill_mid_tune_then_resume_loses_and_repeats_nothing(tmp_path):
     for n, (params, value) in done_before.items():
         assert by_number[n].state.name == "COMPLETE" and by_number[n].params == params and by_number[n].value == value
         assert (out / "trials" / str(n) / "model.tar.gz").stat().st_mtime_ns == mtimes[n]
-    # jobs running at the kill: failed-interrupted, each retried exactly once with its own hyperparameters
+    # jobs running at the kill: failed-interrupted, each retried exactly once with its own
+    # hyperparameters; a proposal killed half-sampled (inside ask) never ran and is not retried
     for n, params in running_before.items():
         assert by_number[n].state.name == "FAIL" and by_number[n].user_attrs["interrupted"] is True
         retries = [t for t in after if t.user_attrs.get("retry_of") == n]
-        assert len(retries) == 1 and retries[0].params == params and retries[0].state.name == "COMPLETE"
+        if set(params) == SEARCHED:
+            assert len(retries) == 1 and retries[0].params == params and retries[0].state.name == "COMPLETE"
+        else:
+            assert retries == []
     counted = [t for t in after if not t.user_attrs.get("interrupted")]
     assert len(counted) == JOBS and all(t.state.name == "COMPLETE" for t in counted)
     keys = [tuple(sorted(t.params.items())) for t in counted]
@@ -109,3 +114,27 @@ def test_sigkill_mid_tune_then_resume_loses_and_repeats_nothing(tmp_path):
     csv_keys = {(float(r["factors_lr"]), float(r["linear_wd"]), int(r["epochs"])) for r in rows}
     assert csv_keys == {(t.params["factors_lr"], t.params["linear_wd"], t.params["epochs"]) for t in counted}
     assert "5 training jobs" in rerun.stdout
+
+
+def test_recover_retries_whole_proposals_and_drops_half_sampled_ones(tmp_path):
+    """A kill inside ``ask`` leaves a RUNNING trial with some values only: it is not retried."""
+    import optuna
+    from optuna.distributions import FloatDistribution, IntDistribution
+
+    from localfm.experiments.tuning.runner import _recover
+
+    dists = {"factors_lr": FloatDistribution(1e-4, 1e-2, log=True), "epochs": IntDistribution(15, 30)}
+    study = optuna.create_study(storage=f"sqlite:///{tmp_path / 'study.db'}", study_name="job")
+    whole = study.ask(dists)
+    half = study.ask()
+    half.suggest_float("factors_lr", 1e-4, 1e-2, log=True)
+    _recover(study, dists)
+    _recover(study, dists)  # a second resume retries nothing again
+
+    trials = study.get_trials(deepcopy=False)
+    assert [t.state.name for t in trials[:2]] == ["FAIL", "FAIL"]
+    assert all(t.user_attrs["interrupted"] for t in trials[:2])
+    queued = trials[2:]
+    assert len(queued) == 1 and queued[0].state.name == "WAITING"
+    assert queued[0].user_attrs["retry_of"] == whole.number and queued[0].system_attrs["fixed_params"] == whole.params
+    assert half.number not in {t.user_attrs.get("retry_of") for t in queued}

@@ -20,7 +20,7 @@ import json
 import multiprocessing
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -161,18 +161,27 @@ def training_job_name(job: str, index: int, number: int) -> str:
     return f"{job}-{index:03d}-{tag}"
 
 
-def _recover(study: Any) -> None:
-    """Trials left RUNNING by a killed tune: mark failed-interrupted, re-queue once."""
+def _recover(study: Any, searched: Iterable[str]) -> None:
+    """Trials left RUNNING by a killed tune: mark failed-interrupted; re-queue once the ones
+    that had all their hyperparameters.
+
+    optuna writes a trial's values one ``suggest`` at a time, so a kill inside ``ask`` leaves a
+    RUNNING trial with only some of them. That proposal never reached a worker: it is marked
+    interrupted and dropped, not retried (re-queueing it would let the sampler fill the rest
+    with new values, which is a new configuration, not a retry).
+    """
     from optuna.trial import TrialState
 
+    searched = set(searched)
     st = study._storage
     for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
         # attributes first (a finished trial cannot change): if this very step is killed,
         # the worst case is a fresh proposal instead of the retry, never two retries
         first = not t.user_attrs.get("retried")
+        proposed = searched <= set(t.params)
         st.set_trial_user_attr(t._trial_id, "interrupted", True)
         st.set_trial_user_attr(t._trial_id, "retried", True)
-        if first:
+        if first and proposed:
             study.enqueue_trial(dict(t.params), user_attrs={"retry_of": t.number}, skip_if_exists=False)
         st.set_trial_state_values(t._trial_id, TrialState.FAIL)
 
@@ -245,13 +254,13 @@ def tune(
     if _may_resample(config):
         resample = holdout_dir / ho.RESAMPLE_DIR / "features.json" if holdout_dir else Path(inputs.features)
 
-    _recover(study)
+    dists = _distributions(config)
+    _recover(study, dists)
     pruner = _pruner_spec(config)
     data = TrialData(train=str(Path(inputs.train).resolve()), features=str(Path(inputs.features).resolve()),
                      feature_dim=feature_dim, eval_channel=str(Path(eval_channel).resolve()) if eval_channel else None,
                      holdout_dir=str(holdout_dir.resolve()) if holdout_dir else None,
                      resample_features=str(resample.resolve()) if resample else None)
-    dists = _distributions(config)
     static = dict(config.static)
     if config.strategy == "Hyperband":
         static["epochs"] = str(epochs_of(config))
