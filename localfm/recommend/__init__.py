@@ -25,11 +25,19 @@ from .recommend import (
     select_items,
     select_users,
 )
-from .vectors import Repackaged, fm_scores, item_vectors, repackage, user_vectors, write_repackaged
 from .sinks import ResultBatch, open_sink, read_results, write_results
-from .topx import TopX, iter_top_x, top_x
+from .topx import PreparedItems, TopX, iter_top_x, prepare_items, top_x
+from .vectors import (
+    Repackaged,
+    fm_scores,
+    item_vectors,
+    repackage,
+    user_vectors,
+    write_repackaged,
+)
 
 __all__ = [
+    "PreparedItems",
     "RecommendOptions",
     "RecommendStats",
     "Recommendations",
@@ -40,6 +48,7 @@ __all__ = [
     "item_vectors",
     "iter_top_x",
     "open_sink",
+    "prepare_items",
     "rank",
     "read_results",
     "read_seen",

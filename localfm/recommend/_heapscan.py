@@ -23,7 +23,7 @@ from numba import njit
 
 
 @njit(inline="always", cache=True)
-def _sift_down(hv, hi, v, c):  # noqa: ANN001, ANN202 - numba
+def _sift_down(hv, hi, v, c):
     """Replace the root of min-heap (hv, hi) with (v, c) and restore the heap order."""
     k = hv.shape[0]
     pos = 0
@@ -45,7 +45,7 @@ def _sift_down(hv, hi, v, c):  # noqa: ANN001, ANN202 - numba
 
 
 @njit(inline="always", cache=True)
-def _is_seen(seen_ptr, seen_idx, r, c):  # noqa: ANN001, ANN202 - numba
+def _is_seen(seen_ptr, seen_idx, r, c):
     lo = seen_ptr[r]
     hi = seen_ptr[r + 1]
     while lo < hi:
@@ -63,14 +63,14 @@ CHUNK = 32
 
 
 @njit(inline="always", cache=True)
-def _key(x):  # noqa: ANN001, ANN202 - numba
+def _key(x):
     """Monotone integer key of bfloat16 bits read as int16 (float order == key order)."""
     x = np.int32(x)
     return x if x >= 0 else -(x + 32768) - 1
 
 
 @njit(cache=True, nogil=True)
-def _count_above(row, j0, j1, t):  # noqa: ANN001, ANN202 - numba
+def _count_above(row, j0, j1, t):
     c = 0
     for j in range(j0, j1):
         c += row[j] > t
@@ -78,7 +78,7 @@ def _count_above(row, j0, j1, t):  # noqa: ANN001, ANN202 - numba
 
 
 @njit(cache=True, nogil=True)
-def _count_keys_at_least(row, j0, j1, lim):  # noqa: ANN001, ANN202 - numba
+def _count_keys_at_least(row, j0, j1, lim):
     c = 0
     if lim >= 0:
         # Non-negative limit: negative floats (negative int16) never pass and positive
@@ -93,7 +93,7 @@ def _count_keys_at_least(row, j0, j1, lim):  # noqa: ANN001, ANN202 - numba
 
 
 @njit(cache=True, nogil=True)
-def _scan_row_exact(row, col0, hv, hi, r, seen_ptr, seen_idx):  # noqa: ANN001, ANN202 - numba
+def _scan_row_exact(row, col0, hv, hi, r, seen_ptr, seen_idx):
     w = row.shape[0]
     t = hv[0]
     check_seen = seen_ptr.shape[0] > 1
@@ -112,7 +112,7 @@ def _scan_row_exact(row, col0, hv, hi, r, seen_ptr, seen_idx):  # noqa: ANN001, 
 
 
 @njit(cache=True, nogil=True)
-def scan_exact(S, col0, heap_v, heap_i, seen_ptr, seen_idx, rows):  # noqa: ANN001, ANN201 - numba
+def scan_exact(S, col0, heap_v, heap_i, seen_ptr, seen_idx, rows):
     """Push every score of block ``S`` (n, w) (item columns col0..col0+w) that beats a heap root.
 
     Row j of ``S`` belongs to user ``rows[j]`` (the users still active after pruning).
@@ -123,7 +123,7 @@ def scan_exact(S, col0, heap_v, heap_i, seen_ptr, seen_idx, rows):  # noqa: ANN0
 
 
 @njit(cache=True, nogil=True)
-def _scan_row_screened(row, lim, u, I, col0, hv, hi, r, seen_ptr, seen_idx):  # noqa: ANN001, ANN202
+def _scan_row_screened(row, lim, u, I, col0, hv, hi, r, seen_ptr, seen_idx):
     w = row.shape[0]
     d = u.shape[0]
     check_seen = seen_ptr.shape[0] > 1
@@ -145,7 +145,7 @@ def _scan_row_screened(row, lim, u, I, col0, hv, hi, r, seen_ptr, seen_idx):  # 
 
 
 @njit(cache=True, nogil=True)
-def scan_screened(A, key_lim, U, I, col0, heap_v, heap_i, seen_ptr, seen_idx, rows):  # noqa: ANN001, ANN201
+def scan_screened(A, key_lim, U, I, col0, heap_v, heap_i, seen_ptr, seen_idx, rows):
     """Like :func:`scan_exact` for a bfloat16 block ``A`` (raw bits as int16).
 
     A score passes the screen when its monotone integer key is >= ``key_lim[j]`` (the

@@ -59,9 +59,9 @@ from ..knn.index import (
     recall_per_row,
 )
 from ..progress import progress
-from .vectors import Repackaged, repackage
 from .sinks import ResultBatch, open_sink
-from .topx import PRECISIONS, default_threads, iter_top_x, validate_k
+from .topx import PRECISIONS, PreparedItems, default_threads, iter_top_x, validate_k
+from .vectors import Repackaged, repackage
 
 EXACT = "exact"
 APPROX_INDEXES = ("faiss.Flat", "faiss.IVFFlat", "faiss.HNSW", "faiss.IVFPQ")
@@ -508,12 +508,13 @@ def to_result_batch(
 
 
 def exact_batches(
-    U: np.ndarray, I: np.ndarray, k: int, seen: sp.csr_matrix | None, batch_size: int, threads: int, precision: str,
-    stats: RecommendStats | None = None,
+    U: np.ndarray, I: np.ndarray | PreparedItems, k: int, seen: sp.csr_matrix | None, batch_size: int, threads: int,
+    precision: str | None, stats: RecommendStats | None = None,
 ) -> Iterator[tuple[int, np.ndarray]]:
     """(first user row, ids) per batch from the exact engine: the same shape :func:`index_batches` yields,
     so ranking, recall references and tuning share one consumer. ``stats`` (when given) counts the
-    scores the engine's pruning skipped."""
+    scores the engine's pruning skipped. With ``I`` from ``prepare_items``, ``precision`` is None
+    (it was fixed there)."""
     for first, part in iter_top_x(
         U, I, k, exclude=seen, batch_size=batch_size, threads=threads, precision=precision, progress_desc="recommend"
     ):

@@ -82,7 +82,7 @@ def _sqlite_path(target: str) -> str:
     """The file of an SQLite target; ``sqlite:///`` with nothing after it is bad input
     (it used to become ``.``, reported as "is a directory")."""
     t = str(target)
-    path = t[len("sqlite:///"):] if t.startswith("sqlite:///") else t
+    path = t.removeprefix("sqlite:///")
     if not path:
         raise LocalFMError(f"target {t}: expected a database file path after sqlite:///", param="target")
     return path

@@ -144,10 +144,14 @@ def to_bf16(X: Any) -> Any:
     """
     import torch
 
+    return _tensor(bf16_bits(X)).view(torch.bfloat16)
+
+
+def bf16_bits(X: Any) -> np.ndarray:
+    """The bfloat16 bit patterns (uint16) of float32 ``X``, rounded to nearest even."""
     a = np.ascontiguousarray(np.asarray(X, dtype=np.float32))
     bits = a.view(np.uint32)
-    rounded = ((bits + np.uint32(0x7FFF) + ((bits >> np.uint32(16)) & np.uint32(1))) >> np.uint32(16)).astype(np.uint16)
-    return torch.from_numpy(rounded).view(torch.bfloat16)
+    return ((bits + np.uint32(0x7FFF) + ((bits >> np.uint32(16)) & np.uint32(1))) >> np.uint32(16)).astype(np.uint16)
 
 
 def _check_matrix(name: str, X: np.ndarray) -> np.ndarray:
@@ -172,57 +176,131 @@ def resolve_precision(precision: str) -> str:
     return precision
 
 
-def iter_top_x(
-    users: np.ndarray,
-    items: np.ndarray,
-    k: int,
-    *,
-    exclude: sp.csr_matrix | None = None,
-    batch_size: int = 2048,
-    block_size: int = 4096,
-    threads: int | None = 2,
-    precision: str = "auto",
-    progress_desc: str | None = None,
-    kernel: str = "auto",
-    prune: bool = True,
-) -> Iterator[tuple[int, TopX]]:
-    """Yield ``(first_user_row, TopX)`` per user batch; see :func:`top_x`."""
-    import torch
+@dataclass(frozen=True)
+class PreparedItems:
+    """The item side of the engine: visit order, blocks and pruning bounds, built once.
 
-    k = validate_k(k)
-    U = _check_matrix("user vectors", users)
+    Why a value of its own: a job scores many user batches (and on Ray, many actors score
+    many batches) against the same items. Preparing them costs a sort, a permuted copy and
+    per-block transposes; doing it per batch made every Ray call pay it again and hold its
+    own copies. Everything here is NumPy, so ``ray.put`` shares it zero-copy per node.
+    """
+
+    items: np.ndarray  # (n_items, d) float32, as given
+    perm: np.ndarray  # visit order: item rows by decreasing norm
+    inv_perm: np.ndarray
+    Ip: np.ndarray  # items[perm], C-contiguous
+    blocks: tuple[tuple[int, int], ...]
+    block_T: tuple[np.ndarray, ...]  # per block, (d, width) C-contiguous: the GEMM's right operand
+    block_norm: tuple[float, ...]  # per block, the largest item norm (bf16 screening bound)
+    block_T16: tuple[np.ndarray, ...] | None  # bf16 bits (uint16) of block_T, when screening in bf16
+    precision: str  # "fp32" or "bf16" (resolved)
+    suffix: _Suffix | None  # pruning bounds; None when pruning is off
+
+    @property
+    def n_items(self) -> int:
+        return self.Ip.shape[0]
+
+    @property
+    def prune(self) -> bool:
+        return self.suffix is not None
+
+
+def prepare_items(
+    items: np.ndarray, *, block_size: int = 4096, precision: str = "auto", prune: bool = True
+) -> PreparedItems:
+    """Check and prepare ``items`` once for any number of :func:`iter_top_x` calls."""
     I = _check_matrix("item vectors", items)
-    if U.shape[1] != I.shape[1]:
-        raise LocalFMError(f"user vectors have dimension {U.shape[1]} but item vectors {I.shape[1]}; expected equal")
-    if batch_size <= 0 or block_size <= 0:
-        raise LocalFMError("batch_size and block_size: expected positive integers")
-    n_users, n_items = U.shape[0], I.shape[0]
-    if exclude is not None:
-        exclude = sp.csr_matrix(exclude)
-        if exclude.shape != (n_users, n_items):
-            raise LocalFMError(f"exclusions: shape {exclude.shape}, expected (users, items) = {(n_users, n_items)}")
+    if block_size <= 0:
+        raise LocalFMError("block_size: expected a positive integer", param="block_size")
     precision = resolve_precision(precision)
-    kk = min(k, n_items)
+    n_items = I.shape[0]
     if prune:
         block_size = min(block_size, PRUNE_BLOCK, max(PRUNE_MIN_BLOCK, -(-n_items // 16)))
-
     # Visit items by decreasing norm: the threshold rises fastest that way.
     norms = np.sqrt(np.einsum("ij,ij->i", I, I, dtype=np.float64))
     perm = np.argsort(-norms, kind="stable")
     inv_perm = np.empty_like(perm)
     inv_perm[perm] = np.arange(n_items)
-    It = torch.from_numpy(np.ascontiguousarray(I[perm]))
-    blocks = [(j, min(j + block_size, n_items)) for j in range(0, n_items, block_size)]
-    block_T = [It[a:b].T.contiguous() for a, b in blocks]
-    block_norm = [float(norms[perm[a:b]].max()) if b > a else 0.0 for a, b in blocks]
-    block_T16 = [to_bf16(t.numpy()) for t in block_T] if precision == "bf16" else None
+    Ip = np.ascontiguousarray(I[perm])
+    blocks = tuple((j, min(j + block_size, n_items)) for j in range(0, n_items, block_size))
+    block_T = tuple(np.ascontiguousarray(Ip[a:b].T) for a, b in blocks)
+    return PreparedItems(
+        items=I, perm=perm, inv_perm=inv_perm, Ip=Ip, blocks=blocks, block_T=block_T,
+        block_T16=tuple(bf16_bits(t) for t in block_T) if precision == "bf16" else None,
+        block_norm=tuple(float(norms[perm[a:b]].max()) if b > a else 0.0 for a, b in blocks),
+        precision=precision, suffix=_Suffix.of(Ip, list(blocks)) if prune else None,
+    )
+
+
+def _tensor(a: np.ndarray) -> Any:
+    """A torch view of ``a``; arrays shared through Ray's object store are read-only, and the
+    engine never writes to item data, so torch's not-writable warning is noise here."""
+    import warnings
+
+    import torch
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        return torch.from_numpy(a)
+
+
+def iter_top_x(
+    users: np.ndarray,
+    items: np.ndarray | PreparedItems,
+    k: int,
+    *,
+    exclude: sp.csr_matrix | None = None,
+    batch_size: int = 2048,
+    block_size: int | None = None,
+    threads: int | None = 2,
+    precision: str | None = None,
+    progress_desc: str | None = None,
+    kernel: str = "auto",
+    prune: bool | None = None,
+) -> Iterator[tuple[int, TopX]]:
+    """Yield ``(first_user_row, TopX)`` per user batch; see :func:`top_x`.
+
+    ``items`` may be a :class:`PreparedItems`; then ``block_size``, ``precision`` and
+    ``prune`` were fixed when it was prepared and must be left unset here.
+    """
+    import torch
+
+    k = validate_k(k)
+    U = _check_matrix("user vectors", users)
+    if isinstance(items, PreparedItems):
+        given = {"block_size": block_size, "precision": precision, "prune": prune}
+        clash = [name for name, value in given.items() if value is not None]
+        if clash:
+            raise LocalFMError(f"{', '.join(clash)}: already fixed by the prepared items; leave unset",
+                               param=clash[0])
+        prep = items
+    else:
+        prep = prepare_items(items, block_size=4096 if block_size is None else block_size,
+                             precision="auto" if precision is None else precision,
+                             prune=True if prune is None else prune)
+    if U.shape[1] != prep.Ip.shape[1]:
+        raise LocalFMError(
+            f"user vectors have dimension {U.shape[1]} but item vectors {prep.Ip.shape[1]}; expected equal")
+    if batch_size <= 0:
+        raise LocalFMError("batch_size: expected a positive integer", param="batch_size")
+    n_users, n_items = U.shape[0], prep.n_items
+    if exclude is not None:
+        exclude = sp.csr_matrix(exclude)
+        if exclude.shape != (n_users, n_items):
+            raise LocalFMError(f"exclusions: shape {exclude.shape}, expected (users, items) = {(n_users, n_items)}")
+    precision = prep.precision
+    kk = min(k, n_items)
+    perm, inv_perm, blocks, block_norm, suffix = prep.perm, prep.inv_perm, list(prep.blocks), list(prep.block_norm), prep.suffix
+    It = _tensor(prep.Ip)
+    block_T = [_tensor(t) for t in prep.block_T]
+    block_T16 = [_tensor(t).view(torch.bfloat16) for t in prep.block_T16] if prep.block_T16 is not None else None
     perm_t = torch.from_numpy(perm.astype(np.int64))
-    suffix = _Suffix.of(I[perm], blocks) if prune else None
 
     starts = range(0, n_users, batch_size)
     iterator = progress(starts, total=len(starts), desc=progress_desc or "top-x", unit="batch")
     if _resolve_kernel(kernel) == "numba":
-        Ip = np.ascontiguousarray(I[perm])
+        Ip = prep.Ip
         # One Python thread per core, each with single-threaded torch GEMMs (see _heapscan).
         with torch_threads(1):
             for s in iterator:
@@ -584,17 +662,17 @@ def _pad_by_row(rows: Any, cols: Any, vals: Any, b: int) -> tuple[Any, Any]:
 
 def top_x(
     users: np.ndarray,
-    items: np.ndarray,
+    items: np.ndarray | PreparedItems,
     k: int,
     *,
     exclude: sp.csr_matrix | None = None,
     batch_size: int = 2048,
-    block_size: int = 4096,
+    block_size: int | None = None,
     threads: int | None = 2,
-    precision: str = "auto",
+    precision: str | None = None,
     progress_desc: str | None = None,
     kernel: str = "auto",
-    prune: bool = True,
+    prune: bool | None = None,
 ) -> TopX:
     """Exact top-``k`` items by inner product for every user row, best first.
 
@@ -606,7 +684,9 @@ def top_x(
     exact float32 top-k. ``threads`` caps torch's intra-op threads while it runs.
     ``prune`` (default on) stops each user once no remaining item can reach its k-th
     score (see the module docstring): the same ids, fewer scores computed;
-    ``TopX.skipped / TopX.total`` says how many were skipped.
+    ``TopX.skipped / TopX.total`` says how many were skipped. Unset, ``block_size``,
+    ``precision`` and ``prune`` mean 4096, ``"auto"`` and True; with ``items`` from
+    :func:`prepare_items` they were fixed there and must stay unset.
     """
     parts = list(
         iter_top_x(
@@ -623,7 +703,8 @@ def top_x(
             prune=prune,
         )
     )
-    kk = min(validate_k(k), np.asarray(items).shape[0])
+    n_items = items.n_items if isinstance(items, PreparedItems) else np.asarray(items).shape[0]
+    kk = min(validate_k(k), n_items)
     if not parts:
         return TopX(np.empty((0, kk), np.float32), np.empty((0, kk), np.int64))
     return TopX(

@@ -49,14 +49,15 @@ from ..recommend.recommend import (
     EXACT,
     RecommendOptions,
     RecommendStats,
+    approx_index,
     exact_batches,
     index_batches,
+    rank,
     resolve_options,
     to_result_batch,
-    approx_index,
-    rank,
 )
 from ..recommend.sinks import ResultBatch, id_kind, open_sink, redact, sink_kind
+from ..recommend.topx import prepare_items
 from ..recommend.vectors import Repackaged
 from .cluster import actor_slots, connect, parse_cluster
 
@@ -249,7 +250,7 @@ class _Job:
                 tag = hashlib.sha256(f"{redact(out)}|{table}".encode()).hexdigest()[:12]
                 work_dir = Path.cwd() / f".localfm-job-{tag}"
             else:
-                p = Path(out[len("sqlite:///"):] if out.startswith("sqlite:///") else out)
+                p = Path(out.removeprefix("sqlite:///"))
                 work_dir = p.parent / f".{p.name}.localfm-job"
         return cls(rep=rep, opts=opts, stats=stats, out=out,
                    items=np.ascontiguousarray(rep.item_vectors[rows], dtype=np.float32),
@@ -528,6 +529,8 @@ class _Ranker:
         self.item_ids = side["ids"]
         self.all_rows = np.arange(self.items.shape[0], dtype=np.int64)
         self.index = None
+        # The exact engine's item side, prepared once per actor rather than once per batch.
+        self.prepared = None if side["index"] is not None else prepare_items(self.items, precision=config["precision"])
         if side["index"] is not None:
             from ..knn.index import KNNIndex, load_faiss
 
@@ -578,7 +581,7 @@ class _Ranker:
         rep = Repackaged(user_ids=uids, user_vectors=U, user_constants=part.column("const").to_numpy(),
                          item_ids=self.item_ids, item_vectors=self.items, predictor_type=cfg["predictor_type"])
         if self.index is None:
-            source = exact_batches(U, self.items, cfg["k"], seen, cfg["batch_size"], cfg["threads"], cfg["precision"])
+            source = exact_batches(U, self.prepared, cfg["k"], seen, cfg["batch_size"], cfg["threads"], None)
         else:
             source = index_batches(self.index, U, cfg["k"], seen, cfg["batch_size"], self.items.shape[0])
         counts = np.zeros(n, dtype=np.int64)

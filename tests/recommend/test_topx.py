@@ -320,3 +320,36 @@ def test_recommend_summary_reports_the_skipped_fraction(trained_vectors):
     assert recs.stats.scores_total == U.shape[0] * I.shape[0] == want.total
     assert recs.stats.scores_skipped == want.skipped > 0
     assert recs.summary()["skipped_fraction"] == round(want.skipped_fraction, 4)
+
+
+@pytest.mark.parametrize("mode", ["fp32", "bf16"])
+@pytest.mark.parametrize("kernel", KERNELS)
+def test_prepared_items_give_the_same_bytes_batch_after_batch(mode, kernel):
+    """Items prepared once (as a Ray actor does) rank every batch exactly as unprepared items do."""
+    from localfm.recommend.topx import iter_top_x, prepare_items
+
+    U, I = _fm_like(300, 900, seed=3)
+    rng = np.random.default_rng(1)
+    exclude = sp.random(300, 900, density=0.02, random_state=rng, format="csr")
+    prepared = prepare_items(I, block_size=256, precision=mode)
+    I_ro = prepared.Ip.copy()
+    prepared.Ip.flags.writeable = False  # as when shared read-only through Ray's object store
+    want = top_x(U, I, 20, exclude=exclude, batch_size=64, block_size=256, precision=mode, kernel=kernel)
+    for lo, hi in [(0, 100), (100, 300)]:
+        got = top_x(U[lo:hi], prepared, 20, exclude=exclude[lo:hi], batch_size=64, kernel=kernel)
+        np.testing.assert_array_equal(got.ids, want.ids[lo:hi])
+        np.testing.assert_array_equal(got.scores, want.scores[lo:hi])
+    np.testing.assert_array_equal(prepared.Ip, I_ro)  # never written
+    first, part = next(iter_top_x(U, prepared, 5))
+    assert first == 0 and part.ids.shape == (min(300, 2048), 5)
+
+
+def test_prepared_items_refuse_settings_fixed_at_preparation():
+    from localfm.recommend.topx import prepare_items
+
+    U, I = _fm_like(4, 50)
+    prepared = prepare_items(I, precision="fp32")
+    with pytest.raises(LocalFMError, match="precision: already fixed by the prepared items"):
+        top_x(U, prepared, 3, precision="fp32")
+    with pytest.raises(LocalFMError, match="user vectors have dimension 3"):
+        top_x(U[:, :3], prepared, 3)
