@@ -1,4 +1,9 @@
-"""``python -m benchmarks [--quick | --smoke] [--only NAME ...] [--full-size]``.
+"""``python -m benchmarks [--quick | --smoke] [--only NAME ...] [--full-size] [--no-ml100k]``.
+
+The full-size ML-25M-shaped end to end alone (prepare, 1 epoch, top-100, Parquet,
+checked against the issue's goals; run it on a quiet machine, nothing else running)::
+
+    python -m benchmarks --only end_to_end --full-size --no-ml100k
 
 Runs the question modules in one process, one after the other (never in parallel:
 they would compete for the same two cores), writes ``<out>/<name>.json`` and the
@@ -37,6 +42,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help=f"run only this benchmark (repeatable): {', '.join(BENCHMARKS)}")
     p.add_argument("--full-size", action="store_true",
                    help=f"synthetic set at the full ML-25M size ({ML25M_ROWS:,} rows) instead of 5M")
+    p.add_argument("--no-ml100k", action="store_true",
+                   help="end_to_end: run only the synthetic pipeline (the last run's ml-100k rows are kept, dated)")
     p.add_argument("--rows", type=int, default=None, help="rows of the synthetic ML-25M-shaped set")
     p.add_argument("--repeats", type=int, default=None, help="repeats per measurement (median quoted)")
     p.add_argument("--out", type=Path, default=RESULTS_DIR, help="results folder (default benchmarks/results)")
@@ -81,6 +88,8 @@ def main(argv: list[str] | None = None) -> int:
         overrides["synthetic_rows"] = ML25M_ROWS
     if args.rows is not None:
         overrides["synthetic_rows"] = args.rows
+    if args.no_ml100k:
+        overrides["e2e_ml100k"] = False
     if args.repeats is not None:
         overrides["repeats"] = args.repeats
     try:

@@ -64,6 +64,8 @@ class BenchConfig:
     ann_queries: int = 10_000
     # end to end / quality
     e2e_epochs: tuple[int, ...] = (30, 100)
+    e2e_ml100k: bool = True  # False: only the synthetic pipeline (previous ml-100k results carried over)
+    e2e_sqlite_variant: bool = False  # also rank into SQLite (a second full ranking: cheap only when small)
     quality_splits: tuple[str, ...] = ("ua", "u1")
     quality_epochs: int = 30
     large_e2e: bool = True
@@ -95,7 +97,7 @@ class BenchConfig:
                 train_factors=(8,), train_batches=(500,), train_grid_rows_large=5000,
                 naive_max_seconds=0.3, retrieval_sizes=((300, 500),), retrieval_k=20,
                 reference_rows=100, ann_queries=200, e2e_epochs=(1,), quality_splits=("ua",),
-                quality_epochs=1,
+                quality_epochs=1, e2e_sqlite_variant=True,
             )
         sizes.update(overrides)
         cfg = cls(mode=mode, **sizes)  # type: ignore[arg-type]

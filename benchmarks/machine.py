@@ -147,12 +147,34 @@ def threads() -> dict[str, Any]:
     return out
 
 
+def load_average() -> list[float] | None:
+    """The 1-, 5- and 15-minute load averages now (None where the OS has none).
+
+    A benchmark's figure is only the code's speed when the machine was quiet; the load
+    before and after each measurement is the evidence.
+    """
+    try:
+        return list(os.getloadavg())
+    except OSError:
+        return None
+
+
+# The issue's "quiet machine": 1-minute load average below this, nothing else running.
+QUIET_LOAD = 1.5
+
+
+def is_quiet(load: list[float] | None) -> bool | None:
+    """Was the machine quiet (1-minute load < QUIET_LOAD) when this load was read? None if unknown.
+
+    Judged on the load *before* a measurement: the benchmark's own two threads lift the
+    load it leaves behind, so the load after says how hard it worked, not who else did.
+    """
+    return None if not load else bool(load[0] < QUIET_LOAD)
+
+
 def machine_info() -> dict[str, Any]:
     """Everything needed to interpret a results file later."""
-    try:
-        load = os.getloadavg()
-    except OSError:
-        load = None
+    load = load_average()
     return {
         "date": utc_now(),
         "cpu_model": _cpu_model(),
@@ -266,7 +288,10 @@ def run_isolated(target: Callable[..., Any], **kwargs: Any) -> tuple[Any, int | 
 
 
 def run_command(argv: list[str], env: dict[str, str] | None = None, cwd: str | None = None) -> dict[str, Any]:
-    """Run a command; return wall seconds, exit code, its own peak RSS and the output tail.
+    """Run a command; return wall and CPU seconds, exit code, its own peak RSS and the output tail.
+
+    ``cpu_s`` is user + system time of the command (from ``wait4``); the load average
+    before and after says whether the machine was quiet while it ran.
 
     The command goes through :mod:`benchmarks._rss` (a launcher that imports nothing
     heavy) because Linux carries ``ru_maxrss`` across ``execve``: a command forked
@@ -282,14 +307,16 @@ def run_command(argv: list[str], env: dict[str, str] | None = None, cwd: str | N
     fd, rss_file = tempfile.mkstemp(prefix="localfm-bench-rss-", suffix=".json")
     os.close(fd)
     try:
+        load_before = load_average()
         start = time.perf_counter()
         proc = subprocess.run([sys.executable, "-m", "benchmarks._rss", rss_file, "--", *argv],
                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=full_env, cwd=cwd)
         wall = time.perf_counter() - start
+        load_after = load_average()
         try:
-            rss = json.loads(Path(rss_file).read_text())["peak_rss_bytes"]
-        except (OSError, ValueError, KeyError):
-            rss = None
+            usage = json.loads(Path(rss_file).read_text())
+        except (OSError, ValueError):
+            usage = {}
     finally:
         os.unlink(rss_file)
     text = proc.stdout.decode("utf-8", "replace")
@@ -297,7 +324,12 @@ def run_command(argv: list[str], env: dict[str, str] | None = None, cwd: str | N
         "argv": argv,
         "wall_s": wall,
         "returncode": proc.returncode,
-        "peak_rss_bytes": rss,
+        "peak_rss_bytes": usage.get("peak_rss_bytes"),
+        "cpu_user_s": usage.get("cpu_user_s"),
+        "cpu_sys_s": usage.get("cpu_sys_s"),
+        "cpu_s": usage["cpu_user_s"] + usage["cpu_sys_s"] if "cpu_user_s" in usage else None,
+        "load_average_before": load_before,
+        "load_average_after": load_after,
         "output_tail": text[-2000:],
     }
 
