@@ -328,7 +328,9 @@ def goal_text(g: dict[str, Any]) -> str:
         mark = "n/a" if c["pass"] is None else "pass" if c["pass"] else "FAIL"
         return f"{name} {fmt(c['value'])} ≤ {fmt(c['limit'])} {mark}"
 
-    secs = lambda x: "n/a" if x is None else f"{x:.1f} s"  # noqa: E731
+    def secs(x: float | None) -> str:
+        return "n/a" if x is None else f"{x:.1f} s"
+
     parts = [one("end to end", "end_to_end_s", secs), one("peak RSS", "peak_rss_bytes", _gb),
              one("epoch", "epoch_s", secs)]
     why = []

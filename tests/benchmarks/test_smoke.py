@@ -76,6 +76,28 @@ def test_smoke_end_to_end_stages_succeed(smoke_results):
 
 
 @pytest.mark.slow
+def test_smoke_end_to_end_synthetic_times_each_stage_and_checks_the_goals(smoke_results):
+    _, out = smoke_results
+    doc = json.loads((out / "end_to_end.json").read_text())
+    syn = next(p for p in doc["pipelines"] if p["name"].startswith("synthetic"))
+    by = {s["stage_key"]: s for s in syn["stages"]}
+    assert {"prepare", "train", "recommend_parquet"} <= set(by)
+    for s in syn["stages"]:
+        assert s["cpu_s"] > 0 and len(s["load_average_before"]) == len(s["load_average_after"]) == 3
+    assert 0 < by["train"]["epoch_s"] < by["train"]["wall_s"]
+    rec = by["recommend_parquet"]
+    assert rec["rank_s"] > 0 and rec["sink_s"] > 0 and rec["load_s"] + rec["rank_s"] + rec["sink_s"] < rec["wall_s"]
+    assert syn["parquet_rows"] == rec["rows"] > 0
+    g = syn["goals"]
+    assert g["end_to_end_s"]["value"] == pytest.approx(syn["total_wall_s"])
+    assert g["epoch_s"]["value"] == by["train"]["epoch_s"] and g["at_full_size"] is False and g["verdict"] is None
+    from benchmarks.results import detail_markdown, readme_markdown
+
+    assert "- goals, synthetic" in detail_markdown(out) and "CPU s" in detail_markdown(out)
+    assert "→ Parquet" in readme_markdown(out) and "no verdict: not full size" in readme_markdown(out)
+
+
+@pytest.mark.slow
 def test_summary_markdown_quotes_results(smoke_results):
     _, out = smoke_results
     text = summary_markdown(out)
