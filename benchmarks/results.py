@@ -86,11 +86,19 @@ def ratio_verdict(faiss_s: float, best: dict[str, Any] | None, tolerance: float 
     return {**out, "shown": True, "reason": f"FAISS within {tolerance:.0%} of its best quiet run ({ref:.2f} s)"}
 
 
+# Results files written before FAISS's quiet yardstick was kept carry no verdict: their
+# ratios were taken without knowing whether FAISS ran at its speed (issue 13 found the
+# published ones measured under load), so they are withheld too.
+NO_VERDICT = {"shown": False, "reason": "measured before FAISS's best quiet time was recorded: unknown "
+                                        "whether FAISS ran at its speed"}
+
+
 def ratio_text(ratio: float | None, verdict: dict[str, Any] | None) -> str:
-    """``1.23×`` when the verdict allows it, else ``not shown (why)``; no verdict = an older file: shown."""
+    """``1.23×`` when the verdict allows it, else ``not shown (why)``; no verdict (an older file) withholds it."""
     if ratio is None:
         return "n/a"
-    if verdict is not None and not verdict.get("shown"):
+    verdict = NO_VERDICT if verdict is None else verdict
+    if not verdict.get("shown"):
         return f"not shown ({verdict.get('reason')})"
     return f"{ratio:.2f}×"
 

@@ -38,7 +38,7 @@ from localfm.progress import progress
 from .baselines import agreement, topk_exact64, topk_faiss_flat, topk_numpy, topk_torch
 from .data import BenchConfig
 from .machine import load_average, sgemm_peak, timeit, utc_now
-from .results import load_result, ratio_text, ratio_verdict, shape_key, update_best_quiet
+from .results import NO_VERDICT, load_result, ratio_text, ratio_verdict, shape_key, update_best_quiet
 
 NAME = "retrieval"
 
@@ -240,8 +240,8 @@ def headline(payload: dict[str, Any]) -> list[dict[str, Any]]:
             ties = (f", the {lf['rows_differing']} differing users are exact up to float32 ties: "
                     f"{lf.get('differing_rows_engine_exact_up_to_ties', float('nan')):.3f} "
                     f"(FAISS: {lf.get('differing_rows_faiss_exact_up_to_ties', float('nan')):.3f})")
-        verdict = big.get("faiss_ratio")
-        shown = verdict is None or verdict["shown"]
+        verdict = big.get("faiss_ratio", NO_VERDICT)
+        shown = verdict["shown"]
         withheld = "" if shown else f"; ratio not shown: {verdict['reason']}"
         out.append({"what": f"exact top-{payload['k']} all users {size}: localfm / FAISS IndexFlatIP speed "
                     f"(same id sets as FAISS for {same:.5f} of users{ties}; sample vs float64 "
@@ -291,7 +291,7 @@ def tables(payload: dict[str, Any]) -> str:
                 same_txt = "—" if same is None else f"{same:.5f}"
             lines.append(f"| {s['users']:,} × {s['items']:,} | {name}{extra} | {e['median_s']:.2f} | {e['gflops']:.1f} | "
                          f"{e['gflops'] / best_peak(payload):.2f} | "
-                         f"{ratio_text(e.get('speedup_vs_faiss'), s.get('faiss_ratio') if name != 'faiss_flat_ip' else None)} | "
+                         f"{'—' if name == 'faiss_flat_ip' else ratio_text(e.get('speedup_vs_faiss'), s.get('faiss_ratio'))} | "
                          f"{same_txt} | {e['agreement_vs_float64']['exact_up_to_ties']:.4f} |")
     notes = [f"- {s['users']:,} × {s['items']:,}: load {'/'.join(f'{x:.1f}' for x in s.get('load_average_before') or [])}"
              f" → {'/'.join(f'{x:.1f}' for x in s.get('load_average_after') or [])}; ratios vs FAISS "

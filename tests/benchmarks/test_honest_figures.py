@@ -102,6 +102,10 @@ def test_retrieval_headline_withholds_the_ratio_when_faiss_was_slow():
     assert row["value"] is None and "ratio not shown: FAISS took 12.00 s" in row["what"]
     big["faiss_ratio"] = ratio_verdict(2.6, {"median_s": 2.5, "date": "2026-11-28"})
     assert retrieval_headline(payload)[0]["value"] == 4.0
+    del big["faiss_ratio"]  # a results file from before the rule: its ratio is withheld too
+    row = retrieval_headline(payload)[0]
+    assert row["value"] is None and "before FAISS's best quiet time was recorded" in row["what"]
+    assert ratio_text(4.0, None).startswith("not shown (measured before")
 
 
 @pytest.mark.slow
