@@ -37,8 +37,16 @@ from localfm.progress import progress
 
 from .baselines import agreement, topk_exact64, topk_faiss_flat, topk_numpy, topk_torch
 from .data import BenchConfig
-from .machine import load_average, sgemm_peak, timeit, utc_now
-from .results import NO_VERDICT, load_result, ratio_text, ratio_verdict, shape_key, update_best_quiet
+from .machine import QUIET_LOAD, load_average, sgemm_peak, timeit, utc_now
+from .results import (
+    NO_VERDICT,
+    RATIO_TOLERANCE,
+    load_result,
+    ratio_text,
+    ratio_verdict,
+    shape_key,
+    update_best_quiet,
+)
 
 NAME = "retrieval"
 
@@ -298,8 +306,8 @@ def tables(payload: dict[str, Any]) -> str:
              f"{'shown' if s['faiss_ratio']['shown'] else 'not shown'}: {s['faiss_ratio']['reason']}"
              for s in payload.get("exact", []) if s.get("faiss_ratio")]
     if notes:
-        lines += ["", f"Ratios vs FAISS are shown only when FAISS ran within 15% of its best quiet run "
-                  f"(load average < 1.5) recorded for the shape:", "", *notes]
+        lines += ["", f"Ratios vs FAISS are shown only when FAISS ran within {RATIO_TOLERANCE:.0%} of its best quiet "
+                  f"run (load average < {QUIET_LOAD}) recorded for the shape:", "", *notes]
     ann = payload.get("approximate")
     if ann:
         lines += ["", f"Approximate indexes on {ann['users']:,} × {ann['items']:,} ({ann['queries']:,} sampled users, "
