@@ -14,7 +14,12 @@ import pytest
 from benchmarks import end_to_end as e2e
 from benchmarks.data import ML25M_ROWS, BenchConfig
 from benchmarks.machine import is_quiet, run_command
-from benchmarks.results import ratio_text, ratio_verdict, update_best_quiet, write_result
+from benchmarks.results import (
+    ratio_text,
+    ratio_verdict,
+    update_best_quiet,
+    write_result,
+)
 from benchmarks.retrieval import headline as retrieval_headline
 
 QUIET, BUSY = [0.4, 0.8, 1.0], [3.0, 2.5, 2.0]
