@@ -13,6 +13,7 @@ EPILOG = """examples:
   localfm tune --train work/ml100k-imp/train.protobuf --features work/ml100k-imp/features.json \\
       --config examples/tuning.json --out work/tune
   # killed? run the same command again: finished jobs are kept, interrupted ones rerun once
+  localfm tune ... --out work/tune --ray auto   # trials as Ray tasks on the cluster (docs/scale.md)
 """
 
 
@@ -38,6 +39,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--holdout-fraction", type=float, default=0.1, metavar="F",
                    help="validation:* ranking objectives: fraction of each user's training positives held out "
                         "(seeded; default 0.1)")
+    p.add_argument("--ray", dest="cluster", metavar="local:N|auto|ADDRESS",
+                   help="run the trials as Ray tasks on a cluster (pip install 'localfm[ray]'; see docs/scale.md); "
+                        "the study and outputs stay here, MaxParallelTrainingJobs still caps concurrency")
     p.set_defaults(func=handler)
 
 
@@ -51,7 +55,7 @@ def handler(args: argparse.Namespace) -> int:
     if not 0 < args.holdout_fraction < 1:
         raise LocalFMError(f"--holdout-fraction {args.holdout_fraction}: expected a number in (0, 1)")
     inputs = TuneInputs(train=args.train, features=args.features, validation=args.validation, test=args.test)
-    result = tune(config, inputs, args.out, holdout_fraction=args.holdout_fraction)
+    result = tune(config, inputs, args.out, holdout_fraction=args.holdout_fraction, cluster=args.cluster)
     print(f"{result.jobs} training jobs ({result.ran_now} run now); outputs in {result.out_dir}")
     for failure in result.failures[:5]:
         print(f"localfm tune: failed job: {failure}", file=sys.stderr)

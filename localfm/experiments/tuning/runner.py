@@ -3,7 +3,9 @@
 The search (Bayesian = TPE, Random, Grid, Hyperband = optuna's HyperbandPruner over
 epochs) runs in this process with optuna's ask/tell interface; each proposed
 configuration is trained by :func:`localfm.experiments.tuning.trial.run_trial` in a
-pool of MaxParallelTrainingJobs worker processes.
+pool of MaxParallelTrainingJobs worker processes, or, with ``cluster``, as that many
+Ray tasks at a time on a Ray cluster (:mod:`localfm.scale.tune`); either way this
+process keeps the ask/tell loop and the study.
 
 The study lives in SQLite inside the output folder (``DIR/study.db``), so a tune that
 is killed resumes where it stopped: finished jobs are kept and not run again; jobs that
@@ -15,12 +17,13 @@ training jobs of the tuning job and do not appear in trials.csv.
 from __future__ import annotations
 
 import concurrent.futures as cf
+import contextlib
 import hashlib
 import json
 import multiprocessing
 import os
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -30,6 +33,7 @@ import numpy as np
 from ...data.features import FeatureSpace
 from ...errors import LocalFMError
 from ...fm.hyperparameters import FM_HYPERPARAMETERS
+from ...io.atomic import atomic_write
 from ...io.channels import read_channel
 from ...progress import progress
 from . import holdout as ho
@@ -199,12 +203,20 @@ def tune(
     *,
     holdout_fraction: float = 0.1,
     on_trial: Callable[[TrialOutcome], None] | None = None,
+    cluster: str | None = None,
 ) -> TuneResult:
     """Run (or resume) the tuning job; write the outputs; return the best job.
 
     ``on_trial`` is called in this process after each finished trial (tests use it).
+    ``cluster``: ``local:N``, ``auto`` or a Ray address (:func:`localfm.scale.cluster.connect`):
+    the trials run as Ray tasks there instead of in local worker processes.
     """
     import optuna
+
+    if cluster is not None:
+        from ...scale.tune import check_cluster
+
+        check_cluster(cluster)  # a bad value fails before any work
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     out_dir = Path(out_dir)
@@ -270,48 +282,78 @@ def tune(
     started = time.time()
     stop = False
     if remaining > 0:
-        env = limit_threads()
-        ctx = multiprocessing.get_context("spawn")  # no forked SQLite connections or numba state
-        try:
-            with cf.ProcessPoolExecutor(max_workers=config.max_parallel, mp_context=ctx) as pool:
-                running: dict[cf.Future, Any] = {}
-                bar = progress(total=remaining, desc="tune", unit="job")
-                submitted = 0
-                while running or (submitted < remaining and not stop):
-                    while len(running) < config.max_parallel and submitted < remaining and not stop:
-                        trial = study.ask(dists)
-                        hps = {**static, **{k: _fmt(v) for k, v in tuned_values(config, trial.params).items()}}
-                        spec = TrialJob(
-                            data=data, storage=url, study_name=job, trial_id=trial._trial_id, number=trial.number,
-                            hyperparameters=hps, seed=config.random_seed or 0, objective=objective.metric_name,
-                            fm_metric=None if objective.is_ranking else objective.fm_metric,
-                            ranking=objective.ranking if objective.is_ranking else None, pruner=pruner,
-                            maximize=objective.maximize,
-                            model_path=str((out_dir / "trials" / str(trial.number) / "model.tar.gz").resolve()),
-                            parent_pid=os.getpid(),
-                        )
-                        running[pool.submit(run_trial, spec)] = trial
-                        submitted += 1
-                    done, _ = cf.wait(running, return_when=cf.FIRST_COMPLETED)
-                    for fut in done:
-                        trial = running.pop(fut)
-                        res = fut.result()
-                        _tell(study, trial, res)
-                        ran += 1
-                        if res.error:
-                            failures.append(f"trial {res.number}: {res.error}")
-                        bar.update(1)
-                        if on_trial is not None:
-                            on_trial(res)
-                        if _target_reached(config, res) or (
-                                config.max_runtime_seconds and time.time() - started > config.max_runtime_seconds):
-                            stop = True
-                bar.close()
-        finally:
-            restore_env(env)
+        if cluster is None:
+            pool = _local_pool(config.max_parallel)
+        else:
+            from ...scale.tune import cluster_pool
+
+            pool = cluster_pool(cluster, data, storage_url=url, study_name=job, pruner=pruner)
+        with pool as submit:
+            running: dict[cf.Future, Any] = {}
+            bar = progress(total=remaining, desc="tune", unit="job")
+            submitted = 0
+            while running or (submitted < remaining and not stop):
+                while len(running) < config.max_parallel and submitted < remaining and not stop:
+                    trial = study.ask(dists)
+                    hps = {**static, **{k: _fmt(v) for k, v in tuned_values(config, trial.params).items()}}
+                    spec = TrialJob(
+                        data=data, storage=url, study_name=job, trial_id=trial._trial_id, number=trial.number,
+                        hyperparameters=hps, seed=config.random_seed or 0, objective=objective.metric_name,
+                        fm_metric=None if objective.is_ranking else objective.fm_metric,
+                        ranking=objective.ranking if objective.is_ranking else None, pruner=pruner,
+                        maximize=objective.maximize,
+                        # a Ray task may run on a node without this disk: it returns the bytes
+                        model_path=None if cluster else str(_model_path(out_dir, trial.number).resolve()),
+                        parent_pid=None if cluster else os.getpid(),
+                    )
+                    running[submit(spec)] = trial
+                    submitted += 1
+                done, _ = cf.wait(running, return_when=cf.FIRST_COMPLETED)
+                for fut in done:
+                    trial = running.pop(fut)
+                    res = fut.result()
+                    _keep_artifact(res, out_dir)
+                    _tell(study, trial, res)
+                    ran += 1
+                    if res.error:
+                        failures.append(f"trial {res.number}: {res.error}")
+                    bar.update(1)
+                    if on_trial is not None:
+                        on_trial(res)
+                    if _target_reached(config, res) or (
+                            config.max_runtime_seconds and time.time() - started > config.max_runtime_seconds):
+                        stop = True
+            bar.close()
     counted = counted_trials(study)
     best = write_outputs(config, study, counted, out_dir, job)
     return TuneResult(out_dir=out_dir, jobs=len(counted), ran_now=ran, best=best, failures=failures)
+
+
+@contextlib.contextmanager
+def _local_pool(workers: int) -> Iterator[Callable[[TrialJob], cf.Future]]:
+    """``submit(job) -> Future[TrialOutcome]`` over ``workers`` spawned one-thread processes."""
+    env = limit_threads()
+    ctx = multiprocessing.get_context("spawn")  # no forked SQLite connections or numba state
+    try:
+        with cf.ProcessPoolExecutor(max_workers=workers, mp_context=ctx) as pool:
+            yield lambda spec: pool.submit(run_trial, spec)
+    finally:
+        restore_env(env)
+
+
+def _model_path(out_dir: Path, number: int) -> Path:
+    return out_dir / "trials" / str(number) / "model.tar.gz"
+
+
+def _keep_artifact(res: TrialOutcome, out_dir: Path) -> None:
+    """A trial that returned its model (a Ray task) has it written here, atomically."""
+    if res.artifact is None:
+        return
+    path = _model_path(out_dir, res.number)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_write(path) as fh:
+        fh.write(res.artifact)
+    res.artifact = None
 
 
 def _may_resample(config: TuningConfig) -> bool:

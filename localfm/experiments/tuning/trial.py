@@ -10,10 +10,17 @@ With pruning on (Hyperband, or early stopping Auto) the trial reports a value ev
 epoch to the optuna study in SQLite and stops when the pruner says so, through the
 FM's ``on_epoch`` hook. A worker whose tuner was killed stops at the next epoch
 instead of writing to a study that has moved on.
+
+On a Ray cluster (:mod:`localfm.scale.tune`) the same :func:`run_trial` runs on any node
+without the tuner's disk: it is handed the inputs already loaded (``data``), reports
+through ``pruning`` (an object with optuna's ``report``/``should_prune``) instead of
+opening the SQLite study, and returns the artifact bytes (``model_path`` None) for the
+tuner to write.
 """
 from __future__ import annotations
 
 import os
+import tempfile
 import time
 import traceback
 from dataclasses import dataclass, field
@@ -61,8 +68,8 @@ class TrialJob:
     ranking: tuple[str, int] | None  # ranking objective: (metric, K)
     pruner: dict[str, Any] | None  # None: no per-epoch reports
     maximize: bool
-    model_path: str
-    parent_pid: int
+    model_path: str | None  # None: return the model.tar.gz bytes in TrialOutcome.artifact
+    parent_pid: int | None  # the tuner's pid (a pool worker stops when it is gone); None: not a child
 
 
 @dataclass
@@ -75,12 +82,14 @@ class TrialOutcome:
     epochs: int = 0
     error: str | None = None
     intermediate: list[float] = field(default_factory=list)
+    artifact: bytes | None = None  # model.tar.gz when the job's model_path is None
 
 
 _cache: dict[TrialData, dict[str, Any]] = {}
 
 
-def _load(data: TrialData) -> dict[str, Any]:
+def load_inputs(data: TrialData) -> dict[str, Any]:
+    """The arrays every trial of a tune trains and scores on (cached per process)."""
     if data in _cache:
         return _cache[data]
 
@@ -128,13 +137,18 @@ def _intermediate(job: TrialJob, metrics: dict[str, float], predictor_type: str)
     return -float(metrics[f"validation:{key}"])
 
 
-def run_trial(job: TrialJob) -> TrialOutcome:
-    """Train, score and save one trial; never raises (failures come back as an outcome)."""
+def run_trial(job: TrialJob, *, data: dict[str, Any] | None = None, pruning: Any = None) -> TrialOutcome:
+    """Train, score and save one trial; never raises (failures come back as an outcome).
+
+    ``data``: the :func:`load_inputs` dict, when the caller has it (else read from the
+    job's paths). ``pruning``: where per-epoch values go when the job has a pruner, an
+    object with ``report(value, step)`` and ``should_prune()`` (else the job's SQLite study).
+    """
     set_quiet(True)  # one bar for the tune (in the tuner process), none per trial
     start = time.time()
     outcome = TrialOutcome(job.number, "failed", start=start)
     try:
-        _run(job, outcome)
+        _run(job, outcome, data, pruning)
     except LocalFMError as exc:
         outcome.state, outcome.error = "failed", str(exc)
     except Exception as exc:  # noqa: BLE001 - a crashing trial is a Failed job, not a crashed tune
@@ -144,13 +158,16 @@ def run_trial(job: TrialJob) -> TrialOutcome:
     return outcome
 
 
-def _run(job: TrialJob, outcome: TrialOutcome) -> None:
+def _run(job: TrialJob, outcome: TrialOutcome, data: dict[str, Any] | None, pruning: Any) -> None:
     model = FactorizationMachine(seed=job.seed, **job.hyperparameters)
     hp = model.check_params()  # a bad combination fails before any data is read
-    data = _load(job.data)
+    if data is None:
+        data = load_inputs(job.data)
     ptype = hp["predictor_type"]
     trial = None
-    if job.pruner is not None:
+    if job.pruner is not None and pruning is not None:
+        trial = pruning
+    elif job.pruner is not None:
         import optuna
 
         optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -160,7 +177,7 @@ def _run(job: TrialJob, outcome: TrialOutcome) -> None:
 
     def on_epoch(epoch: int, metrics: dict[str, float]) -> bool:
         outcome.epochs = epoch + 1
-        if os.getppid() != job.parent_pid:  # the tuner is gone: stop without touching the study
+        if job.parent_pid is not None and os.getppid() != job.parent_pid:  # the tuner is gone: stop without touching the study
             os._exit(3)
         if trial is None:
             return False
@@ -190,8 +207,13 @@ def _run(job: TrialJob, outcome: TrialOutcome) -> None:
         value = ranking_value(model, data["protocol"], metric, k)
     if not np.isfinite(value):
         raise LocalFMError(f"objective {job.objective} is not finite ({value!r}): the training diverged")
-    Path(job.model_path).parent.mkdir(parents=True, exist_ok=True)
-    model.save(job.model_path)
+    if job.model_path is None:
+        with tempfile.TemporaryDirectory(prefix="localfm-trial") as tmp:  # save()'s exact bytes
+            model.save(Path(tmp) / "model.tar.gz")
+            outcome.artifact = (Path(tmp) / "model.tar.gz").read_bytes()
+    else:
+        Path(job.model_path).parent.mkdir(parents=True, exist_ok=True)
+        model.save(job.model_path)
     outcome.value = float(value)
     if outcome.state != "pruned":
         outcome.state = "complete"
