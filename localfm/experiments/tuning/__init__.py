@@ -3,7 +3,7 @@
 - :mod:`.config`: tuning.json (the CreateHyperParameterTuningJob body) → :class:`TuningConfig`;
 - :mod:`.holdout`: the seeded per-user holdout behind the local ranking objectives;
 - :mod:`.trial`: one training job, run in a worker process;
-- :mod:`.runner`: the optuna study in SQLite, the worker pool, resume after a kill;
+- :mod:`.runner`: the optuna study in SQLite, the worker pool (or Ray tasks, :mod:`localfm.scale.tune`), resume after a kill;
 - :mod:`.outputs`: trials.csv/parquet, best/, objective.png.
 """
 from __future__ import annotations
