@@ -112,15 +112,22 @@ def test_a_trial_needs_nothing_from_the_tuners_disk(data, tmp_path):
 
 
 @pytest.mark.slow
-def test_same_jobs_and_models_as_the_local_pool(ray_cluster, data, tmp_path):
-    doc = body("Random", jobs=3, parallel=2)
-    here = tune(parse_tuning_config(doc), inputs(data), tmp_path / "local" / "job")
-    there = tune(parse_tuning_config(doc), inputs(data), tmp_path / "ray" / "job", cluster=ray_cluster.address)
-    assert not here.failures and not there.failures and there.jobs == there.ran_now == 3
+@pytest.mark.parametrize("objective", ["test", "ranking"])
+def test_same_jobs_and_models_as_the_local_pool(ray_cluster, data, tmp_path, objective):
+    """``ranking``: the holdout protocol and the per-epoch negative sampler travel to the tasks too."""
+    if objective == "test":
+        doc, jobs_n, given = body("Random", jobs=3, parallel=2), 3, inputs(data)
+    else:
+        doc = body("Random", jobs=2, parallel=2, metric="validation:ndcg@10",
+                   static={"_local_resample_negatives": "true"})
+        jobs_n, given = 2, inputs(data, test=False)
+    here = tune(parse_tuning_config(doc), given, tmp_path / "local" / "job")
+    there = tune(parse_tuning_config(doc), given, tmp_path / "ray" / "job", cluster=ray_cluster.address)
+    assert not here.failures and not there.failures and there.jobs == there.ran_now == jobs_n
     jobs = _jobs(tmp_path / "ray" / "job")
     assert jobs == _jobs(tmp_path / "local" / "job")  # same proposals, names, objective values
-    assert {r["TrainingJobStatus"] for r in jobs} == {"Completed"}
-    for n in range(3):  # the tuner wrote each returned model: byte for byte the local one
+    assert {r["TrainingJobStatus"] for r in jobs} == {"Completed"} and len(jobs) == jobs_n
+    for n in range(jobs_n):  # the tuner wrote each returned model: byte for byte the local one
         ray_model = tmp_path / "ray" / "job" / "trials" / str(n) / "model.tar.gz"
         assert ray_model.read_bytes() == (tmp_path / "local" / "job" / "trials" / str(n) / "model.tar.gz").read_bytes()
     assert (tmp_path / "ray" / "job" / "best" / "model.tar.gz").read_bytes() == (
