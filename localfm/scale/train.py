@@ -40,7 +40,13 @@ import numpy as np
 
 from ..errors import LocalFMError
 from ..fm.metrics import MetricAccumulator, TrainingLog
-from ..fm.model import FactorizationMachine, evaluate_weights, labelled_rows, lr_schedule, init_weights
+from ..fm.model import (
+    FactorizationMachine,
+    evaluate_weights,
+    init_weights,
+    labelled_rows,
+    lr_schedule,
+)
 from ..io.channels import channel_files, read_channel, read_files
 from .cluster import actor_slots, connect
 
@@ -260,6 +266,23 @@ class Instance:
         return acc, lines
 
 
+def _job_failed(exc: Exception, where: str) -> LocalFMError:
+    """The one-line error for a job whose actor died or whose task raised.
+
+    ``dist_sync`` state (the kv servers' Adam moments, a replicated table) lives only in the
+    actors, so a dead instance cannot be restarted mid-job with the same result: the job
+    fails instead, and since the model is only returned (and written by the CLI) after the
+    last step, nothing half-trained is left behind. An instance refusing its input (a bad
+    channel file) reports that error itself.
+    """
+    cause = getattr(exc, "cause", None)
+    if isinstance(cause, LocalFMError):
+        return LocalFMError(str(cause), param=cause.param)
+    first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+    return LocalFMError(f"cluster training failed {where} ({type(exc).__name__}: {first[:300]}); "
+                        "no model was written: rerun the job")
+
+
 def train_on_cluster(
     train: str,
     hyperparameters: Mapping[str, Any],
@@ -317,37 +340,50 @@ def train_on_cluster(
         # kv servers hold memory, not compute: no CPU reserved, so S does not compete with N
         Server = ray.remote(num_cpus=0, **spread)(ParamShard)
         Worker = ray.remote(num_cpus=1, **spread)(Instance)
-        servers = [Server.remote(hp, table[j::S], w0 if j == 0 else None) for j in range(S)]
-        shared = ray.put(table) if S == 0 else None
-        del table
-        workers = [Worker.remote(hp, files[i], str(train), servers, shared, w0 if S == 0 else None)
-                   for i in range(N)]
-        rows = ray.get([w.rows.remote() for w in workers])
-        steps = max(math.ceil(n / b) for n in rows)
-        ray.get([w.prepare.remote(steps) for w in workers])
-        ptype, epochs = hp["predictor_type"], hp["epochs"]
-        log = TrainingLog(ptype, epochs, emit=False)
-        host_logs = [TrainingLog(ptype, epochs, emit=verbose, host=f"algo-{i + 1}") for i in range(N)]
-        every = hp["batch_metrics_publish_interval"]
-        holders = servers or workers
-        t = 0
-        for epoch in range(epochs):
-            lr_scale = lr_schedule(hp["_local_lr_schedule"], epoch, epochs)
-            start = time.perf_counter()
-            for step in range(steps):
-                t += 1
-                outs = [w.compute.options(num_returns=max(1, S)).remote(step) for w in workers]
-                outs = [o if S > 1 else [o] for o in outs]
-                ray.get([h.apply.remote(t, lr_scale, *[o[j if S else 0] for o in outs])
-                         for j, h in enumerate(holders)])
-            seconds = time.perf_counter() - start
-            ends = ray.get([w.end_epoch.remote(every) for w in workers])
-            for i, (acc, lines) in enumerate(ends):
-                for bi, values in lines:
-                    host_logs[i].batch(epoch, bi, values)
-                host_logs[i].epoch(epoch, acc.result(), rows[i], seconds)
-            log.epoch(epoch, merge_accumulators([e[0] for e in ends]).result(), sum(rows), seconds)
-        parts = ray.get([h.weights.remote() for h in (servers or workers[:1])])
+        servers: list[Any] = []
+        workers: list[Any] = []
+        where = "while starting the instances"
+        try:
+            servers = [Server.remote(hp, table[j::S], w0 if j == 0 else None) for j in range(S)]
+            shared = ray.put(table) if S == 0 else None
+            del table
+            workers = [Worker.remote(hp, files[i], str(train), servers, shared, w0 if S == 0 else None)
+                       for i in range(N)]
+            rows = ray.get([w.rows.remote() for w in workers])
+            steps = max(math.ceil(n / b) for n in rows)
+            ray.get([w.prepare.remote(steps) for w in workers])
+            ptype, epochs = hp["predictor_type"], hp["epochs"]
+            log = TrainingLog(ptype, epochs, emit=False)
+            host_logs = [TrainingLog(ptype, epochs, emit=verbose, host=f"algo-{i + 1}") for i in range(N)]
+            every = hp["batch_metrics_publish_interval"]
+            holders = servers or workers
+            t = 0
+            for epoch in range(epochs):
+                lr_scale = lr_schedule(hp["_local_lr_schedule"], epoch, epochs)
+                start = time.perf_counter()
+                for step in range(steps):
+                    where = f"in epoch {epoch}, step {step + 1} of {steps}"
+                    t += 1
+                    outs = [w.compute.options(num_returns=max(1, S)).remote(step) for w in workers]
+                    outs = [o if S > 1 else [o] for o in outs]
+                    ray.get([h.apply.remote(t, lr_scale, *[o[j if S else 0] for o in outs])
+                             for j, h in enumerate(holders)])
+                where = f"at the end of epoch {epoch}"
+                seconds = time.perf_counter() - start
+                ends = ray.get([w.end_epoch.remote(every) for w in workers])
+                for i, (acc, lines) in enumerate(ends):
+                    for bi, values in lines:
+                        host_logs[i].batch(epoch, bi, values)
+                    host_logs[i].epoch(epoch, acc.result(), rows[i], seconds)
+                log.epoch(epoch, merge_accumulators([e[0] for e in ends]).result(), sum(rows), seconds)
+            where = "collecting the weights"
+            parts = ray.get([h.weights.remote() for h in (servers or workers[:1])])
+        except ray.exceptions.RayError as exc:
+            raise _job_failed(exc, where) from None
+        finally:
+            # A failed job's surviving actors would hold their CPUs in a borrowed cluster: end them now.
+            for actor in [*workers, *servers]:
+                ray.kill(actor, no_restart=True)
     W = np.empty((d, k + 1), dtype=np.float32)
     for j, (part, _) in enumerate(parts):
         W[j::max(1, S)] = part

@@ -2,6 +2,11 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
+import threading
+import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -175,3 +180,72 @@ def test_channel_reads_in_name_order(channel):
     X, y = read_channel(root, need_labels=True)
     Xs, ys = _stack(blocks)
     assert (X != Xs).nnz == 0 and np.array_equal(y, ys)
+
+
+def _cluster_processes(cluster, title: str) -> list[int]:
+    """Pids of this cluster's workers whose process title starts with ``title`` (e.g. a running actor method).
+
+    Only descendants of this cluster's raylets: other Ray processes on the machine are never touched.
+    """
+    roots = {n.all_processes["raylet"][0].process.pid for n in cluster.list_all_nodes()}
+    parent, title_of = {}, {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+            title_of[int(entry.name)] = (entry / "cmdline").read_bytes().split(b"\0")[0].decode(errors="replace")
+        except OSError:
+            continue
+        parent[int(entry.name)] = int(stat.rsplit(")", 1)[1].split()[1])
+
+    def under_cluster(pid: int) -> bool:
+        while pid > 1:
+            if pid in roots:
+                return True
+            pid = parent.get(pid, 0)
+        return False
+
+    return [pid for pid, t in title_of.items() if t.startswith(title) and under_cluster(pid)]
+
+
+@pytest.mark.slow
+def test_killed_instance_fails_in_one_line_and_keeps_the_previous_model(ray_cluster, channel, tmp_path, capsys):
+    root, _ = channel
+    model_dir = tmp_path / "m"
+
+    def args(epochs: int) -> list[str]:
+        out = ["train", "--train", str(root), "--model-dir", str(model_dir), "--seed", "3", "--quiet-log", "--ray",
+               "auto", "--instance-count", "2", "--hp", f"mini_batch_size={B}", "--hp", "_num_kv_servers=1"]
+        for name, value in {**HP, "epochs": epochs}.items():
+            out += ["--hp", f"{name}={value}"]
+        return out
+
+    assert cli_main(args(2)) == 0  # the previous model, which a failed job must leave as it is
+    before = {name: (model_dir / name).read_bytes() for name in ("model.tar.gz", "metrics.json")}
+    capsys.readouterr()
+
+    # Enough epochs that the job is still stepping when an instance dies.
+    code: list[int] = []
+    thread = threading.Thread(target=lambda: code.append(cli_main(args(100_000))))
+    thread.start()
+    deadline = time.monotonic() + 120
+    victims: list[int] = []
+    while not victims and time.monotonic() < deadline and thread.is_alive():
+        victims = _cluster_processes(ray_cluster, "ray::Instance.compute")  # an instance mid-step
+        time.sleep(0.02)
+    assert victims, "no training instance was seen computing a step"
+    os.kill(victims[0], signal.SIGKILL)
+    thread.join(timeout=120)
+    assert not thread.is_alive() and code == [2]
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0, err
+    assert "cluster training failed in epoch" in err and "no model was written" in err, err
+    assert {name: (model_dir / name).read_bytes() for name in before} == before
+    assert sorted(p.name for p in model_dir.iterdir()) == sorted(before)
+    # The failed job's other actors are gone: their CPUs are free for the next job.
+    _wait_free = time.monotonic() + 30
+    while _cluster_processes(ray_cluster, "ray::Instance") and time.monotonic() < _wait_free:
+        time.sleep(0.1)
+    assert not _cluster_processes(ray_cluster, "ray::Instance")
+    assert not _cluster_processes(ray_cluster, "ray::ParamShard")
