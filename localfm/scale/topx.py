@@ -45,6 +45,7 @@ import scipy.sparse as sp
 
 from ..errors import LocalFMError
 from ..io.atomic import atomic_write
+from ..progress import set_quiet
 from ..recommend.recommend import (
     EXACT,
     RecommendOptions,
@@ -65,7 +66,7 @@ LAYOUTS = ("flat", "nested")
 #: SQLite is one file written by one process: fine for a small job's results, not for 1e10 rows.
 SQLITE_MAX_ROWS = 100_000_000
 MANIFEST = "manifest.json"
-_MANIFEST_VERSION = 1
+_MANIFEST_VERSION = 2  # 2: parts record [users, rows, scores skipped, scores total]
 
 
 @dataclass
@@ -92,6 +93,8 @@ class ClusterRun:
         for key in ("recall", "nprobe"):
             if getattr(s, key) is not None:
                 out[key] = getattr(s, key)
+        if s.scores_total:
+            out["skipped_fraction"] = round(s.scores_skipped / s.scores_total, 4)
         if self.warnings:
             out["warnings"] = list(self.warnings)
         out["cluster"] = {"layout": self.layout, "shards": self.shards, "skipped_shards": self.skipped_shards,
@@ -306,7 +309,7 @@ class _Job:
         done = {int(s) for s in old["done"]}
         # Parts of unfinished shards are redone whole: drop them, on disk and in the manifest.
         old["parts"] = {f: n for f, n in old["parts"].items() if int(f) // self.shard_users in done}
-        keep = {_part_name(int(f)) for f in old["parts"]}
+        keep = {_part_name(int(f), self.layout) for f in old["parts"]}
         for p in self.parts_dir.iterdir():
             if p.name not in keep:
                 p.unlink()
@@ -318,9 +321,11 @@ class _Job:
         with atomic_write(self.work / MANIFEST, "w", encoding="utf-8") as fh:
             json.dump(self.manifest, fh)
 
-    def _record(self, first: int, users: int, rows: int, done_users: dict[int, int]) -> None:
+    def _record(self, first: int, users: int, rows: int, skipped: int, total: int,
+                done_users: dict[int, int]) -> None:
         assert self.manifest is not None
-        self.manifest["parts"][str(first)] = [users, rows]
+        # The exact engine's pruning counts travel with the part, so a resumed job reports them whole.
+        self.manifest["parts"][str(first)] = [users, rows, skipped, total]
         shard = first // self.shard_users
         done_users[shard] = done_users.get(shard, 0) + users
         if done_users[shard] >= self._shard_size(shard):
@@ -361,8 +366,17 @@ class _Job:
         return path
 
     def shared_items(self, ray: Any) -> Any:
-        """The broadcast side, ``ray.put`` once: item vectors, their ids, the index bytes."""
-        side: dict[str, Any] = {"vectors": self.items, "ids": self.item_ids, "index": None}
+        """The broadcast side, ``ray.put`` once: item vectors, their ids, and the engine's item side
+        (:func:`~localfm.recommend.topx.prepare_items`, prepared here once for every actor) or the index bytes.
+
+        Prepared on the driver, the exact engine's item side (norm-sorted copy, per-block transposes,
+        pruning bounds) is one read-only copy per node in the object store instead of one private copy
+        per actor, and no actor spends start-up time preparing it. ``precision="auto"`` is resolved
+        here, by the driver's CPU; results are exact whichever screening the actors use.
+        """
+        side: dict[str, Any] = {"vectors": self.items, "ids": self.item_ids, "index": None, "prepared": None}
+        if self.opts.index == EXACT:
+            side["prepared"] = prepare_items(self.items, precision=self.opts.precision)
         if self.opts.index != EXACT:
             path, about = self.work / "index.bin", self.work / "index.json"
             if not path.is_file():  # a resumed job keeps the index its finished shards used
@@ -409,7 +423,8 @@ class _Job:
             results = self._map(ray, ds, shared, workers, batch_hook)
         try:
             for part in results.iter_rows():
-                self._record(int(part["first"]), int(part["users"]), int(part["rows"]), self._done_users)
+                self._record(int(part["first"]), int(part["users"]), int(part["rows"]), int(part["skipped"]),
+                             int(part["total"]), self._done_users)
         except Exception as exc:  # Ray wraps worker failures in several exception types
             assert self.manifest is not None
             finished = len(self.manifest["done"])
@@ -426,7 +441,7 @@ class _Job:
                 "shared": [shared],  # in a list, so the actor resolves the reference itself (zero-copy)
                 "config": {
                     "k": self.opts.k, "batch_size": self.opts.batch_size, "threads": self.opts.threads,
-                    "precision": self.opts.precision, "sigmoid": self.opts.sigmoid,
+                    "sigmoid": self.opts.sigmoid,
                     "predictor_type": self.rep.predictor_type,
                     "parts_dir": str(self.parts_dir), "shard_users": self.shard_users, "layout": self.layout,
                     "user_kind": id_kind(self.rep.user_ids), "hook": batch_hook,
@@ -461,26 +476,31 @@ class _Job:
         parts = self._parts_in_order()
         assert self.manifest is not None
         rows = sum(int(v[1]) for v in self.manifest["parts"].values())
+        self.stats.scores_skipped = sum(int(v[2]) for v in self.manifest["parts"].values())
+        self.stats.scores_total = sum(int(v[3]) for v in self.manifest["parts"].values())
         if self.layout == "nested":
             _swap_dir(self.parts_dir, Path(self.out))
         else:
             kinds = {"user_id_kind": id_kind(self.rep.user_ids), "item_id_kind": id_kind(self.item_ids)}
             with open_sink(self.out, table=self.table, lock_timeout=self.lock_timeout, **kinds) as write:
                 for first, _ in parts:
-                    write(_explode(self.parts_dir / _part_name(first)))
+                    write(_explode(self.parts_dir / _part_name(first, self.layout)))
         shutil.rmtree(self.work, ignore_errors=True)
         return rows
 
 
-def _part_name(first: int) -> str:
-    return f"part-{first:012d}.parquet"
+def _part_name(first: int, layout: str) -> str:
+    """Nested parts are the published Parquet; flat parts are only staging for the sinks, so they are
+    Arrow IPC files: written and memory-mapped back without any encoding (Parquet staging cost the
+    actors and the commit a second encode and decode of every result row)."""
+    return f"part-{first:012d}.{'parquet' if layout == 'nested' else 'arrow'}"
 
 
 def _explode(path: Path) -> ResultBatch:
-    """A staged nested part as flat ``(user_id, rank, item_id, score)`` rows."""
-    import pyarrow.parquet as pq
+    """A staged flat-layout part (Arrow IPC, one row per user) as flat ``(user_id, rank, item_id, score)`` rows."""
+    import pyarrow as pa
 
-    t = pq.read_table(path)
+    t = pa.ipc.open_file(pa.memory_map(str(path))).read_all()  # the map lives as long as the table
     items = t.column("items").combine_chunks()
     scores = t.column("scores").combine_chunks()
     offsets = np.asarray(items.offsets)
@@ -529,8 +549,8 @@ class _Ranker:
         self.item_ids = side["ids"]
         self.all_rows = np.arange(self.items.shape[0], dtype=np.int64)
         self.index = None
-        # The exact engine's item side, prepared once per actor rather than once per batch.
-        self.prepared = None if side["index"] is not None else prepare_items(self.items, precision=config["precision"])
+        self.prepared = side["prepared"]  # the exact engine's item side, prepared on the driver
+        set_quiet(True)  # a progress bar per call would only flood the driver's log through Ray's log monitor
         if side["index"] is not None:
             from ..knn.index import KNNIndex, load_faiss
 
@@ -551,19 +571,23 @@ class _Ranker:
         # One part per run of consecutive rows inside one shard (a batch may straddle shards).
         cut = np.flatnonzero((np.diff(rows) != 1) | (np.diff(rows // self.cfg["shard_users"]) != 0)) + 1
         bounds = [0, *cut.tolist(), len(rows)]
-        report: dict[str, list[int]] = {"first": [], "users": [], "rows": []}
+        report: dict[str, list[int]] = {"first": [], "users": [], "rows": [], "skipped": [], "total": []}
         for a, b in zip(bounds[:-1], bounds[1:]):
-            n_rows = self._rank(batch.slice(a, b - a), int(rows[a]))
+            n_rows, counts = self._rank(batch.slice(a, b - a), int(rows[a]))
             report["first"].append(int(rows[a]))
             report["users"].append(b - a)
             report["rows"].append(n_rows)
+            report["skipped"].append(counts.scores_skipped)
+            report["total"].append(counts.scores_total)
         return {key: np.asarray(v, dtype=np.int64) for key, v in report.items()}
 
-    def _rank(self, part: Any, first: int) -> int:
+    def _rank(self, part: Any, first: int) -> tuple[int, RecommendStats]:
+        """Rank one run of consecutive users and write its part; (result rows, pruning counts)."""
         import pyarrow as pa
         import pyarrow.parquet as pq
 
         cfg = self.cfg
+        pruning = RecommendStats()  # the exact engine's pruning counts for this part
         if cfg["hook"] is not None:
             cfg["hook"](first)
         n = part.num_rows
@@ -581,7 +605,8 @@ class _Ranker:
         rep = Repackaged(user_ids=uids, user_vectors=U, user_constants=part.column("const").to_numpy(),
                          item_ids=self.item_ids, item_vectors=self.items, predictor_type=cfg["predictor_type"])
         if self.index is None:
-            source = exact_batches(U, self.prepared, cfg["k"], seen, cfg["batch_size"], cfg["threads"], None)
+            source = exact_batches(U, self.prepared, cfg["k"], seen, cfg["batch_size"], cfg["threads"], None,
+                                   pruning)
         else:
             source = index_batches(self.index, U, cfg["k"], seen, cfg["batch_size"], self.items.shape[0])
         counts = np.zeros(n, dtype=np.int64)
@@ -608,6 +633,10 @@ class _Ranker:
             "items": pa.ListArray.from_arrays(offs, item_vals),
             "scores": pa.ListArray.from_arrays(offs, score_vals),
         })
-        with atomic_write(Path(cfg["parts_dir"]) / _part_name(first)) as fh:
-            pq.write_table(table, fh)
-        return int(counts.sum())
+        with atomic_write(Path(cfg["parts_dir"]) / _part_name(first, cfg["layout"])) as fh:
+            if cfg["layout"] == "nested":
+                pq.write_table(table, fh)
+            else:
+                with pa.ipc.new_file(fh, table.schema) as ipc:
+                    ipc.write_table(table)
+        return int(counts.sum()), pruning

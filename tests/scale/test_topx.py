@@ -27,6 +27,15 @@ def _single(rep, seen, k, out, **kwargs):
     return read_results(str(out))
 
 
+def _single_pruning(rep, seen, k):
+    """(scores skipped, scores total) of the single process's exact engine."""
+    recs = rank(rep, k=k, seen=seen, batch_size=BATCH)
+    for _ in recs:
+        pass
+    assert recs.stats.scores_total == recs.stats.users * recs.stats.items
+    return recs.stats.scores_skipped, recs.stats.scores_total
+
+
 def test_cluster_is_two_nodes_on_loopback_with_state_in_its_temp_dir(ray_cluster):
     import ray
 
@@ -51,6 +60,11 @@ def test_two_nodes_equal_single_process_row_for_row(ray_cluster, ml100k_model, t
     assert (run.stats.users, run.stats.rows, run.shards, run.workers, run.nodes) == (943, 943 * 20, 8, 2, 2)
     summary = run.summary()
     assert summary["rows"] == 943 * 20 and summary["cluster"]["nodes"] == 2 and summary["exclude_seen"] is True
+    # The actors report the exact engine's pruning: the same counts as the single process (pruning is per user).
+    skipped, total = _single_pruning(rep, seen, 20)
+    assert skipped > 0
+    assert (run.stats.scores_skipped, run.stats.scores_total) == (skipped, total)
+    assert summary["skipped_fraction"] == round(skipped / total, 4)
     # One actor per node did the work, and the staging area is gone after the commit.
     assert len({p.name.split("-", 1)[1] for p in marks.iterdir()}) == 2
     assert sorted(p.name for p in tmp_path.iterdir()) == ["cluster.parquet", "marks", "single.parquet"]
@@ -143,6 +157,8 @@ def test_killed_actor_fails_cleanly_keeps_previous_output_and_resume_finishes(ra
     run = recommend_on_cluster(rep, k=20, resume=True, **common)
     assert run.skipped_shards == done
     assert read_results(str(out)) == expected
+    # Pruning counts of the shards finished before the kill come from the manifest: the totals are whole.
+    assert (run.stats.scores_skipped, run.stats.scores_total) == _single_pruning(rep, seen, 20)
     assert not work.exists()
 
 
