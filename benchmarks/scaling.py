@@ -14,8 +14,11 @@ Reported per run: wall seconds, and for Ray the peak memory per node, as the sum
 proportional set size (PSS: a page shared by k processes counts 1/k) of the node's raylet and
 every process under it, sampled every 0.2 s. PSS is what shows the item matrix stored once per
 node: the object store's shared pages are split across the actors that map them instead of
-being counted once per actor as RSS would. Also: Ray overhead = ray1 / single - 1 (goal
-<= 15% at 162k x 62k x 65), speed-up = ray1 / ray2, and whether every run stored the same rows.
+being counted once per actor as RSS would. CPU seconds per run (``single``: this process; Ray:
+the driver plus every process under the nodes' raylets, sampled likewise), which still compare
+on a busy machine. Also: Ray overhead = ray1 / single - 1 (goal <= 15% at 162k x 62k x 65), the
+same in CPU seconds (``ray_cpu_overhead``), speed-up = ray1 / ray2, and whether every run stored
+the same rows.
 
 Training (modes ``train1`` / ``train2``): multi-instance FM training
 (:func:`localfm.scale.train_on_cluster`) on one loopback cluster of 2 nodes, 1 instance x batch
@@ -65,6 +68,16 @@ def _pss_kb(pid: int) -> int:
     return 0
 
 
+def _cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of ``pid`` so far (0 when it is gone)."""
+    try:
+        with open(f"/proc/{pid}/stat", encoding="ascii", errors="replace") as fh:
+            fields = fh.read().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, IndexError, ValueError):
+        return 0.0
+
+
 def _children() -> dict[int, list[int]]:
     kids: dict[int, list[int]] = {}
     for name in os.listdir("/proc"):
@@ -79,11 +92,17 @@ def _children() -> dict[int, list[int]]:
 
 
 class NodeMemory:
-    """Peak PSS per raylet process tree, sampled in a thread while the block runs."""
+    """Peak PSS per raylet process tree, sampled in a thread while the block runs; also the CPU
+    seconds the trees' processes spent meanwhile (:attr:`cpu_seconds`: on a shared machine wall
+    time says little, CPU time still compares runs; a process that exits between two samples
+    loses at most its last 0.2 s)."""
 
     def __init__(self, raylet_pids: list[int], every: float = 0.2) -> None:
         self.raylets, self.every = raylet_pids, every
         self.peak = {pid: 0 for pid in raylet_pids}
+        self._cpu_start: dict[int, float] = {}
+        self._cpu_last: dict[int, float] = {}
+        self._sampled = False
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
@@ -97,7 +116,17 @@ class NodeMemory:
                     tree.append(p)
                     todo.extend(kids.get(p, []))
                 self.peak[root] = max(self.peak[root], sum(_pss_kb(p) for p in tree) * 1024)
+                for p in tree:
+                    used = _cpu_seconds(p)
+                    self._cpu_start.setdefault(p, 0.0 if self._sampled else used)
+                    self._cpu_last[p] = max(self._cpu_last.get(p, 0.0), used)
+            self._sampled = True
             self._stop.wait(self.every)
+
+    @property
+    def cpu_seconds(self) -> float:
+        """CPU seconds of the nodes' processes during the block (processes born meanwhile: all of theirs)."""
+        return sum(self._cpu_last[p] - self._cpu_start[p] for p in self._cpu_last)
 
     def __enter__(self) -> NodeMemory:
         self._thread.start()
@@ -112,9 +141,11 @@ def run_single(rep: Any, k: int, threads: int, out: Path) -> dict[str, Any]:
     from localfm.recommend.recommend import rank
     from localfm.recommend.sinks import write_results
 
-    t0 = time.perf_counter()
-    write_results(str(out), rank(rep, k=k, threads=threads))
-    return {"mode": "single", "threads": threads, "seconds": time.perf_counter() - t0}
+    t0, c0 = time.perf_counter(), time.process_time()
+    recs = rank(rep, k=k, threads=threads)
+    write_results(str(out), recs)
+    return {"mode": "single", "threads": threads, "seconds": time.perf_counter() - t0,
+            "cpu_seconds": time.process_time() - c0, "skipped_fraction": recs.summary().get("skipped_fraction")}
 
 
 def run_ray(rep: Any, k: int, nodes: int, cpus: int, out: Path, object_store: int) -> dict[str, Any]:
@@ -127,10 +158,13 @@ def run_ray(rep: Any, k: int, nodes: int, cpus: int, out: Path, object_store: in
         started = time.perf_counter() - t0
         raylets = [n.all_processes["raylet"][0].process.pid for n in cluster.list_all_nodes()]
         with NodeMemory(raylets) as mem:
-            t1 = time.perf_counter()
+            t1, c1 = time.perf_counter(), time.process_time()
             run = recommend_on_cluster(rep, k=k, target=str(out), cluster=cluster.address, threads=cpus)
-            seconds = time.perf_counter() - t1
+            seconds, driver_cpu = time.perf_counter() - t1, time.process_time() - c1
     return {"mode": f"ray{nodes}", "nodes": nodes, "cpus_per_node": cpus, "seconds": seconds,
+            # the driver's (this process's) CPU plus every process of the cluster's nodes
+            "cpu_seconds": driver_cpu + mem.cpu_seconds,
+            "skipped_fraction": run.summary().get("skipped_fraction"),
             "cluster_start_seconds": started, "workers": run.workers,
             "peak_pss_bytes_per_node": [mem.peak[p] for p in raylets],
             "item_matrix_bytes": int(rep.item_vectors.nbytes)}
@@ -240,6 +274,8 @@ def main(argv: list[str] | None = None) -> int:
     by = {r["mode"]: r["seconds"] for r in results}
     if "single" in by and "ray1" in by:
         report["ray_overhead"] = by["ray1"] / by["single"] - 1.0
+        cpu = {r["mode"]: r["cpu_seconds"] for r in results if "cpu_seconds" in r}
+        report["ray_cpu_overhead"] = cpu["ray1"] / cpu["single"] - 1.0
     if "ray1" in by and "ray2" in by:
         report["speedup_2_nodes"] = by["ray1"] / by["ray2"]
     if "train1" in by and "train2" in by:
