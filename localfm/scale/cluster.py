@@ -10,6 +10,9 @@ from __future__ import annotations
 import contextlib
 import os
 import re
+import secrets
+import shutil
+import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -72,19 +75,51 @@ def connect(cluster: str) -> Iterator[Any]:
     if ray.is_initialized():
         yield ray
         return
-    try:
+    with contextlib.ExitStack() as stack:
         if spec.kind == "local":
-            ray.init(num_cpus=spec.cpus, include_dashboard=False, _node_ip_address="127.0.0.1",
-                     logging_level="WARNING", configure_logging=True)
-        else:
-            ray.init(address=spec.address, logging_level="WARNING")
-    except (ConnectionError, RuntimeError, ValueError) as exc:
-        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-        raise LocalFMError(f"cluster {cluster!r}: cannot connect to Ray ({first[:200]})", param="cluster") from None
+            # A private cluster keeps its sessions, sockets and auth token in its own temp dir,
+            # removed on exit: nothing lands in the shared /tmp/ray or ~/.ray.
+            stack.enter_context(private_ray_dirs())
+        try:
+            if spec.kind == "local":
+                ray.init(num_cpus=spec.cpus, include_dashboard=False, _node_ip_address="127.0.0.1",
+                         logging_level="WARNING", configure_logging=True)
+            else:
+                ray.init(address=spec.address, logging_level="WARNING")
+        except (ConnectionError, RuntimeError, ValueError) as exc:
+            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+            raise LocalFMError(f"cluster {cluster!r}: cannot connect to Ray ({first[:200]})",
+                               param="cluster") from None
+        try:
+            yield ray
+        finally:
+            ray.shutdown()
+
+
+@contextlib.contextmanager
+def private_ray_dirs(**extra_env: str) -> Iterator[str]:
+    """Point Ray's state (sessions, sockets, logs, the auth token) at a fresh short temp dir
+    under /tmp (unix socket paths are limited to ~107 bytes) for the block, with
+    ``extra_env`` set too; restore the environment and remove the dir afterwards."""
+    tmp = tempfile.mkdtemp(dir="/tmp", prefix="lfr")  # mode 0700
+    token = os.path.join(tmp, "auth_token")
+    # Ray refuses a token path that points at no file; this cluster's own token, owner-only.
+    fd = os.open(token, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as fh:
+        fh.write(secrets.token_hex(32))
+    env = {"RAY_TMPDIR": tmp, "RAY_AUTH_TOKEN_PATH": token,
+           "RAY_USAGE_STATS_ENABLED": "0", **extra_env}
+    saved = {key: os.environ.get(key) for key in env}
+    os.environ.update(env)
     try:
-        yield ray
+        yield tmp
     finally:
-        ray.shutdown()
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def actor_slots(ray: Any, cpus_per_actor: int) -> int:
@@ -104,21 +139,14 @@ def loopback_cluster(nodes: int = 2, cpus_per_node: int = 1, object_store_bytes:
     afterwards, so nothing lands in /tmp/ray or ~/.ray. ``pythonpath`` is prepended to the
     workers' PYTHONPATH (e.g. a checkout that is not installed). Stops only its own processes.
     """
-    import shutil
-    import tempfile
-
-    tmp = tempfile.mkdtemp(dir="/tmp", prefix="lfr")
-    env = {
-        "RAY_TMPDIR": tmp,
-        "RAY_AUTH_TOKEN_PATH": os.path.join(tmp, "auth_token"),
-        "RAY_memory_monitor_refresh_ms": "0",
-        "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",
-        "RAY_USAGE_STATS_ENABLED": "0",
-    }
+    env = {"RAY_memory_monitor_refresh_ms": "0", "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
     if pythonpath:
         env["PYTHONPATH"] = os.pathsep.join(p for p in (pythonpath, os.environ.get("PYTHONPATH", "")) if p)
-    saved = {key: os.environ.get(key) for key in env}
-    os.environ.update(env)
+    with private_ray_dirs(**env):
+        yield from _loopback(nodes, cpus_per_node, object_store_bytes)
+
+
+def _loopback(nodes: int, cpus_per_node: int, object_store_bytes: int) -> Iterator[Any]:
     ray = import_ray()
     from ray._private import ray_constants
     from ray.cluster_utils import Cluster
@@ -141,9 +169,3 @@ def loopback_cluster(nodes: int = 2, cpus_per_node: int = 1, object_store_bytes:
         if cluster is not None:
             cluster.shutdown()
         ray_constants.ENABLE_RAY_CLUSTER = saved_flag
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
-        shutil.rmtree(tmp, ignore_errors=True)

@@ -2,8 +2,10 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -12,6 +14,8 @@ from tests.recommend.recommend_fakes import make_space, random_weights
 from localfm.errors import LocalFMError
 from localfm.recommend.vectors import repackage
 from localfm.scale import ClusterSpec, parse_cluster, recommend_on_cluster
+
+REPO = Path(__file__).resolve().parents[2]
 
 
 def test_parse_cluster_spellings():
@@ -80,3 +84,31 @@ def test_sqlite_is_for_small_jobs(rep, tmp_path, monkeypatch):
     with pytest.raises(LocalFMError, match="SQLite is for small jobs .* makes up to 90"):
         recommend_on_cluster(rep, k=3, target=str(tmp_path / "r.sqlite"), cluster="local:1")
     assert not (tmp_path / "r.sqlite").exists()
+
+
+@pytest.mark.slow
+def test_local_cluster_leaves_nothing_in_ray_default_dirs(tmp_path):
+    """``local:N`` keeps Ray's sessions and auth token in its own temp dir and removes it."""
+    home = tmp_path / "home"
+    home.mkdir()
+    tmp_ray_before = os.path.exists("/tmp/ray")
+    code = (
+        "import os, json\n"
+        "from localfm.scale.cluster import connect\n"
+        "with connect('local:1') as ray:\n"
+        "    assert ray.get(ray.remote(lambda: 41 + 1).remote()) == 42\n"
+        "    inside = os.environ['RAY_TMPDIR']\n"
+        "    print(json.dumps({'dir': inside, 'existed': os.path.isdir(inside)}))\n"
+        "print(json.dumps({'after': os.environ.get('RAY_TMPDIR')}))\n"
+    )
+    env = {**os.environ, "HOME": str(home), "PYTHONPATH": str(REPO)}
+    env.pop("RAY_TMPDIR", None)
+    proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    lines = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
+    assert lines[0]["existed"] and lines[0]["dir"].startswith("/tmp/lfr")
+    assert not os.path.exists(lines[0]["dir"])  # removed on exit
+    assert lines[1]["after"] is None  # environment restored
+    assert not (home / ".ray").exists()  # no auth token in ~/.ray
+    if not tmp_ray_before:
+        assert not os.path.exists("/tmp/ray")
