@@ -594,8 +594,8 @@ def _scan_users(
                 rows = np.repeat(np.arange(Ub.shape[0]), np.diff(seen_ptr))
                 inside = (seen_idx >= j0) & (seen_idx < j1)
                 Sn[rows[inside], seen_idx[inside] - j0] = -np.inf
-            # A stable sort, not topk: among tied scores the earlier item must make the cut
-            # (topk's choice is unspecified); ascending (score, -column) is a valid heap.
+            # The stable tie rule (topk, plus a stable sort where ties straddle the cut):
+            # among tied scores the earlier item makes it; ascending (score, -column) is a valid heap.
             m = min(heap_v.shape[1], j1 - j0)
             top_v, top_i = _top_stable(S, m)
             heap_v[:, heap_v.shape[1] - m:] = top_v.numpy()[:, ::-1]
@@ -629,12 +629,31 @@ def _top_stable(S: Any, m: int) -> tuple[Any, Any]:
     """The m best of each row, best first; among equal scores the leftmost (earliest-visited) wins.
 
     This is the engine's tie rule, shared with the heap scan; ``torch.topk`` leaves the
-    choice among ties unspecified, a stable descending sort does not.
+    choice among ties unspecified, a stable descending sort does not — but sorting whole
+    4096-wide rows doubled the brute-force scan's time. So ``topk`` picks the m best, and
+    only rows where ties straddle the cut (more than m scores >= the m-th one, e.g. -inf
+    padding) get the stable sort; the kept m of the others are a unique set, reordered by
+    (score desc, column asc) with two sorts of m-wide rows.
     """
     import torch
 
-    v, pos = torch.sort(S, dim=1, descending=True, stable=True)
-    return v[:, :m].contiguous(), pos[:, :m].contiguous()
+    if m >= S.shape[1]:
+        v, pos = torch.sort(S, dim=1, descending=True, stable=True)
+        return v[:, :m].contiguous(), pos[:, :m].contiguous()
+    v, pos = torch.topk(S, m, dim=1, largest=True, sorted=False)
+    kth = v.min(dim=1, keepdim=True).values
+    straddle = (S >= kth).sum(dim=1) > m
+    # Unique set: order it by column, then stably by score, so equal scores keep column order.
+    pos, _ = torch.sort(pos, dim=1)
+    v = torch.gather(S, 1, pos)
+    v, o = torch.sort(v, dim=1, descending=True, stable=True)
+    pos = torch.gather(pos, 1, o)
+    if bool(straddle.any()):
+        rows = straddle.nonzero(as_tuple=True)[0]
+        sv, spos = torch.sort(S[rows], dim=1, descending=True, stable=True)
+        v[rows] = sv[:, :m]
+        pos[rows] = spos[:, :m]
+    return v.contiguous(), pos.contiguous()
 
 
 def _isin_sorted(query: Any, sorted_keys: Any) -> Any:
