@@ -353,3 +353,58 @@ def test_prepared_items_refuse_settings_fixed_at_preparation():
         top_x(U, prepared, 3, precision="fp32")
     with pytest.raises(LocalFMError, match="user vectors have dimension 3"):
         top_x(U[:, :3], prepared, 3)
+
+
+# ---------------------------------------------------------------- benchmarks.topx_vs_faiss: trained vectors
+
+
+def test_benchmark_repackages_a_trained_fm_and_resamples_distinct_vectors():
+    """The benchmark's trained-model vectors rank like the FM itself, and resampling adds distinct rows."""
+    from pathlib import Path
+
+    from benchmarks.data import Ratings
+    from benchmarks.topx_vs_faiss import _repackage, resample
+    from localfm.fm.model import FactorizationMachine
+
+    D = np.loadtxt(Path(__file__).resolve().parents[2] / "data" / "ml-synthetic" / "u.data", dtype=np.int64,
+                   usecols=(0, 1, 2))
+    r = Ratings(D[:, 0] - 1, D[:, 1] - 1, D[:, 2].astype(np.float32), int(D[:, 0].max()), int(D[:, 1].max()))
+    fm = FactorizationMachine(feature_dim=r.n_users + r.n_items, num_factors=4, predictor_type="regressor",
+                              epochs=1, mini_batch_size=500, seed=0).fit(r.onehot(), r.ratings)
+    U, I = _repackage(fm, r.n_users, r.n_items)
+    raw = fm.predict(sp.vstack([Ratings(np.repeat(np.arange(3), r.n_items), np.tile(np.arange(r.n_items), 3),
+                                        np.zeros(3 * r.n_items, np.float32), r.n_users, r.n_items).onehot()]))
+    raw = np.asarray(raw, np.float64).reshape(3, r.n_items)
+    ip = U[:3].astype(np.float64) @ I.T.astype(np.float64)
+    # inner product + a per-user constant == FM score: the difference is constant along each row.
+    np.testing.assert_allclose(raw - ip, (raw - ip)[:, :1].repeat(r.n_items, 1), atol=1e-4)
+    rng = np.random.default_rng(0)
+    Ur = resample(U, 5 * U.shape[0], 0.1, rng, user=True)
+    Ir = resample(I, 5 * I.shape[0], 0.1, rng, user=False)
+    assert Ur.shape == (5 * U.shape[0], U.shape[1]) and (Ur[:, -1] == 1.0).all()
+    assert np.unique(Ir, axis=0).shape[0] == Ir.shape[0]  # noise makes every resampled item distinct
+    assert np.unique(resample(I, 10, 0.0, rng, user=False), axis=0).shape[0] == 10  # fewer: no repeats
+
+
+@pytest.mark.slow
+def test_benchmark_trains_ml100k_once_then_reads_the_cache(ml100k_dir, tmp_path, monkeypatch, capsys):
+    import sys
+
+    import benchmarks.topx_vs_faiss as bench
+
+    monkeypatch.setattr(bench, "CACHE", tmp_path)
+    U, I, meta = bench.trained_vectors("ml100k")
+    assert U.shape == (943, 65) and I.shape[1] == 65 and meta["model_items"] == I.shape[0]
+    assert list(tmp_path.iterdir()) == [tmp_path / "topx-ml100k-k64.npz"]
+    import localfm.fm.model
+
+    monkeypatch.setattr(localfm.fm.model, "FactorizationMachine", None)  # a second training would fail
+    U2, I2, _ = bench.trained_vectors("ml100k")
+    np.testing.assert_array_equal(U2, U)
+    np.testing.assert_array_equal(I2, I)
+    monkeypatch.setattr(sys, "argv", ["topx_vs_faiss", "--kind", "ml100k", "--users", "500", "--items", "3000",
+                                      "--repeat", "1", "--check-users", "200", "--precision", "fp32"])
+    bench.main()
+    out = __import__("json").loads(capsys.readouterr().out)
+    assert out["ids_identical_unpruned"] == 1.0 and out["ids_identical_brute"] == 1.0
+    assert out["skipped_fraction"] > 0.3 and out["id_set_agreement"] > 0.999
