@@ -187,15 +187,17 @@ class PreparedItems:
     """
 
     items: np.ndarray  # (n_items, d) float32, as given
-    perm: np.ndarray  # visit order: item rows by decreasing norm
+    perm: np.ndarray  # rank order (the tie rule's order): item rows by decreasing norm
     inv_perm: np.ndarray
-    Ip: np.ndarray  # items[perm], C-contiguous
-    blocks: tuple[tuple[int, int], ...]
+    Ip: np.ndarray  # items[perm], C-contiguous; a "column" is a row of Ip (a rank)
+    blocks: tuple[np.ndarray, ...]  # per block, its columns (int64, ascending)
+    block_of: np.ndarray  # per column, its block
+    pos_in_block: np.ndarray  # per column, its position in that block
     block_T: tuple[np.ndarray, ...]  # per block, (d, width) C-contiguous: the GEMM's right operand
     block_norm: tuple[float, ...]  # per block, the largest item norm (bf16 screening bound)
     block_T16: tuple[np.ndarray, ...] | None  # bf16 bits (uint16) of block_T, when screening in bf16
     precision: str  # "fp32" or "bf16" (resolved)
-    suffix: _Suffix | None  # pruning bounds; None when pruning is off
+    bounds: _BlockBounds | None  # per-block pruning bounds; None when pruning is off
 
     @property
     def n_items(self) -> int:
@@ -203,7 +205,7 @@ class PreparedItems:
 
     @property
     def prune(self) -> bool:
-        return self.suffix is not None
+        return self.bounds is not None
 
 
 def prepare_items(
@@ -223,14 +225,46 @@ def prepare_items(
     inv_perm = np.empty_like(perm)
     inv_perm[perm] = np.arange(n_items)
     Ip = np.ascontiguousarray(I[perm])
-    blocks = tuple((j, min(j + block_size, n_items)) for j in range(0, n_items, block_size))
-    block_T = tuple(np.ascontiguousarray(Ip[a:b].T) for a, b in blocks)
+    if prune:
+        blocks = _pruning_blocks(Ip, block_size)
+    else:
+        blocks = tuple(np.arange(j, min(j + block_size, n_items), dtype=np.int64) for j in range(0, n_items, block_size))
+    block_of = np.zeros(n_items, np.int64)
+    pos_in_block = np.zeros(n_items, np.int64)
+    for bi, cols in enumerate(blocks):
+        block_of[cols] = bi
+        pos_in_block[cols] = np.arange(cols.shape[0])
+    block_T = tuple(np.ascontiguousarray(Ip[cols].T) for cols in blocks)
+    pnorms = norms[perm]
     return PreparedItems(
-        items=I, perm=perm, inv_perm=inv_perm, Ip=Ip, blocks=blocks, block_T=block_T,
-        block_T16=tuple(bf16_bits(t) for t in block_T) if precision == "bf16" else None,
-        block_norm=tuple(float(norms[perm[a:b]].max()) if b > a else 0.0 for a, b in blocks),
-        precision=precision, suffix=_Suffix.of(Ip, list(blocks)) if prune else None,
+        items=I, perm=perm, inv_perm=inv_perm, Ip=Ip, blocks=blocks, block_of=block_of, pos_in_block=pos_in_block,
+        block_T=block_T, block_T16=tuple(bf16_bits(t) for t in block_T) if precision == "bf16" else None,
+        block_norm=tuple(float(pnorms[cols].max()) for cols in blocks),
+        precision=precision, bounds=_BlockBounds.of(Ip, blocks) if prune else None,
     )
+
+
+def _pruning_blocks(Ip: np.ndarray, block_size: int) -> tuple[np.ndarray, ...]:
+    """Blocks whose items are alike in factor norm ‖i_V‖ *and* in the last column w.
+
+    A block's bound ``‖u_V‖·max‖i_V‖ + u_w·w`` takes both maxima over the block, so a
+    block of norm-ordered items (alike in norm, spread in w) is bounded by its largest w
+    and rarely skipped. Instead: ~√(blocks) bands by decreasing ‖i_V‖, each cut by
+    decreasing w into blocks. Measured with final thresholds (k = 100, 62,000 items):
+    computes 75 % of the scores on synthetic FM-shaped vectors and 4 % on the resampled
+    ml-100k model, against 92 % and 13 % for norm-ordered blocks. Columns inside a block
+    stay ascending, so a block's position order is rank order (the tie rule).
+    """
+    n = Ip.shape[0]
+    X = Ip.astype(np.float64)
+    vn = np.sqrt(np.einsum("ij,ij->i", X[:, :-1], X[:, :-1]))
+    w = X[:, -1]
+    n_bands = max(1, round(math.sqrt(-(-n // block_size))))
+    blocks = []
+    for band in np.array_split(np.argsort(-vn, kind="stable"), n_bands):
+        band = band[np.argsort(-w[band], kind="stable")]
+        blocks += [np.sort(band[j:j + block_size]).astype(np.int64) for j in range(0, band.shape[0], block_size)]
+    return tuple(blocks)
 
 
 def _tensor(a: np.ndarray) -> Any:
@@ -291,128 +325,141 @@ def iter_top_x(
             raise LocalFMError(f"exclusions: shape {exclude.shape}, expected (users, items) = {(n_users, n_items)}")
     precision = prep.precision
     kk = min(k, n_items)
-    perm, inv_perm, blocks, block_norm, suffix = prep.perm, prep.inv_perm, list(prep.blocks), list(prep.block_norm), prep.suffix
+    perm, inv_perm, blocks, block_norm = prep.perm, prep.inv_perm, prep.blocks, prep.block_norm
     It = _tensor(prep.Ip)
     block_T = [_tensor(t) for t in prep.block_T]
     block_T16 = [_tensor(t).view(torch.bfloat16) for t in prep.block_T16] if prep.block_T16 is not None else None
-    perm_t = torch.from_numpy(perm.astype(np.int64))
 
     starts = range(0, n_users, batch_size)
     iterator = progress(starts, total=len(starts), desc=progress_desc or "top-x", unit="batch")
     if _resolve_kernel(kernel) == "numba":
-        Ip = prep.Ip
         # One Python thread per core, each with single-threaded torch GEMMs (see _heapscan).
         with torch_threads(1):
             for s in iterator:
                 e = min(s + batch_size, n_users)
-                ids, scores, skipped = _batch_numba(
-                    U[s:e], Ip, kk, exclude[s:e] if exclude is not None else None, inv_perm,
-                    blocks, block_T, block_T16, block_norm, precision, threads or default_threads(), suffix,
-                )
+                ids, scores, skipped = _batch_numba(U[s:e], prep, kk, exclude[s:e] if exclude is not None else None,
+                                                    block_T, block_T16, threads or default_threads())
                 yield s, _finish(ids, scores, perm, skipped, (e - s) * n_items)
         return
     with torch_threads(threads), torch.inference_mode():
         for s in iterator:
             e = min(s + batch_size, n_users)
-            Ub = torch.from_numpy(U[s:e])
             b = e - s
-            seen_keys = None
-            if exclude is not None:
-                sub = exclude[s:e]
-                if sub.nnz:
-                    r = np.repeat(np.arange(b, dtype=np.int64), np.diff(sub.indptr))
-                    keys = r * n_items + inv_perm[sub.indices].astype(np.int64)
-                    seen_keys = torch.from_numpy(np.unique(keys))
-            run_v = torch.full((b, kk), -math.inf, dtype=torch.float32)
-            run_i = torch.full((b, kk), -1, dtype=torch.int64)
-            unorm = torch.linalg.vector_norm(Ub, dim=1) if precision == "bf16" else None
-            Ub16 = Ub.to(torch.bfloat16) if precision == "bf16" else None
-            last_frac = 1.0
-            # Users still in the batch (pruning removes the finished ones): positions into Ub.
-            act = torch.arange(b, dtype=torch.int64)
-            Ua, Ua16 = Ub, Ub16
-            ubound = _UserBound.of(U[s:e]) if suffix is not None else None
-            skipped = 0
-            for bi, (j0, j1) in enumerate(blocks):
-                width = j1 - j0
-                if ubound is not None and bi > 0:
-                    live = ubound.live(act.numpy(), run_v[act, -1].numpy(), suffix, bi)
-                    if not live.all():
-                        act = act[torch.from_numpy(live)]
-                        Ua = Ub[act]
-                        Ua16 = Ub16[act] if Ub16 is not None else None
-                    skipped += (b - act.numel()) * width
-                    if act.numel() == 0:
-                        skipped += b * (n_items - j1)
-                        break
-                n_act = act.numel()
-                thr = run_v[act, -1]
-                rows = cols = vals = None
-                screened = (
-                    precision == "bf16" and bi > 0 and last_frac < BF16_SWITCH and bool(torch.isfinite(thr).all())
-                )
-                if screened:
-                    A = Ua16 @ block_T16[bi]
-                    lim = thr - BF16_REL_ERROR * unorm[act] * block_norm[bi]
-                    # Round the limit down before casting so the bf16 compare stays conservative.
-                    lim16 = (lim - lim.abs() * 2.0**-7).to(torch.bfloat16)
-                    rows, cols = (A >= lim16[:, None]).nonzero(as_tuple=True)
-                    if rows.numel() > BF16_SWITCH * 4 * n_act * width:
-                        # Too many to re-score one by one: a float32 GEMM of the block is cheaper.
-                        screened = False
-                    else:
-                        vals = (Ua[rows] * It[j0 + cols]).sum(dim=1)
-                        keep = vals > thr[rows]
-                        rows, cols, vals = act[rows[keep]], cols[keep], vals[keep]
-                if not screened:
-                    S = Ua @ block_T[bi]
-                    if bi == 0:
-                        rows = None
-                        vals = S
-                    else:
-                        rows, cols = (S > thr[:, None]).nonzero(as_tuple=True)
-                        vals = S[rows, cols]
-                        rows = act[rows]
-                if rows is None:
-                    # First block: a dense (b, block) candidate set.
-                    cand_i = torch.arange(j0, j1, dtype=torch.int64).expand(b, -1)
-                    if seen_keys is not None:
-                        keys = torch.arange(b, dtype=torch.int64)[:, None] * n_items + cand_i
-                        vals = vals.masked_fill(_isin_sorted(keys, seen_keys), -math.inf)
-                    all_v = torch.cat([run_v, vals], dim=1)
-                    all_i = torch.cat([run_i, cand_i], dim=1)
-                    run_v, pos = _top_stable(all_v, kk)
-                    run_i = torch.gather(all_i, 1, pos)
-                    continue
-                last_frac = rows.numel() / max(1, n_act * width)
-                if rows.numel() == 0:
-                    continue
-                gcols = cols + j0
-                if seen_keys is not None:
-                    keep = ~_isin_sorted(rows * n_items + gcols, seen_keys)
-                    rows, gcols, vals = rows[keep], gcols[keep], vals[keep]
-                    if rows.numel() == 0:
-                        continue
-                # Merge only the users that got candidates in this block.
-                active, local = torch.unique_consecutive(rows, return_inverse=True)
-                cand_v, cand_i = _pad_by_row(local, gcols, vals, active.numel())
-                all_v = torch.cat([run_v[active], cand_v], dim=1)
-                all_i = torch.cat([run_i[active], cand_i], dim=1)
-                top_v, pos = _top_stable(all_v, kk)
-                run_v[active] = top_v
-                run_i[active] = torch.gather(all_i, 1, pos)
-            # Excluded / padded slots may carry an id with -inf: normalise them to -1.
-            run_i = torch.where(torch.isfinite(run_v), run_i, torch.full_like(run_i, -1))
-            ids = torch.where(run_i >= 0, perm_t[run_i.clamp(min=0)], run_i).numpy()
-            scores = run_v.numpy()
-            # Deterministic order: best score first, then smaller item row on ties.
-            order = np.lexsort((np.where(ids < 0, np.iinfo(np.int64).max, ids), -scores.astype(np.float64)), axis=-1)
-            yield s, TopX(
-                scores=np.take_along_axis(scores, order, axis=1),
-                ids=np.take_along_axis(ids, order, axis=1),
-                skipped=skipped,
-                total=b * n_items,
-            )
+            ids, scores, skipped = _batch_torch(U[s:e], prep, kk, exclude[s:e] if exclude is not None else None,
+                                                It, block_T, block_T16)
+            yield s, _finish(ids, scores, perm, skipped, b * n_items)
+
+
+def _batch_torch(
+    Ubn: np.ndarray,
+    prep: PreparedItems,
+    kk: int,
+    sub: sp.csr_matrix | None,
+    It: Any,
+    block_T: list[Any],
+    block_T16: list[Any] | None,
+) -> tuple[np.ndarray, np.ndarray, int]:
+    """One user batch with torch ops only (no numba): the same visit plan, pruning and tie rule.
+
+    Returns (ids as columns, scores, scores pruned), like :func:`_batch_numba`."""
+    import torch
+
+    precision, blocks, block_norm, n_items = prep.precision, prep.blocks, prep.block_norm, prep.n_items
+    Ub = torch.from_numpy(Ubn)
+    b = Ubn.shape[0]
+    seen_keys = None
+    if sub is not None and sub.nnz:
+        r = np.repeat(np.arange(b, dtype=np.int64), np.diff(sub.indptr))
+        keys = r * n_items + prep.inv_perm[sub.indices].astype(np.int64)
+        seen_keys = torch.from_numpy(np.unique(keys))
+    run_v = torch.full((b, kk), -math.inf, dtype=torch.float32)
+    run_i = torch.full((b, kk), -1, dtype=torch.int64)
+    unorm = torch.linalg.vector_norm(Ub, dim=1) if precision == "bf16" else None
+    Ub16 = Ub.to(torch.bfloat16) if precision == "bf16" else None
+    last_frac = 1.0
+    order, B, rest = _visit_plan(prep.bounds, Ubn, len(blocks))
+    act = np.arange(b, dtype=np.int64)  # users still in the batch
+    skipped = 0
+    for step, bi in enumerate(order):
+        cols = blocks[bi]
+        width = cols.shape[0]
+        cols_t = torch.from_numpy(cols)
+        if step == 0:
+            # First block: a dense (b, width) candidate set, columns ascending.
+            vals = Ub @ block_T[bi]
+            cand_i = cols_t.expand(b, -1)
+            if seen_keys is not None:
+                keys = torch.arange(b, dtype=torch.int64)[:, None] * n_items + cand_i
+                vals = vals.masked_fill(_isin_sorted(keys, seen_keys), -math.inf)
+            run_v, run_i = _merge_top(run_v, run_i, vals, cand_i, kk)
+            continue
+        sel = act
+        if B is not None:
+            kth = run_v[torch.from_numpy(act), -1].numpy().astype(np.float64)
+            stay = ~(rest[act, step] < kth)
+            act, kth = act[stay], kth[stay]
+            if act.shape[0] == 0:
+                skipped += b * sum(blocks[o].shape[0] for o in order[step:])
+                break
+            sel = act[~(B[act, bi] < kth)]
+            skipped += (b - sel.shape[0]) * width
+            if sel.shape[0] == 0:
+                continue
+        sel_t = torch.from_numpy(sel)
+        Ua = Ub[sel_t]
+        n_sel = sel.shape[0]
+        thr = run_v[sel_t, -1]
+        rows = vals = cand = None
+        screened = precision == "bf16" and last_frac < BF16_SWITCH and bool(torch.isfinite(thr).all())
+        if screened:
+            A = Ub16[sel_t] @ block_T16[bi]
+            lim = thr - BF16_REL_ERROR * unorm[sel_t] * block_norm[bi]
+            # Round the limit down before casting so the bf16 compare stays conservative.
+            lim16 = (lim - lim.abs() * 2.0**-7).to(torch.bfloat16)
+            rows, cand = (A >= lim16[:, None]).nonzero(as_tuple=True)
+            if rows.numel() > BF16_SWITCH * 4 * n_sel * width:
+                # Too many to re-score one by one: a float32 GEMM of the block is cheaper.
+                screened = False
+            else:
+                vals = (Ua[rows] * It[cols_t[cand]]).sum(dim=1)
+                keep = vals >= thr[rows]
+                rows, cand, vals = rows[keep], cand[keep], vals[keep]
+        if not screened:
+            S = Ua @ block_T[bi]
+            # >=: an equal score with a smaller column than the k-th one still enters.
+            rows, cand = (S >= thr[:, None]).nonzero(as_tuple=True)
+            vals = S[rows, cand]
+        last_frac = rows.numel() / max(1, n_sel * width)
+        if rows.numel() == 0:
+            continue
+        rows = sel_t[rows]
+        gcols = cols_t[cand]
+        if seen_keys is not None:
+            keep = ~_isin_sorted(rows * n_items + gcols, seen_keys)
+            rows, gcols, vals = rows[keep], gcols[keep], vals[keep]
+            if rows.numel() == 0:
+                continue
+        # Merge only the users that got candidates in this block.
+        active, local = torch.unique_consecutive(rows, return_inverse=True)
+        cand_v, cand_i = _pad_by_row(local, gcols, vals, active.numel())
+        run_v[active], run_i[active] = _merge_top(run_v[active], run_i[active], cand_v, cand_i, kk)
+    return run_i.numpy(), run_v.numpy(), skipped
+
+
+def _merge_top(run_v: Any, run_i: Any, cand_v: Any, cand_i: Any, kk: int) -> tuple[Any, Any]:
+    """The kk best of (running top, candidates) per row by (score desc, column asc).
+
+    Columns arrive in any block order, so the candidates are first put in column order
+    (padding, column -1, first) and the stable top-k then breaks ties by position.
+    """
+    import torch
+
+    all_v = torch.cat([run_v, cand_v], dim=1)
+    all_i = torch.cat([run_i, cand_i], dim=1)
+    o = torch.argsort(all_i, dim=1, stable=True)
+    all_v, all_i = torch.gather(all_v, 1, o), torch.gather(all_i, 1, o)
+    top_v, pos = _top_stable(all_v, kk)
+    return top_v, torch.gather(all_i, 1, pos)
 
 
 def _finish(run_i: np.ndarray, run_v: np.ndarray, perm: np.ndarray, skipped: int, total: int) -> TopX:
@@ -425,77 +472,60 @@ def _finish(run_i: np.ndarray, run_v: np.ndarray, perm: np.ndarray, skipped: int
 
 
 @dataclass(frozen=True)
-class _Suffix:
-    """For each item block bi: bounds over every item from block bi to the last (visit order).
-
-    Suffix maxima rather than per-block ones: a user may stop only when *no* later item
-    can beat its k-th score, and taking maxima over the whole rest keeps that true for
-    any item order (the norm order only makes the bounds fall faster).
-    """
-
-    v_norm: np.ndarray  # max ‖i_V‖, i_V = all columns but the last
-    w_max: np.ndarray  # max of the last column (the FM bias w)
-    w_min: np.ndarray  # min of the last column
-    norm: np.ndarray  # max ‖i‖, for the rounding slack
-
-    @staticmethod
-    def of(Ip: np.ndarray, blocks: list[tuple[int, int]]) -> _Suffix:
-        X = Ip.astype(np.float64)
-        vn2 = np.einsum("ij,ij->i", X[:, :-1], X[:, :-1])
-        w = X[:, -1]
-        full = np.sqrt(vn2 + w * w)
-        vn = np.sqrt(vn2)
-
-        def suffix(values: np.ndarray, reduce: Any, acc: Any) -> np.ndarray:
-            per_block = np.array([reduce(values[a:b]) for a, b in blocks])
-            return acc.accumulate(per_block[::-1])[::-1]
-
-        return _Suffix(suffix(vn, np.max, np.maximum), suffix(w, np.max, np.maximum),
-                       suffix(w, np.min, np.minimum), suffix(full, np.max, np.maximum))
-
-
-@dataclass(frozen=True)
-class _UserBound:
-    """Per user: ‖u_V‖, the last column and ‖u‖ (float64), to bound any item's score."""
+class _BlockBounds:
+    """Per item block: the largest ‖i_V‖ (i_V = all columns but the last), the largest and
+    smallest last column w, and the largest ‖i‖ (for the rounding slack)."""
 
     v_norm: np.ndarray
-    w: np.ndarray
+    w_max: np.ndarray
+    w_min: np.ndarray
     norm: np.ndarray
 
     @staticmethod
-    def of(Ub: np.ndarray) -> _UserBound:
-        X = Ub.astype(np.float64)
+    def of(Ip: np.ndarray, blocks: tuple[np.ndarray, ...]) -> _BlockBounds:
+        X = Ip.astype(np.float64)
         vn2 = np.einsum("ij,ij->i", X[:, :-1], X[:, :-1])
         w = X[:, -1]
-        return _UserBound(np.sqrt(vn2), w, np.sqrt(vn2 + w * w))
+        vn, full = np.sqrt(vn2), np.sqrt(vn2 + w * w)
+        return _BlockBounds(np.array([vn[c].max() for c in blocks]), np.array([w[c].max() for c in blocks]),
+                            np.array([w[c].min() for c in blocks]), np.array([full[c].max() for c in blocks]))
 
-    def live(self, rows: np.ndarray, kth: np.ndarray, suffix: _Suffix, bi: int) -> np.ndarray:
-        """Which of the users ``rows`` (k-th scores ``kth``) an item of block bi or later may still reach.
+    def for_users(self, Ub: np.ndarray) -> np.ndarray:
+        """(users, blocks) float64: an upper bound on every score of the block for each user.
 
         u·i = u_V·i_V + u_w·i_w ≤ ‖u_V‖·‖i_V‖ + u_w·i_w (Cauchy–Schwarz), maximised over the
-        remaining items, plus the rounding slack. ``kth`` is -inf until a heap is full, so
-        such users always stay; a bound equal to the k-th score stays too (strict <), although
-        a tie could not enter the heap either.
+        block, plus the rounding slack ``PRUNE_SLACK·‖u‖·max‖i‖``.
         """
-        wv = self.w[rows]
-        bound = (self.v_norm[rows] * suffix.v_norm[bi] + np.maximum(wv * suffix.w_max[bi], wv * suffix.w_min[bi])
-                 + PRUNE_SLACK * self.norm[rows] * suffix.norm[bi])
-        return ~(bound < kth.astype(np.float64))
+        X = Ub.astype(np.float64)
+        vn2 = np.einsum("ij,ij->i", X[:, :-1], X[:, :-1])
+        w = X[:, -1:]
+        return (np.sqrt(vn2)[:, None] * self.v_norm + np.maximum(w * self.w_max, w * self.w_min)
+                + PRUNE_SLACK * np.sqrt(vn2 + w[:, 0] ** 2)[:, None] * self.norm)
+
+
+def _visit_plan(bounds: _BlockBounds | None, Ub: np.ndarray, n_blocks: int) -> tuple[np.ndarray, Any, Any]:
+    """(block order, per-(user, block) bounds, per-(user, step) bound over all blocks from that step on).
+
+    Blocks go by decreasing bound of the batch's median user, so thresholds are seeded
+    from the items most likely to be in the top-k and rise fast. Without pruning: block
+    order, no bounds.
+    """
+    if bounds is None:
+        return np.arange(n_blocks), None, None
+    B = bounds.for_users(Ub)
+    order = np.argsort(-np.median(B, axis=0), kind="stable")
+    rest = np.maximum.accumulate(B[:, order[::-1]], axis=1)[:, ::-1]
+    return order, B, np.ascontiguousarray(rest)
 
 
 def _batch_numba(
     Ub: np.ndarray,
-    Ip: np.ndarray,
+    prep: PreparedItems,
     kk: int,
     sub: sp.csr_matrix | None,
-    inv_perm: np.ndarray,
-    blocks: list[tuple[int, int]],
     block_T: list[Any],
     block_T16: list[Any] | None,
-    block_norm: list[float],
-    precision: str,
     threads: int,
-    suffix: _Suffix | None,
 ) -> tuple[np.ndarray, np.ndarray, int]:
     """One user batch with the numba heap scan, split over ``threads`` Python threads.
 
@@ -504,7 +534,7 @@ def _batch_numba(
     heap_v = np.full((b, kk), -np.inf, dtype=np.float32)
     heap_i = np.full((b, kk), -1, dtype=np.int64)
     if sub is not None and sub.nnz:
-        seen = sp.csr_matrix((np.ones(sub.nnz, np.int8), inv_perm[sub.indices], sub.indptr), shape=sub.shape)
+        seen = sp.csr_matrix((np.ones(sub.nnz, np.int8), prep.inv_perm[sub.indices], sub.indptr), shape=sub.shape)
         seen.sort_indices()
         seen_ptr, seen_idx = seen.indptr.astype(np.int64), seen.indices.astype(np.int64)
     else:
@@ -517,8 +547,7 @@ def _batch_numba(
             ptr, idx = np.zeros(1, np.int64), np.zeros(1, np.int64)
         else:
             ptr, idx = seen_ptr[lo:hi + 1] - seen_ptr[lo], seen_idx[seen_ptr[lo]:seen_ptr[hi]]
-        return _scan_users(Ub[lo:hi], Ip, heap_v[lo:hi], heap_i[lo:hi], ptr, idx, blocks, block_T, block_T16,
-                           block_norm, precision, suffix)
+        return _scan_users(Ub[lo:hi], prep, heap_v[lo:hi], heap_i[lo:hi], ptr, idx, block_T, block_T16)
 
     if len(parts) == 1:
         skipped = run(parts[0])
@@ -530,79 +559,84 @@ def _batch_numba(
 
 def _scan_users(
     Ub: np.ndarray,
-    Ip: np.ndarray,
+    prep: PreparedItems,
     heap_v: np.ndarray,
     heap_i: np.ndarray,
     seen_ptr: np.ndarray,
     seen_idx: np.ndarray,
-    blocks: list[tuple[int, int]],
     block_T: list[Any],
     block_T16: list[Any] | None,
-    block_norm: list[float],
-    precision: str,
-    suffix: _Suffix | None,
 ) -> int:
     """All item blocks for one slice of users: GEMM (torch, releases the GIL) then one scan.
 
-    With ``suffix`` (pruning) finished users leave before each block and the GEMM shrinks to
-    the rest; returns how many (user, item) scores were never computed.
+    With pruning, each block is scored only for the users whose bound for it reaches their
+    k-th score (the GEMM runs on just those rows), and users whom no remaining block can
+    reach leave; returns how many (user, item) scores were never computed.
     """
     import torch
 
     from ._heapscan import bf16_keys, scan_exact, scan_screened
 
+    precision, Ip, blocks, block_norm = prep.precision, prep.Ip, prep.blocks, prep.block_norm
     Ut = torch.from_numpy(Ub)
     unorm = np.sqrt(np.einsum("ij,ij->i", Ub, Ub, dtype=np.float64)).astype(np.float32) if precision == "bf16" else None
-    Ut16 = to_bf16(Ub) if precision == "bf16" else None
+    U16 = bf16_bits(Ub) if precision == "bf16" else None
     # Output buffers reused across blocks: fresh multi-MB allocations cost page faults each time.
     bufs: dict[tuple[int, Any], Any] = {}
 
-    def buf(width: int, dtype: Any) -> Any:
+    def buf(width: int, dtype: Any, rows: int) -> Any:
         key = (width, dtype)
         if key not in bufs:
             bufs[key] = torch.empty((Ub.shape[0], width), dtype=dtype)
-        return bufs[key][: act.shape[0]]
+        return bufs[key][:rows]
 
     b = Ub.shape[0]
-    n_items = Ip.shape[0]
+    order, B, rest = _visit_plan(prep.bounds, Ub, len(blocks))
     act = np.arange(b, dtype=np.int64)  # users still in the batch
-    Ua, Ua16 = Ut, Ut16
-    ubound = _UserBound.of(Ub) if suffix is not None else None
     skipped = 0
-    for bi, (j0, j1) in enumerate(blocks):
-        if ubound is not None and bi > 0:
-            live = ubound.live(act, heap_v[act, 0], suffix, bi)
-            if not live.all():
-                act = act[live]
-                Ua = torch.from_numpy(Ub[act])
-                Ua16 = to_bf16(Ub[act]) if Ut16 is not None else None
-            skipped += (b - act.shape[0]) * (j1 - j0)
-            if act.shape[0] == 0:
-                skipped += b * (n_items - j1)
-                break
-        if precision == "bf16" and bi > 0:
-            out16 = torch.mm(Ua16, block_T16[bi], out=buf(j1 - j0, torch.bfloat16))
-            lim = heap_v[act, 0] - np.float32(BF16_REL_ERROR) * unorm[act] * np.float32(block_norm[bi])
-            scan_screened(out16.view(torch.int16).numpy(), bf16_keys(lim), Ub, Ip, j0, heap_v, heap_i,
-                          seen_ptr, seen_idx, act)
-        elif bi == 0:
+    for step, bi in enumerate(order):
+        cols = blocks[bi]
+        width = cols.shape[0]
+        if step == 0:
             # Seed the heaps with a plain top-k of the first block (sorted ascending is a
-            # valid min-heap); pushing 4096 scores one by one into empty heaps is slower.
-            S = torch.mm(Ut, block_T[bi], out=buf(j1 - j0, torch.float32))
+            # valid min-heap); pushing the scores one by one into empty heaps is slower.
+            S = torch.mm(Ut, block_T[bi], out=buf(width, torch.float32, b))
             if seen_ptr.shape[0] > 1:
                 Sn = S.numpy()
-                rows = np.repeat(np.arange(Ub.shape[0]), np.diff(seen_ptr))
-                inside = (seen_idx >= j0) & (seen_idx < j1)
-                Sn[rows[inside], seen_idx[inside] - j0] = -np.inf
-            # The stable tie rule (topk, plus a stable sort where ties straddle the cut):
-            # among tied scores the earlier item makes it; ascending (score, -column) is a valid heap.
-            m = min(heap_v.shape[1], j1 - j0)
+                rows = np.repeat(np.arange(b), np.diff(seen_ptr))
+                inside = prep.block_of[seen_idx] == bi
+                Sn[rows[inside], prep.pos_in_block[seen_idx[inside]]] = -np.inf
+            # The stable tie rule (topk, plus a stable sort where ties straddle the cut): among
+            # tied scores the smaller column (cols ascending) makes it; ascending (score,
+            # -column) is a valid heap.
+            m = min(heap_v.shape[1], width)
             top_v, top_i = _top_stable(S, m)
             heap_v[:, heap_v.shape[1] - m:] = top_v.numpy()[:, ::-1]
-            heap_i[:, heap_i.shape[1] - m:] = (top_i.numpy()[:, ::-1] + j0)
+            heap_i[:, heap_i.shape[1] - m:] = cols[top_i.numpy()[:, ::-1]]
+            continue
+        sel = act
+        if B is not None:
+            kth = heap_v[act, 0].astype(np.float64)
+            stay = ~(rest[act, step] < kth)
+            act, kth = act[stay], kth[stay]
+            if act.shape[0] == 0:
+                skipped += b * sum(blocks[o].shape[0] for o in order[step:])
+                break
+            sel = act[~(B[act, bi] < kth)]
+            skipped += (b - sel.shape[0]) * width
+            if sel.shape[0] == 0:
+                continue
+        full = sel.shape[0] == b
+        if precision == "bf16":
+            Ua16 = _tensor(U16 if full else U16[sel]).view(torch.bfloat16)
+            out16 = torch.mm(Ua16, block_T16[bi], out=buf(width, torch.bfloat16, sel.shape[0]))
+            lim = heap_v[sel, 0] - np.float32(BF16_REL_ERROR) * unorm[sel] * np.float32(block_norm[bi])
+            scan_screened(out16.view(torch.int16).numpy(), bf16_keys(lim), Ub, Ip, cols, heap_v, heap_i,
+                          seen_ptr, seen_idx, sel)
         else:
-            S = torch.mm(Ua, block_T[bi], out=buf(j1 - j0, torch.float32)).numpy()
-            scan_exact(S, j0, heap_v, heap_i, seen_ptr, seen_idx, act)
+            Ua = Ut if full else torch.from_numpy(Ub[sel])
+            S = torch.mm(Ua, block_T[bi], out=buf(width, torch.float32, sel.shape[0])).numpy()
+            scan_exact(S, cols, heap_v, heap_i, seen_ptr, seen_idx, sel)
     return skipped
 
 

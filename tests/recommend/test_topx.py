@@ -291,19 +291,41 @@ def test_pruning_bound_holds_for_a_non_fm_last_column():
 @pytest.mark.parametrize("kernel", KERNELS)
 @pytest.mark.parametrize("sign", [1.0, -1.0])
 def test_pruning_bound_is_tight_where_it_must_be(mode, kernel, sign):
-    """Visit order A, B, T (one item per block). After A the k-th (k=1) score is 2. A bound without
-    the last column (1 < 2), or one from block B alone (0 - 9 < 2), would stop the user before T,
-    whose score 6 is the answer; the exact suffix bound is 1 + 5 = 6 >= 2. ``sign`` flips the last
-    column of user and items, so the bound must use the smallest remaining last entry (w_min)."""
+    """One item per block: A (bound 10 + 2 = 12), B (bound 0 - 9), T (bound 1 + 5 = 6), visited by
+    decreasing bound: A, T, B. After A the k-th (k=1) score is 2. A bound without the last column
+    (1 < 2) would skip T, whose score 6 is the answer; the exact bound 6 >= 2 keeps it, and B
+    (bound -9 < 6) is skipped. ``sign`` flips the last column of user and items, so the bound must
+    take u_w·w at its largest, whichever sign u_w has."""
     U = np.array([[1, 0, 0, sign]], np.float32)
     I = np.array([[0, 10, 0, 2 * sign], [0, 0, 0, -9 * sign], [1, 0, 0, 5 * sign]], np.float32)
     res = top_x(U, I, 1, precision=mode, kernel=kernel, block_size=1)
     assert res.ids.tolist() == [[2]] and res.scores.tolist() == [[6.0]]
-    assert res.skipped == 0  # the bound never fell below 2
+    assert res.skipped == 1  # only B: the bound for T never fell below 2
     # With a decoy in place of T the user stops right after A: the two later scores are skipped.
     I[2] = [0, 0, 0, 1 * sign]
     res = top_x(U, I, 1, precision=mode, kernel=kernel, block_size=1)
     assert res.ids.tolist() == [[0]] and res.skipped == 2 and res.total == 3
+
+
+def test_block_bounds_cover_every_score_of_their_block():
+    """The per-(user, block) bound is >= every score in the block, for users whose last entry has
+    either sign; dropping the block's smallest w (w_min) would break it for negative u_w."""
+    from localfm.recommend.topx import prepare_items
+
+    rng = np.random.default_rng(4)
+    U = rng.standard_normal((80, 9)).astype(np.float32)
+    I = (rng.standard_normal((700, 9)) * rng.lognormal(0, 1.0, (700, 1))).astype(np.float32)
+    I[:, -1] = rng.normal(0, 3, 700)
+    prep = prepare_items(I, block_size=32, precision="fp32")
+    assert sorted(np.concatenate(prep.blocks).tolist()) == list(range(700))  # a partition of the columns
+    assert all((np.diff(c) > 0).all() for c in prep.blocks)  # ascending inside a block (the tie rule)
+    B = prep.bounds.for_users(U)
+    S = U.astype(np.float64) @ prep.Ip.T.astype(np.float64)
+    top = np.stack([S[:, c].max(axis=1) for c in prep.blocks], axis=1)
+    assert (B >= top).all()
+    vn = np.linalg.norm(U[:, :-1].astype(np.float64), axis=1)[:, None]
+    without_w_min = vn * prep.bounds.v_norm + U[:, -1:].astype(np.float64) * prep.bounds.w_max
+    assert (without_w_min < top).any()
 
 
 def test_recommend_summary_reports_the_skipped_fraction(trained_vectors):
