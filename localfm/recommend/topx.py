@@ -9,15 +9,17 @@ How it stays exact and fast:
 
 * Users are processed in batches and items in blocks, so memory is
   ``batch × block`` (never users × items).
-* Items are visited in decreasing norm order, so good candidates come early and the
-  running k-th best score (the threshold) rises fast.
-* The first block is scored exactly (float32 GEMM) and seeds a per-user top-k. For
-  later blocks only scores above the user's threshold can matter. With numba
+* Items are ranked by decreasing norm (then row); a block's "columns" are ranks, and
+  the tie rule is by rank: among equal scores the smaller rank makes the cut, whatever
+  order the blocks are visited in. Without pruning the blocks are consecutive ranks.
+* The first block visited is scored exactly (float32 GEMM) and seeds a per-user top-k
+  (``torch.topk``, plus a stable sort only for rows where ties straddle the cut). For
+  later blocks only scores reaching the user's threshold can matter. With numba
   installed (``kernel="numba"``, see ``_heapscan.py``) one GIL-free pass per block
-  counts winners per 32-score chunk with SIMD and updates a min-heap only inside
+  counts candidates per 32-score chunk with SIMD and updates a min-heap only inside
   chunks that have one; one Python thread per core, each with single-threaded torch
   GEMMs. Without numba (``kernel="torch"``) the same algorithm uses torch ops
-  (compare, nonzero, a small ``topk`` merge): exact, but slower.
+  (compare, nonzero, a small stable top-k merge): exact, but slower.
 * On CPUs with bfloat16 dot-product instructions (AVX512_BF16 / AMX) the later blocks
   are screened with a bfloat16 GEMM, twice the float32 throughput. Screening uses a
   rigorous error bound: ``|bf16 score − exact| ≤ 2⁻⁶·‖u‖·‖i‖`` (input rounding 2·2⁻⁸,
@@ -26,15 +28,17 @@ How it stays exact and fast:
   exact scores enter the result. The answer is the exact float32 top-k either way.
 * Exclusions (items a user already rated) never enter the running top-k, so the
   result is the exact top-k *after* exclusion, with no over-fetching.
-* Pruning (``prune=True``, the default): before each item block, every user gets an
-  upper bound on the score of *any* item not yet visited, from Cauchy–Schwarz on all
-  columns but the last plus the last column exactly — for FM vectors (``[V, 1]`` users,
-  ``[V, w]`` items) that is ``‖u_V‖·max‖i_V‖ + max w`` over the remaining items (suffix
-  maxima, so any item order stays correct). A user whose bound is below its k-th score
-  is finished: it leaves the batch, and the next GEMMs run on the remaining users only.
-  The bound carries a slack for float32 rounding of the GEMM, so a pruned item could
-  never have entered the result: the ids are exactly those of the unpruned scan (ties
-  included). :attr:`TopX.skipped` counts the (user, item) scores never computed.
+* Pruning (``prune=True``, the default), per (user, block). Blocks (≤ 512 items) hold
+  items alike in factor norm ``‖i_V‖`` *and* in the last column ``w`` (√blocks bands by
+  ``‖i_V‖``, each cut by ``w``; :func:`_pruning_blocks`). Each user gets, for every
+  block, the Cauchy–Schwarz bound ``‖u_V‖·max‖i_V‖ + max(u_w·w_max, u_w·w_min)`` plus a
+  float32 rounding slack (FM vectors: ``[V, 1]`` users, ``[V, w]`` items). Blocks are
+  visited by decreasing bound of the batch's median user, so thresholds rise fast; a
+  block is scored only for the users whose bound for it reaches their k-th score (the
+  GEMM runs on those rows only), and a user whom no remaining block can reach leaves the
+  batch. A pruned item could never have entered the result (strict ``<``, rounding
+  slack): the ids are exactly those of the unpruned scan, ties included.
+  :attr:`TopX.skipped` counts the (user, item) scores never computed.
 """
 from __future__ import annotations
 
@@ -67,8 +71,9 @@ BF16_SWITCH = 0.004
 #: item can never reach the threshold through rounding; 2⁻¹⁰ covers d up to ~16,000.
 PRUNE_SLACK = 2.0**-10
 
-#: Item block width while pruning: users leave the batch only between blocks, so narrower
-#: blocks stop them sooner; 512 columns still keep a (2048 × 65) · (65 × 512) GEMM efficient.
+#: Item block width while pruning: a block is skipped or scored per user as a whole, so
+#: narrower blocks skip more; 512 columns still keep a (1024 × 65) · (65 × 512) GEMM
+#: efficient (256 would compute ~2 % fewer scores on FM-shaped vectors for twice the blocks).
 #: Small catalogues get at least ~16 blocks (of no fewer than PRUNE_MIN_BLOCK items), so an
 #: ml-100k-sized one (1,682 items) is not a single unprunable block.
 PRUNE_BLOCK = 512
