@@ -20,12 +20,14 @@ reduced row count ran.
 Run as a module, it compares the numba engine's thread counts side by side instead
 (``_local_threads``; :func:`compare_threads`)::
 
-    python -m benchmarks.train_throughput --threads 1,2 --data ml100k --batch 1000 --repeat 5
-    python -m benchmarks.train_throughput --threads 1,2 --data synthetic --rows 25000095 --batch 5000
+    python -m benchmarks.train_throughput                  # ua.base at 1000 and 5000, 2M synthetic at 5000
+    python -m benchmarks.train_throughput --data ml100k --batch 1000 --repeat 5
+    python -m benchmarks.train_throughput --data synthetic --rows 25000095 --repeat 1
 
-It prints one JSON object: per thread count the median wall and CPU time of one
-epoch's ``fit``, samples/s, the speedup over the first count, whether the weights
-are byte-identical to the first count's, and the load average before and after.
+It prints one JSON object (``cases``: per case and thread count the median wall and
+CPU time of one epoch's ``fit``, samples/s, the speedup over the first count, whether
+the weights are byte-identical to the first count's, and the load average before and
+after; ``table``: the same as markdown) and, on stderr, the table as it goes.
 Run it alone: on a loaded machine extra threads wait for time slices.
 """
 from __future__ import annotations
@@ -34,6 +36,7 @@ import argparse
 import json
 import os
 import statistics
+import sys
 import time
 from typing import Any
 
@@ -295,27 +298,59 @@ def compare_threads(data: Ratings, threads: list[int], num_factors: int, batch: 
     return out
 
 
+#: what ``python -m benchmarks.train_throughput`` compares by default: (data, mini_batch_size) pairs
+THREAD_CASES = (("ml100k", 1000), ("ml100k", 5000), ("synthetic", 5000))
+
+
+def thread_table(results: list[dict[str, Any]]) -> str:
+    """Markdown: one line per (data, batch), the thread counts side by side (median wall, CPU, speedup)."""
+    counts = list(results[0]["runs"]) if results else []
+    head = "| data | rows | feature_dim | batch | " + " | ".join(f"{t} thr wall (cpu)" for t in counts) + \
+        " | " + " | ".join(f"{t} vs {counts[0]}" for t in counts[1:]) + " | same bytes | load before / after |"
+    lines = [head, "|" + " --- |" * (head.count("|") - 1)]
+    for r in results:
+        runs = r["runs"]
+        cells = [f"{runs[t]['wall_s_median']:.3f} s ({runs[t]['cpu_s_median']:.3f} s)" for t in counts]
+        ratios = [f"{runs[t][f'speedup_vs_{counts[0]}']:.2f}x" for t in counts[1:]]
+        same = all(runs[t][f"same_bytes_as_{counts[0]}"] for t in counts)
+        before, after = r["load_average_before"][0], r["load_average_after"][0]
+        lines.append(f"| {r['data']} | {r['rows']:,} | {r['feature_dim']:,} | {r['mini_batch_size']} | "
+                     + " | ".join(cells + ratios) + f" | {'yes' if same else 'NO'} | {before:.2f} / {after:.2f} |")
+    return "\n".join(lines) + "\n"
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--threads", default="1,2", help="comma-separated thread counts (default 1,2)")
-    ap.add_argument("--data", choices=("ml100k", "synthetic"), default="ml100k",
-                    help="ml-100k ua.base, or the ML-25M-shaped synthetic set")
-    ap.add_argument("--rows", type=int, default=1_000_000, help="rows of the synthetic set (default 1M)")
-    ap.add_argument("--batch", type=int, default=1000, help="mini_batch_size (default 1000)")
+    ap.add_argument("--data", choices=("all", "ml100k", "synthetic"), default="all",
+                    help="ml-100k ua.base, the ML-25M-shaped synthetic set, or all of "
+                         "THREAD_CASES (default: ua.base at batch 1000 and 5000, synthetic at 5000)")
+    ap.add_argument("--rows", type=int, default=2_000_000, help="rows of the synthetic set (default 2M)")
+    ap.add_argument("--batch", default=None,
+                    help="comma-separated mini_batch_size values (default: THREAD_CASES' for the data)")
     ap.add_argument("--factors", type=int, default=64, help="num_factors (default 64)")
     ap.add_argument("--repeat", type=int, default=3, help="interleaved repeats; medians are quoted (default 3)")
     ap.add_argument("--sgd", action="store_true", help="the fast mode's optimizer (sgd) instead of the cloud's Adam")
     args = ap.parse_args(argv)
     threads = [int(t) for t in args.threads.split(",")]
+    cases = [(d, b) for d, b in THREAD_CASES if args.data in ("all", d)]
+    if args.batch:
+        names = dict.fromkeys(d for d, _ in cases)
+        cases = [(d, int(b)) for d in names for b in args.batch.split(",")]
     cfg = BenchConfig()
-    if args.data == "ml100k":
-        data, _ = ml100k_split(cfg, "ua")
-    else:
-        data = synthetic_ratings(args.rows, seed=cfg.seed)
     extra = {"_local_optimizer": "sgd", "_learning_rate": 100.0} if args.sgd else None
-    res = compare_threads(data, threads, args.factors, args.batch, args.repeat, extra)
-    res["data"] = args.data
-    print(json.dumps(res, indent=1))
+    loaded: dict[str, Ratings] = {}
+    results = []
+    for name, batch in cases:
+        if name not in loaded:
+            loaded[name] = ml100k_split(cfg, "ua")[0] if name == "ml100k" else synthetic_ratings(args.rows,
+                                                                                                  seed=cfg.seed)
+        res = compare_threads(loaded[name], threads, args.factors, batch, args.repeat, extra)
+        res["data"] = "ua.base" if name == "ml100k" else "synthetic"
+        results.append(res)
+        print(thread_table(results[-1:]).splitlines()[-1], file=sys.stderr, flush=True)
+    print(json.dumps({"cases": results, "table": thread_table(results)}, indent=1))
+    print(thread_table(results), file=sys.stderr)
     return 0
 
 

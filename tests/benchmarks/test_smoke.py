@@ -239,3 +239,19 @@ def test_train_throughput_compares_thread_counts(capsys):
         assert run["wall_s_median"] > 0 and run["cpu_s_median"] >= 0 and len(run["wall_s_runs"]) == 1
     assert res["runs"]["1"]["speedup_vs_1"] == 1.0
     assert len(res["load_average_before"]) == len(res["load_average_after"]) == 3
+
+
+def test_train_throughput_main_prints_cases_and_a_side_by_side_table(capsys):
+    """The lead's quick run: chosen cases only, JSON on stdout with a markdown table of 1 vs 2 threads."""
+    import json
+
+    from benchmarks.train_throughput import THREAD_CASES, main
+
+    assert ("ml100k", 1000) in THREAD_CASES and ("synthetic", 5000) in THREAD_CASES
+    assert main(["--data", "synthetic", "--rows", "3000", "--batch", "500,1000", "--repeat", "1",
+                 "--factors", "4"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert [(c["data"], c["mini_batch_size"]) for c in out["cases"]] == [("synthetic", 500), ("synthetic", 1000)]
+    lines = out["table"].splitlines()
+    assert "1 thr wall (cpu)" in lines[0] and "2 vs 1" in lines[0] and "load before / after" in lines[0]
+    assert len(lines) == 2 + 2 and lines[2].startswith("| synthetic | 3,000 | ") and "| yes |" in lines[2]

@@ -25,27 +25,32 @@ Semantics reproduced step for step from the torch engine:
   come from :mod:`localfm.fm.optim` (the step sizes evaluated in Python and passed
   in, so ``pow`` rounding is identical too).
 
-Two compiled epochs: :func:`train_epoch` (serial, one pass per batch; used at one
-thread, so a single-threaded run never starts numba's OpenMP pool) and
-:func:`train_epoch_parallel` (``_local_threads`` > 1), which splits each batch's rows
-and distinct columns over threads without summing anything across them, so it gives
-the serial function's bytes at any thread count: seeded runs are identical whatever
-the threads. A batch of 200 rows x 2 nonzeros is too little work to split profitably
+Two epochs: :func:`train_epoch` (serial, one pass per batch; used at one thread) and
+:func:`train_epoch_parallel` (``_local_threads`` > 1), which runs a compiled worker per
+thread, splitting each batch's rows (forward) and its columns (gradient and step) over
+the threads without summing anything across them, so it gives the serial function's
+bytes at any thread count: seeded runs are identical whatever the threads. The threads
+are plain OS threads (compiled ``nogil``) meeting at a spinning barrier, not numba's
+``parallel=True`` pool: no OpenMP/TBB threading layer is involved. A batch of 200 rows
+x 2 nonzeros is too little work to split profitably
 (:func:`localfm.fm.engines.resolve_threads`). numba freezes module globals such as
 ``BETA1`` into its on-disk cache (``cache=True``), which is keyed on this file: if
 the constants in optim.py ever change, touch this file too.
 """
 from __future__ import annotations
 
-import os
+import ctypes
+import functools
+import ctypes.util
+import platform
+import threading
 from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
 import scipy.sparse as sp
 from llvmlite import ir
-from numba import config as numba_config
-from numba import njit, prange, set_num_threads
+from numba import njit
 from numba.core import cgutils, types
 from numba.extending import intrinsic
 
@@ -80,6 +85,110 @@ def _prefetch(typingctx, arr, idx):  # noqa: ANN001, ANN202, ARG001 - numba intr
         fnty = ir.FunctionType(ir.VoidType(), [i8p, i32, i32, i32])
         fn = cgutils.get_or_insert_function(builder.module, fnty, "llvm.prefetch.p0i8")
         builder.call(fn, [builder.bitcast(ptr, i8p), i32(0), i32(3), i32(1)])  # read, keep, data
+        return context.get_dummy_value()
+
+    return sig, codegen
+
+
+def _item_pointer(context, builder, aryty, ary_value, idxty, idx_value):  # noqa: ANN001, ANN202 - numba codegen
+    """LLVM pointer to ``ary[idx]`` (idx: an int), no bounds check."""
+    ary = context.make_array(aryty)(context, builder, ary_value)
+    ind = context.cast(builder, idx_value, idxty, types.intp)
+    return cgutils.get_item_pointer(context, builder, aryty, ary, [ind], wraparound=False)
+
+
+def _is_int64_vector(arr) -> bool:  # noqa: ANN001 - numba type
+    return isinstance(arr, types.Array) and arr.ndim == 1 and arr.dtype == types.int64
+
+
+@intrinsic
+def _atomic_add(typingctx, arr, idx, val):  # noqa: ANN001, ANN202, ARG001 - numba intrinsic
+    """``arr[idx] += val`` as one sequentially consistent atomic read-modify-write (int64 arrays); returns the old value.
+
+    Why: the parallel epoch's barrier; the release half makes every write a thread did
+    before arriving visible to the threads that pass the barrier after it.
+    """
+    if not (_is_int64_vector(arr) and isinstance(idx, types.Integer) and isinstance(val, types.Integer)):
+        return None
+    sig = types.int64(arr, idx, val)
+
+    def codegen(context, builder, signature, args):  # noqa: ANN001, ANN202
+        ptr = _item_pointer(context, builder, signature.args[0], args[0], signature.args[1], args[1])
+        v = context.cast(builder, args[2], signature.args[2], types.int64)
+        return builder.atomic_rmw("add", ptr, v, "seq_cst")
+
+    return sig, codegen
+
+
+@intrinsic
+def _atomic_load(typingctx, arr, idx):  # noqa: ANN001, ANN202, ARG001 - numba intrinsic
+    """``arr[idx]`` as an acquire load (int64 arrays): re-read on every call, never hoisted out of a loop."""
+    if not (_is_int64_vector(arr) and isinstance(idx, types.Integer)):
+        return None
+    sig = types.int64(arr, idx)
+
+    def codegen(context, builder, signature, args):  # noqa: ANN001, ANN202
+        ptr = _item_pointer(context, builder, signature.args[0], args[0], signature.args[1], args[1])
+        return builder.load_atomic(ptr, "acquire", 8)
+
+    return sig, codegen
+
+
+#: the LLVM intrinsic of the CPU's spin-wait hint: x86 ``pause``, ARM ``hint #1`` (yield); none elsewhere
+_RELAX = {"x86_64": ("llvm.x86.sse2.pause", ()), "AMD64": ("llvm.x86.sse2.pause", ()),
+          "aarch64": ("llvm.aarch64.hint", (1,)), "arm64": ("llvm.aarch64.hint", (1,))}.get(platform.machine())
+
+
+def _emit_relax(builder) -> None:  # noqa: ANN001 - llvmlite builder
+    """Emit the spin-wait hint (nothing on CPUs without a known one)."""
+    if _RELAX is None:
+        return
+    name, consts = _RELAX
+    i32 = ir.IntType(32)
+    fn = cgutils.get_or_insert_function(builder.module, ir.FunctionType(ir.VoidType(), [i32] * len(consts)), name)
+    builder.call(fn, [i32(c) for c in consts])
+
+
+@intrinsic
+def _cpu_relax(typingctx):  # noqa: ANN001, ANN202, ARG001 - numba intrinsic
+    """The CPU's spin-wait hint (x86 ``pause``, ARM ``yield``; nothing elsewhere): a spinning core backs off."""
+    sig = types.void()
+
+    def codegen(context, builder, signature, args):  # noqa: ANN001, ANN202
+        _emit_relax(builder)
+        return context.get_dummy_value()
+
+    return sig, codegen
+
+
+def _sched_yield_address() -> int:
+    """Address of libc's ``sched_yield`` (0 where there is none), registered for the compiled code."""
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or None)
+        addr = ctypes.cast(libc.sched_yield, ctypes.c_void_p).value or 0
+    except (OSError, AttributeError):
+        return 0
+    if addr:
+        from llvmlite import binding
+
+        binding.add_symbol("sched_yield", addr)
+    return addr
+
+
+_HAS_SCHED_YIELD = _sched_yield_address() != 0
+
+
+@intrinsic
+def _yield_cpu(typingctx):  # noqa: ANN001, ANN202, ARG001 - numba intrinsic
+    """``sched_yield()``: give the core to another runnable thread (a spin-wait hint where libc has none)."""
+    sig = types.void()
+
+    def codegen(context, builder, signature, args):  # noqa: ANN001, ANN202
+        if _HAS_SCHED_YIELD:
+            fn = cgutils.get_or_insert_function(builder.module, ir.FunctionType(ir.IntType(32), []), "sched_yield")
+            builder.call(fn, [])
+        else:
+            _emit_relax(builder)
         return context.get_dummy_value()
 
     return sig, codegen
@@ -320,213 +429,245 @@ def train_epoch(  # noqa: ANN201, PLR0913, PLR0912, PLR0915 - one flat loop on p
 
 
 # ----------------------------------------------------------------------------- parallel epoch
-# train_epoch_parallel computes what train_epoch does, to the byte, with each batch's
-# rows and distinct columns spread over numba's threads. Nothing is summed across
-# threads: a thread owns whole outputs (a row's forward, a column's gradient and step)
-# and sums in batch-row order, as train_epoch does, so neither the thread count nor the
-# scheduling changes a bit (tests/fm/test_engines.py checks 1, 2 and 3 threads against
-# the serial function). Two serial O(nnz) integer passes per batch build the index lists
-# the threads need; the table rows are read only by the threads.
-@njit(cache=True, error_model="numpy")
-def _batch_slots(indptr, indices, data, y, order, base, batch_size, slot, cols, cnt, inv, val, qrow, rowptr,
-                 labels_out, prefetch):  # noqa: ANN001, ANN202, PLR0913 - numba
-    """Serial pass 1 of a batch: give each new column a slot (first-seen order), list the nonzeros.
+# train_epoch_parallel computes what train_epoch does, to the byte, on ``threads`` OS
+# threads that each run the whole epoch (:func:`_epoch_worker`, compiled ``nogil``) and
+# meet at a spinning barrier twice per batch. Per batch, thread t of T:
+#
+# 1. forward of its fixed share of the batch rows (contiguous rows lo..hi) on the
+#    pre-update weights: S_i, score, g_i;  -- barrier (every S_i, g_i written) --
+# 2. gradient and lazy step of the columns it *owns* (blocks of 2**OWNER_SHIFT consecutive
+#    columns, dealt round-robin), summed over the whole batch in batch-row order, as
+#    train_epoch does; then the owned columns' squared norms for the next forward;
+#    thread 0 also steps the bias;  -- barrier (every table row written) --
+#
+# Nothing is summed across threads and a column's sum order does not depend on T, so
+# the bytes are the serial function's at any thread count (tests/fm/test_engines.py).
+# Why this shape: the earlier design (three numba prange regions per batch plus serial
+# list-building passes between them) paid an OpenMP hand-off three times per batch and
+# ran O(nnz) bookkeeping on one thread, and was slower with 2 threads than with 1 on
+# ml-100k. Here a hand-off is a cache line changing hands (a few hundred ns when both
+# threads are running) and every pass is split. The columns' squared norms, which the
+# serial forward computes when it first meets a column in a batch, are kept per column
+# instead (``nrm``: computed once per epoch, refreshed after each step), which gives
+# the same value without a per-batch pass over the distinct columns.
 
-    Writes, per nonzero ``q`` in batch-row order, its slot ``inv[q]``, value ``val[q]`` and
-    batch row ``qrow[q]``; per slot its column ``cols[u]`` and nonzero count ``cnt[u]``;
-    ``rowptr`` (batch row -> first nonzero) and the labels. Returns (distinct columns, nonzeros).
-    No table row is read here (the threads fetch them): O(nnz) integer work, cheap enough
-    to stay serial.
-    """
-    n = order.shape[0]
-    nz = 0
-    U = 0
-    for i in range(batch_size):
-        if prefetch:
-            ahead = order[(base + i + PREFETCH_AHEAD) % n]
-            for p in range(indptr[ahead], indptr[ahead + 1]):
-                _prefetch(slot, (indices[p],))
-        row = order[(base + i) % n]
-        rowptr[i] = nz
-        labels_out[base + i] = y[row]
-        for p in range(indptr[row], indptr[row + 1]):
-            c = indices[p]
-            u = slot[c]
-            if u < 0:
-                u = U
-                slot[c] = U
-                cols[U] = c
-                cnt[U] = 0
-                U += 1
-            inv[nz] = u
-            val[nz] = data[p]
-            qrow[nz] = i
-            cnt[u] += 1
-            nz += 1
-    rowptr[batch_size] = nz
-    return U, nz
+#: columns are owned in blocks of 2**OWNER_SHIFT = 16 (the int32 ``slot`` / float32 ``nrm``
+#: entries of 16 columns share one 64-byte cache line: one owner per line, no false sharing)
+OWNER_SHIFT = 4
+#: a waiting thread spins (``pause``) this many times, then yields its core on every check:
+#: spinning answers in ~100 ns when the partner is running; yielding lets the partner run
+#: when both share one core (a loaded machine, more threads than cores)
+SPIN_BEFORE_YIELD = 4000
 
 
 @njit(cache=True, error_model="numpy", inline="always")
-def _column_norm(u, P, cols, nrm, prefetch):  # noqa: ANN001, ANN202 - numba
-    """``nrm[u] = |v_c|^2`` of distinct column ``u`` (the parallel driver's replacement for the serial pass's)."""
-    if prefetch and u + PREFETCH_AHEAD < cols.shape[0]:
-        _prefetch_row(P, cols[u + PREFETCH_AHEAD])
-    nrm[u] = _sumsq(P[cols[u], 0], P.shape[2] - 1)
+def _barrier(bar, passed, threads):  # noqa: ANN001, ANN202 - numba
+    """Wait until all ``threads`` have arrived at their ``passed + 1``-th barrier; returns ``passed + 1``.
 
-
-@njit(cache=True, error_model="numpy", inline="always")
-def _forward_row(i, indptr, indices, order, base, P, rowptr, inv, val, nrm, S, gs, scores_out, labels_out, w0,
-                 use_bias, binary, rescale, prefetch):  # noqa: ANN001, ANN202, PLR0913 - numba
-    """Forward of batch row ``i`` on the pre-update weights: ``S_i``, its score and ``g_i``.
-
-    ``S_i = sum_j x_ij [v_j | w_j]``; independent across rows, so any thread may run any row.
+    ``bar[0]`` counts arrivals over the whole epoch (never reset), so barrier m is passed
+    once it reaches m * threads: no sense flag, and a thread cannot lap a slow one.
+    Returns -1 instead when ``bar[1]`` is set while waiting: a thread failed (or never
+    started), and the others must stop rather than wait for it forever.
     """
-    n = order.shape[0]
-    k1 = P.shape[2]
-    k = k1 - 1
-    if prefetch:
-        ahead = order[(base + i + PREFETCH_AHEAD) % n]
-        for p in range(indptr[ahead], indptr[ahead + 1]):
-            _prefetch_row(P, indices[p])
-    row = order[(base + i) % n]
-    Si = S[i]
-    for f in range(k1):
-        Si[f] = np.float32(0.0)
-    sq = np.float32(0.0)
-    q = rowptr[i]
-    for p in range(indptr[row], indptr[row + 1]):
-        Wc = P[indices[p], 0]
-        x = val[q]
-        q += 1
-        for f in range(k1):
-            Si[f] += x * Wc[f]
-        sq += (x * x) * nrm[inv[q - 1]]
-    s = (_sumsq(Si, k) - sq) * np.float32(0.5) + Si[k]
-    if use_bias:
-        s = s + w0
-    scores_out[base + i] = s
-    if binary:
-        out = np.float32(1.0) / (np.float32(1.0) + np.exp(-s))
-    else:
-        out = s
-    gs[i] = (out - labels_out[base + i]) * rescale
+    passed += 1
+    _atomic_add(bar, 0, 1)
+    target = passed * threads
+    spins = 0
+    while _atomic_load(bar, 0) < target:
+        if _atomic_load(bar, 1) != 0:
+            return -1
+        if spins < SPIN_BEFORE_YIELD:
+            _cpu_relax()
+            spins += 1
+        else:
+            _yield_cpu()
+    return passed
 
 
-@njit(cache=True, error_model="numpy")
-def _batch_lists(U, nz, cnt, inv, qrow, val, colptr, fill, lrow, lval):  # noqa: ANN001, ANN202 - numba
-    """Serial pass 2: each slot's nonzeros in batch-row order (a counting sort of ``inv``).
-
-    Slot ``u``'s nonzeros are ``colptr[u]:colptr[u+1]`` of ``lrow`` (their batch rows) and
-    ``lval`` (their values), copied so the column pass reads them sequentially.
-    """
-    colptr[0] = 0
-    for u in range(U):
-        colptr[u + 1] = colptr[u] + cnt[u]
-        fill[u] = colptr[u]
-    for q in range(nz):
-        u = inv[q]
-        a = fill[u]
-        lrow[a] = qrow[q]
-        lval[a] = val[q]
-        fill[u] = a + 1
-
-
-@njit(cache=True, error_model="numpy", inline="always")
-def _column_update(u, P, cols, colptr, lrow, lval, gs, S, G, slot, kind, lr, wd, decay, ncoef, lr_scale, eps,
-                   use_clip, clip, prefetch):  # noqa: ANN001, ANN202, PLR0913 - numba
-    """Gradient and optimizer step of the batch's distinct column ``u`` (lazy update: touched rows only).
-
-    ``dv = sum_i g_i x_i S_i - v sum_i g_i x_i^2``, ``dw = sum_i g_i x_i``, summed over the
-    column's nonzeros in batch-row order. Each column is owned by one call, so its sum
-    order, and therefore its bytes, do not depend on which thread runs it or how many there are.
-    """
-    k1 = P.shape[2]
-    k = k1 - 1
-    if prefetch and u + PREFETCH_AHEAD < cols.shape[0]:
-        _prefetch_row(P, cols[u + PREFETCH_AHEAD])
-    c = cols[u]
-    Gu = G[u]
-    for f in range(k1):
-        Gu[f] = np.float32(0.0)
-    cc = np.float32(0.0)
-    for a in range(colptr[u], colptr[u + 1]):
-        i = lrow[a]
-        x = lval[a]
-        gx = gs[i] * x
-        Si = S[i]
-        for f in range(k):
-            Gu[f] += gx * Si[f]
-        Gu[k] += gx
-        cc += gx * x
-    Wc = P[c, 0]
-    Mc = P[c, 1]
-    Vc = P[c, 2]
-    for f in range(k):
-        Gu[f] = Gu[f] - Wc[f] * cc
-    _step_range(kind, Gu[:k], Wc[:k], Mc[:k], Vc[:k], lr[0], wd[0], decay[0], ncoef, lr_scale, eps, use_clip, clip)
-    _step_range(kind, Gu[k:], Wc[k:], Mc[k:], Vc[k:], lr[k], wd[k], decay[k], ncoef, lr_scale, eps, use_clip, clip)
-    slot[c] = -1
-
-
-@njit(cache=True, error_model="numpy")
-def _scratch(indptr, order, batch_size, n_batches, k1):  # noqa: ANN001, ANN202 - numba
-    """The epoch's scratch buffers, sized once by the largest nonzero count of one (padded) batch."""
-    max_nnz = max(1, _max_batch_nnz(indptr, order, batch_size, n_batches))
-    ints = np.empty((6, max_nnz + 1), np.int64)  # cols, cnt, inv, qrow, colptr, fill
-    lrow = np.empty(max_nnz, np.int64)
-    lval = np.empty(max_nnz, np.float32)
-    nrm = np.empty(max_nnz, np.float32)
-    val = np.empty(max_nnz, np.float32)
-    G = np.empty((max_nnz, k1), np.float32)
-    S = np.empty((batch_size, k1), np.float32)
-    gs = np.empty(batch_size, np.float32)
-    rowptr = np.empty(batch_size + 1, np.int64)
-    return ints, lrow, lval, nrm, val, G, S, gs, rowptr
-
-
-@njit(cache=True, error_model="numpy")
-def _batch_tail(b, gs, bias, use_bias, kind, bias_lr, bias_wd, clip, use_clip, eps, coefs,
-                lr_scale):  # noqa: ANN001, ANN202, PLR0913 - numba
-    """The bias step of batch ``b``: its gradient summed over the batch rows in order (float64, as before)."""
-    if use_bias:
-        gsum = 0.0
-        for i in range(gs.shape[0]):
-            gsum += gs[i]
-        _bias_step(bias, gsum, kind, bias_lr, bias_wd, clip, use_clip, eps, coefs[b], lr_scale)
-
-
-@njit(cache=True, error_model="numpy", parallel=True)
-def train_epoch_parallel(  # noqa: ANN201, PLR0913
+@njit(cache=True, error_model="numpy", nogil=True)
+def _epoch_worker(  # noqa: ANN201, PLR0913, PLR0912, PLR0915 - one flat loop on purpose
+    t, threads, bar, owner, S, gs, nrm, cols, G, cacc,
     indptr, indices, data, y, order, batch_size, P, lr, wd, decay, kind, clip, use_clip, eps, rescale,
     binary, use_bias, bias, bias_lr, bias_wd, coefs, lr_scale, slot, scores_out, labels_out,
 ):
-    """:func:`train_epoch` (same arguments, same bytes) on numba's threads (``numba.set_num_threads``).
+    """Thread ``t``'s share of :func:`train_epoch` (see the section comment above).
 
-    Per batch: slots and nonzero lists (serial), the distinct columns' squared norms and
-    the rows' forward (parallel; they fetch the cold table rows), each column's nonzeros in
-    batch-row order (serial), the columns' gradient and lazy step (parallel), the bias step.
+    Shared with the other threads: ``bar`` (int64, the barrier counter, 0 on entry),
+    ``owner`` (the thread of each block of 2**OWNER_SHIFT columns; a table lookup is
+    cheaper than a division per nonzero),
+    ``S`` (batch_size, k+1) and ``gs`` (batch_size,) (the batch rows' forward sums and
+    gradient factors), ``nrm`` (d,) (each column's |v|^2), and the training arrays. Its
+    own: ``cols`` / ``G`` / ``cacc``, the batch's owned columns, their gradients and
+    their sum of g x^2, sized by the most nonzeros of one batch. Nothing is allocated
+    here and nothing raises: a thread that stopped early would leave the others
+    waiting at the barrier.
     """
+    n = order.shape[0]
+    d = P.shape[0]
+    k1 = P.shape[2]
+    k = k1 - 1
     n_batches = scores_out.shape[0] // batch_size
     prefetch = P.size * 4 > PREFETCH_MIN_BYTES
-    ints, lrow, lval, nrm, val, G, S, gs, rowptr = _scratch(indptr, order, batch_size, n_batches, P.shape[2])
-    cols, cnt, inv, qrow, colptr, fill = ints[0], ints[1], ints[2], ints[3], ints[4], ints[5]
+    passed = 0
+    for blk in range(t, owner.shape[0], threads):
+        for c in range(blk << OWNER_SHIFT, min(d, (blk + 1) << OWNER_SHIFT)):
+            nrm[c] = _sumsq(P[c, 0], k)
+    lo = t * batch_size // threads
+    hi = (t + 1) * batch_size // threads
+    half = np.float32(0.5)
+    one = np.float32(1.0)
+    zero = np.float32(0.0)
+    passed = _barrier(bar, passed, threads)  # every norm computed
+    if passed < 0:
+        return
     for b in range(n_batches):
         base = b * batch_size
-        U, nz = _batch_slots(indptr, indices, data, y, order, base, batch_size, slot, cols, cnt, inv, val, qrow,
-                             rowptr, labels_out, prefetch)
-        for u in prange(U):  # the (cold) table rows are fetched here, by all threads
-            _column_norm(u, P, cols[:U], nrm, prefetch)
+        # -- 1. forward of rows lo..hi on the pre-update weights
         w0 = bias[0]
-        for i in prange(batch_size):
-            _forward_row(i, indptr, indices, order, base, P, rowptr, inv, val, nrm, S, gs, scores_out, labels_out, w0,
-                         use_bias, binary, rescale, False)
-        _batch_lists(U, nz, cnt, inv, qrow, val, colptr, fill, lrow, lval)
+        for i in range(lo, hi):
+            if prefetch:
+                ahead = order[(base + i + PREFETCH_AHEAD) % n]
+                for p in range(indptr[ahead], indptr[ahead + 1]):
+                    _prefetch_row(P, indices[p])
+                    _prefetch(nrm, (indices[p],))
+            row = order[(base + i) % n]
+            yi = y[row]
+            labels_out[base + i] = yi
+            Si = S[i]
+            for f in range(k1):
+                Si[f] = zero
+            sq = zero
+            for p in range(indptr[row], indptr[row + 1]):
+                c = indices[p]
+                Wc = P[c, 0]
+                x = data[p]
+                for f in range(k1):
+                    Si[f] += x * Wc[f]
+                sq += (x * x) * nrm[c]
+            s = (_sumsq(Si, k) - sq) * half + Si[k]
+            if use_bias:
+                s = s + w0
+            scores_out[base + i] = s
+            if binary:
+                out = one / (one + np.exp(-s))
+            else:
+                out = s
+            gs[i] = (out - yi) * rescale
+        passed = _barrier(bar, passed, threads)
+        if passed < 0:
+            return
+        # -- 2. gradient of the owned columns over every batch row, in batch-row order
+        U = 0
+        gsum = 0.0
+        for i in range(batch_size):
+            if prefetch:
+                ahead = order[(base + i + PREFETCH_AHEAD) % n]
+                for p in range(indptr[ahead], indptr[ahead + 1]):
+                    _prefetch(slot, (indices[p],))
+            row = order[(base + i) % n]
+            g = gs[i]
+            gsum += g
+            Si = S[i]
+            for p in range(indptr[row], indptr[row + 1]):
+                c = indices[p]
+                if owner[c >> OWNER_SHIFT] != t:
+                    continue
+                u = slot[c]
+                if u < 0:
+                    u = U
+                    slot[c] = U
+                    cols[U] = c
+                    Gu = G[U]
+                    for f in range(k1):
+                        Gu[f] = zero
+                    cacc[U] = zero
+                    U += 1
+                x = data[p]
+                gx = g * x
+                Gu = G[u]
+                for f in range(k):
+                    Gu[f] += gx * Si[f]
+                Gu[k] += gx
+                cacc[u] += gx * x
+        # -- the owned columns' lazy step, then their norms for the next forward
         ncoef = -coefs[b]
-        for u in prange(U):
-            _column_update(u, P, cols[:U], colptr, lrow, lval, gs, S, G, slot, kind, lr, wd, decay, ncoef,
-                           lr_scale, eps, use_clip, clip, prefetch)
-        _batch_tail(b, gs, bias, use_bias, kind, bias_lr, bias_wd, clip, use_clip, eps, coefs, lr_scale)
+        for u in range(U):
+            if prefetch and u + PREFETCH_AHEAD < U:
+                _prefetch_row(P, cols[u + PREFETCH_AHEAD])
+                _prefetch(nrm, (cols[u + PREFETCH_AHEAD],))
+            c = cols[u]
+            Gu = G[u]
+            Wc = P[c, 0]
+            Mc = P[c, 1]
+            Vc = P[c, 2]
+            cc = cacc[u]
+            for f in range(k):
+                Gu[f] = Gu[f] - Wc[f] * cc
+            _step_range(kind, Gu[:k], Wc[:k], Mc[:k], Vc[:k], lr[0], wd[0], decay[0], ncoef, lr_scale, eps,
+                        use_clip, clip)
+            _step_range(kind, Gu[k:], Wc[k:], Mc[k:], Vc[k:], lr[k], wd[k], decay[k], ncoef, lr_scale, eps,
+                        use_clip, clip)
+            nrm[c] = _sumsq(Wc, k)
+            slot[c] = -1
+        if t == 0 and use_bias:
+            _bias_step(bias, gsum, kind, bias_lr, bias_wd, clip, use_clip, eps, coefs[b], lr_scale)
+        passed = _barrier(bar, passed, threads)
+        if passed < 0:
+            return
+
+
+def train_epoch_parallel(  # noqa: PLR0913
+    indptr: np.ndarray, indices: np.ndarray, data: np.ndarray, y: np.ndarray, order: np.ndarray, batch_size: int,
+    P: np.ndarray, lr: np.ndarray, wd: np.ndarray, decay: np.ndarray, kind: int, clip: np.float32, use_clip: bool,
+    eps: np.float32, rescale: np.float32, binary: bool, use_bias: bool, bias: np.ndarray, bias_lr: np.float32,
+    bias_wd: np.float32, coefs: np.ndarray, lr_scale: np.float32, slot: np.ndarray, scores_out: np.ndarray,
+    labels_out: np.ndarray, threads: int = 2,
+) -> None:
+    """:func:`train_epoch` (same arguments, same bytes) on ``threads`` threads.
+
+    Thread 0 is the caller's; the others are started here for the epoch and joined
+    before returning. A thread that fails (or cannot be started) raises the abort flag
+    ``bar[1]``, so the others leave their barrier instead of waiting for it; the first
+    error is re-raised here. ``threads`` = 1 runs the worker alone, which the tests use
+    to check it against the serial function.
+    """
+    n_batches = scores_out.shape[0] // batch_size
+    k1 = P.shape[2]
+    max_nnz = max(1, int(_max_batch_nnz(indptr, order, batch_size, n_batches)))
+    owner = (np.arange(-(-P.shape[0] // (1 << OWNER_SHIFT))) % threads).astype(np.uint8)
+    shared = (np.zeros(16, np.int64), owner, np.empty((batch_size, k1), np.float32),
+              np.empty(batch_size, np.float32), np.empty(P.shape[0], np.float32))
+    own = [(np.empty(max_nnz, np.int64), np.empty((max_nnz, k1), np.float32), np.empty(max_nnz, np.float32))
+           for _ in range(threads)]
+    args = (indptr, indices, data, y, order, batch_size, P, lr, wd, decay, kind, clip, use_clip, eps, rescale, binary,
+            use_bias, bias, bias_lr, bias_wd, coefs, lr_scale, slot, scores_out, labels_out)
+    bar = shared[0]
+    errors: list[BaseException] = []
+
+    def work(t: int) -> None:
+        try:
+            _epoch_worker(t, threads, *shared, *own[t], *args)
+        except BaseException as exc:  # noqa: BLE001 - re-raised by the caller below
+            bar[1] = 1
+            errors.append(exc)
+
+    helpers = [threading.Thread(target=work, args=(t,), name=f"localfm-fm-{t}", daemon=True)
+               for t in range(1, threads)]
+    started: list[threading.Thread] = []
+    try:
+        for h in helpers:
+            h.start()
+            started.append(h)
+    except BaseException:
+        bar[1] = 1
+        for h in started:
+            h.join()
+        raise
+    work(0)
+    for h in started:
+        h.join()
+    if errors:
+        raise errors[0]
 
 
 # ----------------------------------------------------------------------------- driver
@@ -540,19 +681,6 @@ def step_factors(kind: str, t_first: int, n_batches: int, lr_scale: float) -> np
         return np.array([adam_coefficient(1.0, t) * lr_scale for t in range(t_first, t_first + n_batches)],
                         dtype=np.float32)
     return np.full(n_batches, lr_scale, dtype=np.float32)
-
-
-def _passive_omp_wait() -> None:
-    """Let idle OpenMP workers sleep instead of spinning, unless the user chose otherwise.
-
-    Why: the parallel epoch hands work to its threads three times per batch. With GNU OpenMP's
-    default (spin, then sleep) a spinning worker on an oversubscribed machine steals the
-    time slice its partner needs: measured on the shared 2-core box (load ~3) ~900 us per
-    hand-off against ~13 us with ``OMP_WAIT_POLICY=passive``, i.e. 2 threads 5-40x slower
-    than 1. libgomp reads the variable when numba first loads it (the first parallel
-    epoch), so a value set later, or already in the environment, wins.
-    """
-    os.environ.setdefault("OMP_WAIT_POLICY", "passive")
 
 
 def run_epoch(
@@ -575,8 +703,8 @@ def run_epoch(
 
     ``P`` (the run's table, float32 (d, 3, k+1)) and ``bias`` ([w0, m, v] float32)
     are updated in place; ``t_first`` is the optimizer step number of the first batch.
-    ``threads`` > 1 runs :func:`train_epoch_parallel` on that many of numba's threads
-    (capped at ``numba.config.NUMBA_NUM_THREADS``); the bytes are the same either way.
+    ``threads`` > 1 runs :func:`train_epoch_parallel` on that many threads (as given:
+    more threads than cores only wait at the barriers); the bytes are the same either way.
     ``dry_run`` runs zero batches: it only compiles (or loads from numba's cache) the
     function for these argument types, so the first epoch's logged throughput is not
     charged with compilation.
@@ -592,11 +720,7 @@ def run_epoch(
     clip = cfg.clip
     scores = np.empty(n_batches * batch_size, dtype=np.float32)
     labels = np.empty(n_batches * batch_size, dtype=np.float32)
-    fn = train_epoch
-    if threads > 1:
-        fn = train_epoch_parallel
-        _passive_omp_wait()
-        set_num_threads(min(threads, numba_config.NUMBA_NUM_THREADS))
+    fn = train_epoch if threads <= 1 else functools.partial(train_epoch_parallel, threads=threads)
     fn(
         X.indptr, X.indices, X.data, y, order.astype(np.int64, copy=False), int(batch_size), P,
         cfg.lr, cfg.wd, decay, OPTIMIZERS[cfg.kind], np.float32(clip if clip is not None else 0.0), clip is not None,
