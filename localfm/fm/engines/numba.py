@@ -457,7 +457,7 @@ OWNER_SHIFT = 4
 #: a waiting thread spins (``pause``) this many times, then yields its core on every check:
 #: spinning answers in ~100 ns when the partner is running; yielding lets the partner run
 #: when both share one core (a loaded machine, more threads than cores)
-SPIN_BEFORE_YIELD = 4000
+SPIN_BEFORE_YIELD = 1000
 
 
 @njit(cache=True, error_model="numpy", inline="always")
