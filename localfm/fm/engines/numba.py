@@ -166,7 +166,7 @@ def _sched_yield_address() -> int:
     try:
         libc = ctypes.CDLL(ctypes.util.find_library("c") or None)
         addr = ctypes.cast(libc.sched_yield, ctypes.c_void_p).value or 0
-    except (OSError, AttributeError):
+    except (OSError, AttributeError, TypeError):  # no libc to load (TypeError: CDLL(None) on Windows)
         return 0
     if addr:
         from llvmlite import binding
