@@ -423,8 +423,10 @@ def test_local_threads_validation_and_auto():
     hp = FactorizationMachine(**base).check_params()
     assert hp["_local_threads"] == "auto"
     assert FactorizationMachine(**base, _local_threads="3").check_params()["_local_threads"] == 3
-    big = {**hp, "mini_batch_size": engines.AUTO_THREADS_MIN_BATCH, "feature_dim": 2623}  # ua.base's table
+    big = {**hp, "mini_batch_size": engines.AUTO_THREADS_MIN_BATCH, "feature_dim": engines.AUTO_THREADS_MIN_FEATURES}
     small = {**big, "mini_batch_size": engines.AUTO_THREADS_MIN_BATCH - 1}
+    assert engines.resolve_threads({**big, "feature_dim": 2623},
+                                   cores=2, load=0.3) == 1  # ua.base: the table fits in cache, serial is faster
     assert engines.resolve_threads(big, cores=2, load=0.3) == 2
     assert engines.resolve_threads(big, cores=16, load=0.3) == engines.AUTO_THREADS_MAX
     assert engines.resolve_threads(small, cores=2, load=0.3) == 1  # too little work per batch

@@ -34,6 +34,12 @@ NUMBA_OPTIMIZERS = ("adam", "adamw", "sgd", "adagrad")
 
 #: ``_local_threads=auto`` splits batches from this ``mini_batch_size`` up (see :func:`resolve_threads`)
 AUTO_THREADS_MIN_BATCH = 1000
+#: ... and from this ``feature_dim`` up: only a table too big for the cache gains. With a small
+#: table the rows each batch updates move between the cores every batch (the forward reads
+#: them on one core, their owner writes them on the other), which costs more than the split
+#: saves (measured 2026-11-29 on the 2-core EPYC, both threads running: ua.base, feature_dim
+#: 2,623, batch 1000: 0.6-0.7x; the ML-25M-shaped feature_dim 224,964 at batch 5000: 1.5-1.7x)
+AUTO_THREADS_MIN_FEATURES = 100_000
 #: ... over at most this many threads (the issue's target machine has 2 cores; more is unmeasured)
 AUTO_THREADS_MAX = 2
 
@@ -124,20 +130,20 @@ def usable_cores() -> int:
 def resolve_threads(hp: Mapping[str, Any], cores: int | None = None, load: float | None = None) -> int:
     """Threads the numba engine uses for parsed hyperparameters ``hp`` (``_local_threads``).
 
-    An integer is taken as given (the engine caps it at numba's pool size); the bytes do
-    not depend on it, only the speed. ``auto``: :data:`AUTO_THREADS_MAX` (at most
-    ``cores``) when ``mini_batch_size`` >= :data:`AUTO_THREADS_MIN_BATCH` and the 1-minute
-    load average leaves a core idle beside this process (``load`` < cores - 0.5), else 1.
+    An integer is taken as given; the bytes do not depend on it, only the speed. ``auto``: :data:`AUTO_THREADS_MAX` (at most
+    ``cores``) when ``mini_batch_size`` >= :data:`AUTO_THREADS_MIN_BATCH`, ``feature_dim`` >=
+    :data:`AUTO_THREADS_MIN_FEATURES` (a small table stays in cache and the serial epoch is
+    faster) and the 1-minute load average leaves a core idle beside this process
+    (``load`` < cores - 0.5), else 1.
     Why: the threads meet at a barrier twice per batch; a 200-row batch (~0.1 ms of work)
-    gains little from splitting, and on an oversubscribed machine a barrier waits for the
-    partner's next time slice: on the shared 2-core box (load 6-12) two threads took 1.3-2x
-    the wall time of one on ua.base. ``cores`` / ``load`` default to this process's
-    affinity and ``os.getloadavg``.
+    gains little from splitting, and on an oversubscribed machine every barrier waits for
+    the partner's next time slice (shared 2-core box, load 12: 2 threads 0.2-0.6x of one on
+    ua.base). ``cores`` / ``load`` default to this process's affinity and ``os.getloadavg``.
     """
     value = hp.get("_local_threads", "auto")
     if value != "auto":
         return int(value)
-    if hp["mini_batch_size"] < AUTO_THREADS_MIN_BATCH:
+    if hp["mini_batch_size"] < AUTO_THREADS_MIN_BATCH or hp["feature_dim"] < AUTO_THREADS_MIN_FEATURES:
         return 1
     cores = usable_cores() if cores is None else cores
     if load is None:

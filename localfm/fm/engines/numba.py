@@ -616,6 +616,19 @@ def _epoch_worker(  # noqa: ANN201, PLR0913, PLR0912, PLR0915 - one flat loop on
             return
 
 
+def _line_aligned(n: int, dtype: type) -> np.ndarray:
+    """An uninitialised 1-d array of ``n`` ``dtype`` whose first element starts a 64-byte cache line.
+
+    Why: the threads own columns in blocks of one cache line of these arrays; numpy aligns
+    only to 16 bytes, and a line shared by two owners would bounce between the cores on
+    every write (false sharing).
+    """
+    size = np.dtype(dtype).itemsize
+    raw = np.empty(n * size + 64, np.uint8)
+    start = -raw.ctypes.data % 64
+    return raw[start:start + n * size].view(dtype)
+
+
 def train_epoch_parallel(  # noqa: PLR0913
     indptr: np.ndarray, indices: np.ndarray, data: np.ndarray, y: np.ndarray, order: np.ndarray, batch_size: int,
     P: np.ndarray, lr: np.ndarray, wd: np.ndarray, decay: np.ndarray, kind: int, clip: np.float32, use_clip: bool,
@@ -629,19 +642,25 @@ def train_epoch_parallel(  # noqa: PLR0913
     before returning. A thread that fails (or cannot be started) raises the abort flag
     ``bar[1]``, so the others leave their barrier instead of waiting for it; the first
     error is re-raised here. ``threads`` = 1 runs the worker alone, which the tests use
-    to check it against the serial function.
+    to check it against the serial function. ``slot`` is left alone (all -1): the threads
+    use a cache-line-aligned copy.
     """
     n_batches = scores_out.shape[0] // batch_size
     k1 = P.shape[2]
     max_nnz = max(1, int(_max_batch_nnz(indptr, order, batch_size, n_batches)))
     owner = (np.arange(-(-P.shape[0] // (1 << OWNER_SHIFT))) % threads).astype(np.uint8)
-    shared = (np.zeros(16, np.int64), owner, np.empty((batch_size, k1), np.float32),
-              np.empty(batch_size, np.float32), np.empty(P.shape[0], np.float32))
+    # the barrier counter on a cache line of its own; per-column slots and norms starting on a
+    # cache line, so each line of them has exactly one owning thread (see OWNER_SHIFT)
+    bar = _line_aligned(16, np.int64)
+    bar[:] = 0
+    tslot = _line_aligned(P.shape[0], np.int32)
+    tslot[:] = -1
+    shared = (bar, owner, np.empty((batch_size, k1), np.float32), np.empty(batch_size, np.float32),
+              _line_aligned(P.shape[0], np.float32))
     own = [(np.empty(max_nnz, np.int64), np.empty((max_nnz, k1), np.float32), np.empty(max_nnz, np.float32))
            for _ in range(threads)]
     args = (indptr, indices, data, y, order, batch_size, P, lr, wd, decay, kind, clip, use_clip, eps, rescale, binary,
-            use_bias, bias, bias_lr, bias_wd, coefs, lr_scale, slot, scores_out, labels_out)
-    bar = shared[0]
+            use_bias, bias, bias_lr, bias_wd, coefs, lr_scale, tslot, scores_out, labels_out)
     errors: list[BaseException] = []
 
     def work(t: int) -> None:
