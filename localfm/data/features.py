@@ -30,6 +30,7 @@ import scipy.sparse as sp
 
 from ..errors import LocalFMError
 from ..io.atomic import atomic_write
+from .ids import distinct, lookup
 from .movielens import AGE_GROUP_LABELS, ItemTable, UserTable
 
 FORMAT = "localfm-features"
@@ -331,16 +332,6 @@ def _is_int_like(x: Any) -> bool:
         return False
 
 
-def lookup(known: np.ndarray, query: np.ndarray) -> np.ndarray:
-    """Position of each query id in the sorted ``known`` array, -1 where absent."""
-    if len(known) == 0:
-        return np.full(len(query), -1, dtype=np.int64)
-    pos = np.searchsorted(known, query)
-    clipped = np.minimum(pos, len(known) - 1)
-    found = known[clipped] == query
-    return np.where(found, clipped, -1).astype(np.int64)
-
-
 def _side_to_dict(side: SideFeatures | None) -> dict[str, Any] | None:
     if side is None:
         return None
@@ -394,8 +385,8 @@ def build_feature_space(
     """
     if multi_hot not in ("ones", "normalized"):
         raise LocalFMError(f"multi_hot {multi_hot!r}: expected ones or normalized", param="multi_hot")
-    user_ids = np.unique(user_ids)
-    item_ids = np.unique(item_ids)
+    user_ids = distinct(user_ids)
+    item_ids = distinct(item_ids)
     blocks = [Block("user_id", 0, len(user_ids)), Block("item_id", len(user_ids), len(item_ids))]
     offset = len(user_ids) + len(item_ids)
     user_parts: list[tuple[np.ndarray, int]] = []

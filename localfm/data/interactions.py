@@ -12,6 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..errors import LocalFMError
+from .ids import distinct
 
 
 @dataclass(frozen=True)
@@ -51,11 +52,11 @@ class Interactions:
 
     @property
     def n_users(self) -> int:
-        return int(len(np.unique(self.user)))
+        return int(len(distinct(self.user)))
 
     @property
     def n_items(self) -> int:
-        return int(len(np.unique(self.item)))
+        return int(len(distinct(self.item)))
 
 
 def parse_label(spec: str) -> tuple[str, float | None]:

@@ -31,6 +31,7 @@ from typing import IO
 import numpy as np
 
 from ..errors import LocalFMError
+from .ids import distinct
 from .interactions import Interactions
 
 #: The 19 genres of ml-100k in u.genre order (used when u.genre is absent).
@@ -94,17 +95,17 @@ class MovieLens:
 
     def all_user_ids(self) -> np.ndarray:
         """Every user id the dataset knows (catalog ∪ ratings), ascending."""
-        ids = [np.unique(self.ratings.user)]
+        ids = [distinct(self.ratings.user)]
         if self.users is not None:
             ids.append(self.users.ids)
-        return np.unique(np.concatenate(ids))
+        return distinct(np.concatenate(ids))
 
     def all_item_ids(self) -> np.ndarray:
         """Every item id the dataset knows (catalog ∪ ratings), ascending."""
-        ids = [np.unique(self.ratings.item)]
+        ids = [distinct(self.ratings.item)]
         if self.items is not None:
             ids.append(self.items.ids)
-        return np.unique(np.concatenate(ids))
+        return distinct(np.concatenate(ids))
 
 
 # --------------------------------------------------------------------------- sources
@@ -373,7 +374,7 @@ def _read_100k_items(src: _Source) -> ItemTable:
 
 def _item_table(where: str, ids: list[int], titles: list[str], genres: np.ndarray, names: list[str]) -> ItemTable:
     id_array = np.asarray(ids, dtype=np.int64)
-    if len(np.unique(id_array)) != len(id_array):
+    if len(distinct(id_array)) != len(id_array):
         raise LocalFMError(f"{where}: duplicate movie ids")
     return ItemTable(ids=id_array, titles=titles, genres=genres, genre_names=names)
 
@@ -403,7 +404,7 @@ def _read_100k_users(src: _Source) -> UserTable:
 def _user_table(where: str, ids: list[int], ages: list[int], genders: list[str],
                 occupations: list[str], zips: list[str], vocab: list[str]) -> UserTable:
     id_array = np.asarray(ids, dtype=np.int64)
-    if len(np.unique(id_array)) != len(id_array):
+    if len(distinct(id_array)) != len(id_array):
         raise LocalFMError(f"{where}: duplicate user ids")
     return UserTable(
         ids=id_array,

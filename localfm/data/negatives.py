@@ -34,6 +34,7 @@ import scipy.sparse as sp
 
 from ..errors import LocalFMError
 from .features import FeatureSpace
+from .ids import distinct
 from .tabular import read_interactions
 
 _REJECTION_ROUNDS = 16
@@ -155,7 +156,7 @@ def _popularity(rated: sp.csr_matrix, users: np.ndarray, weights: np.ndarray, rn
         ok = ~np.isin(users[todo] * span + draw, rated_keys)
         items[todo[ok]] = draw[ok]
         todo = todo[~ok]
-    for u in np.unique(users[todo]):  # users who rated most of the popular mass: exact draws
+    for u in distinct(users[todo]):  # users who rated most of the popular mass: exact draws
         mine = todo[users[todo] == u]
         w = weights.copy()
         w[rated.indices[indptr[u]:indptr[u + 1]]] = 0.0
@@ -283,7 +284,7 @@ def implicit_matrix(
     items). Positives keep their own ids (an id unknown to ``space`` encodes as in
     ``prepare``); negatives are ``per_positive`` per positive, drawn per user.
     """
-    uids = np.unique(np.concatenate([np.asarray(rated_pairs.user), np.asarray(rows.user)]))
+    uids = distinct(np.concatenate([np.asarray(rated_pairs.user), np.asarray(rows.user)]))
     n_items = len(space.item_ids)
     rated = rated_matrix(
         np.searchsorted(uids, rated_pairs.user),

@@ -28,6 +28,7 @@ from ..io.atomic import atomic_outputs
 from ..io.recordio import write_sparse
 from ..progress import progress
 from .features import FeatureSpace, build_feature_space
+from .ids import distinct
 from .interactions import Interactions, make_labels, parse_label
 from .movielens import ItemTable, MovieLens, UserTable, load_movielens
 from .negatives import (
@@ -189,7 +190,7 @@ def prepare_data(
     test = ratings.take(split.test)
     test_all = test
 
-    seen_users, seen_items = np.unique(train.user), np.unique(train.item)
+    seen_users, seen_items = distinct(train.user), distinct(train.item)
     unseen_item = ~np.isin(test.item, seen_items)
     unseen_user = ~np.isin(test.user, seen_users)
     dropped = 0
@@ -199,8 +200,8 @@ def prepare_data(
         test = test.take(np.flatnonzero(keep))
 
     if options.columns == "all":
-        user_ids = np.unique(ratings.user) if all_user_ids is None else all_user_ids
-        item_ids = np.unique(ratings.item) if all_item_ids is None else all_item_ids
+        user_ids = distinct(ratings.user) if all_user_ids is None else all_user_ids
+        item_ids = distinct(ratings.item) if all_item_ids is None else all_item_ids
     else:
         user_ids, item_ids = seen_users, seen_items
     side = options.features == "ids+side"

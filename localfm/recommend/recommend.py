@@ -43,7 +43,8 @@ from typing import Any
 import numpy as np
 import scipy.sparse as sp
 
-from ..data.features import FeatureSpace, as_ids, lookup
+from ..data.features import FeatureSpace, as_ids
+from ..data.ids import lookup
 from ..data.tabular import read_interaction_file
 from ..errors import LocalFMError, LocalFMWarning
 from ..io.artifacts import load_fm
