@@ -400,13 +400,10 @@ def _batch_torch(
             continue
         sel = act
         if B is not None:
-            kth = run_v[torch.from_numpy(act), -1].numpy().astype(np.float64)
-            stay = ~(rest[act, step] < kth)
-            act, kth = act[stay], kth[stay]
+            act, sel = _prune_step(B, rest, act, run_v[torch.from_numpy(act), -1].numpy().astype(np.float64), step, bi)
             if act.shape[0] == 0:
                 skipped += b * sum(blocks[o].shape[0] for o in order[step:])
                 break
-            sel = act[~(B[act, bi] < kth)]
             skipped += (b - sel.shape[0]) * width
             if sel.shape[0] == 0:
                 continue
@@ -523,6 +520,19 @@ def _visit_plan(bounds: _BlockBounds | None, Ub: np.ndarray, n_blocks: int) -> t
     return order, B, np.ascontiguousarray(rest)
 
 
+def _prune_step(B: np.ndarray, rest: np.ndarray, act: np.ndarray, kth: np.ndarray, step: int,
+                bi: int) -> tuple[np.ndarray, np.ndarray]:
+    """(users still in the batch, those of them block ``bi`` is scored for) at visit ``step``.
+
+    ``act`` are the users in the batch and ``kth`` their k-th scores (float64). A user stays
+    while some block from this step on may still reach its k-th score (``rest``), and block
+    bi is scored for it only if that block's own bound may (``B``); strict ``<`` either way.
+    """
+    stay = ~(rest[act, step] < kth)
+    act, kth = act[stay], kth[stay]
+    return act, act[~(B[act, bi] < kth)]
+
+
 def _batch_numba(
     Ub: np.ndarray,
     prep: PreparedItems,
@@ -621,13 +631,10 @@ def _scan_users(
             continue
         sel = act
         if B is not None:
-            kth = heap_v[act, 0].astype(np.float64)
-            stay = ~(rest[act, step] < kth)
-            act, kth = act[stay], kth[stay]
+            act, sel = _prune_step(B, rest, act, heap_v[act, 0].astype(np.float64), step, bi)
             if act.shape[0] == 0:
                 skipped += b * sum(blocks[o].shape[0] for o in order[step:])
                 break
-            sel = act[~(B[act, bi] < kth)]
             skipped += (b - sel.shape[0]) * width
             if sel.shape[0] == 0:
                 continue
