@@ -142,7 +142,8 @@ def _zip_members(data: bytes) -> list[tuple[str, bytes]] | None:
         return None
     try:
         with zipfile.ZipFile(io.BytesIO(data)) as zf:
-            infos = [zi for zi in zf.infolist() if not zi.is_dir()]
+            # A mutated archive may name a member "" (ZipInfo.is_dir() then raises IndexError).
+            infos = [zi for zi in zf.infolist() if zi.filename and not zi.filename.endswith("/")]
             if not infos or sum(zi.file_size for zi in infos) > MAX_INPUT:
                 return None
             return [(zi.filename, zf.read(zi)) for zi in infos]

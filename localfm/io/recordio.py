@@ -439,7 +439,14 @@ def _empty_columns() -> _Columns:
                     np.zeros(0, np.uint64), np.zeros(0, np.int8), z, np.zeros(0, np.float32), set())
 
 
+_COLUMN_FIELDS = ("offsets", "feat_code", "nval", "values", "nkey", "keys", "nshape", "shape", "label_code",
+                  "nlab", "labels")
+
+
 def _concat_columns(parts: list[_Columns]) -> _Columns:
+    """One ``_Columns`` of all ``parts``, which it consumes: each field of the parts is released
+    as soon as it has been joined, so reading a file peaks at about one copy of its columns
+    instead of two (25M records: ~2 GB less)."""
     if not parts:
         return _empty_columns()
     if len(parts) == 1:
@@ -447,9 +454,12 @@ def _concat_columns(parts: list[_Columns]) -> _Columns:
     keys: set[str] = set()
     for p in parts:
         keys |= p.extra_keys
-    return _Columns(*(np.concatenate([getattr(p, f) for p in parts]) for f in (
-        "offsets", "feat_code", "nval", "values", "nkey", "keys", "nshape", "shape", "label_code", "nlab",
-        "labels")), keys)
+    joined = {}
+    for f in _COLUMN_FIELDS:
+        joined[f] = np.concatenate([getattr(p, f) for p in parts])
+        for p in parts:
+            setattr(p, f, joined[f][:0])
+    return _Columns(**joined, extra_keys=keys)
 
 
 def _tensor_columns(v: ValueType) -> tuple[int, np.ndarray, np.ndarray, np.ndarray]:

@@ -109,3 +109,17 @@ def _zip_of(members: dict[str, bytes]) -> bytes:
         for n, b in members.items():
             zf.writestr(n, b)
     return buf.getvalue()
+
+
+def test_zip_mutator_skips_a_member_named_nothing():
+    """A mutated archive can name a member "": the mutator must not crash on it (it did in CI)."""
+    import io
+    import zipfile
+
+    from fuzz.mutate import _zip_members
+
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as zf:
+        zf.writestr(zipfile.ZipInfo(""), b"abc")
+        zf.writestr(zipfile.ZipInfo("params"), b"p")
+    assert _zip_members(buf.getvalue()) == [("params", b"p")]

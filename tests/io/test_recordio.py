@@ -568,3 +568,27 @@ def test_iter_batches_rejects_negative_feature_dim():
     # read_matrix checked feature_dim, iter_batches did not: OverflowError from the uint64 compare.
     with pytest.raises(RecordIOError, match="feature_dim=-1"):
         next(rio.iter_batches(_shapeless_sparse([0, 1, 2]), 2, feature_dim=-1))
+
+
+def test_joining_read_blocks_releases_them_as_it_goes(tmp_path, monkeypatch):
+    """read_matrix joins its per-block columns field by field and frees each block's field once
+    joined, so a file's columns are not held twice (the 25M-row train stage peaked at 4.4 GB)."""
+    rng = np.random.default_rng(0)
+    X = sp.random(3000, 50, density=0.05, format="csr", random_state=rng, dtype=np.float32)
+    y = rng.random(3000).astype(np.float32)
+    path = tmp_path / "x.protobuf"
+    rio.write_sparse(path, X, y)
+    whole = rio.read_matrix(path)
+    monkeypatch.setattr(rio, "BLOCK_BYTES", 4096)  # many blocks
+    seen: list = []
+    original = rio._concat_columns
+
+    def spy(parts):
+        seen.extend(parts)
+        return original(parts)
+
+    monkeypatch.setattr(rio, "_concat_columns", spy)
+    got = rio.read_matrix(path)
+    assert len(seen) > 10
+    assert all(getattr(p, f).size == 0 for p in seen for f in rio._COLUMN_FIELDS)  # released
+    assert (got.X != whole.X).nnz == 0 and np.array_equal(got.y, whole.y)
