@@ -330,7 +330,7 @@ def iter_top_x(
             raise LocalFMError(f"exclusions: shape {exclude.shape}, expected (users, items) = {(n_users, n_items)}")
     precision = prep.precision
     kk = min(k, n_items)
-    perm, inv_perm, blocks, block_norm = prep.perm, prep.inv_perm, prep.blocks, prep.block_norm
+    perm = prep.perm
     It = _tensor(prep.Ip)
     block_T = [_tensor(t) for t in prep.block_T]
     block_T16 = [_tensor(t).view(torch.bfloat16) for t in prep.block_T16] if prep.block_T16 is not None else None

@@ -1,7 +1,6 @@
 """``localfm.experiments.tuning``: scaling, holdout, each strategy on tiny data, the documented outputs."""
 from __future__ import annotations
 
-import copy
 import csv
 import json
 from pathlib import Path
