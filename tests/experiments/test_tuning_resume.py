@@ -51,8 +51,13 @@ def _states(db: Path) -> list[tuple[int, str]]:
         return []
 
 
-@pytest.mark.slow
-def test_sigkill_mid_tune_then_resume_loses_and_repeats_nothing(tmp_path):
+def kill_mid_tune_then_resume(tmp_path: Path, *extra: str) -> tuple[list, list, subprocess.CompletedProcess]:
+    """Start ``localfm tune`` (plus ``extra`` arguments), SIGKILL it once a job has finished and
+    another is running, run the same command again, and check that it lost and repeated nothing.
+
+    Returns (every trial after the rerun, the trials that count as jobs, the rerun). Shared by
+    the local pool test here and the Ray one in tests/scale/test_tune.py.
+    """
     import optuna
 
     data = tmp_path / "data"
@@ -60,8 +65,8 @@ def test_sigkill_mid_tune_then_resume_loses_and_repeats_nothing(tmp_path):
     out = tmp_path / "job"
     cmd = [sys.executable, "-m", "localfm", "--quiet", "tune", "--train", str(data / "train.protobuf"),
            "--features", str(data / "features.json"), "--test", str(data / "test.protobuf"),
-           "--config", str(_config(tmp_path / "tuning.json")), "--out", str(out)]
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
+           "--config", str(_config(tmp_path / "tuning.json")), "--out", str(out), *extra]
+    env = {**os.environ, "PYTHONPATH": str(REPO)}  # a Ray fixture's RAY_* settings are in os.environ
     proc = subprocess.Popen(cmd, env=env, cwd=tmp_path, start_new_session=True,
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     deadline = time.time() + 600
@@ -74,7 +79,7 @@ def test_sigkill_mid_tune_then_resume_loses_and_repeats_nothing(tmp_path):
             assert time.time() < deadline, "no trial completed in time"
             time.sleep(0.2)
     finally:
-        os.killpg(proc.pid, signal.SIGKILL)  # the tuner and its workers, mid-run
+        os.killpg(proc.pid, signal.SIGKILL)  # the tuner and its workers (or Ray tasks), mid-run
         proc.wait()
     assert not (out / "trials.csv").exists()  # outputs land only at the end
 
@@ -105,15 +110,21 @@ def test_sigkill_mid_tune_then_resume_loses_and_repeats_nothing(tmp_path):
             assert retries == []
     counted = [t for t in after if not t.user_attrs.get("interrupted")]
     assert len(counted) == JOBS and all(t.state.name == "COMPLETE" for t in counted)
+    assert f"{JOBS} training jobs" in rerun.stdout
+    return after, counted, rerun
+
+
+@pytest.mark.slow
+def test_sigkill_mid_tune_then_resume_loses_and_repeats_nothing(tmp_path):
+    _, counted, _ = kill_mid_tune_then_resume(tmp_path)
     keys = [tuple(sorted(t.params.items())) for t in counted]
     assert len(set(keys)) == JOBS  # no configuration trained twice
 
-    with open(out / "trials.csv", newline="") as fh:
+    with open(tmp_path / "job" / "trials.csv", newline="") as fh:
         rows = list(csv.DictReader(fh))
     assert len(rows) == JOBS and len({r["TrainingJobName"] for r in rows}) == JOBS
     csv_keys = {(float(r["factors_lr"]), float(r["linear_wd"]), int(r["epochs"])) for r in rows}
     assert csv_keys == {(t.params["factors_lr"], t.params["linear_wd"], t.params["epochs"]) for t in counted}
-    assert "5 training jobs" in rerun.stdout
 
 
 def test_recover_retries_whole_proposals_and_drops_half_sampled_ones(tmp_path):

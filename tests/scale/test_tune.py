@@ -6,7 +6,6 @@ killed worker is one Failed job; a killed tune resumes on the cluster.
 """
 from __future__ import annotations
 
-import csv
 import os
 import signal
 import subprocess
@@ -22,7 +21,7 @@ from localfm.errors import LocalFMError
 from localfm.experiments.tuning import parse_tuning_config, tune
 from localfm.experiments.tuning.trial import TrialData, TrialJob, load_inputs, run_trial
 from tests.experiments.test_tuning import body, inputs, read_csv
-from tests.experiments.test_tuning_resume import SEARCHED, _config, _states
+from tests.experiments.test_tuning_resume import _config, kill_mid_tune_then_resume
 
 REPO = Path(__file__).resolve().parents[2]
 TIMING = ("TrainingStartTime", "TrainingEndTime", "TrainingElapsedTimeSeconds")
@@ -232,56 +231,8 @@ def test_killed_trial_worker_is_a_failed_job_and_the_tune_goes_on(ray_cluster, d
 @pytest.mark.slow
 def test_sigkill_mid_tune_on_the_cluster_then_resume(ray_cluster, tmp_path):
     """The tuner (the Ray driver) killed mid-run; the same command again finishes the job on the cluster."""
-    import optuna
-
-    data = tmp_path / "data"
-    assert cli_main(["--quiet", "prepare", "movielens", "--split", "ua", "--label", "binary:4", "--out", str(data)]) == 0
+    _, counted, _ = kill_mid_tune_then_resume(tmp_path, "--ray", ray_cluster.address)
     out = tmp_path / "job"
-    cmd = [sys.executable, "-m", "localfm", "--quiet", "tune", "--train", str(data / "train.protobuf"),
-           "--features", str(data / "features.json"), "--test", str(data / "test.protobuf"),
-           "--config", str(_config(tmp_path / "tuning.json")), "--out", str(out), "--ray", ray_cluster.address]
-    env = {**os.environ, "PYTHONPATH": str(REPO)}  # the fixture's RAY_* settings are in os.environ
-    proc = subprocess.Popen(cmd, env=env, cwd=tmp_path, start_new_session=True,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    deadline = time.time() + 600
-    try:
-        while True:
-            states = _states(out / "study.db")
-            if any(s == "COMPLETE" for _, s in states) and any(s == "RUNNING" for _, s in states):
-                break
-            assert proc.poll() is None, f"tune ended before the kill: {proc.stderr.read().decode()}"
-            assert time.time() < deadline, "no trial completed in time"
-            time.sleep(0.2)
-    finally:
-        os.killpg(proc.pid, signal.SIGKILL)  # the driver; Ray ends its tasks and its reporter actor
-        proc.wait()
-    assert not (out / "trials.csv").exists()
-
-    storage = f"sqlite:///{out / 'study.db'}"
-    before = optuna.load_study(study_name="job", storage=storage).get_trials()
-    done_before = {t.number: (t.params, t.value) for t in before if t.state.name == "COMPLETE"}
-    running_before = {t.number: t.params for t in before if t.state.name == "RUNNING"}
-    assert done_before and running_before
-    mtimes = {n: (out / "trials" / str(n) / "model.tar.gz").stat().st_mtime_ns for n in done_before}
-
-    rerun = subprocess.run(cmd, check=False, env=env, cwd=tmp_path, capture_output=True, text=True, timeout=900)
-    assert rerun.returncode == 0, rerun.stderr
-    after = optuna.load_study(study_name="job", storage=storage).get_trials()
-    by_number = {t.number: t for t in after}
-    for n, (params, value) in done_before.items():  # kept, not trained again
-        assert by_number[n].state.name == "COMPLETE" and by_number[n].params == params and by_number[n].value == value
-        assert (out / "trials" / str(n) / "model.tar.gz").stat().st_mtime_ns == mtimes[n]
-    for n, params in running_before.items():  # interrupted: retried once with its own values
-        assert by_number[n].state.name == "FAIL" and by_number[n].user_attrs["interrupted"] is True
-        retries = [t for t in after if t.user_attrs.get("retry_of") == n]
-        if set(params) == SEARCHED:
-            assert len(retries) == 1 and retries[0].params == params and retries[0].state.name == "COMPLETE"
-        else:
-            assert retries == []
-    counted = [t for t in after if not t.user_attrs.get("interrupted")]
-    assert len(counted) == 5 and all(t.state.name == "COMPLETE" for t in counted)
     assert all((out / "trials" / str(t.number) / "model.tar.gz").is_file() for t in counted)
-    with open(out / "trials.csv", newline="") as fh:
-        assert len(list(csv.DictReader(fh))) == 5
-    assert "5 training jobs" in rerun.stdout
+    assert len(read_csv(out / "trials.csv")) == 5
 
