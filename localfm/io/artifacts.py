@@ -785,12 +785,19 @@ def fm_from_artifact(art: Artifact) -> FMWeights:
 
 
 def _zip_bytes(files: list[tuple[str, bytes]], mtime: float) -> bytes:
+    """A zip of ``files``, stored rather than deflated.
+
+    Why stored: the archive is gzipped as a whole right after (``model.tar.gz``), so
+    deflating here too compressed the bytes twice for nothing: float32 factors barely
+    compress (about 7%), and the two passes cost ~4.5 s on a 200k x 64 model where one
+    costs ~2.5 s. The outer gzip still gets the same final size.
+    """
     buf = io.BytesIO()
     date = time.gmtime(max(mtime, 315532800))[:6]  # zip dates start in 1980
-    with zipfile.ZipFile(buf, "w", compression=zipfile.ZIP_DEFLATED) as zf:
+    with zipfile.ZipFile(buf, "w", compression=zipfile.ZIP_STORED) as zf:
         for name, data in files:
             zi = zipfile.ZipInfo(name, date_time=date)
-            zi.compress_type = zipfile.ZIP_DEFLATED
+            zi.compress_type = zipfile.ZIP_STORED
             zi.external_attr = (stat.S_IFREG | 0o644) << 16
             zf.writestr(zi, data)
     return buf.getvalue()
@@ -822,7 +829,9 @@ def fm_artifact_bytes(weights: FMWeights, *, mtime: float | None = None) -> byte
         ti.mode = 0o644
         tf.addfile(ti, io.BytesIO(inner))
     out = io.BytesIO()
-    with gzip.GzipFile(fileobj=out, mode="wb", mtime=int(mtime), filename="") as gz:
+    # Level 6, zlib's default: the level real SageMaker archives carry (gzip header XFL 0;
+    # Python's own default of 9 is ~40% slower here for a fraction of a percent).
+    with gzip.GzipFile(fileobj=out, mode="wb", compresslevel=6, mtime=int(mtime), filename="") as gz:
         gz.write(tar_buf.getvalue())
     return out.getvalue()
 

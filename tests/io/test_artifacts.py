@@ -74,6 +74,18 @@ def test_save_fm_layout_is_sagemakers(tmp_path):
     assert symbol["nodes"][symbol["heads"][0][0]]["op"] == "LogisticRegressionOutput"
 
 
+def test_save_fm_compresses_once(tmp_path):
+    """The zip inside is stored and only the outer gzip deflates (level 6, header XFL 0 as
+    in real SageMaker archives): float factors barely compress, so a second pass only costs time."""
+    path = save_fm(tmp_path / "model.tar.gz", _weights(d=50, k=4))
+    raw = path.read_bytes()
+    assert raw[:2] == b"\x1f\x8b" and raw[8] == 0  # gzip, XFL 0 (neither level 9's 2 nor level 1's 4)
+    with tarfile.open(path) as tf:
+        inner = tf.extractfile("model_algo-1").read()
+    with zipfile.ZipFile(io.BytesIO(inner)) as zf:
+        assert {zi.compress_type for zi in zf.infolist()} == {zipfile.ZIP_STORED}
+
+
 def test_none_predictor_type_is_written_as_regressor(tmp_path):
     w = _weights(ptype=None)
     assert load_fm(save_fm(tmp_path / "m.tar.gz", w)).predictor_type == "regressor"
