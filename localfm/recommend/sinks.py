@@ -103,6 +103,15 @@ def _py_ids(ids: np.ndarray, kind: str) -> list[Any]:
     return arr.astype(np.int64).tolist() if kind == "int" else [str(x) for x in arr.tolist()]
 
 
+def _arrow_ids(ids: np.ndarray, kind: str, type_: Any) -> Any:
+    """An Arrow column of ids; integer ids go straight from NumPy (no Python list per row)."""
+    import pyarrow as pa
+
+    if kind == "int":
+        return pa.array(np.asarray(ids).astype(np.int64, copy=False), type=type_)
+    return pa.array(_py_ids(ids, kind), type=type_)
+
+
 @contextlib.contextmanager
 def open_sink(
     target: str,
@@ -347,9 +356,9 @@ def _parquet_sink(path: Path, ukind: str, ikind: str) -> Iterator[Writer]:
             def write(batch: ResultBatch) -> None:
                 table = pa.table(
                     {
-                        "user_id": pa.array(_py_ids(batch.user_id, ukind), type=schema.field("user_id").type),
+                        "user_id": _arrow_ids(batch.user_id, ukind, schema.field("user_id").type),
                         "rank": pa.array(np.asarray(batch.rank, dtype=np.int32)),
-                        "item_id": pa.array(_py_ids(batch.item_id, ikind), type=schema.field("item_id").type),
+                        "item_id": _arrow_ids(batch.item_id, ikind, schema.field("item_id").type),
                         "score": pa.array(np.asarray(batch.score, dtype=np.float64)),
                     },
                     schema=schema,

@@ -33,6 +33,7 @@ from typing import Any, Protocol
 
 import numpy as np
 import scipy.sparse as sp
+from numba import njit
 
 from ..errors import LocalFMError
 from ..io.atomic import atomic_outputs
@@ -85,10 +86,32 @@ class Repackaged:
         return int(self.item_vectors.shape[1])
 
     def scores(self, user_rows: np.ndarray, item_rows: np.ndarray) -> np.ndarray:
-        """Exact FM scores (float64) of the (user row, item row) pairs, elementwise."""
-        u = self.user_vectors[np.asarray(user_rows)].astype(np.float64)
-        i = self.item_vectors[np.asarray(item_rows)].astype(np.float64)
-        return np.einsum("nd,nd->n", u, i) + self.user_constants[np.asarray(user_rows)]
+        """Exact FM scores (float64) of the (user row, item row) pairs, elementwise.
+
+        Why a compiled loop: every result row gets its score recomputed in float64, so
+        this runs for users x k pairs (16M at ML-25M scale). Gathering both sides and
+        converting them to float64 first allocated ~200 MB per 2048-user batch and took
+        more time than the ranking itself.
+        """
+        urow = np.asarray(user_rows, dtype=np.int64).reshape(-1)
+        irow = np.asarray(item_rows, dtype=np.int64).reshape(-1)
+        if urow.shape != irow.shape:
+            raise ValueError(f"scores: {urow.shape[0]} user rows but {irow.shape[0]} item rows")
+        out = np.empty(urow.shape[0], dtype=np.float64)
+        _pair_dots(self.user_vectors, self.item_vectors, urow, irow, out)
+        return out + self.user_constants[urow]
+
+
+@njit(cache=True, nogil=True)
+def _pair_dots(U: np.ndarray, I: np.ndarray, urow: np.ndarray, irow: np.ndarray, out: np.ndarray) -> None:
+    """``out[n] = <U[urow[n]], I[irow[n]]>`` summed in float64 (float32 products are exact there)."""
+    for n in range(urow.shape[0]):
+        u = urow[n]
+        i = irow[n]
+        acc = 0.0
+        for d in range(U.shape[1]):
+            acc += np.float64(U[u, d]) * np.float64(I[i, d])
+        out[n] = acc
 
 
 def check_weights(weights: FMLike, *, source: str = "model") -> None:

@@ -1,13 +1,22 @@
 """Repackaging an FM into user/item vectors: inner product + per-user constant == FM score."""
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 import scipy.sparse as sp
-from tests.recommend.recommend_fakes import make_space, naive_fm_score, random_weights
 
 from localfm.errors import LocalFMError
-from localfm.recommend.vectors import fm_scores, item_vectors, knn_labels, repackage, user_vectors
+from localfm.recommend.vectors import (
+    Repackaged,
+    fm_scores,
+    item_vectors,
+    knn_labels,
+    repackage,
+    user_vectors,
+)
+from tests.recommend.recommend_fakes import make_space, naive_fm_score, random_weights
 
 
 def _all_pairs_exact(rep, space, weights):
@@ -144,3 +153,20 @@ def test_write_repackaged_outputs(tmp_path):
     t = pq.read_table(out / "users.parquet")
     assert t.column("user_id").to_pylist() == space.user_ids.tolist()
     assert not list(out.glob(".*tmp"))
+
+
+def test_pair_scores_are_float64_exact_dots_plus_constant():
+    """Repackaged.scores (the compiled loop) = the float64 dot of the float32 vectors + the user's constant."""
+    rng = np.random.default_rng(3)
+    U = rng.standard_normal((40, 65)).astype(np.float32)
+    I = rng.standard_normal((30, 65)).astype(np.float32)
+    rep = Repackaged(np.arange(40), U, rng.standard_normal(40), np.arange(30), I)
+    urow, irow = rng.integers(0, 40, 500), rng.integers(0, 30, 500)
+    got = rep.scores(urow, irow)
+    want = [math.fsum(np.float64(a) * np.float64(b) for a, b in zip(U[u], I[i], strict=True)) + rep.user_constants[u]
+            for u, i in zip(urow, irow, strict=True)]
+    assert got.dtype == np.float64 and got.shape == (500,)
+    np.testing.assert_allclose(got, want, rtol=1e-13, atol=1e-13)
+    assert rep.scores(np.array([], dtype=np.int64), np.array([], dtype=np.int64)).shape == (0,)
+    with pytest.raises(ValueError, match="user rows"):
+        rep.scores(urow[:3], irow[:4])
