@@ -163,3 +163,16 @@ def test_sink_kind_and_errors():
     # sqlite_url_without_path: used to open "." and report "is a directory"
     with pytest.raises(LocalFMError, match="expected a database file path after sqlite:///"):
         write_results("sqlite:///", _batches())
+
+
+def test_parquet_dictionary_encodes_ids_and_ranks_but_not_scores(tmp_path):
+    """Ids and ranks repeat (k rows per user, few items): dictionary pages; scores are all distinct: plain."""
+    import pyarrow.parquet as pq
+
+    path = tmp_path / "r.parquet"
+    write_results(str(path), _batches(n_users=6, k=4))
+    col = pq.ParquetFile(path).metadata.row_group(0)
+    encodings = {col.column(i).path_in_schema: set(col.column(i).encodings) for i in range(col.num_columns)}
+    for name in ("user_id", "rank", "item_id"):
+        assert "RLE_DICTIONARY" in encodings[name] or "PLAIN_DICTIONARY" in encodings[name], encodings
+    assert not encodings["score"] & {"RLE_DICTIONARY", "PLAIN_DICTIONARY"}, encodings
