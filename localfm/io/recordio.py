@@ -1008,6 +1008,14 @@ _SDK_TYPES = {np.dtype(np.float32): "float32", np.dtype(np.float64): "float64",
 _TYPE_TAG = {"float32": 0x12, "float64": 0x1A, "int32": 0x3A}
 #: Rows encoded per chunk: bounds memory (a chunk is built whole in numpy) for huge matrices.
 _WRITE_CHUNK_ROWS = 1 << 16
+#: Writes of at least this many rows go through the compiled encoder
+#: (:mod:`localfm.io._recordio_encode`); smaller ones stay on the numpy reference below,
+#: which is as fast there and does not import numba (a few tenths of a second).
+_KERNEL_MIN_ROWS = 1 << 12
+#: The compiled encoder's blocks: at most this many rows and (rows permitting) stored
+#: values each, so its buffers stay a few tens of MB whatever the matrix size.
+_KERNEL_BLOCK_ROWS = 1 << 18
+_KERNEL_BLOCK_VALUES = 1 << 21
 
 
 def _resolve_type(dtype: np.dtype, what: str) -> str:
@@ -1024,13 +1032,18 @@ def _resolve_type(dtype: np.dtype, what: str) -> str:
     return resolved
 
 
+def _int32_values(values: np.ndarray, what: str) -> np.ndarray:
+    """Integer values as int64 after the range check protobuf's int32 field would need."""
+    v = np.asarray(values).astype(np.int64, copy=False)
+    if v.size and (v.min() < -(1 << 31) or v.max() >= (1 << 31)):
+        raise RecordIOError(f"{what}: integer values outside the int32 range cannot be written as Int32Tensor")
+    return v
+
+
 def _numeric_bytes(values: np.ndarray, kind: str, what: str) -> tuple[np.ndarray, np.ndarray]:
     """Packed payload bytes for each element (as one uint8 run) and bytes per element."""
     if kind == "int32":
-        v = np.asarray(values).astype(np.int64, copy=False)
-        if v.size and (v.min() < -(1 << 31) or v.max() >= (1 << 31)):
-            raise RecordIOError(f"{what}: integer values outside the int32 range cannot be written as Int32Tensor")
-        return encode_varints(v.view(np.uint64))
+        return encode_varints(_int32_values(values, what).view(np.uint64))
     dt = "<f4" if kind == "float32" else "<f8"
     arr = np.ascontiguousarray(values, dtype=dt).reshape(-1)
     return arr.view(np.uint8), np.full(arr.size, arr.itemsize, np.int64)
@@ -1197,6 +1210,45 @@ def _open_dest(dest: Dest) -> Iterator[IO[bytes]]:
         raise RecordIOError(f"destination of type {type(dest).__name__}: expected a path or a binary file")
 
 
+def _kernel_blocks(indptr: np.ndarray) -> list[tuple[int, int]]:
+    """Row ranges for the compiled encoder: <= _KERNEL_BLOCK_ROWS rows and, unless a single
+    row is longer, <= _KERNEL_BLOCK_VALUES stored values each."""
+    n = indptr.size - 1
+    blocks, lo = [], 0
+    while lo < n:
+        hi = min(n, lo + _KERNEL_BLOCK_ROWS)
+        if indptr[hi] - indptr[lo] > _KERNEL_BLOCK_VALUES:
+            hi = max(lo + 1, int(np.searchsorted(indptr, indptr[lo] + _KERNEL_BLOCK_VALUES, "right")) - 1)
+        blocks.append((lo, hi))
+        lo = hi
+    return blocks
+
+
+def _write_kernel(fh: IO[bytes], values: np.ndarray, kind: str, indptr: np.ndarray, indices: np.ndarray | None,
+                  n_cols: int | None, lab: tuple[np.ndarray, str] | None, what: str) -> None:
+    """Stream the compiled encoder's blocks into ``fh`` (values/indices indexed by ``indptr``)."""
+    from . import (
+        _recordio_encode,  # numba: imported only by writes large enough to need it
+    )
+
+    shape_enc = None if n_cols is None else encode_varints(np.array([n_cols], np.uint64))[0].tobytes()
+    for lo, hi in progress(_kernel_blocks(indptr), desc="write recordio", unit="chunk"):
+        a, b = int(indptr[lo]), int(indptr[hi])
+        vals = values[a:b]
+        if kind == "int32":
+            vals = _int32_values(vals, what)
+        lab_vals = lab_kind = None
+        if lab is not None:
+            lab_vals, lab_kind = lab[0][lo:hi], lab[1]
+            if lab_kind == "int32":
+                lab_vals = _int32_values(lab_vals, "labels")
+        out = _recordio_encode.encode_block(
+            vals, kind, _TYPE_TAG[kind], indptr[lo:hi + 1] - a, None if indices is None else indices[a:b],
+            shape_enc, lab_vals, lab_kind, _TYPE_TAG[lab_kind] if lab_kind else 0,
+        )
+        fh.write(memoryview(out))
+
+
 def write_dense(dest: Dest, X: Any, labels: Any = None) -> int:
     """Write rows of a 2-D array like the SDK's ``write_numpy_to_dense_tensor``; returns rows written."""
     arr = np.asarray(X)
@@ -1206,6 +1258,9 @@ def write_dense(dest: Dest, X: Any, labels: Any = None) -> int:
     lab = _check_labels(labels, arr.shape[0])
     n, d = arr.shape
     with _open_dest(dest) as fh:
+        if n >= _KERNEL_MIN_ROWS:
+            _write_kernel(fh, arr.reshape(-1), kind, np.arange(n + 1, dtype=np.int64) * d, None, None, lab, "array")
+            return n
         for lo in progress(range(0, n, _WRITE_CHUNK_ROWS), desc="write recordio", unit="chunk"):
             hi = min(n, lo + _WRITE_CHUNK_ROWS)
             vb, vsz = _numeric_bytes(arr[lo:hi], kind, "array")
@@ -1235,6 +1290,9 @@ def write_sparse(dest: Dest, X: Any, labels: Any = None) -> int:
     lab = _check_labels(labels, n)
     indptr = np.asarray(csr.indptr, dtype=np.int64)
     with _open_dest(dest) as fh:
+        if n >= _KERNEL_MIN_ROWS:
+            _write_kernel(fh, csr.data, kind, indptr, csr.indices, n_cols, lab, "matrix")
+            return n
         for lo in progress(range(0, n, _WRITE_CHUNK_ROWS), desc="write recordio", unit="chunk"):
             hi = min(n, lo + _WRITE_CHUNK_ROWS)
             a, b = int(indptr[lo]), int(indptr[hi])
