@@ -363,11 +363,12 @@ def prepare_interactions(
     options.check(grouplens_ok=False)
     if options.features != "ids":
         raise LocalFMError("features ids+side: generic interactions carry no side features (expected ids)", param="features")
-    ratings = read_interactions(
-        path, user_col=user_col, item_col=item_col, rating_col=rating_col, timestamp_col=timestamp_col, sep=sep
-    )
+    # No local name for the ratings: they are garbage once split (train/test are copies),
+    # and at ML-25M size they are 700 MB that should not stay alive through the writes.
     prepared = prepare_data(
-        ratings,
+        read_interactions(
+            path, user_col=user_col, item_col=item_col, rating_col=rating_col, timestamp_col=timestamp_col, sep=sep
+        ),
         options,
         grouplens_ok=False,
         source={

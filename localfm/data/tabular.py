@@ -44,7 +44,7 @@ def read_interactions(
     if len(set(wanted)) != len(wanted):
         raise LocalFMError(f"{path}: the user/item/rating/timestamp columns must be different, got {wanted}")
     if path.suffix.lower() in (".parquet", ".pq"):
-        table = _read_parquet(path)
+        table = _read_parquet(path, wanted)
     else:
         table = _read_csv(path, sep)
     missing = [c for c in wanted if c not in table.column_names]
@@ -79,12 +79,24 @@ def read_interactions(
     return Interactions(user=user, item=item, rating=rating, timestamp=timestamp)
 
 
-def _read_parquet(path: Path):  # noqa: ANN202 - pyarrow Table
+def _read_parquet(path: Path, wanted: list[str]):  # noqa: ANN202 - pyarrow Table
+    """Only the ``wanted`` columns, through ``ParquetFile``.
+
+    Why not ``pq.read_table``: it decodes (and holds) every column of the file, wanted or
+    not, and goes through the ``pyarrow.dataset`` machinery a single file does not need.
+    When a wanted column is
+    missing or repeated, the result is the file's empty schema, so the caller's checks
+    name the problem from the full list of columns.
+    """
     import pyarrow as pa
     import pyarrow.parquet as pq
 
     try:
-        return pq.read_table(path)
+        with pq.ParquetFile(path) as pf:
+            schema = pf.schema_arrow
+            if all(schema.names.count(c) == 1 for c in wanted):
+                return pf.read(columns=wanted)
+            return schema.empty_table()
     except (pa.ArrowException, OSError) as exc:
         raise LocalFMError(f"{path}: not a readable Parquet file ({str(exc).splitlines()[0]})") from None
 

@@ -10,7 +10,7 @@ import scipy.sparse as sp
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from localfm.data.features import FeatureSpace, build_feature_space
+from localfm.data.features import Block, FeatureSpace, build_feature_space
 from localfm.data.movielens import ItemTable, UserTable
 from localfm.errors import LocalFMError
 
@@ -171,3 +171,83 @@ def test_encode_decode_round_trip(pairs: list[tuple[int, int]], columns: str) ->
     cols = X.indices.reshape(-1, 2)
     np.testing.assert_array_equal(space.user_ids[cols[:, 0] - space.user_offset], users)
     np.testing.assert_array_equal(space.item_ids[cols[:, 1] - space.item_offset], items)
+
+
+# ---------------------------------------------------------------------- ids-only encode, features.json bytes
+
+
+def _general_encode(space: FeatureSpace, users, items) -> sp.csr_matrix:  # noqa: ANN001
+    """encode's definition: user_matrix + item_matrix, sorted, float32 (the side-feature path)."""
+    out = (space.user_matrix(users, allow_unknown_ids=True) + space.item_matrix(items, allow_unknown_ids=True)).tocsr()
+    out.sort_indices()
+    return out.astype(np.float32)
+
+
+@given(st.lists(st.tuples(st.integers(0, 12), st.integers(0, 12)), max_size=40), st.booleans(), st.booleans())
+@settings(max_examples=80, deadline=None)
+def test_ids_only_encode_equals_user_plus_item(pairs, strings, items_first) -> None:  # noqa: ANN001
+    """The direct ids-only construction gives the general path's matrix exactly (dtypes included),
+    with unknown ids (empty or one-entry rows) and with the item block laid out first."""
+    known_u, known_i = np.arange(0, 12, 2), np.arange(1, 12, 3)
+    if strings:
+        known_u, known_i = known_u.astype(str), known_i.astype(str)
+    space = build_feature_space(known_u, known_i)
+    if items_first:
+        space.blocks = [Block("item_id", 0, len(space.item_ids)), Block("user_id", len(space.item_ids),
+                                                                           len(space.user_ids))]
+    users = np.array([u for u, _ in pairs], dtype=np.int64)
+    items = np.array([i for _, i in pairs], dtype=np.int64)
+    if strings:
+        users, items = users.astype(str), items.astype(str)
+    X = space.encode(users, items, allow_unknown_ids=True)
+    expected = _general_encode(space, users, items)
+    assert X.shape == expected.shape and X.dtype == expected.dtype == np.float32
+    assert X.indices.dtype == expected.indices.dtype and X.indptr.dtype == expected.indptr.dtype
+    np.testing.assert_array_equal(X.indptr, expected.indptr)
+    np.testing.assert_array_equal(X.indices, expected.indices)
+    np.testing.assert_array_equal(X.data, expected.data)
+
+
+def test_ids_only_encode_does_not_build_entity_matrices(monkeypatch) -> None:  # noqa: ANN001
+    space = build_feature_space(np.array([1, 2, 3]), np.array([10, 20]))
+
+    def forbidden(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
+        raise AssertionError("ids-only encode went through the general path")
+
+    monkeypatch.setattr(FeatureSpace, "_entity_matrix", forbidden)
+    assert space.encode([3, 1], [20, 10]).toarray().tolist() == [[0, 0, 1, 0, 1], [1, 0, 0, 1, 0]]
+    with pytest.raises(LocalFMError, match="user id 7 has no column"):
+        space.encode([7], [10])
+    with pytest.raises(LocalFMError, match="2 user ids but 1 item ids"):
+        space.encode([1, 2], [10])
+    side = build_feature_space(np.array([10, 20, 30]), np.array([5, 7, 9]), users=_users(), items=_items())
+    with pytest.raises(AssertionError, match="general path"):  # side features still take the general path
+        side.encode([10], [5])
+
+
+@pytest.mark.parametrize("strings", [False, True])
+def test_features_json_bytes_unchanged(tmp_path: Path, strings: bool) -> None:
+    """save() writes exactly what json.dump of the element-by-element dict wrote before."""
+    from localfm.data.features import _plain
+
+    users, items = np.array([10, 20, 30]), np.array([5, 7, 9])
+    space = build_feature_space(users.astype(str) if strings else users, items, users=None if strings else _users(),
+                                items=_items(), multi_hot="normalized")
+    space.extra = {"counts": {"train_rows": 3}, "order": "file"}
+    path = tmp_path / "features.json"
+    space.save(path)
+    data = space.to_dict()
+    data["user_ids"] = [_plain(x) for x in space.user_ids]
+    data["item_ids"] = [_plain(x) for x in space.item_ids]
+    for key, side in (("user_side", space.user_side), ("item_side", space.item_side)):
+        if side is not None:
+            data[key]["ids"] = [_plain(x) for x in side.ids]
+            data[key]["data"] = [float(v) for v in side.matrix.data.astype(np.float32)]
+    expected = tmp_path / "expected.json"
+    with open(expected, "w", encoding="utf-8") as fh:
+        json.dump(data, fh, separators=(",", ":"), ensure_ascii=False)
+        fh.write("\n")
+    assert path.read_bytes() == expected.read_bytes()
+    assert isinstance(space.to_dict()["user_ids"][0], str if strings else int)
+    loaded = FeatureSpace.load(path)
+    assert loaded.user_ids.tolist() == space.user_ids.tolist()

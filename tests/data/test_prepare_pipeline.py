@@ -155,3 +155,34 @@ def test_negative_shuffle_seed_is_bad_input_not_crash() -> None:
     data = Interactions(user=np.arange(10), item=np.arange(10), rating=np.ones(10, np.float32))
     with pytest.raises(LocalFMError, match="SEED >= 0"):
         prepare_data(data, Options(split="random:0.2:-1"), grouplens_ok=False)
+
+
+def test_interactions_are_released_before_the_outputs_are_written(tmp_path: Path, monkeypatch) -> None:  # noqa: ANN001
+    """The ratings read from the file are garbage once split: at ML-25M size they are 700 MB
+    that must not stay alive while the five outputs are written."""
+    import gc
+    import weakref
+
+    import localfm.data.prepare as prep
+
+    path = tmp_path / "events.csv"
+    path.write_text("u,i,r\n" + "".join(f"{k % 7},{k % 5},{k % 5 + 1}\n" for k in range(60)))
+    refs = []
+    original_read, original_write = prep.read_interactions, prep.write_prepared
+
+    def read(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
+        ratings = original_read(*args, **kwargs)
+        refs.append(weakref.ref(ratings))
+        return ratings
+
+    def write(prepared, out_dir):  # noqa: ANN001, ANN202
+        gc.collect()
+        assert refs and refs[0]() is None, "the ratings are still referenced while writing"
+        return original_write(prepared, out_dir)
+
+    monkeypatch.setattr(prep, "read_interactions", read)
+    monkeypatch.setattr(prep, "write_prepared", write)
+    prepared = prep.prepare_interactions(path, Options(split="random:0.2:0"), user_col="u", item_col="i",
+                                         rating_col="r", out_dir=tmp_path / "out")
+    assert prepared.counts["train_rows"] + prepared.counts["test_rows"] == 60
+    assert (tmp_path / "out" / "train.protobuf").is_file()

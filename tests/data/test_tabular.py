@@ -124,3 +124,33 @@ def test_read_interaction_file_recognises_each_layout(tmp_path):
     (tmp_path / "bad.csv").write_text("a,b\n1,2\n")
     with pytest.raises(LocalFMError, match=r"test_interactions .*bad.csv: expected columns user_id and item_id"):
         read_interaction_file(tmp_path / "bad.csv", what="test_interactions")
+
+
+def test_parquet_reads_only_the_named_columns(tmp_path: Path, monkeypatch) -> None:  # noqa: ANN001
+    path = tmp_path / "wide.parquet"
+    pq.write_table(pa.table({"u": [1, 2], "i": [3, 4], "r": [1.0, 2.0], "note": ["x", "y"], "ts": [5, 6]}), path)
+    read = []
+    original = pq.ParquetFile.read
+    monkeypatch.setattr(pq.ParquetFile, "read", lambda self, columns=None, **kw: read.append(columns)
+                        or original(self, columns=columns, **kw))
+    r = read_interactions(path, user_col="u", item_col="i", rating_col="r", timestamp_col="ts")
+    assert read == [["u", "i", "r", "ts"]]
+    assert r.user.tolist() == [1, 2] and r.timestamp.tolist() == [5, 6] and r.rating.dtype == np.float32
+    assert r.user.flags.writeable and r.rating.flags.writeable  # numpy copies, not views of Arrow memory
+
+
+def test_parquet_missing_or_repeated_columns_name_the_file_columns(tmp_path: Path) -> None:
+    path = tmp_path / "cols.parquet"
+    pq.write_table(pa.table({"u": [1], "i": [2], "r": [1.0]}), path)
+    with pytest.raises(LocalFMError, match=r"missing column 'ts'; available columns: u, i, r"):
+        read_interactions(path, user_col="u", item_col="i", rating_col="r", timestamp_col="ts")
+    twice = tmp_path / "twice.parquet"
+    pq.write_table(pa.Table.from_arrays([pa.array([1]), pa.array([2]), pa.array([3])], names=["u", "i", "u"]), twice)
+    with pytest.raises(LocalFMError, match="column 'u' appears more than once"):
+        read_interactions(twice, user_col="u", item_col="i", rating_col=None)
+    # a repeated column that is not asked for is no problem
+    extra = tmp_path / "extra.parquet"
+    pq.write_table(pa.Table.from_arrays([pa.array([1]), pa.array([2]), pa.array([3]), pa.array([4])],
+                                        names=["u", "i", "x", "x"]), extra)
+    r = read_interactions(extra, user_col="u", item_col="i", rating_col=None)
+    assert (r.user.tolist(), r.item.tolist(), r.rating.tolist()) == ([1], [2], [1.0])
