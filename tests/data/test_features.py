@@ -183,11 +183,23 @@ def _general_encode(space: FeatureSpace, users, items) -> sp.csr_matrix:  # noqa
     return out.astype(np.float32)
 
 
-@given(st.lists(st.tuples(st.integers(0, 12), st.integers(0, 12)), max_size=40), st.booleans(), st.booleans())
+@given(st.lists(st.tuples(st.integers(0, 12), st.integers(0, 12)), max_size=40), st.booleans(), st.booleans(),
+       st.sampled_from([1, 3, 1 << 20]))
 @settings(max_examples=80, deadline=None)
-def test_ids_only_encode_equals_user_plus_item(pairs, strings, items_first) -> None:  # noqa: ANN001
+def test_ids_only_encode_equals_user_plus_item(pairs, strings, items_first, chunk) -> None:  # noqa: ANN001
     """The direct ids-only construction gives the general path's matrix exactly (dtypes included),
-    with unknown ids (empty or one-entry rows) and with the item block laid out first."""
+    with unknown ids (empty or one-entry rows), with the item block laid out first, and
+    whatever the lookup chunk."""
+    import localfm.data.features as features
+
+    saved, features._ENCODE_CHUNK = features._ENCODE_CHUNK, chunk
+    try:
+        _check_ids_only_encode(pairs, strings, items_first)
+    finally:
+        features._ENCODE_CHUNK = saved
+
+
+def _check_ids_only_encode(pairs, strings, items_first) -> None:  # noqa: ANN001
     known_u, known_i = np.arange(0, 12, 2), np.arange(1, 12, 3)
     if strings:
         known_u, known_i = known_u.astype(str), known_i.astype(str)
@@ -220,6 +232,14 @@ def test_ids_only_encode_does_not_build_entity_matrices(monkeypatch) -> None:  #
         space.encode([7], [10])
     with pytest.raises(LocalFMError, match="2 user ids but 1 item ids"):
         space.encode([1, 2], [10])
+    monkeypatch.setattr("localfm.data.features._ENCODE_CHUNK", 2)
+    # unknown users are reported before unknown items, the first one in row order
+    with pytest.raises(LocalFMError, match="user id 9 has no column"):
+        space.encode([1, 2, 3, 9, 8], [10, 99, 20, 10, 10])
+    with pytest.raises(LocalFMError, match="item id 99 has no column"):
+        space.encode([1, 2, 3, 1, 2], [10, 20, 10, 99, 98])
+    with pytest.raises(LocalFMError, match="user id 9 has no column"):  # before the length mismatch
+        space.encode([1, 9], [10])
     side = build_feature_space(np.array([10, 20, 30]), np.array([5, 7, 9]), users=_users(), items=_items())
     with pytest.raises(AssertionError, match="general path"):  # side features still take the general path
         side.encode([10], [5])
