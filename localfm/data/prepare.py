@@ -17,6 +17,7 @@ no output behind (and earlier outputs in ``DIR`` untouched).
 """
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -284,21 +285,28 @@ def write_prepared(prepared: Prepared, out_dir: str | Path) -> list[Path]:
     except OSError as exc:  # a parent that is a file, no permission, read-only file system
         raise LocalFMError(f"out {out}: cannot create the directory ({exc.strerror or exc})", param="out") from None
     targets = [out / name for name in OUTPUT_FILES]
+    test_rows = prepared.test_interactions if prepared.test_interactions is not None else prepared.test
     try:
         with atomic_outputs() as outputs:
+            paths = [outputs.path(t) for t in targets]
             steps = progress(total=len(targets), desc="prepare: write", unit="file")
             try:
-                write_sparse(outputs.path(targets[0]), prepared.X_train, prepared.y_train)
-                steps.update()
-                write_sparse(outputs.path(targets[1]), prepared.X_test, prepared.y_test)
-                steps.update()
-                prepared.space.save(outputs.path(targets[2]))
-                steps.update()
-                _write_interactions(outputs.path(targets[3]), prepared.train)
-                steps.update()
-                test_rows = prepared.test_interactions if prepared.test_interactions is not None else prepared.test
-                _write_interactions(outputs.path(targets[4]), test_rows)
-                steps.update()
+                # The Parquet files are written on a second thread while this one writes the
+                # RecordIO files and features.json: Arrow's writer and the compiled RecordIO
+                # encoder both run without the GIL, so on two cores the two halves overlap
+                # (about a third of the writing time at ML-25M size). Leaving the pool's
+                # block waits for the thread, so a failure on either side discards every
+                # output only after both have stopped writing.
+                with ThreadPoolExecutor(max_workers=1, thread_name_prefix="prepare-parquet") as pool:
+                    tables = pool.submit(_write_interaction_files, paths[3:], [prepared.train, test_rows])
+                    write_sparse(paths[0], prepared.X_train, prepared.y_train)
+                    steps.update()
+                    write_sparse(paths[1], prepared.X_test, prepared.y_test)
+                    steps.update()
+                    prepared.space.save(paths[2])
+                    steps.update()
+                    tables.result()
+                    steps.update(2)
             finally:  # a failed write must not leave a half-drawn bar above the error line
                 steps.close()
     except BaseException:
@@ -306,6 +314,11 @@ def write_prepared(prepared: Prepared, out_dir: str | Path) -> list[Path]:
             out.rmdir()
         raise
     return targets
+
+
+def _write_interaction_files(paths: list[Path], parts: list[Interactions]) -> None:
+    for path, rows in zip(paths, parts):
+        _write_interactions(path, rows)
 
 
 def _write_interactions(path: Path, rows: Interactions) -> None:

@@ -1009,9 +1009,14 @@ _TYPE_TAG = {"float32": 0x12, "float64": 0x1A, "int32": 0x3A}
 #: Rows encoded per chunk: bounds memory (a chunk is built whole in numpy) for huge matrices.
 _WRITE_CHUNK_ROWS = 1 << 16
 #: Writes of at least this many rows go through the compiled encoder
-#: (:mod:`localfm.io._recordio_encode`); smaller ones stay on the numpy reference below,
-#: which is as fast there and does not import numba (a few tenths of a second).
-_KERNEL_MIN_ROWS = 1 << 12
+#: (:mod:`localfm.io._recordio_encode`, ~0.13 us a sparse row); smaller ones stay on the
+#: numpy reference below (~1.3 us a row), since importing numba and loading the compiled
+#: code costs ~0.6 s once per process: the break-even is about half a million rows.
+_KERNEL_MIN_ROWS = 1 << 19
+#: Once the compiled encoder is loaded in this process, writes from this size on use it too.
+_KERNEL_WARM_MIN_ROWS = 1 << 12
+#: Set by the first write through the compiled encoder in this process.
+_kernel_warm = False
 #: The compiled encoder's blocks: at most this many rows and (rows permitting) stored
 #: values each, so its buffers stay a few tens of MB whatever the matrix size.
 _KERNEL_BLOCK_ROWS = 1 << 18
@@ -1210,6 +1215,13 @@ def _open_dest(dest: Dest) -> Iterator[IO[bytes]]:
         raise RecordIOError(f"destination of type {type(dest).__name__}: expected a path or a binary file")
 
 
+def _use_kernel(n_rows: int) -> bool:
+    """Whether ``n_rows`` rows are worth the compiled encoder (see ``_KERNEL_MIN_ROWS``)."""
+    if n_rows >= _KERNEL_MIN_ROWS:
+        return True
+    return n_rows >= _KERNEL_WARM_MIN_ROWS and _kernel_warm
+
+
 def _kernel_blocks(indptr: np.ndarray) -> list[tuple[int, int]]:
     """Row ranges for the compiled encoder: <= _KERNEL_BLOCK_ROWS rows and, unless a single
     row is longer, <= _KERNEL_BLOCK_VALUES stored values each."""
@@ -1227,9 +1239,9 @@ def _kernel_blocks(indptr: np.ndarray) -> list[tuple[int, int]]:
 def _write_kernel(fh: IO[bytes], values: np.ndarray, kind: str, indptr: np.ndarray, indices: np.ndarray | None,
                   n_cols: int | None, lab: tuple[np.ndarray, str] | None, what: str) -> None:
     """Stream the compiled encoder's blocks into ``fh`` (values/indices indexed by ``indptr``)."""
-    from . import (
-        _recordio_encode,  # numba: imported only by writes large enough to need it
-    )
+    global _kernel_warm
+    # numba: imported only by writes large enough to need it
+    from . import _recordio_encode
 
     shape_enc = None if n_cols is None else encode_varints(np.array([n_cols], np.uint64))[0].tobytes()
     for lo, hi in progress(_kernel_blocks(indptr), desc="write recordio", unit="chunk"):
@@ -1247,6 +1259,7 @@ def _write_kernel(fh: IO[bytes], values: np.ndarray, kind: str, indptr: np.ndarr
             shape_enc, lab_vals, lab_kind, _TYPE_TAG[lab_kind] if lab_kind else 0,
         )
         fh.write(memoryview(out))
+        _kernel_warm = True
 
 
 def write_dense(dest: Dest, X: Any, labels: Any = None) -> int:
@@ -1258,7 +1271,7 @@ def write_dense(dest: Dest, X: Any, labels: Any = None) -> int:
     lab = _check_labels(labels, arr.shape[0])
     n, d = arr.shape
     with _open_dest(dest) as fh:
-        if n >= _KERNEL_MIN_ROWS:
+        if _use_kernel(n):
             _write_kernel(fh, arr.reshape(-1), kind, np.arange(n + 1, dtype=np.int64) * d, None, None, lab, "array")
             return n
         for lo in progress(range(0, n, _WRITE_CHUNK_ROWS), desc="write recordio", unit="chunk"):
@@ -1290,7 +1303,7 @@ def write_sparse(dest: Dest, X: Any, labels: Any = None) -> int:
     lab = _check_labels(labels, n)
     indptr = np.asarray(csr.indptr, dtype=np.int64)
     with _open_dest(dest) as fh:
-        if n >= _KERNEL_MIN_ROWS:
+        if _use_kernel(n):
             _write_kernel(fh, csr.data, kind, indptr, csr.indices, n_cols, lab, "matrix")
             return n
         for lo in progress(range(0, n, _WRITE_CHUNK_ROWS), desc="write recordio", unit="chunk"):

@@ -186,3 +186,34 @@ def test_interactions_are_released_before_the_outputs_are_written(tmp_path: Path
                                          rating_col="r", out_dir=tmp_path / "out")
     assert prepared.counts["train_rows"] + prepared.counts["test_rows"] == 60
     assert (tmp_path / "out" / "train.protobuf").is_file()
+
+
+def test_parquet_outputs_are_written_beside_the_recordio_files(tmp_path: Path, monkeypatch) -> None:  # noqa: ANN001
+    """The two Parquet files go out on a second thread; a failure there still leaves no output."""
+    import threading
+
+    import localfm.data.prepare as prep
+
+    path = tmp_path / "events.csv"
+    path.write_text("u,i,r\n" + "".join(f"{k % 7},{k % 5},{k % 5 + 1}\n" for k in range(60)))
+    threads = []
+    original = prep._write_interactions
+
+    def record(target, rows):  # noqa: ANN001, ANN202
+        threads.append(threading.current_thread().name)
+        return original(target, rows)
+
+    monkeypatch.setattr(prep, "_write_interactions", record)
+    prep.prepare_interactions(path, Options(split="random:0.2:0"), user_col="u", item_col="i", rating_col="r",
+                              out_dir=tmp_path / "ok")
+    assert len(threads) == 2 and all(name.startswith("prepare-parquet") for name in threads)
+    assert sorted(p.name for p in (tmp_path / "ok").iterdir()) == sorted(prep.OUTPUT_FILES)
+
+    def failing(target, rows):  # noqa: ANN001, ANN202
+        raise OSError("disk full")
+
+    monkeypatch.setattr(prep, "_write_interactions", failing)
+    with pytest.raises(OSError, match="disk full"):
+        prep.prepare_interactions(path, Options(split="random:0.2:0"), user_col="u", item_col="i", rating_col="r",
+                                  out_dir=tmp_path / "failed")
+    assert not (tmp_path / "failed").exists()

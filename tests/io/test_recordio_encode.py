@@ -37,6 +37,7 @@ def _written(write, *args) -> bytes:
 def _reference(monkeypatch, write, *args) -> bytes:
     with monkeypatch.context() as m:
         m.setattr(rio, "_KERNEL_MIN_ROWS", 1 << 62)
+        m.setattr(rio, "_KERNEL_WARM_MIN_ROWS", 1 << 62)
         m.setattr(enc, "encode_block", _forbidden)
         return _written(write, *args)
 
@@ -44,6 +45,7 @@ def _reference(monkeypatch, write, *args) -> bytes:
 def _kernel(monkeypatch, write, *args) -> bytes:
     with monkeypatch.context() as m:
         m.setattr(rio, "_KERNEL_MIN_ROWS", 0)
+        m.setattr(rio, "_KERNEL_WARM_MIN_ROWS", 0)
         m.setattr(rio, "_encode_rows", _forbidden)  # the kernel path must not lean on the reference
         return _written(write, *args)
 
@@ -171,10 +173,12 @@ def test_blocks_split_rows_and_values(monkeypatch):
     assert sum(calls) == 3000 and max(calls) <= 700 and 1 in calls and len(calls) > 3000 * 2 / 100
 
 
-def test_files_read_back(tmp_path):
-    """Default routing on a matrix above the threshold: the kernel writes, read_matrix reads it back."""
+def test_files_read_back(tmp_path, monkeypatch):
+    """Default routing on a matrix at the threshold: the kernel writes, read_matrix reads it back."""
     rng = np.random.default_rng(5)
-    n = rio._KERNEL_MIN_ROWS + 17
+    monkeypatch.setattr(rio, "_KERNEL_MIN_ROWS", 5000)
+    monkeypatch.setattr(rio, "_encode_rows", _forbidden)
+    n = 5000
     X = sp.random(n, 3000, density=0.002, random_state=6, format="csr", dtype=np.float32)
     y = rng.random(n).astype(np.float32)
     rio.write_sparse(tmp_path / "s.protobuf", X, y)
@@ -187,17 +191,28 @@ def test_files_read_back(tmp_path):
 
 
 def test_routing_by_size(monkeypatch):
-    """Small writes stay on the reference (no numba import); large ones use the kernel."""
+    """Cold, only large writes pay for numba; once the encoder is loaded, mid-size writes use it too."""
     used = []
     original = enc.encode_block
-    monkeypatch.setattr(enc, "encode_block", lambda *a: used.append(1) or original(*a))
-    small = sp.random(rio._KERNEL_MIN_ROWS - 1, 10, density=0.3, random_state=1, format="csr", dtype=np.float32)
-    _written(rio.write_sparse, small)
+    monkeypatch.setattr(enc, "encode_block", lambda *a: used.append(a[3].size - 1) or original(*a))
+    monkeypatch.setattr(rio, "_KERNEL_MIN_ROWS", 300)
+    monkeypatch.setattr(rio, "_KERNEL_WARM_MIN_ROWS", 100)
+
+    def write(n: int) -> None:
+        _written(rio.write_sparse, sp.random(n, 10, density=0.3, random_state=1, format="csr", dtype=np.float32))
+
+    monkeypatch.setattr(rio, "_kernel_warm", False)  # as in a process that has not used it yet
+    write(299)
     assert used == []
-    large = sp.random(rio._KERNEL_MIN_ROWS, 10, density=0.3, random_state=1, format="csr", dtype=np.float32)
-    monkeypatch.setattr(rio, "_encode_rows", _forbidden)
-    _written(rio.write_sparse, large)
-    assert used
+    write(300)
+    assert used == [300]
+    assert rio._kernel_warm  # the large write loaded it
+    write(100)
+    write(99)
+    assert used == [300, 100]
+    with monkeypatch.context() as m:
+        m.setattr(rio, "_encode_rows", _forbidden)
+        write(150)
 
 
 def test_kernel_matches_the_sdk(monkeypatch, sdk):  # noqa: F811 - the shared fixture
