@@ -216,10 +216,25 @@ def _max_batch_nnz(indptr, order, batch_size, n_batches):  # noqa: ANN001, ANN20
 
 @njit(cache=True, error_model="numpy")
 def _prefetch_row(P, c):  # noqa: ANN001, ANN202 - numba
-    """Prefetch every cache line of table row ``c`` (weights and both moments)."""
+    """Prefetch every cache line of table row ``c`` (weights and both moments): ahead of the step."""
     for s in range(P.shape[1]):
         for f in range(0, P.shape[2], 16):
             _prefetch(P, (c, s, f))
+
+
+@njit(cache=True, error_model="numpy")
+def _prefetch_weights(P, c):  # noqa: ANN001, ANN202 - numba
+    """Prefetch the cache lines of row ``c``'s weights ``P[c, 0]`` only: ahead of the forward.
+
+    Why not the whole row: the forward reads only the weights; the moments are needed at
+    the step, after the whole batch's forward has streamed by (several MB at large
+    feature_dim: more than L2). Fetching them early asked for ~2.6x the lines per batch
+    row, which queued behind the weights the forward was waiting for, and the step
+    re-fetched many of them anyway; it prefetches the full rows itself.
+    (Measured, ML-25M-shaped 2.25M rows, one thread: 1.06 s vs 1.21-1.39 s CPU per epoch.)
+    """
+    for f in range(0, P.shape[2], 16):
+        _prefetch(P, (c, 0, f))
 
 
 # ----------------------------------------------------------------------------- compiled epoch
@@ -351,7 +366,7 @@ def train_epoch(  # noqa: ANN201, PLR0913, PLR0912, PLR0915 - one flat loop on p
             if prefetch:
                 ahead = order[(base + i + PREFETCH_AHEAD) % n]
                 for p in range(indptr[ahead], indptr[ahead + 1]):
-                    _prefetch_row(P, indices[p])
+                    _prefetch_weights(P, indices[p])
                     _prefetch(slot, (indices[p],))
             row = order[(base + i) % n]
             rowptr[i] = nz
@@ -528,7 +543,7 @@ def _epoch_worker(  # noqa: ANN201, PLR0913, PLR0912, PLR0915 - one flat loop on
             if prefetch:
                 ahead = order[(base + i + PREFETCH_AHEAD) % n]
                 for p in range(indptr[ahead], indptr[ahead + 1]):
-                    _prefetch_row(P, indices[p])
+                    _prefetch_weights(P, indices[p])
                     _prefetch(nrm, (indices[p],))
             row = order[(base + i) % n]
             yi = y[row]
