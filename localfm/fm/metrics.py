@@ -54,24 +54,35 @@ class MetricAccumulator:
     abs_sum: float = 0.0
 
     def update(self, scores: np.ndarray, labels: np.ndarray) -> None:
-        """Add one batch. ``scores`` are raw FM outputs (logits for binary)."""
-        s = np.asarray(scores, dtype=np.float64)
-        y = np.asarray(labels, dtype=np.float64)
-        self.n += int(s.shape[0])
+        """Add one batch. ``scores`` are raw FM outputs (logits for binary).
+
+        Called on a whole epoch's scores (10^7+ rows), so it holds one float64 array of
+        that length, worked on in place, rather than float64 copies of scores and labels
+        plus temporaries (4 of them at once: 32 bytes a row, ~720 MB at 22.5M rows). The
+        values and their summation are the same as with the copies, so the sums are too.
+        """
+        scores = np.asarray(scores)
+        labels = np.asarray(labels)
+        self.n += int(scores.shape[0])
         if self.predictor_type == "binary_classifier":
-            pred = s >= 0.0  # sigmoid(s) >= 0.5
-            pos = y > 0.5
+            pred = scores >= 0.0  # sigmoid(s) >= 0.5 (a float32 compares as its exact float64 value)
+            pos = labels > 0.5
             self.correct += int(np.count_nonzero(pred == pos))
             self.tp += int(np.count_nonzero(pred & pos))
             self.fp += int(np.count_nonzero(pred & ~pos))
             self.fn += int(np.count_nonzero(~pred & pos))
+            del pred
             # log(1 + e^-s) for positives, log(1 + e^s) for negatives, overflow-safe
-            z = np.where(pos, -s, s)
-            self.loss_sum += float(np.sum(np.logaddexp(0.0, z)))
+            z = np.array(scores, dtype=np.float64)
+            np.negative(z, out=z, where=pos)
+            np.logaddexp(0.0, z, out=z)
+            self.loss_sum += float(np.sum(z))
         else:
-            d = s - y
+            d = np.array(scores, dtype=np.float64)
+            d -= labels
             self.sq_sum += float(np.dot(d, d))
-            self.abs_sum += float(np.sum(np.abs(d)))
+            np.abs(d, out=d)
+            self.abs_sum += float(np.sum(d))
 
     def result(self) -> dict[str, float]:
         if self.n == 0:

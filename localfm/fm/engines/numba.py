@@ -200,15 +200,33 @@ PREFETCH_AHEAD = 8
 PREFETCH_MIN_BYTES = 8 << 20
 
 
+@njit(cache=True, error_model="numpy", inline="always")
+def _n_rows(indptr, order):  # noqa: ANN001, ANN202 - numba
+    """Rows of the epoch: ``order``'s length, or all of the CSR's when ``order`` is empty (file order)."""
+    return order.shape[0] if order.shape[0] > 0 else indptr.shape[0] - 1
+
+
+@njit(cache=True, error_model="numpy", inline="always")
+def _row_at(order, n, j):  # noqa: ANN001, ANN202 - numba
+    """The row at padded epoch position ``j``: ``order[j % n]``, or ``j % n`` when ``order`` is empty.
+
+    Why an empty ``order`` means file order: an explicit ``arange`` would be 8 bytes a row
+    (180 MB at 22.5M rows), held for the whole fit, to say "row j is row j".
+    """
+    if order.shape[0] == 0:
+        return j % n
+    return order[j % n]
+
+
 @njit(cache=True, error_model="numpy")
 def _max_batch_nnz(indptr, order, batch_size, n_batches):  # noqa: ANN001, ANN202 - numba
     """Most nonzeros in one padded batch (rows wrap around, as the padding does): sizes scratch buffers."""
-    n = order.shape[0]
+    n = _n_rows(indptr, order)
     most = 0
     for b in range(n_batches):
         cnt = 0
         for i in range(batch_size):
-            row = order[(b * batch_size + i) % n]
+            row = _row_at(order, n, b * batch_size + i)
             cnt += indptr[row + 1] - indptr[row]
         most = max(most, cnt)
     return most
@@ -326,6 +344,8 @@ def train_epoch(  # noqa: ANN201, PLR0913, PLR0912, PLR0915 - one flat loop on p
 ):
     """One epoch over ``order`` in batches of ``batch_size``; updates ``P`` and ``bias`` in place.
 
+    ``order`` (int64) lists the epoch's rows; empty means every row in file order.
+
     ``P`` (d, 3, k+1) float32: weights ``[v | w]``, Adam m, Adam v per feature row.
     ``lr``/``wd``/``decay`` (k+1,) float32 per-column settings (``decay`` = wd*lr*lr_scale
     for adamw). ``bias`` = [w0, m, v] float32. ``coefs[b]`` is the float32 bias-corrected
@@ -333,7 +353,7 @@ def train_epoch(  # noqa: ANN201, PLR0913, PLR0912, PLR0915 - one flat loop on p
     among the batch's distinct columns; restored to -1 on return). Writes every padded
     row's pre-update score and label to ``scores_out`` / ``labels_out``.
     """
-    n = order.shape[0]
+    n = _n_rows(indptr, order)
     k1 = P.shape[2]
     k = k1 - 1
     n_batches = scores_out.shape[0] // batch_size
@@ -364,11 +384,11 @@ def train_epoch(  # noqa: ANN201, PLR0913, PLR0912, PLR0915 - one flat loop on p
         w0 = bias[0]
         for i in range(batch_size):
             if prefetch:
-                ahead = order[(base + i + PREFETCH_AHEAD) % n]
+                ahead = _row_at(order, n, base + i + PREFETCH_AHEAD)
                 for p in range(indptr[ahead], indptr[ahead + 1]):
                     _prefetch_weights(P, indices[p])
                     _prefetch(slot, (indices[p],))
-            row = order[(base + i) % n]
+            row = _row_at(order, n, base + i)
             rowptr[i] = nz
             yi = y[row]
             labels_out[base + i] = yi
@@ -517,7 +537,7 @@ def _epoch_worker(  # noqa: ANN201, PLR0913, PLR0912, PLR0915 - one flat loop on
     here and nothing raises: a thread that stopped early would leave the others
     waiting at the barrier.
     """
-    n = order.shape[0]
+    n = _n_rows(indptr, order)
     d = P.shape[0]
     k1 = P.shape[2]
     k = k1 - 1
@@ -541,11 +561,11 @@ def _epoch_worker(  # noqa: ANN201, PLR0913, PLR0912, PLR0915 - one flat loop on
         w0 = bias[0]
         for i in range(lo, hi):
             if prefetch:
-                ahead = order[(base + i + PREFETCH_AHEAD) % n]
+                ahead = _row_at(order, n, base + i + PREFETCH_AHEAD)
                 for p in range(indptr[ahead], indptr[ahead + 1]):
                     _prefetch_weights(P, indices[p])
                     _prefetch(nrm, (indices[p],))
-            row = order[(base + i) % n]
+            row = _row_at(order, n, base + i)
             yi = y[row]
             labels_out[base + i] = yi
             Si = S[i]
@@ -576,10 +596,10 @@ def _epoch_worker(  # noqa: ANN201, PLR0913, PLR0912, PLR0915 - one flat loop on
         gsum = 0.0
         for i in range(batch_size):
             if prefetch:
-                ahead = order[(base + i + PREFETCH_AHEAD) % n]
+                ahead = _row_at(order, n, base + i + PREFETCH_AHEAD)
                 for p in range(indptr[ahead], indptr[ahead + 1]):
                     _prefetch(slot, (indices[p],))
-            row = order[(base + i) % n]
+            row = _row_at(order, n, base + i)
             g = gs[i]
             gsum += g
             Si = S[i]
@@ -705,6 +725,10 @@ def train_epoch_parallel(  # noqa: PLR0913
 
 
 # ----------------------------------------------------------------------------- driver
+#: the compiled functions' ``order`` for "every row, in file order" (see :func:`_row_at`)
+#: (writable: numba types a read-only array differently, which would compile the epoch twice)
+FILE_ORDER = np.zeros(0, dtype=np.int64)
+
 def step_factors(kind: str, t_first: int, n_batches: int, lr_scale: float) -> np.ndarray:
     """Per-batch float32 step factors, exactly as the torch engine rounds them.
 
@@ -720,7 +744,7 @@ def step_factors(kind: str, t_first: int, n_batches: int, lr_scale: float) -> np
 def run_epoch(
     X: sp.csr_matrix,
     y: np.ndarray,
-    order: np.ndarray,
+    order: np.ndarray | None,
     batch_size: int,
     P: np.ndarray,
     bias: np.ndarray,
@@ -737,13 +761,14 @@ def run_epoch(
 
     ``P`` (the run's table, float32 (d, 3, k+1)) and ``bias`` ([w0, m, v] float32)
     are updated in place; ``t_first`` is the optimizer step number of the first batch.
-    ``threads`` > 1 runs :func:`train_epoch_parallel` on that many threads (as given:
+    ``order`` None trains every row of ``X`` in file order (the compiled functions get an
+    empty ``order`` for that, not an ``arange``). ``threads`` > 1 runs :func:`train_epoch_parallel` on that many threads (as given:
     more threads than cores only wait at the barriers); the bytes are the same either way.
     ``dry_run`` runs zero batches: it only compiles (or loads from numba's cache) the
     function for these argument types, so the first epoch's logged throughput is not
     charged with compilation.
     """
-    n = order.shape[0]
+    n = X.shape[0] if order is None else order.shape[0]
     if n == 0 and not dry_run:
         # The compiled loop pads the last batch from row 0; with no rows it would read
         # out of bounds and take the process down instead of raising.
@@ -756,7 +781,8 @@ def run_epoch(
     labels = np.empty(n_batches * batch_size, dtype=np.float32)
     fn = train_epoch if threads <= 1 else functools.partial(train_epoch_parallel, threads=threads)
     fn(
-        X.indptr, X.indices, X.data, y, order.astype(np.int64, copy=False), int(batch_size), P,
+        X.indptr, X.indices, X.data, y, FILE_ORDER if order is None else order.astype(np.int64, copy=False),
+        int(batch_size), P,
         cfg.lr, cfg.wd, decay, OPTIMIZERS[cfg.kind], np.float32(clip if clip is not None else 0.0), clip is not None,
         np.float32(cfg.eps), np.float32(cfg.rescale), hp["predictor_type"] == "binary_classifier",
         bool(hp["use_bias"]), bias, np.float32(cfg.bias_lr), np.float32(cfg.bias_wd),
@@ -779,7 +805,6 @@ class NumbaRun:
         self.t = 0  # optimizer steps so far
         self.X: sp.csr_matrix | None = None
         self.y: np.ndarray | None = None
-        self.file_order = np.zeros(0, dtype=np.int64)
 
     @property
     def w0(self) -> np.float32:
@@ -788,9 +813,8 @@ class NumbaRun:
     def set_data(self, X: sp.csr_matrix, y: np.ndarray) -> None:
         first = self.X is None
         self.X, self.y = X, y
-        self.file_order = np.arange(X.shape[0], dtype=np.int64)
         if first:
-            run_epoch(X, y, self.file_order, self.batch_size, self.table, self.bias, self.slot, self.hp, self.cfg,
+            run_epoch(X, y, None, self.batch_size, self.table, self.bias, self.slot, self.hp, self.cfg,
                       1, 1.0, threads=self.threads, dry_run=True)
 
     def epoch(
@@ -798,7 +822,7 @@ class NumbaRun:
     ) -> tuple[np.ndarray, np.ndarray]:
         assert self.X is not None and self.y is not None, "set_data() first"
         B = self.batch_size
-        scores, labels = run_epoch(self.X, self.y, self.file_order if order is None else order, B, self.table,
+        scores, labels = run_epoch(self.X, self.y, order, B, self.table,
                                    self.bias, self.slot, self.hp, self.cfg, self.t + 1, lr_scale,
                                    threads=self.threads)
         n_batches = scores.shape[0] // B
