@@ -30,6 +30,27 @@ def test_cross_entropy_is_finite_for_extreme_logits():
     assert acc.result()["binary_classification_cross_entropy"] == pytest.approx(1000.0)
 
 
+@pytest.mark.parametrize("ptype", ["binary_classifier", "regressor"])
+def test_in_place_update_gives_the_float64_copy_formulas_bit_for_bit(ptype):
+    # update() works in one float64 array in place (a whole epoch's scores at once: memory);
+    # its sums must be exactly those of the plain float64 formulas, not merely close
+    rng = np.random.default_rng(3)
+    n = 100_003
+    s = (rng.standard_normal(n) * 4).astype(np.float32)
+    s[:3] = [0.0, -0.0, 90.0]
+    y = ((rng.random(n) < 0.4) if ptype == "binary_classifier" else rng.standard_normal(n) * 2).astype(np.float32)
+    acc = MetricAccumulator(ptype)
+    acc.update(s, y)
+    s64, y64 = s.astype(np.float64), y.astype(np.float64)
+    if ptype == "binary_classifier":
+        assert acc.loss_sum == float(np.sum(np.logaddexp(0.0, np.where(y64 > 0.5, -s64, s64))))
+        assert acc.correct == int(np.count_nonzero((s64 >= 0.0) == (y64 > 0.5)))
+    else:
+        d = s64 - y64
+        assert acc.sq_sum == float(np.dot(d, d))
+        assert acc.abs_sum == float(np.sum(np.abs(d)))
+
+
 def test_regressor_metrics():
     acc = MetricAccumulator("regressor")
     acc.update(np.array([3.0, 4.0]), np.array([4.0, 4.0]))
