@@ -468,8 +468,8 @@ def train_epoch(  # noqa: ANN201, PLR0913, PLR0912, PLR0915 - one flat loop on p
 # threads that each run the whole epoch (:func:`_epoch_worker`, compiled ``nogil``) and
 # meet at a spinning barrier twice per batch. Per batch, thread t of T:
 #
-# 1. forward of its fixed share of the batch rows (contiguous rows lo..hi) on the
-#    pre-update weights: S_i, score, g_i;  -- barrier (every S_i, g_i written) --
+# 1. forward of the batch rows it claims, FORWARD_CHUNK rows at a time from a shared
+#    counter, on the pre-update weights: S_i, score, g_i;  -- barrier (every S_i, g_i written) --
 # 2. gradient and lazy step of the columns it *owns* (blocks of 2**OWNER_SHIFT consecutive
 #    columns, dealt round-robin), summed over the whole batch in batch-row order, as
 #    train_epoch does; then the owned columns' squared norms for the next forward;
@@ -493,6 +493,22 @@ OWNER_SHIFT = 4
 #: spinning answers in ~100 ns when the partner is running; yielding lets the partner run
 #: when both share one core (a loaded machine, more threads than cores)
 SPIN_BEFORE_YIELD = 1000
+#: the forward's rows are claimed in chunks of this many (an atomic add on a shared counter):
+#: a thread that runs faster, or is not interrupted, takes more of them, so a slow or
+#: descheduled partner no longer holds the barrier for a fixed half of the batch. Any
+#: thread computes the same S_i, score and g_i for a row, so the bytes do not depend on who.
+FORWARD_CHUNK = 128
+#: ``bar[CLAIM_AT + (b & 1)]`` counts batch b's claimed forward rows (a cache line apart from
+#: the barrier counter ``bar[0]``; two counters, so one can be reset while the other is in use)
+CLAIM_AT = 8
+
+
+@njit(cache=True, error_model="numpy", inline="always")
+def _prefetch_forward(P, nrm, indptr, indices, row):  # noqa: ANN001, ANN202 - numba
+    """Prefetch what the parallel forward reads for ``row``: its columns' weights and norms."""
+    for p in range(indptr[row], indptr[row + 1]):
+        _prefetch_weights(P, indices[p])
+        _prefetch(nrm, (indices[p],))
 
 
 @njit(cache=True, error_model="numpy", inline="always")
@@ -527,7 +543,8 @@ def _epoch_worker(  # noqa: ANN201, PLR0913, PLR0912, PLR0915 - one flat loop on
 ):
     """Thread ``t``'s share of :func:`train_epoch` (see the section comment above).
 
-    Shared with the other threads: ``bar`` (int64, the barrier counter, 0 on entry),
+    Shared with the other threads: ``bar`` (int64, all 0 on entry: the barrier counter
+    ``bar[0]``, the abort flag ``bar[1]``, the forward's row-claim counters at ``CLAIM_AT``),
     ``owner`` (the thread of each block of 2**OWNER_SHIFT columns; a table lookup is
     cheaper than a division per nonzero),
     ``S`` (batch_size, k+1) and ``gs`` (batch_size,) (the batch rows' forward sums and
@@ -547,8 +564,6 @@ def _epoch_worker(  # noqa: ANN201, PLR0913, PLR0912, PLR0915 - one flat loop on
     for blk in range(t, owner.shape[0], threads):
         for c in range(blk << OWNER_SHIFT, min(d, (blk + 1) << OWNER_SHIFT)):
             nrm[c] = _sumsq(P[c, 0], k)
-    lo = t * batch_size // threads
-    hi = (t + 1) * batch_size // threads
     half = np.float32(0.5)
     one = np.float32(1.0)
     zero = np.float32(0.0)
@@ -557,40 +572,50 @@ def _epoch_worker(  # noqa: ANN201, PLR0913, PLR0912, PLR0915 - one flat loop on
         return
     for b in range(n_batches):
         base = b * batch_size
-        # -- 1. forward of rows lo..hi on the pre-update weights
+        # -- 1. forward on the pre-update weights, chunks of rows claimed as the thread gets to them
+        claim = CLAIM_AT + (b & 1)
         w0 = bias[0]
-        for i in range(lo, hi):
-            if prefetch:
-                ahead = _row_at(order, n, base + i + PREFETCH_AHEAD)
-                for p in range(indptr[ahead], indptr[ahead + 1]):
-                    _prefetch_weights(P, indices[p])
-                    _prefetch(nrm, (indices[p],))
-            row = _row_at(order, n, base + i)
-            yi = y[row]
-            labels_out[base + i] = yi
-            Si = S[i]
-            for f in range(k1):
-                Si[f] = zero
-            sq = zero
-            for p in range(indptr[row], indptr[row + 1]):
-                c = indices[p]
-                Wc = P[c, 0]
-                x = data[p]
+        while True:
+            c0 = _atomic_add(bar, claim, FORWARD_CHUNK)
+            if c0 >= batch_size:
+                break
+            c1 = min(c0 + FORWARD_CHUNK, batch_size)
+            if prefetch:  # the chunk's first rows; the loop below prefetches the rest as it goes
+                for i in range(c0, min(c1, c0 + PREFETCH_AHEAD)):
+                    _prefetch_forward(P, nrm, indptr, indices, _row_at(order, n, base + i))
+            for i in range(c0, c1):
+                if prefetch and i + PREFETCH_AHEAD < c1:
+                    _prefetch_forward(P, nrm, indptr, indices, _row_at(order, n, base + i + PREFETCH_AHEAD))
+                row = _row_at(order, n, base + i)
+                yi = y[row]
+                labels_out[base + i] = yi
+                Si = S[i]
                 for f in range(k1):
-                    Si[f] += x * Wc[f]
-                sq += (x * x) * nrm[c]
-            s = (_sumsq(Si, k) - sq) * half + Si[k]
-            if use_bias:
-                s = s + w0
-            scores_out[base + i] = s
-            if binary:
-                out = one / (one + np.exp(-s))
-            else:
-                out = s
-            gs[i] = (out - yi) * rescale
+                    Si[f] = zero
+                sq = zero
+                for p in range(indptr[row], indptr[row + 1]):
+                    c = indices[p]
+                    Wc = P[c, 0]
+                    x = data[p]
+                    for f in range(k1):
+                        Si[f] += x * Wc[f]
+                    sq += (x * x) * nrm[c]
+                s = (_sumsq(Si, k) - sq) * half + Si[k]
+                if use_bias:
+                    s = s + w0
+                scores_out[base + i] = s
+                if binary:
+                    out = one / (one + np.exp(-s))
+                else:
+                    out = s
+                gs[i] = (out - yi) * rescale
         passed = _barrier(bar, passed, threads)
         if passed < 0:
             return
+        if t == 0:
+            # the next batch's claim counter was last used by the previous batch, whose forward
+            # every thread left before this batch's forward began; the next barrier publishes it
+            bar[CLAIM_AT + ((b + 1) & 1)] = 0
         # -- 2. gradient of the owned columns over every batch row, in batch-row order
         U = 0
         gsum = 0.0
@@ -598,7 +623,10 @@ def _epoch_worker(  # noqa: ANN201, PLR0913, PLR0912, PLR0915 - one flat loop on
             if prefetch:
                 ahead = _row_at(order, n, base + i + PREFETCH_AHEAD)
                 for p in range(indptr[ahead], indptr[ahead + 1]):
-                    _prefetch(slot, (indices[p],))
+                    # only owned columns' slots: the partner is writing the others' slots in
+                    # this phase, and a copy fetched here would cost it a cross-core invalidation
+                    if owner[indices[p] >> OWNER_SHIFT] == t:
+                        _prefetch(slot, (indices[p],))
             row = _row_at(order, n, base + i)
             g = gs[i]
             gsum += g
