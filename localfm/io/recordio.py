@@ -284,7 +284,15 @@ def _iter_frames(src: Source, block_bytes: int | None = None) -> Iterator[_Frame
         yield from _frames_from_stream(fh, name, size, block_bytes or BLOCK_BYTES)
 
 
-def _frames_from_stream(fh: IO[bytes], name: str, size: int | None, block_bytes: int) -> Iterator[_Frames]:
+def _frames_from_stream(fh: IO[bytes], name: str, size: int | None, block_bytes: int,
+                        prefix: Any = None) -> Iterator[_Frames | tuple[_Columns, int]]:
+    """Blocks of complete records as :class:`_Frames`.
+
+    With ``prefix`` (``prefix(data, base) -> (_Columns | None, bytes consumed)``) each
+    block is first offered to that decoder (the compiled one), which yields
+    ``(columns, end offset)`` for the records it took; the rest of the block is framed
+    here as usual, so framing errors, ``need`` and offsets are the same either way.
+    """
     pending = b""
     base = 0  # file offset of pending[0]
     index = 0
@@ -301,6 +309,13 @@ def _frames_from_stream(fh: IO[bytes], name: str, size: int | None, block_bytes:
             chunks.append(chunk)
             got += len(chunk)
         data = b"".join(chunks) if len(chunks) > 1 else pending
+        if prefix is not None:
+            cols, head = prefix(data, base)
+            if cols is not None:
+                yield cols, base + head
+                index += cols.n
+                base += head
+                data = data[head:]
         starts, lengths, offsets, extras, consumed, need = _frame_block(data, base, name, index)
         if len(starts):
             yield _make_frames(data, starts, lengths, offsets, extras, index, name, base + consumed)
@@ -454,12 +469,32 @@ def _concat_columns(parts: list[_Columns]) -> _Columns:
     keys: set[str] = set()
     for p in parts:
         keys |= p.extra_keys
+    shared_counts = all(p.nkey is p.nval for p in parts)  # compiled-decoder sparse blocks: one array
+    reference = _empty_columns()
     joined = {}
     for f in _COLUMN_FIELDS:
-        joined[f] = np.concatenate([getattr(p, f) for p in parts])
+        if f == "nkey" and shared_counts:
+            joined[f] = joined["nval"]
+        else:
+            joined[f] = _join([getattr(p, f) for p in parts], getattr(reference, f).dtype)
         for p in parts:
             setattr(p, f, joined[f][:0])
     return _Columns(**joined, extra_keys=keys)
+
+
+def _join(arrays: list[np.ndarray], dtype: np.dtype) -> np.ndarray:
+    """Concatenate one column of several blocks.
+
+    Constant (zero-stride) columns with one value stay constant; columns of different
+    dtypes (the compiled decoder's int32 keys and counts beside the other decoders'
+    uint64/int64) are joined in the column's canonical ``dtype``, never promoted to float.
+    """
+    live = [a for a in arrays if a.size]
+    if live and all(a.strides == (0,) and a.dtype == live[0].dtype and a[0] == live[0][0] for a in live):
+        return _const(live[0][0], sum(a.size for a in live), live[0].dtype)
+    if len({a.dtype for a in arrays}) > 1:
+        return np.concatenate(arrays, dtype=dtype, casting="unsafe")  # keys/counts are non-negative
+    return np.concatenate(arrays)
 
 
 def _tensor_columns(v: ValueType) -> tuple[int, np.ndarray, np.ndarray, np.ndarray]:
@@ -757,10 +792,87 @@ def _columns(fr: _Frames, name: str) -> _Columns:
     return _fast_then_exact(fr, name)
 
 
+def _column_stream(fh: IO[bytes], name: str, size: int | None,
+                   block_bytes: int) -> Iterator[tuple[_Columns, int, int]]:
+    """Decoded blocks of a stream as ``(columns, multi-part records, end offset)``, in file order.
+
+    The compiled decoder takes the canonical records at the start of each block; the
+    vectorised/exact decoders take whatever it stops at and the rest of that block.
+    """
+    for item in _frames_from_stream(fh, name, size, block_bytes, _KernelPrefix()):
+        if isinstance(item, _Frames):
+            yield _columns(item, name), item.multipart, item.end_offset
+        else:
+            yield item[0], 0, item[1]
+
+
 def _iter_columns(src: Source, block_bytes: int | None = None) -> Iterator[tuple[_Columns, int]]:
-    name = _source_name(src)
-    for fr in _iter_frames(src, block_bytes):
-        yield _columns(fr, name), fr.multipart
+    with _open_source(src) as (fh, name, size):
+        for cols, multipart, _ in _column_stream(fh, name, size, block_bytes or BLOCK_BYTES):
+            yield cols, multipart
+
+
+#: Sources whose first block is smaller than this do not use the compiled decoder: importing
+#: numba and loading the cached kernel (~0.3-0.5 s once per process) would dominate a request
+#: of a few records, which the vectorised path reads in well under a millisecond. Decided
+#: once per source, so a big file's short last block is not decoded differently.
+_KERNEL_MIN_BYTES = 1 << 20
+
+
+class _KernelPrefix:
+    """``prefix`` for :func:`_frames_from_stream`: runs :func:`._recordio_decode.decode_block`.
+
+    Its output arrays are allocated once per read at an upper bound for the block
+    (an accepted record frame is at least 24 bytes; a value at least 4 and a sparse
+    nonzero at least 5) and reused for every block; only the decoded prefix is
+    copied out, so untouched capacity never becomes resident.
+    """
+
+    def __init__(self) -> None:
+        self.enabled: bool | None = None
+        self.cap = -1
+        self.out: tuple[np.ndarray, ...] = ()
+
+    def __call__(self, data: bytes, base: int) -> tuple[_Columns | None, int]:
+        if self.enabled is None:
+            self.enabled = len(data) >= _KERNEL_MIN_BYTES
+        if not self.enabled:
+            return None, 0
+        from . import _recordio_decode as dec
+
+        if len(data) > self.cap:
+            self.cap = len(data)
+            records = self.cap // 16 + 1
+            self.out = (np.empty(records, np.int64), np.empty(records, np.int32),
+                        np.empty(self.cap // 4 + 1, np.float32), np.empty(self.cap // 5 + 1, np.int32),
+                        np.empty(records, np.float32))
+        offsets, counts, values, keys, labels = self.out
+        n, consumed, nnz, fcode, lcode, kind, nshape, shape = dec.decode_block(
+            np.frombuffer(data, np.uint8), base, offsets, counts, values, keys, labels)
+        if n == 0:
+            return None, 0
+        nval = counts[:n].copy()
+        sparse = kind == dec.KIND_SPARSE
+        cols = _Columns(
+            offsets=offsets[:n].copy(),
+            feat_code=_const(fcode, n, np.int8),
+            nval=nval,
+            values=values[:nnz].copy(),
+            nkey=nval if sparse else _const(0, n, np.int64),
+            keys=keys[:nnz].copy() if sparse else np.zeros(0, np.uint64),
+            nshape=_const(nshape, n, np.int64),
+            shape=_const(shape, n, np.uint64) if nshape else np.zeros(0, np.uint64),
+            label_code=_const(lcode, n, np.int8),
+            nlab=_const(1 if lcode else 0, n, np.int64),
+            labels=labels[:n].copy() if lcode else np.zeros(0, np.float32),
+            extra_keys=set(),
+        )
+        return cols, consumed
+
+
+def _const(value: int, n: int, dtype: Any) -> np.ndarray:
+    """A read-only length-``n`` column holding ``value`` everywhere, in no memory (stride 0)."""
+    return np.broadcast_to(np.array(value, dtype), (n,))
 
 
 # ============================================================================ matrices
@@ -798,31 +910,36 @@ def _matrix(cols: _Columns, name: str, feature_dim: int | None, index0: int = 0)
         if bad.size:
             raise fail(int(bad[0]), f"features shape has {cols.nshape[bad[0]]} dimensions, expected 1")
         dims = cols.shape  # one entry per record that has a shape
-        with_shape = np.flatnonzero(cols.nshape == 1)
+
+        def shaped(j: int) -> int:
+            """Record index of the j-th record with a shape (only for messages: n int64s)."""
+            return int(np.flatnonzero(cols.nshape == 1)[j])
+
         if dims.size:
             diff = np.flatnonzero(dims != dims[0])
             if diff.size:
-                i = int(with_shape[diff[0]])
+                i = shaped(int(diff[0]))
                 raise fail(i, f"features shape [{dims[diff[0]]}] differs from [{dims[0]}] in earlier records")
             n_cols = int(dims[0])
             if feature_dim is not None and feature_dim != n_cols:
-                raise fail(int(with_shape[0]), f"features shape [{n_cols}] but feature_dim={feature_dim} was given")
+                raise fail(shaped(0), f"features shape [{n_cols}] but feature_dim={feature_dim} was given")
         elif feature_dim is not None:
             n_cols = int(feature_dim)
         else:
             n_cols = int(cols.keys.max()) + 1 if cols.keys.size else 0
         if n_cols > _MAX_DIM:
-            i = int(with_shape[0]) if with_shape.size else 0
+            i = shaped(0) if dims.size else 0
             raise fail(i, f"feature dimension {n_cols} is larger than 2^63-1")
         if cols.keys.size and int(cols.keys.max()) >= n_cols:
-            j = int(np.flatnonzero(cols.keys >= np.uint64(n_cols))[0])
+            j = int(np.flatnonzero(cols.keys.astype(np.uint64, copy=False) >= np.uint64(n_cols))[0])
             i = int(np.searchsorted(np.cumsum(cols.nkey), j, side="right"))
             raise fail(i, f"key {cols.keys[j]} out of range for feature dimension {n_cols}")
         idx_dtype = np.int32 if n_cols <= np.iinfo(np.int32).max and cols.keys.size <= np.iinfo(np.int32).max \
             else np.int64
         indptr = np.zeros(n + 1, idx_dtype)
         np.cumsum(cols.nkey, out=indptr[1:])
-        X = sp.csr_matrix((cols.values, cols.keys.astype(idx_dtype), indptr), shape=(n, n_cols))
+        # copy=False: the compiled decoder's keys are int32 already; not copying them saves 4 bytes a nonzero
+        X = sp.csr_matrix((cols.values, cols.keys.astype(idx_dtype, copy=False), indptr), shape=(n, n_cols))
         return RecordIOMatrix(X, y, True)
 
     d = int(cols.nval[0])
@@ -857,7 +974,8 @@ def _labels(cols: _Columns, fail: Any) -> np.ndarray | None:
     if bad.size:
         i = int(bad[0])
         raise fail(i, f"label['values'] has {cols.nlab[i]} values, expected 1")
-    return cols.labels.copy()
+    # A view (a batch cut from a longer run) is copied so the batch does not pin the rest.
+    return cols.labels if cols.labels.base is None else cols.labels.copy()
 
 
 def read_matrix(src: Source, feature_dim: int | None = None) -> RecordIOMatrix:
@@ -871,9 +989,9 @@ def read_matrix(src: Source, feature_dim: int | None = None) -> RecordIOMatrix:
     with _open_source(src) as (fh, name, size):
         bar = progress(total=size, desc=f"read {os.path.basename(name)}", unit="B", unit_scale=True)
         try:
-            for fr in _frames_from_stream(fh, name, size, BLOCK_BYTES):
-                parts.append(_columns(fr, name))
-                bar.update(fr.end_offset - bar.n)
+            for cols, _, end_offset in _column_stream(fh, name, size, BLOCK_BYTES):
+                parts.append(cols)
+                bar.update(end_offset - bar.n)
         finally:
             bar.close()
     return _matrix(_concat_columns(parts), name, feature_dim)
