@@ -492,8 +492,8 @@ def _join(arrays: list[np.ndarray], dtype: np.dtype) -> np.ndarray:
     live = [a for a in arrays if a.size]
     if live and all(a.strides == (0,) and a.dtype == live[0].dtype and a[0] == live[0][0] for a in live):
         return _const(live[0][0], sum(a.size for a in live), live[0].dtype)
-    if len({a.dtype for a in arrays}) > 1:
-        return np.concatenate(arrays, dtype=dtype, casting="unsafe")  # keys/counts are non-negative
+    if np.result_type(*arrays).kind == "f" != dtype.kind:  # int32 and uint64 keys would meet in float64
+        return np.concatenate(arrays, dtype=dtype, casting="unsafe")  # keys/counts/offsets are non-negative
     return np.concatenate(arrays)
 
 
@@ -851,10 +851,14 @@ class _KernelPrefix:
             np.frombuffer(data, np.uint8), base, offsets, counts, values, keys, labels)
         if n == 0:
             return None, 0
-        nval = counts[:n].copy()
+        nval = counts[:n]
+        # The ML-25M shape has 2 nonzeros in every row: a constant column costs nothing.
+        nval = _const(int(nval[0]), n, np.int32) if nval.min() == nval.max() else nval.copy()
         sparse = kind == dec.KIND_SPARSE
+        # Offsets serve error messages only: uint32 while the file is under 4 GiB.
+        small = base + len(data) <= np.iinfo(np.uint32).max
         cols = _Columns(
-            offsets=offsets[:n].copy(),
+            offsets=offsets[:n].astype(np.uint32 if small else np.int64),
             feat_code=_const(fcode, n, np.int8),
             nval=nval,
             values=values[:nnz].copy(),
