@@ -8,12 +8,15 @@ byte for byte (checked on the SDK-written ``ufo-train.recordio-protobuf`` fixtur
 build every record with numpy in one pass instead of one protobuf object per row, so
 the 90k-row ML-100k training set is written in a few tens of milliseconds.
 
-Reading has two decoders that must agree: a vectorised one for the layout the SDK
-writes (all records are walked in lock-step with numpy; this is what makes 1e6 sparse
-rows load in about a second) and the exact scalar decoder from ``_protobuf`` for
-everything else (multi-part records, unknown fields, unpacked repeats, int32 tensors,
-malformed input). Any record the fast path is not sure about goes to the exact one,
-which is also what produces precise error messages.
+Reading has three decoders that must agree. For big sources a compiled one
+(:mod:`._recordio_decode`, numba) decodes each block's leading run of canonical SDK-layout
+records in one pass straight into the output arrays, and stops at the first record
+it does not handle exactly; the rest of the block goes to a vectorised one for the
+layout the SDK writes (all records are walked in lock-step with numpy) and to the
+exact scalar decoder from ``_protobuf`` for everything else (multi-part records,
+unknown fields, unpacked repeats, int32 tensors, malformed input). Any record the
+faster paths are not sure about goes to the exact one, which is also what produces
+precise error messages.
 
 Parsing is strict: every length is bounded by the bytes that remain, padding must be
 zero, trailing bytes are an error, multi-part records must be 1, 2*, 3 in order, and
@@ -829,17 +832,17 @@ class _KernelPrefix:
     """
 
     def __init__(self) -> None:
+        self.dec: Any = None
         self.enabled: bool | None = None
         self.cap = -1
         self.out: tuple[np.ndarray, ...] = ()
 
     def __call__(self, data: bytes, base: int) -> tuple[_Columns | None, int]:
         if self.enabled is None:
-            self.enabled = len(data) >= _KERNEL_MIN_BYTES
+            self.enabled = len(data) >= _KERNEL_MIN_BYTES and self._load()
         if not self.enabled:
             return None, 0
-        from . import _recordio_decode as dec
-
+        dec = self.dec
         if len(data) > self.cap:
             self.cap = len(data)
             records = self.cap // 16 + 1
@@ -872,6 +875,15 @@ class _KernelPrefix:
             extra_keys=set(),
         )
         return cols, consumed
+
+    def _load(self) -> bool:
+        """Import the kernel (numba) now that a big source needs it; without numba, read as before."""
+        try:
+            from . import _recordio_decode
+        except ImportError:
+            return False
+        self.dec = _recordio_decode
+        return True
 
 
 def _const(value: int, n: int, dtype: Any) -> np.ndarray:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import io
 import struct
+import sys
 import tracemalloc
 
 import numpy as np
@@ -329,3 +330,13 @@ def test_nonzero_padding_stops_the_kernel():
     assert _kernel_records(bytes(raw)) == len(rio.read_matrix(bytes(raw[:at])).y)
     assert f"byte {at + 8 + length}: non-zero padding" in _err(bytes(raw))
     _agree(bytes(raw))
+
+
+def test_without_numba_the_reader_still_works(monkeypatch):
+    raw = _bytes(rio.write_sparse, _sparse(50, 80, 0.05, seed=3), np.zeros(50, np.float32))
+    with _Off():
+        old = rio.read_matrix(raw)
+    monkeypatch.setitem(sys.modules, "localfm.io._recordio_decode", None)  # import fails
+    monkeypatch.delattr(sys.modules["localfm.io"], "_recordio_decode")
+    assert rio._KernelPrefix()(raw, 0) == (None, 0)
+    _same_matrix(rio.read_matrix(raw), old)
