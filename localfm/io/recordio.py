@@ -26,6 +26,8 @@ no read is larger than the file. Errors are :class:`RecordIOError` (a
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import functools
 import io
 import os
 from collections.abc import Iterator
@@ -482,7 +484,29 @@ def _concat_columns(parts: list[_Columns]) -> _Columns:
             joined[f] = _join([getattr(p, f) for p in parts], getattr(reference, f).dtype)
         for p in parts:
             setattr(p, f, joined[f][:0])
+        _trim_heap()
     return _Columns(**joined, extra_keys=keys)
+
+
+@functools.cache
+def _malloc_trim() -> Any:
+    try:
+        return ctypes.CDLL(None).malloc_trim  # glibc
+    except (AttributeError, OSError):
+        return None
+
+
+def _trim_heap() -> None:
+    """Give freed heap pages back to the OS (glibc; elsewhere a no-op).
+
+    Block-sized arrays (about a megabyte each) live on glibc's heap once an 8 MiB
+    read buffer has been freed (its mmap threshold then rises), and freed heap
+    memory stays resident: without this the 22.5M-record read kept ~300 MB of
+    already-joined blocks in RSS at its peak.
+    """
+    trim = _malloc_trim()
+    if trim is not None:
+        trim(0)
 
 
 def _join(arrays: list[np.ndarray], dtype: np.dtype) -> np.ndarray:
