@@ -926,14 +926,13 @@ def _matrix(cols: _Columns, name: str, feature_dim: int | None, index0: int = 0)
     def fail(i: int, msg: str) -> RecordIOError:
         return _err(name, int(cols.offsets[i]), msg, index0 + i)
 
-    missing = np.flatnonzero(cols.feat_code == _CODE_NONE)
-    if missing.size:
-        raise fail(int(missing[0]), "no features['values'] tensor")
-    nontensor = np.flatnonzero(cols.feat_code >= _CODE_BYTES)
-    if nontensor.size:
-        i = int(nontensor[0])
+    i = _first(_each(lambda c: c == _CODE_NONE, cols.feat_code))
+    if i is not None:
+        raise fail(i, "no features['values'] tensor")
+    i = _first(_each(lambda c: c >= _CODE_BYTES, cols.feat_code))
+    if i is not None:
         raise fail(i, f"features['values'] is {_CODE_NAMES[int(cols.feat_code[i])]}, expected a tensor")
-    is_sparse = (cols.nkey > 0) | ((cols.nshape > 0) & (cols.nval == 0))
+    is_sparse = _each(lambda k, s, v: (k > 0) | ((s > 0) & (v == 0)), cols.nkey, cols.nshape, cols.nval)
     if is_sparse.any() and not is_sparse.all():
         minority = is_sparse if is_sparse.sum() <= n / 2 else ~is_sparse
         i = int(np.flatnonzero(minority)[0])
@@ -942,13 +941,12 @@ def _matrix(cols: _Columns, name: str, feature_dim: int | None, index0: int = 0)
 
     y = _labels(cols, fail)
     if is_sparse.all():
-        bad = np.flatnonzero(cols.nkey != cols.nval)
-        if bad.size:
-            i = int(bad[0])
+        i = None if cols.nkey is cols.nval else _first(_each(np.not_equal, cols.nkey, cols.nval))
+        if i is not None:
             raise fail(i, f"sparse tensor has {cols.nval[i]} values but {cols.nkey[i]} keys")
-        bad = np.flatnonzero(cols.nshape > 1)
-        if bad.size:
-            raise fail(int(bad[0]), f"features shape has {cols.nshape[bad[0]]} dimensions, expected 1")
+        i = _first(_each(lambda s: s > 1, cols.nshape))
+        if i is not None:
+            raise fail(i, f"features shape has {cols.nshape[i]} dimensions, expected 1")
         dims = cols.shape  # one entry per record that has a shape
 
         def shaped(j: int) -> int:
@@ -956,10 +954,9 @@ def _matrix(cols: _Columns, name: str, feature_dim: int | None, index0: int = 0)
             return int(np.flatnonzero(cols.nshape == 1)[j])
 
         if dims.size:
-            diff = np.flatnonzero(dims != dims[0])
-            if diff.size:
-                i = shaped(int(diff[0]))
-                raise fail(i, f"features shape [{dims[diff[0]]}] differs from [{dims[0]}] in earlier records")
+            j = _first(_each(lambda x: x != dims[0], dims))
+            if j is not None:
+                raise fail(shaped(j), f"features shape [{dims[j]}] differs from [{dims[0]}] in earlier records")
             n_cols = int(dims[0])
             if feature_dim is not None and feature_dim != n_cols:
                 raise fail(shaped(0), f"features shape [{n_cols}] but feature_dim={feature_dim} was given")
@@ -976,20 +973,24 @@ def _matrix(cols: _Columns, name: str, feature_dim: int | None, index0: int = 0)
             raise fail(i, f"key {cols.keys[j]} out of range for feature dimension {n_cols}")
         idx_dtype = np.int32 if n_cols <= np.iinfo(np.int32).max and cols.keys.size <= np.iinfo(np.int32).max \
             else np.int64
-        indptr = np.zeros(n + 1, idx_dtype)
-        np.cumsum(cols.nkey, out=indptr[1:])
+        if _is_const(cols.nkey):  # every row has the same count (ML-25M: 2): no n-long pass
+            indptr = np.arange(n + 1, dtype=idx_dtype)
+            indptr *= idx_dtype(cols.nkey[0])
+        else:
+            indptr = np.zeros(n + 1, idx_dtype)
+            np.cumsum(cols.nkey, out=indptr[1:])
         # copy=False: the compiled decoder's keys are int32 already; not copying them saves 4 bytes a nonzero
         X = sp.csr_matrix((cols.values, cols.keys.astype(idx_dtype, copy=False), indptr), shape=(n, n_cols))
         return RecordIOMatrix(X, y, True)
 
     d = int(cols.nval[0])
-    bad = np.flatnonzero(cols.nval != d)
-    if bad.size:
-        i = int(bad[0])
+    i = _first(_each(lambda v: v != d, cols.nval))
+    if i is not None:
         raise fail(i, f"dense row has {cols.nval[i]} values, expected {d} like the first record")
     if feature_dim is not None and feature_dim != d:
         raise fail(0, f"dense rows have {d} values but feature_dim={feature_dim} was given")
-    with_shape = np.flatnonzero(cols.nshape > 0)
+    with_shape = np.zeros(0, np.int64) if _first(_each(lambda s: s > 0, cols.nshape)) is None \
+        else np.flatnonzero(cols.nshape > 0)
     if with_shape.size:
         first = (np.cumsum(cols.nshape) - cols.nshape)[with_shape]
         bad_shape = (cols.nshape[with_shape] != 1) | (cols.shape[first] != np.uint64(d))
@@ -1000,19 +1001,40 @@ def _matrix(cols: _Columns, name: str, feature_dim: int | None, index0: int = 0)
     return RecordIOMatrix(cols.values.reshape(n, d), y, False)
 
 
+def _is_const(col: np.ndarray) -> bool:
+    """A zero-stride column (one value for every record, from the compiled decoder)."""
+    return col.size > 0 and col.strides == (0,)
+
+
+def _each(fn: Any, *cols: np.ndarray) -> np.ndarray:
+    """``fn(*cols)`` elementwise; computed once, and kept constant, when every column is constant."""
+    if all(_is_const(c) for c in cols):
+        return _const(fn(*(c[:1] for c in cols))[0], cols[0].size, bool)
+    return fn(*cols)
+
+
+def _first(mask: np.ndarray) -> int | None:
+    """Index of the first True in ``mask``, or None (no n-long index array, constant masks in O(1))."""
+    if mask.size == 0:
+        return None
+    if _is_const(mask):
+        return 0 if mask[0] else None
+    i = int(np.argmax(mask))
+    return i if mask[i] else None
+
+
 def _labels(cols: _Columns, fail: Any) -> np.ndarray | None:
-    has = cols.label_code != _CODE_NONE
+    has = _each(lambda c: c != _CODE_NONE, cols.label_code)
     if not has.any():
         return None
-    if not has.all():
-        i = int(np.flatnonzero(~has)[0])
+    i = _first(_each(np.logical_not, has))
+    if i is not None:
         raise fail(i, "record has no label['values'] but other records do")
-    bad = np.flatnonzero(cols.label_code >= _CODE_BYTES)
-    if bad.size:
-        raise fail(int(bad[0]), "label['values'] is not a numeric tensor")
-    bad = np.flatnonzero(cols.nlab != 1)
-    if bad.size:
-        i = int(bad[0])
+    i = _first(_each(lambda c: c >= _CODE_BYTES, cols.label_code))
+    if i is not None:
+        raise fail(i, "label['values'] is not a numeric tensor")
+    i = _first(_each(lambda c: c != 1, cols.nlab))
+    if i is not None:
         raise fail(i, f"label['values'] has {cols.nlab[i]} values, expected 1")
     # A view (a batch cut from a longer run) is copied so the batch does not pin the rest.
     return cols.labels if cols.labels.base is None else cols.labels.copy()
