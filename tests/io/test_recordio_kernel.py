@@ -22,7 +22,7 @@ from localfm.io.recordio import Record, RecordIOError, Tensor
 
 # Every existing reader test, run again here with the kernel on for inputs of any size
 # (the autouse fixture below): errors, offsets, multi-part records, streams, batches.
-from tests.io.test_recordio import *  # noqa: F403
+from tests.io.test_recordio import *
 from tests.io.test_recordio import _bytes, _err, _sparse
 
 FAST = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -95,14 +95,14 @@ def _agree(raw: bytes, feature_dim: int | None = None, batch: int = 7) -> None:
 def _kernel_records(raw: bytes) -> int:
     """How many leading records of ``raw`` the kernel decodes in one call."""
     out = rio._KernelPrefix()
-    cols, consumed = out(raw, 0)
+    cols, _ = out(raw, 0)
     return 0 if cols is None else cols.n
 
 
 # ----------------------------------------------------------------------------- the kernel is used
 
 def test_fixture_is_decoded_by_the_kernel_alone(sagemaker_fixtures, monkeypatch):
-    path = sagemaker_fixtures / UFO  # noqa: F405
+    path = sagemaker_fixtures / UFO
     raw = path.read_bytes()
     with _Off():
         old = rio.read_matrix(path)
@@ -218,7 +218,7 @@ def test_shapeless_sparse_and_feature_dim():
 
 def test_runs_end_where_records_differ():
     """A record unlike the first ends the kernel's run; the old path takes the rest, results unchanged."""
-    s = lambda v, k, d, lab=None: Record({"values": Tensor("float32", v, k, d)},  # noqa: E731
+    s = lambda v, k, d, lab=None: Record({"values": Tensor("float32", v, k, d)},
                                          {} if lab is None else {"values": Tensor("float32", [lab])})
     f64 = Record({"values": Tensor("float64", [1.5], [1], [5])}, {"values": Tensor("float32", [0])})
     cases = [
