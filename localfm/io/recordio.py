@@ -826,7 +826,7 @@ def _column_stream(fh: IO[bytes], name: str, size: int | None,
     The compiled decoder takes the canonical records at the start of each block; the
     vectorised/exact decoders take whatever it stops at and the rest of that block.
     """
-    for item in _frames_from_stream(fh, name, size, block_bytes, _KernelPrefix()):
+    for item in _frames_from_stream(fh, name, size, block_bytes, _KernelPrefix(size)):
         if isinstance(item, _Frames):
             yield _columns(item, name), item.multipart, item.end_offset
         else:
@@ -839,11 +839,17 @@ def _iter_columns(src: Source, block_bytes: int | None = None) -> Iterator[tuple
             yield cols, multipart
 
 
-#: Sources whose first block is smaller than this do not use the compiled decoder: importing
-#: numba and loading the cached kernel (~0.3-0.5 s once per process) would dominate a request
-#: of a few records, which the vectorised path reads in well under a millisecond. Decided
-#: once per source, so a big file's short last block is not decoded differently.
-_KERNEL_MIN_BYTES = 1 << 20
+#: Sources of at least this many bytes are decoded by the compiled decoder
+#: (:mod:`localfm.io._recordio_decode`, ~0.1-0.2 us a record against ~1.2 us here): importing
+#: numba and loading the compiled code costs ~0.6 s once per process, so the break-even is
+#: about half a million records (~35 MB of 2-nonzero rows). Decided once per source (the
+#: first block's size when the source's is unknown), so a big file's short last block is
+#: not decoded differently.
+_DECODER_MIN_BYTES = 32 << 20
+#: Once the compiled decoder is loaded in this process, sources from this size on use it too.
+_DECODER_WARM_MIN_BYTES = 1 << 20
+#: Set by the first read through the compiled decoder in this process.
+_decoder_warm = False
 
 
 class _KernelPrefix:
@@ -855,7 +861,8 @@ class _KernelPrefix:
     copied out, so untouched capacity never becomes resident.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, size: int | None = None) -> None:
+        self.size = size  # bytes in the source, when known
         self.dec: Any = None
         self.enabled: bool | None = None
         self.cap = -1
@@ -863,7 +870,9 @@ class _KernelPrefix:
 
     def __call__(self, data: bytes, base: int) -> tuple[_Columns | None, int]:
         if self.enabled is None:
-            self.enabled = len(data) >= _KERNEL_MIN_BYTES and self._load()
+            total = len(data) if self.size is None else self.size
+            wanted = total >= (_DECODER_WARM_MIN_BYTES if _decoder_warm else _DECODER_MIN_BYTES)
+            self.enabled = wanted and self._load()
         if not self.enabled:
             return None, 0
         dec = self.dec
@@ -902,11 +911,13 @@ class _KernelPrefix:
 
     def _load(self) -> bool:
         """Import the kernel (numba) now that a big source needs it; without numba, read as before."""
+        global _decoder_warm
         try:
             from . import _recordio_decode
         except ImportError:
             return False
         self.dec = _recordio_decode
+        _decoder_warm = True
         return True
 
 

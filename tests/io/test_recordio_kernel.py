@@ -30,18 +30,19 @@ FAST = settings(max_examples=60, deadline=None, suppress_health_check=[HealthChe
 
 @pytest.fixture(autouse=True)
 def kernel_for_any_size(monkeypatch):
-    monkeypatch.setattr(rio, "_KERNEL_MIN_BYTES", 0)
+    monkeypatch.setattr(rio, "_DECODER_MIN_BYTES", 0)
+    monkeypatch.setattr(rio, "_DECODER_WARM_MIN_BYTES", 0)
 
 
 class _Off:
     """Within ``with _Off():`` the reader never uses the kernel (the reference)."""
 
     def __enter__(self) -> None:
-        self.saved = rio._KERNEL_MIN_BYTES
-        rio._KERNEL_MIN_BYTES = 1 << 62
+        self.saved = rio._DECODER_MIN_BYTES, rio._DECODER_WARM_MIN_BYTES
+        rio._DECODER_MIN_BYTES = rio._DECODER_WARM_MIN_BYTES = 1 << 62
 
     def __exit__(self, *exc: object) -> None:
-        rio._KERNEL_MIN_BYTES = self.saved
+        rio._DECODER_MIN_BYTES, rio._DECODER_WARM_MIN_BYTES = self.saved
 
 
 def _outcome(fn, *args, **kwargs):  # noqa: ANN001, ANN202
@@ -109,8 +110,6 @@ def test_fixture_is_decoded_by_the_kernel_alone(sagemaker_fixtures, monkeypatch)
     assert _kernel_records(raw) == 14430
     monkeypatch.setattr(rio, "_columns", None)  # the vectorised/exact decoders would crash if called
     _same_matrix(rio.read_matrix(path), old)
-    monkeypatch.setattr(rio, "_KERNEL_MIN_BYTES", 1 << 20)  # the default: a 1.9 MB file qualifies
-    _same_matrix(rio.read_matrix(path), old)
 
 
 def test_canonical_sparse_file_never_reaches_the_old_decoders(tmp_path, monkeypatch):
@@ -127,17 +126,33 @@ def test_canonical_sparse_file_never_reaches_the_old_decoders(tmp_path, monkeypa
     assert new.X.indices.dtype == np.int32 and (new.X != X).nnz == 0
 
 
-def test_small_inputs_skip_the_kernel_by_default(monkeypatch):
-    raw = _bytes(rio.write_sparse, _sparse(20, 50, 0.1, seed=2))
-    monkeypatch.setattr(rio, "_KERNEL_MIN_BYTES", 1 << 20)
+def test_the_kernel_is_used_from_a_size_on(monkeypatch, tmp_path):
+    """Cold: only sources of _DECODER_MIN_BYTES (numba's start-up would cost more than it saves);
+    once loaded: from _DECODER_WARM_MIN_BYTES. Decided on the source's size, not per block."""
+    raw = _bytes(rio.write_sparse, _sparse(3000, 500, 0.01, seed=2), np.ones(3000, np.float32))
+    path = tmp_path / "x.protobuf"
+    path.write_bytes(raw)
     calls = []
     original = dec.decode_block
-    monkeypatch.setattr(dec, "decode_block", lambda *a: calls.append(1) or original(*a))
-    rio.read_matrix(raw)
+    monkeypatch.setattr(dec, "decode_block", lambda *a: calls.append(a[0].size) or original(*a))
+    monkeypatch.setattr(rio, "BLOCK_BYTES", 4096)
+    monkeypatch.setattr(rio, "_decoder_warm", False)
+    monkeypatch.setattr(rio, "_DECODER_MIN_BYTES", len(raw) + 1)
+    monkeypatch.setattr(rio, "_DECODER_WARM_MIN_BYTES", 1)
+    rio.read_matrix(path)
     assert calls == []
-    monkeypatch.setattr(rio, "_KERNEL_MIN_BYTES", 0)
-    rio.read_matrix(raw)
-    assert calls == [1]
+    monkeypatch.setattr(rio, "_DECODER_MIN_BYTES", len(raw))  # the file's size counts, not its 4 kB blocks
+    rio.read_matrix(path)
+    assert len(calls) > 10 and rio._decoder_warm
+    calls.clear()
+    monkeypatch.setattr(rio, "_DECODER_MIN_BYTES", 1 << 62)
+    monkeypatch.setattr(rio, "_DECODER_WARM_MIN_BYTES", len(raw))  # warm: the lower bar
+    rio.read_matrix(path)
+    assert len(calls) > 10
+    calls.clear()
+    monkeypatch.setattr(rio, "_DECODER_WARM_MIN_BYTES", len(raw) + 1)
+    rio.read_matrix(path)
+    assert calls == []
 
 
 # ----------------------------------------------------------------------------- same results
