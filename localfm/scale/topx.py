@@ -3,8 +3,9 @@
 Why it looks like this:
 
 * **Users stream, items are broadcast.** Users are written once to Parquet shards of
-  ``shard_users`` consecutive rows and flow through Ray Data ``map_batches`` into a pool
-  of actors. The candidate item matrix is ``ray.put`` once: Ray keeps one copy per node
+  ``shard_users`` consecutive rows, one row group per user batch; Ray Data ``map_batches``
+  hands the row groups to a pool of actors, each of which reads its row group itself (see
+  :meth:`_Job.run_shards` for why not Ray Data's Parquet reader). The candidate item matrix is ``ray.put`` once: Ray keeps one copy per node
   in its shared-memory object store and every actor on that node maps it zero-copy.
   Each actor builds its engine once (the exact engine needs only the item matrix; a
   FAISS index is built once on the driver, ``ray.put`` as bytes and loaded once per actor,
@@ -337,8 +338,9 @@ class _Job:
 
     # ------------------------------------------------------------ running
 
-    def _write_user_shard(self, shard: int) -> Path:
-        """Users ``shard*S .. (shard+1)*S`` with vector, constant and seen items in one row each."""
+    def _write_user_shard(self, shard: int) -> tuple[Path, int]:
+        """Users ``shard*S .. (shard+1)*S`` with vector, constant and seen items in one row each,
+        one Parquet row group per user batch; returns (path, row groups)."""
         import pyarrow as pa
         import pyarrow.parquet as pq
 
@@ -362,8 +364,8 @@ class _Job:
         })
         path = self.work / "users" / f"shard-{shard:06d}.parquet"
         with atomic_write(path) as fh:
-            pq.write_table(table, fh)
-        return path
+            pq.write_table(table, fh, row_group_size=self.opts.batch_size)
+        return path, -(-(b - a) // self.opts.batch_size)
 
     def shared_items(self, ray: Any) -> Any:
         """The broadcast side, ``ray.put`` once: item vectors, their ids, and the engine's item side
@@ -396,27 +398,32 @@ class _Job:
 
     def run_shards(self, ray: Any, shards: list[int], shared: Any, workers: int,
                    batch_hook: Callable[[int], None] | None) -> None:
-        files = [str(self._write_user_shard(s)) for s in shards]
+        # One work item per user batch (a row group of a shard file): the unit an actor ranks.
+        # The actors read their row group themselves, from the staging directory every node sees
+        # (it receives their parts too). Ray Data's Parquet reader would start a sampling task and
+        # read tasks, each in a Python worker process of its own (seconds of CPU to start on a
+        # small node, paid again whenever Ray reaps an idle one), and copy every user through the
+        # object store; a batch-sized work item keeps the pool balanced as before.
+        work = []
+        for s in shards:
+            path, groups = self._write_user_shard(s)
+            work += [{"path": str(path), "group": g} for g in range(groups)]
         ctx = ray.data.DataContext.get_current()
-        before = ctx.use_datasource_v2, ctx.enable_progress_bars
+        before = ctx.enable_progress_bars
         ctx.enable_progress_bars = False
-        # The v2 Parquet reader lists files in a task that needs a whole CPU, which the actor
-        # pool holds (one CPU per actor, every CPU by default): the job would wait forever.
-        # The v1 reader lists on the driver and its read tasks take no CPU.
-        ctx.use_datasource_v2 = False
         self._done_users: dict[int, int] = {}
         try:
-            self._stream(ray, files, shared, workers, batch_hook)
+            self._stream(ray, work, shared, workers, batch_hook)
         finally:
-            ctx.use_datasource_v2, ctx.enable_progress_bars = before
+            ctx.enable_progress_bars = before
         missing = [s for s in shards if self._done_users.get(s, 0) != self._shard_size(s)]
         if missing:
             raise LocalFMError(f"cluster job: {len(missing)} of {len(shards)} shards came back incomplete "
                                f"(first: shard {missing[0]}); rerun with resume=True")
 
-    def _stream(self, ray: Any, files: list[str], shared: Any, workers: int,
+    def _stream(self, ray: Any, work: list[dict[str, Any]], shared: Any, workers: int,
                 batch_hook: Callable[[int], None] | None) -> None:
-        ds = ray.data.read_parquet(files, num_cpus=0)
+        ds = ray.data.from_items(work, override_num_blocks=min(len(work), 4 * workers))
         with warnings.catch_warnings():
             # Restart limits have no named parameter in Ray 2.60; the **kwargs form warns.
             warnings.simplefilter("ignore", DeprecationWarning)
@@ -427,8 +434,13 @@ class _Job:
                              int(part["total"]), self._done_users)
         except Exception as exc:  # Ray wraps worker failures in several exception types
             assert self.manifest is not None
+            text = str(exc)
+            if _START_FAILED in text:  # no retry or resume can help: say why the actors could not start
+                why = text.split(_START_FAILED, 1)[1].strip().splitlines()[0]
+                raise LocalFMError(f"cluster job: a top-x actor could not start ({why[:300]}); output not changed") \
+                    from None
             finished = len(self.manifest["done"])
-            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+            first = (text.strip().splitlines() or [type(exc).__name__])[0]
             raise LocalFMError(
                 f"cluster job failed ({type(exc).__name__}: {first[:300]}); {finished} of {self.n_shards} shards "
                 f"finished and are kept in {self.work}: rerun with resume=True to finish (output not changed)"
@@ -443,12 +455,12 @@ class _Job:
                     "k": self.opts.k, "batch_size": self.opts.batch_size, "threads": self.opts.threads,
                     "sigmoid": self.opts.sigmoid,
                     "predictor_type": self.rep.predictor_type,
-                    "parts_dir": str(self.parts_dir), "shard_users": self.shard_users, "layout": self.layout,
+                    "parts_dir": str(self.parts_dir), "layout": self.layout,
                     "user_kind": id_kind(self.rep.user_ids), "hook": batch_hook,
                 },
             },
-            batch_size=self.opts.batch_size,
-            batch_format="pyarrow",
+            batch_size=1,  # one work item (user batch) per call
+            batch_format="numpy",
             compute=ray.data.ActorPoolStrategy(size=workers),
             num_cpus=self.opts.threads,
             max_restarts=self.max_retries,
@@ -537,14 +549,32 @@ def _swap_dir(new: Path, out: Path) -> None:
 # ---------------------------------------------------------------- worker side
 
 
+#: Marks the error of an actor that could not start, so the driver can tell it from a failed batch.
+_START_FAILED = "localfm top-x actor could not start:"
+
+
 class _Ranker:
-    """One actor of the pool: maps the broadcast items once, ranks user batches, writes parts."""
+    """One actor of the pool: maps the broadcast items once, ranks user batches, writes parts.
+
+    An actor whose constructor raises is restarted by Ray Data again and again while the
+    pool waits for it to become ready: a bad broadcast (say, unreadable index bytes) would hang
+    the job. So the constructor never raises; it keeps the error, and the actor fails its
+    first batch with it (marked :data:`_START_FAILED`), which fails the job at once.
+    """
 
     def __init__(self, shared: list[Any], config: dict[str, Any]) -> None:
+        self.cfg = config
+        self.start_error: str | None = None
+        self._file: tuple[str, Any] | None = None
+        try:
+            self._start(shared, config)
+        except Exception as exc:  # noqa: BLE001 - reported by __call__, see the class docstring
+            self.start_error = f"{type(exc).__name__}: {(str(exc).strip().splitlines() or [''])[0]}"
+
+    def _start(self, shared: list[Any], config: dict[str, Any]) -> None:
         import ray
 
         side = ray.get(shared[0])  # zero-copy views into this node's object store
-        self.cfg = config
         self.items = side["vectors"]
         self.item_ids = side["ids"]
         self.all_rows = np.arange(self.items.shape[0], dtype=np.int64)
@@ -563,19 +593,20 @@ class _Ranker:
         else:
             self.item_type = "string"
 
-    def __call__(self, batch: Any) -> dict[str, np.ndarray]:
-        rows = batch.column("row").to_numpy()
-        order = np.argsort(rows, kind="stable")
-        if not np.all(order == np.arange(len(order))):
-            batch, rows = batch.take(order), rows[order]
-        # One part per run of consecutive rows inside one shard (a batch may straddle shards).
-        cut = np.flatnonzero((np.diff(rows) != 1) | (np.diff(rows // self.cfg["shard_users"]) != 0)) + 1
-        bounds = [0, *cut.tolist(), len(rows)]
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        import pyarrow.parquet as pq
+
+        if self.start_error is not None:
+            raise RuntimeError(f"{_START_FAILED} {self.start_error}")
         report: dict[str, list[int]] = {"first": [], "users": [], "rows": [], "skipped": [], "total": []}
-        for a, b in zip(bounds[:-1], bounds[1:]):
-            n_rows, counts = self._rank(batch.slice(a, b - a), int(rows[a]))
-            report["first"].append(int(rows[a]))
-            report["users"].append(b - a)
+        for path, group in zip(batch["path"].tolist(), batch["group"].tolist()):
+            if self._file is None or self._file[0] != path:  # consecutive groups mostly share a file
+                self._file = (path, pq.ParquetFile(path))
+            part = self._file[1].read_row_group(int(group))
+            first = int(part.column("row")[0].as_py())
+            n_rows, counts = self._rank(part, first)
+            report["first"].append(first)
+            report["users"].append(part.num_rows)
             report["rows"].append(n_rows)
             report["skipped"].append(counts.scores_skipped)
             report["total"].append(counts.scores_total)
