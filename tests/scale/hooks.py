@@ -13,3 +13,8 @@ def note_worker(where: str, delay: float, first_row: int) -> None:
     node = ray.get_runtime_context().get_node_id()
     (Path(where) / f"{os.getpid()}-{node}").touch()
     time.sleep(delay)
+
+
+def fail(first_row: int) -> None:
+    """Fail every batch: a job that stops with its staging (manifest, index) kept."""
+    raise RuntimeError(f"test hook: the batch at row {first_row} fails")

@@ -10,7 +10,7 @@ import time
 
 import numpy as np
 import pytest
-from tests.scale.hooks import note_worker
+from tests.scale.hooks import fail, note_worker
 
 from localfm.errors import LocalFMError
 from localfm.recommend.recommend import rank
@@ -180,6 +180,39 @@ def test_killed_actor_is_restarted_and_the_job_completes(ray_cluster, ml100k_mod
     assert read_results(str(out)) == expected
     # The restarted actor is a new process: more pids than the pool's two actors took part.
     assert len({p.name.split("-", 1)[0] for p in marks.iterdir()}) >= 3
+
+
+def test_an_actor_that_cannot_start_fails_the_job_at_once(ray_cluster, ml100k_model, tmp_path):
+    """A broadcast the actors cannot load (here: the staged index of a job to resume, damaged) fails the
+    job with one line naming the cause, where Ray Data would restart the failing actor forever."""
+    rep, seen = ml100k_model["rep"], ml100k_model["seen"]
+    out = tmp_path / "recs.parquet"
+    previous = _single(rep, seen, 5, out)
+    work = tmp_path / "job"
+    common = {"target": str(out), "cluster": ray_cluster.address, "seen": seen, "batch_size": BATCH,
+              "shard_users": SHARD, "work_dir": work, "index": "faiss.Flat"}
+    with pytest.raises(LocalFMError, match="cluster job failed"):
+        recommend_on_cluster(rep, k=10, batch_hook=fail, max_retries=0, **common)
+    assert (work / "index.bin").is_file()  # staged for resume, with the manifest
+    (work / "index.bin").write_bytes(b"not an index")
+
+    outcome: list[BaseException | object] = []
+
+    def job() -> None:
+        try:
+            outcome.append(recommend_on_cluster(rep, k=10, resume=True, max_retries=3, **common))
+        except BaseException as exc:  # noqa: BLE001 - handed to the test thread
+            outcome.append(exc)
+
+    thread = threading.Thread(target=job, daemon=True)
+    thread.start()
+    thread.join(timeout=120)
+    assert not thread.is_alive(), "the job hangs on an actor that cannot start"
+    assert len(outcome) == 1 and isinstance(outcome[0], LocalFMError), outcome
+    message = str(outcome[0])
+    assert "a top-x actor could not start" in message and "not a FAISS index" in message, message
+    assert "\n" not in message
+    assert read_results(str(out)) == previous
 
 
 def test_cli_ray_flags(ray_cluster, ml100k_model, cli, tmp_path):
