@@ -20,14 +20,17 @@ Why it looks like this:
   part). The driver records reported parts in ``manifest.json`` as shards complete. Only
   when every user is covered exactly once is the output committed: a directory swap for
   the nested Parquet layout, or the existing sinks (one transaction for SQLite and
-  PostgreSQL COPY, a file rename for Parquet/JSON Lines) for the flat layout. A job that
-  dies leaves the previous output untouched; ``resume=True`` skips finished shards.
+  PostgreSQL COPY, a file rename for Parquet/JSON Lines) for the flat layout; the flat sink
+  is open during the job and written in user order as parts arrive, so the commit does not
+  write every row after the last batch. A job that dies leaves the previous output
+  untouched; ``resume=True`` skips finished shards.
 
 The staging directory must be visible to every node (same machine, or a shared file
 system): actors write parts there and the driver reads them back.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import json
@@ -36,7 +39,7 @@ import shutil
 import time
 import uuid
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -162,7 +165,7 @@ def recommend_on_cluster(
     run = ClusterRun(stats=stats, out=redact(target), layout=layout, shards=job.n_shards, warnings=list(recs.warnings))
     previous = job.previous(resume)  # a mismatched resume fails here, before any cluster work
     t0 = time.perf_counter()
-    with connect(cluster) as ray:
+    with connect(cluster) as ray, contextlib.ExitStack() as output:
         # Each actor holds ``threads`` CPUs: fewer, wider actors keep fewer engine copies per node.
         most = actor_slots(ray, opts.threads)
         if most < 1:
@@ -176,11 +179,13 @@ def recommend_on_cluster(
         run.nodes = sum(1 for n in ray.nodes() if n.get("Alive"))
         done = job.open_manifest(previous)
         run.skipped_shards = len(done)
+        output.enter_context(job.output())
         pending = [s for s in range(job.n_shards) if s not in done]
         if pending:
             shared = job.shared_items(ray)
             job.run_shards(ray, pending, shared, n_workers, batch_hook)
-    stats.rows = job.commit()
+        stats.rows = job.commit()
+    job.drop_staging()  # only now: the output is committed
     stats.seconds = time.perf_counter() - t0
     return run
 
@@ -203,6 +208,8 @@ class _Job:
     shard_users: int
     max_retries: int
     manifest: dict[str, Any] | None = None
+    _write: Callable[[ResultBatch], None] | None = None  # the open sink (flat layout), see output()
+    _next: int = 0  # first user row not yet written to the sink
 
     @property
     def n_users(self) -> int:
@@ -332,6 +339,7 @@ class _Job:
         if done_users[shard] >= self._shard_size(shard):
             self.manifest["done"].append(shard)
             self._save_manifest()
+        self._feed()
 
     def _shard_size(self, shard: int) -> int:
         return min(self.shard_users, self.n_users - shard * self.shard_users)
@@ -483,9 +491,39 @@ class _Job:
             raise LocalFMError(f"{self.work}: staged parts cover {at} of {self.n_users} users; rerun with resume=True")
         return parts
 
+    @contextlib.contextmanager
+    def output(self) -> Iterator[None]:
+        """Flat layout: the sink, open while the actors rank, fed the parts in user order as they
+        arrive (:meth:`_feed`), as the single process writes while it ranks: the commit then has
+        little left to write after the last batch. The sink replaces the previous output only on a
+        normal exit, after :meth:`commit` checked that every user is in; a failed job leaves it
+        untouched. (An SQLite target is locked from here on: SQLite is for small jobs.)"""
+        if self.layout == "nested":
+            yield
+            return
+        kinds = {"user_id_kind": id_kind(self.rep.user_ids), "item_id_kind": id_kind(self.item_ids)}
+        with open_sink(self.out, table=self.table, lock_timeout=self.lock_timeout, **kinds) as write:
+            self._write, self._next = write, 0
+            try:
+                self._feed()  # parts a resumed job finished before
+                yield
+            finally:
+                self._write = None
+
+    def _feed(self) -> None:
+        """Write the recorded parts that continue the open sink's user order."""
+        if self._write is None:
+            return
+        assert self.manifest is not None
+        parts = self.manifest["parts"]
+        while str(self._next) in parts:
+            self._write(_explode(self.parts_dir / _part_name(self._next, self.layout)))
+            self._next += int(parts[str(self._next)][0])
+
     def commit(self) -> int:
-        """Make the staged result the output in one step; return the row count."""
-        parts = self._parts_in_order()
+        """Check that every user is covered once, finish the output (the rest of the parts, or the
+        nested directory swap); return the row count. The flat sink commits when :meth:`output` exits."""
+        self._parts_in_order()
         assert self.manifest is not None
         rows = sum(int(v[1]) for v in self.manifest["parts"].values())
         self.stats.scores_skipped = sum(int(v[2]) for v in self.manifest["parts"].values())
@@ -493,12 +531,14 @@ class _Job:
         if self.layout == "nested":
             _swap_dir(self.parts_dir, Path(self.out))
         else:
-            kinds = {"user_id_kind": id_kind(self.rep.user_ids), "item_id_kind": id_kind(self.item_ids)}
-            with open_sink(self.out, table=self.table, lock_timeout=self.lock_timeout, **kinds) as write:
-                for first, _ in parts:
-                    write(_explode(self.parts_dir / _part_name(first, self.layout)))
-        shutil.rmtree(self.work, ignore_errors=True)
+            self._feed()
+            if self._next != self.n_users:  # cannot happen after _parts_in_order; never commit a gap
+                raise LocalFMError(f"{self.work}: staged parts reach user {self._next} of {self.n_users}; "
+                                   "rerun without resume")
         return rows
+
+    def drop_staging(self) -> None:
+        shutil.rmtree(self.work, ignore_errors=True)
 
 
 def _part_name(first: int, layout: str) -> str:
