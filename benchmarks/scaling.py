@@ -12,7 +12,8 @@ Cluster start-up is reported separately and not in the job's wall time.
 
 Reported per run: wall seconds, and for Ray the peak memory per node, as the sum of the
 proportional set size (PSS: a page shared by k processes counts 1/k) of the node's raylet and
-every process under it, sampled every 0.2 s. PSS is what shows the item matrix stored once per
+every process under it, sampled every 0.2 s. Each run also records the 1-minute load average
+before and after it (``load_average_1m``). PSS is what shows the item matrix stored once per
 node: the object store's shared pages are split across the actors that map them instead of
 being counted once per actor as RSS would. CPU seconds per run (``single``: this process; Ray:
 the driver plus every process under the nodes' raylets, sampled likewise), which still compare
@@ -141,11 +142,13 @@ def run_single(rep: Any, k: int, threads: int, out: Path) -> dict[str, Any]:
     from localfm.recommend.recommend import rank
     from localfm.recommend.sinks import write_results
 
+    load = os.getloadavg()[0]
     t0, c0 = time.perf_counter(), time.process_time()
     recs = rank(rep, k=k, threads=threads)
     write_results(str(out), recs)
     return {"mode": "single", "threads": threads, "seconds": time.perf_counter() - t0,
-            "cpu_seconds": time.process_time() - c0, "skipped_fraction": recs.summary().get("skipped_fraction")}
+            "cpu_seconds": time.process_time() - c0, "skipped_fraction": recs.summary().get("skipped_fraction"),
+            "load_average_1m": [load, os.getloadavg()[0]]}
 
 
 def run_ray(rep: Any, k: int, nodes: int, cpus: int, out: Path, object_store: int) -> dict[str, Any]:
@@ -157,6 +160,7 @@ def run_ray(rep: Any, k: int, nodes: int, cpus: int, out: Path, object_store: in
                           pythonpath=str(REPO)) as cluster:
         started = time.perf_counter() - t0
         raylets = [n.all_processes["raylet"][0].process.pid for n in cluster.list_all_nodes()]
+        load = os.getloadavg()[0]
         with NodeMemory(raylets) as mem:
             t1, c1 = time.perf_counter(), time.process_time()
             run = recommend_on_cluster(rep, k=k, target=str(out), cluster=cluster.address, threads=cpus)
@@ -166,6 +170,7 @@ def run_ray(rep: Any, k: int, nodes: int, cpus: int, out: Path, object_store: in
             "cpu_seconds": driver_cpu + mem.cpu_seconds,
             "skipped_fraction": run.summary().get("skipped_fraction"),
             "cluster_start_seconds": started, "workers": run.workers,
+            "load_average_1m": [load, os.getloadavg()[0]],  # before / after the job (a shared machine shows here)
             "peak_pss_bytes_per_node": [mem.peak[p] for p in raylets],
             "item_matrix_bytes": int(rep.item_vectors.nbytes)}
 

@@ -5,8 +5,9 @@ Why it looks like this:
 * **Users stream, items are broadcast.** Users are written once to Parquet shards of
   ``shard_users`` consecutive rows, one row group per user batch; Ray Data ``map_batches``
   hands the row groups to a pool of actors, each of which reads its row group itself (see
-  :meth:`_Job.run_shards` for why not Ray Data's Parquet reader). The candidate item matrix is ``ray.put`` once: Ray keeps one copy per node
-  in its shared-memory object store and every actor on that node maps it zero-copy.
+  :meth:`_Job.run_shards` for why not Ray Data's Parquet reader). The candidate item
+  matrix is ``ray.put`` once: Ray keeps one copy per node in its shared-memory object
+  store and every actor on that node maps it zero-copy.
   Each actor builds its engine once (the exact engine needs only the item matrix; a
   FAISS index is built once on the driver, ``ray.put`` as bytes and loaded once per actor,
   so every user is searched in the very same index and a resumed job keeps it).
@@ -596,10 +597,12 @@ _START_FAILED = "localfm top-x actor could not start:"
 class _Ranker:
     """One actor of the pool: maps the broadcast items once, ranks user batches, writes parts.
 
-    An actor whose constructor raises is restarted by Ray Data again and again while the
-    pool waits for it to become ready: a bad broadcast (say, unreadable index bytes) would hang
-    the job. So the constructor never raises; it keeps the error, and the actor fails its
-    first batch with it (marked :data:`_START_FAILED`), which fails the job at once.
+    A constructor that raises leaves it to Ray to restart the actor (``max_retries`` times,
+    with the same bad broadcast: say, unreadable index bytes on resume) and then to fail the
+    job with an ``ActorDiedError`` that names neither the cause nor that resuming cannot help;
+    jobs stuck in such restarts were reported. So the constructor never raises: it keeps the
+    error, and the actor fails its first batch with it (marked :data:`_START_FAILED`), which
+    fails the job at once (an application error is not retried) with one line naming it.
     """
 
     def __init__(self, shared: list[Any], config: dict[str, Any]) -> None:
