@@ -344,7 +344,7 @@ def iter_top_x(
                 e = min(s + batch_size, n_users)
                 ids, scores, skipped = _batch_numba(U[s:e], prep, kk, exclude[s:e] if exclude is not None else None,
                                                     block_T, block_T16, threads or default_threads())
-                yield s, _finish(ids, scores, perm, skipped, (e - s) * n_items)
+                yield s, TopX(scores=scores, ids=ids, skipped=skipped, total=(e - s) * n_items)
         return
     with torch_threads(threads), torch.inference_mode():
         for s in iterator:
@@ -544,7 +544,9 @@ def _batch_numba(
 ) -> tuple[np.ndarray, np.ndarray, int]:
     """One user batch with the numba heap scan, split over ``threads`` Python threads.
 
-    Returns (heap ids, heap scores, scores pruned)."""
+    Returns (item ids, scores) best first, and the number of scores pruned."""
+    from ._heapscan import finish_heaps
+
     b = Ub.shape[0]
     heap_v = np.full((b, kk), -np.inf, dtype=np.float32)
     heap_i = np.full((b, kk), -1, dtype=np.int64)
@@ -554,6 +556,8 @@ def _batch_numba(
         seen_ptr, seen_idx = seen.indptr.astype(np.int64), seen.indices.astype(np.int64)
     else:
         seen_ptr, seen_idx = None, None
+    out_v = np.empty_like(heap_v)
+    out_i = np.empty_like(heap_i)
     parts = [p for p in np.array_split(np.arange(b), max(1, min(threads, b))) if p.size]
 
     def run(rows: np.ndarray) -> int:
@@ -562,14 +566,16 @@ def _batch_numba(
             ptr, idx = np.zeros(1, np.int64), np.zeros(1, np.int64)
         else:
             ptr, idx = seen_ptr[lo:hi + 1] - seen_ptr[lo], seen_idx[seen_ptr[lo]:seen_ptr[hi]]
-        return _scan_users(Ub[lo:hi], prep, heap_v[lo:hi], heap_i[lo:hi], ptr, idx, block_T, block_T16)
+        n = _scan_users(Ub[lo:hi], prep, heap_v[lo:hi], heap_i[lo:hi], ptr, idx, block_T, block_T16)
+        finish_heaps(heap_v[lo:hi], heap_i[lo:hi], prep.perm, out_v[lo:hi], out_i[lo:hi])
+        return n
 
     if len(parts) == 1:
         skipped = run(parts[0])
     else:
         with ThreadPoolExecutor(len(parts)) as pool:
             skipped = sum(pool.map(run, parts))
-    return heap_i, heap_v, skipped
+    return out_i, out_v, skipped
 
 
 def _scan_users(
@@ -590,7 +596,7 @@ def _scan_users(
     """
     import torch
 
-    from ._heapscan import bf16_keys, scan_exact, scan_screened
+    from ._heapscan import bf16_keys, scan_exact, scan_screened, seed_exact
 
     precision, Ip, blocks, block_norm = prep.precision, prep.Ip, prep.blocks, prep.block_norm
     Ut = torch.from_numpy(Ub)
@@ -613,21 +619,10 @@ def _scan_users(
         cols = blocks[bi]
         width = cols.shape[0]
         if step == 0:
-            # Seed the heaps with a plain top-k of the first block (sorted ascending is a
-            # valid min-heap); pushing the scores one by one into empty heaps is slower.
-            S = torch.mm(Ut, block_T[bi], out=buf(width, torch.float32, b))
-            if seen_ptr.shape[0] > 1:
-                Sn = S.numpy()
-                rows = np.repeat(np.arange(b), np.diff(seen_ptr))
-                inside = prep.block_of[seen_idx] == bi
-                Sn[rows[inside], prep.pos_in_block[seen_idx[inside]]] = -np.inf
-            # The stable tie rule (topk, plus a stable sort where ties straddle the cut): among
-            # tied scores the smaller column (cols ascending) makes it; ascending (score,
-            # -column) is a valid heap.
-            m = min(heap_v.shape[1], width)
-            top_v, top_i = _top_stable(S, m)
-            heap_v[:, heap_v.shape[1] - m:] = top_v.numpy()[:, ::-1]
-            heap_i[:, heap_i.shape[1] - m:] = cols[top_i.numpy()[:, ::-1]]
+            # Seed the empty heaps with the first block, scored in float32 (a heapify per
+            # user: a torch top-k of the block plus its tie fix-up cost several times more).
+            S = torch.mm(Ut, block_T[bi], out=buf(width, torch.float32, b)).numpy()
+            seed_exact(S, cols, heap_v, heap_i, seen_ptr, seen_idx, act)
             continue
         sel = act
         if B is not None:
