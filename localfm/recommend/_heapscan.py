@@ -19,8 +19,14 @@ two thread pools (torch's OpenMP and numba's) spin against each other on few cor
 """
 from __future__ import annotations
 
+import contextlib
+import ctypes
+import os
+from collections.abc import Iterator
+
+import llvmlite.binding as llvm
 import numpy as np
-from numba import njit
+from numba import njit, types
 
 
 @njit(inline="always", cache=True)
@@ -141,27 +147,29 @@ def seed_exact(S, cols, heap_v, heap_i, seen_ptr, seen_idx, rows):
     that are not excluded go in as they are, one bottom-up heapify (O(k)) orders them,
     and only the rest of the row is scanned against the root.
     """
-    check_seen = seen_ptr.shape[0] > 1
     for j in range(S.shape[0]):
         r = rows[j]
-        row = S[j]
-        hv = heap_v[r]
-        hi = heap_i[r]
-        k = hv.shape[0]
-        w = row.shape[0]
-        n = 0
-        p = 0
-        while n < k and p < w:
-            c = cols[p]
-            if not (check_seen and _is_seen(seen_ptr, seen_idx, r, c)):
-                hv[n] = row[p]
-                hi[n] = c
-                n += 1
-            p += 1
-        for q in range(k // 2 - 1, -1, -1):
-            _sift(hv, hi, q, hv[q], hi[q])
-        if p < w:
-            _scan_row_exact(row[p:], cols[p:], hv, hi, r, seen_ptr, seen_idx)
+        _seed_row(S[j], cols, heap_v[r], heap_i[r], r, seen_ptr, seen_idx)
+
+
+@njit(cache=True, nogil=True)
+def _seed_row(row, cols, hv, hi, r, seen_ptr, seen_idx):
+    check_seen = seen_ptr.shape[0] > 1
+    k = hv.shape[0]
+    w = row.shape[0]
+    n = 0
+    p = 0
+    while n < k and p < w:
+        c = cols[p]
+        if not (check_seen and _is_seen(seen_ptr, seen_idx, r, c)):
+            hv[n] = row[p]
+            hi[n] = c
+            n += 1
+        p += 1
+    for q in range(k // 2 - 1, -1, -1):
+        _sift(hv, hi, q, hv[q], hi[q])
+    if p < w:
+        _scan_row_exact(row[p:], cols[p:], hv, hi, r, seen_ptr, seen_idx)
 
 
 @njit(cache=True, nogil=True)
@@ -258,3 +266,152 @@ def bf16_keys(lim: np.ndarray) -> np.ndarray:
     x = np.where(bits >= 32768, bits - 65536, bits)
     key = np.where(x >= 0, x, -(x + 32768) - 1).astype(np.int32)
     return np.where(np.isneginf(lim), np.int32(-(2**31)), key).astype(np.int32)
+
+
+def _torch_blas() -> ctypes.CDLL | None:
+    import torch
+
+    try:
+        return ctypes.CDLL(os.path.join(os.path.dirname(torch.__file__), "lib", "libtorch_cpu.so"))
+    except OSError:
+        return None
+
+
+def torch_sgemm_address() -> int | None:
+    """Address of the Fortran ``sgemm_`` that torch itself multiplies with (MKL on x86 builds).
+
+    Why torch's and not SciPy's OpenBLAS: a user's float32 score must not depend on which
+    other users share its product (batches and pruning change that; the ids are promised
+    byte-identical whatever the batching). OpenBLAS's micro-kernels round a column
+    differently by its position in the tile; MKL's do not once the tile width is a
+    multiple of 4 (tiles here are padded to multiples of :data:`PAD`), which is also what
+    the per-block torch path relies on. None when torch's library exports no ``sgemm_``
+    (other builds): the engine then uses the per-block torch path.
+    """
+    lib = _torch_blas()
+    fn = getattr(lib, "sgemm_", None) if lib is not None else None
+    if fn is None or getattr(lib, "mkl_set_num_threads_local", None) is None:
+        return None
+    return ctypes.cast(fn, ctypes.c_void_p).value
+
+
+@contextlib.contextmanager
+def single_threaded_blas() -> Iterator[None]:
+    """MKL on one thread in the calling thread (its OpenMP default is one per core).
+
+    The engine already runs one kernel per core; a second level of threads would only
+    make them fight. ``mkl_set_num_threads_local`` is per thread, so the other worker and
+    the caller's torch keep their settings.
+    """
+    fn = _torch_blas().mkl_set_num_threads_local  # the Fortran entry: takes int*
+    before = fn(ctypes.byref(ctypes.c_int(1)))
+    try:
+        yield
+    finally:
+        fn(ctypes.byref(ctypes.c_int(before)))
+
+
+SGEMM = torch_sgemm_address()
+if SGEMM is not None:
+    # Registered under a name of our own and resolved when the cached machine code is
+    # loaded, so ``cache=True`` still works. Every Fortran argument is a pointer, passed as
+    # an integer address (the same register in the x86-64 and arm64 calling conventions).
+    llvm.add_symbol("localfm_sgemm", SGEMM)
+_sgemm = types.ExternalFunction("localfm_sgemm", types.void(*([types.intp] * 13)))
+
+#: Fused tiles are padded with zero users to a multiple of this (see torch_sgemm_address).
+PAD = 8
+
+#: Users per fused GEMM tile: TILE × 512 float32 scores (256 KB) plus the item block
+#: (133 KB at d = 65) stay in a 512 KB L2 between the product and the scan. Why BLAS is
+#: called from the kernel: from Python, tiles this small would cost thousands of calls
+#: per batch, each dearer than comparing the scores it saves from an L3 round trip.
+TILE = 128
+
+
+@njit(cache=True, nogil=True)
+def scan_blocks(U, Iblk, bstart, bcols, order, B, rest, heap_v, heap_i, seen_ptr, seen_idx, tile):
+    """All item blocks for a slice of users, float32: product, pruning and heap scan fused.
+
+    ``Iblk`` holds the item rows block after block (block bi is rows
+    ``bstart[bi]:bstart[bi+1]``, rank columns ``bcols`` of those rows); blocks are visited
+    in ``order``. The first block seeds the (empty) heaps. Later, with bounds ``B``
+    (users × blocks, float64; empty without pruning), a user leaves once ``rest[u, step]``
+    (the largest bound from this step on) is below its k-th score and block bi is scored
+    only for users whose ``B[u, bi]`` is not (strict ``<``, as in ``topx._prune_step``).
+    The selected users are gathered ``tile`` at a time, multiplied by the block with
+    torch's sgemm (:func:`torch_sgemm_address`) into an L2-sized buffer and scanned while
+    it is hot. Heaps hold the
+    caller's (scores, columns) min-heaps; returns the number of (user, item) scores never
+    computed. BLAS must be single-threaded (the caller runs one such kernel per core).
+    """
+    n, d = U.shape
+    prune = B.shape[0] > 0
+    maxw = 0
+    for bi in range(bstart.shape[0] - 1):
+        maxw = max(maxw, bstart[bi + 1] - bstart[bi])
+    ubuf = np.empty((tile, d), np.float32)
+    cbuf = np.empty(tile * maxw, np.float32)
+    args = np.empty(8, np.int32)
+    scal = np.array([1.0, 0.0], np.float32)
+    trans = np.array([ord("T"), ord("N")], np.uint8)
+    act = np.arange(n)
+    n_act = n
+    sel = np.empty(n, np.int64)
+    skipped = 0
+    for step in range(order.shape[0]):
+        bi = order[step]
+        b0 = bstart[bi]
+        w = bstart[bi + 1] - b0
+        cols = bcols[b0:b0 + w]
+        n_sel = 0
+        if step == 0 or not prune:
+            for a in range(n_act):
+                sel[a] = act[a]
+            n_sel = n_act
+        else:
+            keep = 0
+            for a in range(n_act):
+                u = act[a]
+                kth = np.float64(heap_v[u, 0])
+                if rest[u, step] < kth:
+                    continue
+                act[keep] = u
+                keep += 1
+                if not B[u, bi] < kth:
+                    sel[n_sel] = u
+                    n_sel += 1
+            n_act = keep
+        skipped += (n - n_sel) * w
+        for t0 in range(0, n_sel, tile):
+            m = min(tile, n_sel - t0)
+            for q in range(m):
+                ubuf[q] = U[sel[t0 + q]]
+            mp = -(-m // PAD) * PAD
+            for q in range(m, mp):
+                ubuf[q] = 0.0
+            # C (w x m, column-major) = Iblk[b0:b0+w] (d x w column-major, transposed) x ubuf^T:
+            # row-major, cbuf[q * w + j] is user sel[t0 + q]'s score for item column cols[j].
+            args[0] = w
+            args[1] = mp
+            args[2] = d
+            args[3] = d
+            args[4] = d
+            args[5] = w
+            _sgemm(trans[0:].ctypes.data, trans[1:].ctypes.data, args[0:].ctypes.data, args[1:].ctypes.data,
+                   args[2:].ctypes.data, scal[0:].ctypes.data, Iblk[b0:].ctypes.data, args[3:].ctypes.data,
+                   ubuf.ctypes.data, args[4:].ctypes.data, scal[1:].ctypes.data, cbuf.ctypes.data,
+                   args[5:].ctypes.data)
+            for q in range(m):
+                u = sel[t0 + q]
+                row = cbuf[q * w:(q + 1) * w]
+                if step == 0:
+                    _seed_row(row, cols, heap_v[u], heap_i[u], u, seen_ptr, seen_idx)
+                else:
+                    _scan_row_exact(row, cols, heap_v[u], heap_i[u], u, seen_ptr, seen_idx)
+        if n_act == 0:
+            for rest_step in range(step + 1, order.shape[0]):
+                rb = order[rest_step]
+                skipped += n * (bstart[rb + 1] - bstart[rb])
+            break
+    return skipped

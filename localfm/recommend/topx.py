@@ -200,6 +200,9 @@ class PreparedItems:
     pos_in_block: np.ndarray  # per column, its position in that block
     block_T: tuple[np.ndarray, ...]  # per block, (d, width) C-contiguous: the GEMM's right operand
     block_norm: tuple[float, ...]  # per block, the largest item norm (bf16 screening bound)
+    Iblk: np.ndarray  # the rows of Ip block after block (the fused float32 kernel's operand)
+    bstart: np.ndarray  # (blocks + 1,) int64: block bi is Iblk[bstart[bi]:bstart[bi + 1]]
+    bcols: np.ndarray  # the columns (ranks) of Iblk's rows: the blocks concatenated
     block_T16: tuple[np.ndarray, ...] | None  # bf16 bits (uint16) of block_T, when screening in bf16
     precision: str  # "fp32" or "bf16" (resolved)
     bounds: _BlockBounds | None  # per-block pruning bounds; None when pruning is off
@@ -240,11 +243,14 @@ def prepare_items(
         block_of[cols] = bi
         pos_in_block[cols] = np.arange(cols.shape[0])
     block_T = tuple(np.ascontiguousarray(Ip[cols].T) for cols in blocks)
+    bstart = np.concatenate([[0], np.cumsum([cols.shape[0] for cols in blocks])]).astype(np.int64)
+    bcols = np.concatenate(blocks).astype(np.int64) if blocks else np.empty(0, np.int64)
     pnorms = norms[perm]
     return PreparedItems(
         items=I, perm=perm, inv_perm=inv_perm, Ip=Ip, blocks=blocks, block_of=block_of, pos_in_block=pos_in_block,
         block_T=block_T, block_T16=tuple(bf16_bits(t) for t in block_T) if precision == "bf16" else None,
         block_norm=tuple(float(pnorms[cols].max()) for cols in blocks),
+        Iblk=np.ascontiguousarray(Ip[bcols]), bstart=bstart, bcols=bcols,
         precision=precision, bounds=_BlockBounds.of(Ip, blocks) if prune else None,
     )
 
@@ -338,7 +344,7 @@ def iter_top_x(
     starts = range(0, n_users, batch_size)
     iterator = progress(starts, total=len(starts), desc=progress_desc or "top-x", unit="batch")
     if _resolve_kernel(kernel) == "numba":
-        # One Python thread per core, each with single-threaded torch GEMMs (see _heapscan).
+        # One Python thread per core, each with single-threaded GEMMs (see _heapscan).
         with torch_threads(1):
             for s in iterator:
                 e = min(s + batch_size, n_users)
@@ -566,7 +572,10 @@ def _batch_numba(
             ptr, idx = np.zeros(1, np.int64), np.zeros(1, np.int64)
         else:
             ptr, idx = seen_ptr[lo:hi + 1] - seen_ptr[lo], seen_idx[seen_ptr[lo]:seen_ptr[hi]]
-        n = _scan_users(Ub[lo:hi], prep, heap_v[lo:hi], heap_i[lo:hi], ptr, idx, block_T, block_T16)
+        if prep.precision == "fp32" and fused_available():
+            n = _scan_users_fused(Ub[lo:hi], prep, heap_v[lo:hi], heap_i[lo:hi], ptr, idx)
+        else:
+            n = _scan_users(Ub[lo:hi], prep, heap_v[lo:hi], heap_i[lo:hi], ptr, idx, block_T, block_T16)
         finish_heaps(heap_v[lo:hi], heap_i[lo:hi], prep.perm, out_v[lo:hi], out_i[lo:hi])
         return n
 
@@ -576,6 +585,38 @@ def _batch_numba(
         with ThreadPoolExecutor(len(parts)) as pool:
             skipped = sum(pool.map(run, parts))
     return out_i, out_v, skipped
+
+
+def _scan_users_fused(
+    Ub: np.ndarray,
+    prep: PreparedItems,
+    heap_v: np.ndarray,
+    heap_i: np.ndarray,
+    seen_ptr: np.ndarray,
+    seen_idx: np.ndarray,
+) -> int:
+    """:func:`_scan_users` for float32 in one numba call (:func:`_heapscan.scan_blocks`).
+
+    Same visit plan, pruning rule, seeding and scan as :func:`_scan_users`, but the
+    products are tiles of users × one block computed inside the kernel, so the scores are
+    compared while still in cache and no Python runs per block. Returns scores pruned.
+    """
+    from ._heapscan import TILE, scan_blocks, single_threaded_blas
+
+    order, B, rest = _visit_plan(prep.bounds, Ub, len(prep.blocks))
+    if B is None:
+        B = rest = np.empty((0, 0), np.float64)
+    with single_threaded_blas():
+        return int(scan_blocks(np.ascontiguousarray(Ub), prep.Iblk, prep.bstart, prep.bcols, order.astype(np.int64),
+                               B, rest, heap_v, heap_i, seen_ptr, seen_idx, TILE))
+
+
+@functools.cache
+def fused_available() -> bool:
+    """True when the fused float32 kernel can call torch's BLAS (see ``_heapscan.torch_sgemm_address``)."""
+    from ._heapscan import SGEMM
+
+    return SGEMM is not None
 
 
 def _scan_users(
