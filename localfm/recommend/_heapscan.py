@@ -328,33 +328,163 @@ PAD = 8
 #: per batch, each dearer than comparing the scores it saves from an L3 round trip.
 TILE = 128
 
+#: Room past k in each user's result buffer of the fused kernel (at least k; a whole
+#: block's winners then rarely force a cut mid-row).
+EXTRA = 512
+
+#: A user's buffer is also cut at the end of a row that brought min(k/4 + 1, CUT_GAP)
+#: new results: the pruning bound compares with the k-th as of the last cut, so a small
+#: gap keeps pruning as sharp as a heap's (on FM-shaped vectors gap 4 skips 23.6 % of the
+#: scores where a heap skips 23.8 % and no gap 22.5 %) for a few cuts of ~k+4 keys.
+CUT_GAP = 4
+
+
+@njit(inline="always", cache=True, nogil=True)
+def _rank_key(bits, c):
+    """One uint64 that orders results like the tie rule: score (float32 bits), then smaller column.
+
+    The high half is the float's bits made monotone (-0.0 first folded into +0.0, as the
+    float compare treats them), the low half ``2³² − 1 − c``: a larger key is a better
+    result, so selection needs one integer compare and no tie branch.
+    """
+    if bits == np.uint32(0x80000000):
+        bits = np.uint32(0)
+    mono = ~bits if bits & np.uint32(0x80000000) else bits | np.uint32(0x80000000)
+    return (np.uint64(mono) << np.uint64(32)) | (np.uint64(0xFFFFFFFF) - np.uint64(c))
+
+
+@njit(inline="always", cache=True, nogil=True)
+def _key_bits(key):
+    """The float32 bits of a :func:`_rank_key` score."""
+    mono = np.uint32(key >> np.uint64(32))
+    return mono & np.uint32(0x7FFFFFFF) if mono & np.uint32(0x80000000) else ~mono
+
 
 @njit(cache=True, nogil=True)
-def scan_blocks(U, Iblk, bstart, bcols, order, B, rest, heap_v, heap_i, seen_ptr, seen_idx, tile):
-    """All item blocks for a slice of users, float32: product, pruning and heap scan fused.
+def _nth_largest(a, n, t):
+    """Rearrange ``a[:n]`` (distinct keys) so ``a[t]`` is its (t+1)-th largest, larger ones before it.
+
+    Wirth's selection (Hoare partitions, median-of-three pivot): O(n) on average, in place.
+    """
+    lo = 0
+    hi = n - 1
+    while lo < hi:
+        x = a[lo]
+        y = a[(lo + hi) >> 1]
+        z = a[hi]
+        pivot = max(min(x, y), min(max(x, y), z))
+        i = lo
+        j = hi
+        while i <= j:
+            while a[i] > pivot:
+                i += 1
+            while a[j] < pivot:
+                j -= 1
+            if i <= j:
+                tmp = a[i]
+                a[i] = a[j]
+                a[j] = tmp
+                i += 1
+                j -= 1
+        if t <= j:
+            hi = j
+        elif t >= i:
+            lo = i
+        else:
+            return
+
+
+@njit(cache=True, nogil=True)
+def _collect_row(row, bits, cols, buf, k, gap, state, u, seen_ptr, seen_idx):
+    """Append the results of one score row that beat user u's running k-th to its buffer.
+
+    ``state[u] = (count, k-th key)``; the k-th key is 0 (below every result) until the
+    buffer first holds k. The buffer is cut back to its k best (:func:`_nth_largest`),
+    which raises the k-th, when full and at the end of a row that brought its first k or
+    ``min(k/4 + 1, gap)`` new results. Returns the k-th score (float32; -inf while unknown).
+    """
+    cap = buf.shape[0]
+    n = state[u, 0]
+    tk = np.uint64(state[u, 1])
+    t = _bits_float(_key_bits(tk)) if tk else np.float32(-np.inf)
+    check_seen = seen_ptr.shape[0] > 1
+    w = row.shape[0]
+    for j0 in range(0, w, CHUNK):
+        j1 = min(j0 + CHUNK, w)
+        if _count_at_least(row, j0, j1, t) == 0:
+            continue
+        for j in range(j0, j1):
+            if row[j] >= t:
+                c = cols[j]
+                key = _rank_key(bits[j], c)
+                if key <= tk:
+                    continue
+                if check_seen and _is_seen(seen_ptr, seen_idx, u, c):
+                    continue
+                buf[n] = key
+                n += 1
+                if n == cap:
+                    _nth_largest(buf, n, k - 1)
+                    n = k
+                    tk = buf[k - 1]
+                    t = _bits_float(_key_bits(tk))
+    if n >= k and (tk == 0 or n - k >= min(k // 4 + 1, gap)):
+        # Cut at the end of the row too once a few results came in since the last cut
+        # (see CUT_GAP): the pruning bound then sees a fresh k-th.
+        _nth_largest(buf, n, k - 1)
+        n = k
+        tk = buf[k - 1]
+        t = _bits_float(_key_bits(tk))
+    state[u, 0] = n
+    state[u, 1] = np.int64(tk)
+    return t
+
+
+@njit(inline="always", cache=True, nogil=True)
+def _bits_float(b):
+    x = np.empty(1, np.uint32)
+    x[0] = b
+    return x.view(np.float32)[0]
+
+
+@njit(cache=True, nogil=True)
+def scan_blocks(U, Iblk, bstart, bcols, order, B, rest, heap_v, heap_i, seen_ptr, seen_idx, tile, extra, gap):
+    """All item blocks for a slice of users, float32: product, pruning and selection fused.
 
     ``Iblk`` holds the item rows block after block (block bi is rows
     ``bstart[bi]:bstart[bi+1]``, rank columns ``bcols`` of those rows); blocks are visited
-    in ``order``. The first block seeds the (empty) heaps. Later, with bounds ``B``
-    (users × blocks, float64; empty without pruning), a user leaves once ``rest[u, step]``
-    (the largest bound from this step on) is below its k-th score and block bi is scored
-    only for users whose ``B[u, bi]`` is not (strict ``<``, as in ``topx._prune_step``).
-    The selected users are gathered ``tile`` at a time, multiplied by the block with
-    torch's sgemm (:func:`torch_sgemm_address`) into an L2-sized buffer and scanned while
-    it is hot. Heaps hold the
-    caller's (scores, columns) min-heaps; returns the number of (user, item) scores never
-    computed. BLAS must be single-threaded (the caller runs one such kernel per core).
+    in ``order``. With bounds ``B`` (users × blocks, float64; empty without pruning), a
+    user leaves once ``rest[u, step]`` (the largest bound from this step on) is below its
+    k-th score and block bi is scored only for users whose ``B[u, bi]`` is not (strict
+    ``<``, as in ``topx._prune_step``). The selected users are gathered ``tile`` at a
+    time, multiplied by the block with torch's sgemm (:func:`torch_sgemm_address`) into
+    an L2-sized buffer and compared while it is hot.
+
+    Selection: instead of a heap update per winner (a branchy sift-down through k
+    entries, ~50 ns), each user appends winners as one-integer rank keys
+    (:func:`_rank_key`) to a buffer of ``k + extra`` and cuts it back to the k best
+    (:func:`_collect_row` says when): a few ns per winner.
+
+    On return ``heap_v``/``heap_i`` (k wide) hold each user's k best ascending by
+    (score, -column), -inf/-1 padding first: a valid min-heap for :func:`finish_heaps`.
+    Returns the number of (user, item) scores never computed. BLAS must be
+    single-threaded (the caller runs one such kernel per core).
     """
     n, d = U.shape
+    k = heap_v.shape[1]
     prune = B.shape[0] > 0
     maxw = 0
     for bi in range(bstart.shape[0] - 1):
         maxw = max(maxw, bstart[bi + 1] - bstart[bi])
     ubuf = np.empty((tile, d), np.float32)
     cbuf = np.empty(tile * maxw, np.float32)
+    cbits = cbuf.view(np.uint32)
     args = np.empty(8, np.int32)
     scal = np.array([1.0, 0.0], np.float32)
     trans = np.array([ord("T"), ord("N")], np.uint8)
+    keys = np.empty((n, k + extra), np.uint64)
+    state = np.zeros((n, 2), np.int64)
+    kth = np.full(n, -np.inf)
     act = np.arange(n)
     n_act = n
     sel = np.empty(n, np.int64)
@@ -365,7 +495,7 @@ def scan_blocks(U, Iblk, bstart, bcols, order, B, rest, heap_v, heap_i, seen_ptr
         w = bstart[bi + 1] - b0
         cols = bcols[b0:b0 + w]
         n_sel = 0
-        if step == 0 or not prune:
+        if not prune:
             for a in range(n_act):
                 sel[a] = act[a]
             n_sel = n_act
@@ -373,12 +503,11 @@ def scan_blocks(U, Iblk, bstart, bcols, order, B, rest, heap_v, heap_i, seen_ptr
             keep = 0
             for a in range(n_act):
                 u = act[a]
-                kth = np.float64(heap_v[u, 0])
-                if rest[u, step] < kth:
+                if rest[u, step] < kth[u]:
                     continue
                 act[keep] = u
                 keep += 1
-                if not B[u, bi] < kth:
+                if not B[u, bi] < kth[u]:
                     sel[n_sel] = u
                     n_sel += 1
             n_act = keep
@@ -390,7 +519,7 @@ def scan_blocks(U, Iblk, bstart, bcols, order, B, rest, heap_v, heap_i, seen_ptr
             mp = -(-m // PAD) * PAD
             for q in range(m, mp):
                 ubuf[q] = 0.0
-            # C (w x m, column-major) = Iblk[b0:b0+w] (d x w column-major, transposed) x ubuf^T:
+            # C (w x mp, column-major) = Iblk[b0:b0+w] (d x w column-major, transposed) x ubuf^T:
             # row-major, cbuf[q * w + j] is user sel[t0 + q]'s score for item column cols[j].
             args[0] = w
             args[1] = mp
@@ -404,14 +533,27 @@ def scan_blocks(U, Iblk, bstart, bcols, order, B, rest, heap_v, heap_i, seen_ptr
                    args[5:].ctypes.data)
             for q in range(m):
                 u = sel[t0 + q]
-                row = cbuf[q * w:(q + 1) * w]
-                if step == 0:
-                    _seed_row(row, cols, heap_v[u], heap_i[u], u, seen_ptr, seen_idx)
-                else:
-                    _scan_row_exact(row, cols, heap_v[u], heap_i[u], u, seen_ptr, seen_idx)
+                kth[u] = _collect_row(cbuf[q * w:(q + 1) * w], cbits[q * w:(q + 1) * w], cols, keys[u], k, gap, state,
+                                      u, seen_ptr, seen_idx)
         if n_act == 0:
             for rest_step in range(step + 1, order.shape[0]):
                 rb = order[rest_step]
                 skipped += n * (bstart[rb + 1] - bstart[rb])
             break
+    hb = heap_v.view(np.uint32)
+    for u in range(n):
+        m = state[u, 0]
+        buf = keys[u]
+        if m > k:
+            _nth_largest(buf, m, k - 1)
+            m = k
+        best = np.sort(buf[:m])
+        pad = k - m
+        for j in range(pad):
+            heap_v[u, j] = -np.inf
+            heap_i[u, j] = -1
+        for j in range(m):
+            key = best[j]
+            hb[u, pad + j] = _key_bits(key)
+            heap_i[u, pad + j] = np.int64(np.uint64(0xFFFFFFFF) - (key & np.uint64(0xFFFFFFFF)))
     return skipped

@@ -601,14 +601,14 @@ def _scan_users_fused(
     products are tiles of users × one block computed inside the kernel, so the scores are
     compared while still in cache and no Python runs per block. Returns scores pruned.
     """
-    from ._heapscan import TILE, scan_blocks, single_threaded_blas
+    from ._heapscan import CUT_GAP, EXTRA, TILE, scan_blocks, single_threaded_blas
 
     order, B, rest = _visit_plan(prep.bounds, Ub, len(prep.blocks))
     if B is None:
         B = rest = np.empty((0, 0), np.float64)
     with single_threaded_blas():
         return int(scan_blocks(np.ascontiguousarray(Ub), prep.Iblk, prep.bstart, prep.bcols, order.astype(np.int64),
-                               B, rest, heap_v, heap_i, seen_ptr, seen_idx, TILE))
+                               B, rest, heap_v, heap_i, seen_ptr, seen_idx, TILE, max(EXTRA, heap_v.shape[1]), CUT_GAP))
 
 
 @functools.cache

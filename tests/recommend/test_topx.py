@@ -377,6 +377,134 @@ def test_prepared_items_refuse_settings_fixed_at_preparation():
         top_x(U[:, :3], prepared, 3)
 
 
+# ---------------------------------------------------------------- the fused float32 kernel
+#
+# With numba and a torch whose library exports MKL's sgemm_, precision "fp32" runs
+# _heapscan.scan_blocks (products, pruning and selection in one call per core); without
+# that sgemm it falls back to the per-block path. Both must give the same bytes.
+
+def _fused_or_skip():
+    pytest.importorskip("numba")
+    from localfm.recommend.topx import fused_available
+
+    if not fused_available():
+        pytest.skip("this torch build exports no sgemm_: the fused kernel is off here")
+
+
+def _run_both(monkeypatch, *args, **kwargs):
+    """(fused result, per-block result), checking the fused kernel really ran."""
+    import localfm.recommend._heapscan as hs
+    import localfm.recommend.topx as tx
+
+    calls = []
+    real = hs.scan_blocks
+    monkeypatch.setattr(hs, "scan_blocks", lambda *a: calls.append(1) or real(*a))
+    fused = tx.top_x(*args, kernel="numba", precision="fp32", **kwargs)
+    n_fused = len(calls)
+    assert n_fused, "the fused kernel did not run"
+    monkeypatch.setattr(tx, "fused_available", lambda: False)
+    per_block = tx.top_x(*args, kernel="numba", precision="fp32", **kwargs)
+    assert len(calls) == n_fused, "the per-block path ran the fused kernel"
+    return fused, per_block
+
+
+@pytest.mark.parametrize("extra", [None, 1])
+@pytest.mark.parametrize("with_exclusions", [False, True])
+@pytest.mark.parametrize("k", [1, 5, 40, 200])
+def test_fused_kernel_ties_exclusions_and_k_beyond_the_catalogue(monkeypatch, extra, with_exclusions, k):
+    """Massive ties, exclusions and k > items (120): the fused kernel gives the tie rule's ids,
+    the same bytes as the per-block path. ``extra=1`` shrinks each user's result buffer to
+    2k, far below a block's winners, so it is cut back mid-row again and again."""
+    _fused_or_skip()
+    import localfm.recommend._heapscan as hs
+
+    if extra is not None:
+        monkeypatch.setattr(hs, "EXTRA", extra)
+    rng = np.random.default_rng(15)
+    U = rng.integers(-1, 3, (40, 6)).astype(np.float32)
+    U[:, -1] = 1
+    I = rng.integers(-1, 2, (120, 6)).astype(np.float32)
+    I[:30] *= 3
+    ex = _seen(U, I, 0.2, 9) if with_exclusions else None
+    fused, per_block = _run_both(monkeypatch, U, I, k, exclude=ex, batch_size=16, block_size=8)
+    np.testing.assert_array_equal(fused.ids, _brute_tie_rule(U, I, k, ex))
+    np.testing.assert_array_equal(fused.ids, per_block.ids)
+    np.testing.assert_array_equal(fused.scores, per_block.scores)
+    assert fused.ids.shape == (40, min(k, 120))
+
+
+@pytest.mark.parametrize("gap", [None, 1])
+@pytest.mark.parametrize("with_exclusions", [False, True])
+def test_fused_kernel_on_fm_shaped_vectors_prunes_like_the_per_block_path(monkeypatch, gap, with_exclusions):
+    """The pruning rule reads a user's k-th score as of its last buffer cut: with a cut after
+    every row that brought a result (gap 1) that is the heap's k-th, so exactly the same
+    scores are skipped; the default gap lags a little, so it skips a subset of them."""
+    _fused_or_skip()
+    import localfm.recommend._heapscan as hs
+
+    if gap is not None:
+        monkeypatch.setattr(hs, "CUT_GAP", gap)
+    U, I = _fm_like(300, 2000, d=33, seed=21)
+    U, I = _exact_grid(U), _exact_grid(I)
+    ex = _seen(U, I, 0.05, 3) if with_exclusions else None
+    fused, per_block = _run_both(monkeypatch, U, I, 25, exclude=ex, batch_size=128)
+    np.testing.assert_array_equal(fused.ids, _brute_tie_rule(U, I, 25, ex))
+    np.testing.assert_array_equal(fused.scores, per_block.scores)
+    if gap == 1:
+        assert fused.skipped == per_block.skipped > 0
+    else:
+        assert 0 < fused.skipped <= per_block.skipped
+
+
+def test_fused_kernel_bytes_do_not_depend_on_batch_or_threads():
+    """Raw float32 vectors (rounding matters): a user's scores must not depend on which other
+    users share its GEMM tile, so batch size and thread count leave every byte unchanged."""
+    _fused_or_skip()
+    U, I = _fm_like(700, 3000, d=65, seed=22)
+    want = top_x(U, I, 50, precision="fp32", kernel="numba", threads=1, batch_size=2048)
+    for threads, batch in [(2, 2048), (1, 37), (2, 300)]:
+        got = top_x(U, I, 50, precision="fp32", kernel="numba", threads=threads, batch_size=batch)
+        np.testing.assert_array_equal(got.ids, want.ids)
+        np.testing.assert_array_equal(got.scores, want.scores)
+    _assert_same_ranking(want, U, I, 50)
+
+
+def test_rank_keys_order_results_like_the_tie_rule():
+    """Larger key = better result: higher score, then smaller column; -0.0 ties with +0.0."""
+    pytest.importorskip("numba")
+    from localfm.recommend._heapscan import _key_bits, _rank_key
+
+    vals = np.array([-np.inf, -3e38, -2.0, -1e-30, -0.0, 0.0, 1e-30, 2.0, 3e38, np.inf], np.float32)
+    rng = np.random.default_rng(0)
+    v = rng.choice(vals, 400)
+    c = rng.integers(0, 50, 400)
+    bits = v.view(np.uint32)
+    keys = np.array([_rank_key(b, cc) for b, cc in zip(bits, c)], np.uint64)
+    want = np.lexsort((c, -v.astype(np.float64)))  # best first: score desc (-0.0 == 0.0), column asc
+    got = sorted(range(400), key=lambda j: -int(keys[j]))
+    assert [(v[j], c[j]) for j in got] == [(v[j], c[j]) for j in want]
+    back = np.array([_key_bits(kk) for kk in keys], np.uint32).view(np.float32)
+    np.testing.assert_array_equal(back, v)  # -0.0 comes back as +0.0, equal as a float
+    assert not np.signbit(back[v == 0]).any()
+
+
+@pytest.mark.parametrize("n", [1, 2, 3, 17, 300])
+def test_nth_largest_partitions_around_the_rank(n):
+    pytest.importorskip("numba")
+    from localfm.recommend._heapscan import _nth_largest
+
+    rng = np.random.default_rng(n)
+    for t in sorted({0, n // 2, n - 1}):
+        a = rng.permutation(np.arange(10, 10 + 3 * n, 3, dtype=np.uint64))
+        tail = np.full(5, 7, np.uint64)
+        buf = np.concatenate([a, tail])  # only the first n take part
+        _nth_largest(buf, n, t)
+        want = np.sort(a)[::-1]
+        assert buf[t] == want[t]
+        assert (buf[:t] > buf[t]).all() and (buf[t + 1:n] < buf[t]).all()
+        assert sorted(buf[:n].tolist()) == sorted(a.tolist()) and (buf[n:] == 7).all()
+
+
 # ---------------------------------------------------------------- benchmarks.topx_vs_faiss: trained vectors
 
 
