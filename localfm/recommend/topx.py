@@ -13,12 +13,15 @@ How it stays exact and fast:
   the tie rule is by rank: among equal scores the smaller rank makes the cut, whatever
   order the blocks are visited in. Without pruning the blocks are consecutive ranks.
 * The first block visited is scored exactly (float32 GEMM) and seeds a per-user top-k
-  (``torch.topk``, plus a stable sort only for rows where ties straddle the cut). For
-  later blocks only scores reaching the user's threshold can matter. With numba
-  installed (``kernel="numba"``, see ``_heapscan.py``) one GIL-free pass per block
-  counts candidates per 32-score chunk with SIMD and updates a min-heap only inside
-  chunks that have one; one Python thread per core, each with single-threaded torch
-  GEMMs. Without numba (``kernel="torch"``) the same algorithm uses torch ops
+  (with numba a heapify per user; without, ``torch.topk`` plus a stable sort only for
+  rows where ties straddle the cut). For later blocks only scores reaching the user's
+  threshold can matter. With numba installed (``kernel="numba"``, see ``_heapscan.py``)
+  one GIL-free pass per block counts candidates per 32-score chunk with SIMD and updates
+  a min-heap only inside chunks that have one; one Python thread per core, each with
+  single-threaded torch GEMMs. In float32 that whole loop is one numba call per core
+  (:func:`_scan_users_fused`): tiles of 128 users × one block multiplied by torch's own
+  sgemm and compared while in L2, winners kept in per-user key buffers cut back by
+  selection. Without numba (``kernel="torch"``) the same algorithm uses torch ops
   (compare, nonzero, a small stable top-k merge): exact, but slower.
 * On CPUs with bfloat16 dot-product instructions (AVX512_BF16 / AMX) the later blocks
   are screened with a bfloat16 GEMM, twice the float32 throughput. Screening uses a
