@@ -328,8 +328,8 @@ PAD = 8
 #: per batch, each dearer than comparing the scores it saves from an L3 round trip.
 TILE = 128
 
-#: Room past k in each user's result buffer of the fused kernel (at least k; a whole
-#: block's winners then rarely force a cut mid-row).
+#: Room past k in each user's result buffer of the fused kernel (at least k/4; a whole
+#: block's winners then rarely force a cut mid-row, and a large k costs 1.25 k keys).
 EXTRA = 512
 
 #: A user's buffer is also cut at the end of a row that brought min(k/4 + 1, CUT_GAP)
@@ -395,18 +395,18 @@ def _nth_largest(a, n, t):
 
 
 @njit(cache=True, nogil=True)
-def _collect_row(row, bits, cols, buf, k, gap, state, u, seen_ptr, seen_idx):
+def _collect_row(row, bits, cols, buf, k, gap, state, kth, scratch, u, seen_ptr, seen_idx):
     """Append the results of one score row that beat user u's running k-th to its buffer.
 
-    ``state[u] = (count, k-th key)``; the k-th key is 0 (below every result) until the
-    buffer first holds k. The buffer is cut back to its k best (:func:`_nth_largest`),
+    ``state[u] = (count, k-th key)`` and ``kth[u]`` the k-th score; the k-th key is 0
+    (below every result) and the score -inf until the buffer first holds k. The buffer is cut back to its k best (:func:`_nth_largest`),
     which raises the k-th, when full and at the end of a row that brought its first k or
     ``min(k/4 + 1, gap)`` new results. Returns the k-th score (float32; -inf while unknown).
     """
     cap = buf.shape[0]
     n = state[u, 0]
     tk = np.uint64(state[u, 1])
-    t = _bits_float(_key_bits(tk)) if tk else np.float32(-np.inf)
+    t = np.float32(kth[u])
     check_seen = seen_ptr.shape[0] > 1
     w = row.shape[0]
     for j0 in range(0, w, CHUNK):
@@ -427,24 +427,24 @@ def _collect_row(row, bits, cols, buf, k, gap, state, u, seen_ptr, seen_idx):
                     _nth_largest(buf, n, k - 1)
                     n = k
                     tk = buf[k - 1]
-                    t = _bits_float(_key_bits(tk))
+                    t = _bits_float(_key_bits(tk), scratch)
     if n >= k and (tk == 0 or n - k >= min(k // 4 + 1, gap)):
         # Cut at the end of the row too once a few results came in since the last cut
         # (see CUT_GAP): the pruning bound then sees a fresh k-th.
         _nth_largest(buf, n, k - 1)
         n = k
         tk = buf[k - 1]
-        t = _bits_float(_key_bits(tk))
+        t = _bits_float(_key_bits(tk), scratch)
     state[u, 0] = n
     state[u, 1] = np.int64(tk)
     return t
 
 
 @njit(inline="always", cache=True, nogil=True)
-def _bits_float(b):
-    x = np.empty(1, np.uint32)
-    x[0] = b
-    return x.view(np.float32)[0]
+def _bits_float(b, scratch):
+    """The float32 with bits ``b``, through a caller's 1-element uint32 array (no allocation)."""
+    scratch[0] = b
+    return scratch.view(np.float32)[0]
 
 
 @njit(cache=True, nogil=True)
@@ -485,6 +485,7 @@ def scan_blocks(U, Iblk, bstart, bcols, order, B, rest, heap_v, heap_i, seen_ptr
     keys = np.empty((n, k + extra), np.uint64)
     state = np.zeros((n, 2), np.int64)
     kth = np.full(n, -np.inf)
+    scratch = np.empty(1, np.uint32)
     act = np.arange(n)
     n_act = n
     sel = np.empty(n, np.int64)
@@ -534,7 +535,7 @@ def scan_blocks(U, Iblk, bstart, bcols, order, B, rest, heap_v, heap_i, seen_ptr
             for q in range(m):
                 u = sel[t0 + q]
                 kth[u] = _collect_row(cbuf[q * w:(q + 1) * w], cbits[q * w:(q + 1) * w], cols, keys[u], k, gap, state,
-                                      u, seen_ptr, seen_idx)
+                                      kth, scratch, u, seen_ptr, seen_idx)
         if n_act == 0:
             for rest_step in range(step + 1, order.shape[0]):
                 rb = order[rest_step]

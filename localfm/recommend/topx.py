@@ -611,7 +611,7 @@ def _scan_users_fused(
         B = rest = np.empty((0, 0), np.float64)
     with single_threaded_blas():
         return int(scan_blocks(np.ascontiguousarray(Ub), prep.Iblk, prep.bstart, prep.bcols, order.astype(np.int64),
-                               B, rest, heap_v, heap_i, seen_ptr, seen_idx, TILE, max(EXTRA, heap_v.shape[1]), CUT_GAP))
+                               B, rest, heap_v, heap_i, seen_ptr, seen_idx, TILE, max(EXTRA, heap_v.shape[1] // 4), CUT_GAP))
 
 
 @functools.cache

@@ -414,7 +414,7 @@ def _run_both(monkeypatch, *args, **kwargs):
 def test_fused_kernel_ties_exclusions_and_k_beyond_the_catalogue(monkeypatch, extra, with_exclusions, k):
     """Massive ties, exclusions and k > items (120): the fused kernel gives the tie rule's ids,
     the same bytes as the per-block path. ``extra=1`` shrinks each user's result buffer to
-    2k, far below a block's winners, so it is cut back mid-row again and again."""
+    k + max(1, k/4), below a block's winners, so it is cut back mid-row again and again."""
     _fused_or_skip()
     import localfm.recommend._heapscan as hs
 
