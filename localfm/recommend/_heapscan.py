@@ -398,7 +398,7 @@ def _nth_largest(a, n, t):
             return
 
 
-@njit(cache=True, nogil=True)
+@njit(inline="always", cache=True, nogil=True)
 def _collect_row(row, bits, cols, buf, k, gap, state, kth, scratch, u, seen_ptr, seen_idx):
     """Append the results of one score row that beat user u's running k-th to its buffer.
 
