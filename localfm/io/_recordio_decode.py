@@ -89,6 +89,36 @@ def _entry_prefix(buf, p, end):  # noqa: ANN001, ANN202 - numba
             and _b(buf, p + 6) == 0x65 and _b(buf, p + 7) == 0x73 and _b(buf, p + 8) == 0x12)
 
 
+@njit(cache=True, nogil=True, inline="always")
+def _values_entry(buf, p, end):  # noqa: ANN001, ANN202 - numba
+    """One map entry ``{"values": Float32Tensor | Float64Tensor}`` whose length varint is at ``p``.
+
+    The features and the label are both such an entry. Returns ``(entry end, value code,
+    value width, start of the tensor's fields)``, or an entry end of -1 when the bytes are
+    not exactly that (the caller then hands the record to the exact decoder).
+    """
+    ln, p = _varint(buf, p, end)
+    if ln < 0 or ln > end - p:
+        return -1, CODE_NONE, 0, p
+    entry_end = p + ln
+    if not _entry_prefix(buf, p, entry_end):
+        return -1, CODE_NONE, 0, p
+    ln, p = _varint(buf, p + 9, entry_end)
+    if ln < 0 or p + ln != entry_end or p >= entry_end:
+        return -1, CODE_NONE, 0, p
+    tag = _b(buf, p)
+    if tag == 0x12:
+        code, width = CODE_F32, 4
+    elif tag == 0x1A:
+        code, width = CODE_F64, 8
+    else:
+        return -1, CODE_NONE, 0, p
+    ln, p = _varint(buf, p + 1, entry_end)
+    if ln < 0 or p + ln != entry_end:
+        return -1, CODE_NONE, 0, p
+    return entry_end, code, width, p
+
+
 @njit(cache=True, nogil=True)
 def decode_block(buf, base, offsets, counts, values, keys, labels):  # noqa: ANN001, ANN201 - numba
     """Decode complete canonical records from the start of ``buf`` until one is not (see module doc).
@@ -137,24 +167,8 @@ def decode_block(buf, base, offsets, counts, values, keys, labels):  # noqa: ANN
         p = s
         if p >= e or _b(buf, p) != 0x0A:
             break
-        ln, p = _varint(buf, p + 1, e)
-        if ln < 0 or ln > e - p:
-            break
-        fe = p + ln
-        if not _entry_prefix(buf, p, fe):
-            break
-        ln, p = _varint(buf, p + 9, fe)
-        if ln < 0 or p + ln != fe or p >= fe:
-            break
-        tag = _b(buf, p)
-        if tag == 0x12:
-            fcode, width = CODE_F32, 4
-        elif tag == 0x1A:
-            fcode, width = CODE_F64, 8
-        else:
-            break
-        ln, p = _varint(buf, p + 1, fe)
-        if ln < 0 or p + ln != fe:
+        fe, fcode, width, p = _values_entry(buf, p + 1, e)
+        if fe < 0:
             break
         te = fe
         # ---- tensor fields 1 (values), 2 (keys), 3 (shape): each packed, optional, in order
@@ -226,24 +240,8 @@ def decode_block(buf, base, offsets, counts, values, keys, labels):  # noqa: ANN
         lcode = CODE_NONE
         lab_at = 0
         if p < e and _b(buf, p) == 0x12:
-            ln, p = _varint(buf, p + 1, e)
-            if ln < 0 or ln > e - p:
-                break
-            le = p + ln
-            if not _entry_prefix(buf, p, le):
-                break
-            ln, p = _varint(buf, p + 9, le)
-            if ln < 0 or p + ln != le or p >= le:
-                break
-            tag = _b(buf, p)
-            if tag == 0x12:
-                lcode, lwidth = CODE_F32, 4
-            elif tag == 0x1A:
-                lcode, lwidth = CODE_F64, 8
-            else:
-                break
-            ln, p = _varint(buf, p + 1, le)
-            if ln < 0 or p + ln != le or p >= le or _b(buf, p) != 0x0A:
+            le, lcode, lwidth, p = _values_entry(buf, p + 1, e)
+            if le < 0 or p >= le or _b(buf, p) != 0x0A:
                 break
             ln, p = _varint(buf, p + 1, le)
             if ln != lwidth or p + ln != le:
