@@ -67,6 +67,30 @@ def _put(out: np.ndarray, pos: int, v: np.uint64) -> int:
 
 
 @njit(cache=True, nogil=True)
+def _entry_len(t: int) -> int:
+    """Bytes of a ``{"values": tensor}`` map entry whose tensor fields take ``t`` bytes (without its own tag/length)."""
+    v = 1 + _vsize(np.uint64(t)) + t
+    return _ENTRY_LEN + _vsize(np.uint64(v)) + v
+
+
+@njit(cache=True, nogil=True)
+def _put_entry_head(out: np.ndarray, pos: int, field_tag: int, entry: np.ndarray, vtag: int, t: int) -> int:
+    """Write a map entry's head up to its tensor's fields (``t`` bytes, written by the caller); returns the new position.
+
+    Why one function: the features (field 1) and the label (field 2) are the same entry
+    shape, ``field_tag len 0a 06 "values" 12 len vtag len``.
+    """
+    v = 1 + _vsize(np.uint64(t)) + t
+    out[pos] = field_tag
+    pos = _put(out, pos + 1, np.uint64(_ENTRY_LEN + _vsize(np.uint64(v)) + v))
+    for q in range(_ENTRY_LEN):
+        out[pos + q] = entry[q]
+    pos = _put(out, pos + _ENTRY_LEN, np.uint64(v))
+    out[pos] = vtag
+    return _put(out, pos + 1, np.uint64(t))
+
+
+@njit(cache=True, nogil=True)
 def _sizes(indptr, vvar, vwidth, indices, sparse, shape_len, lvar, lwidth, has_labels,
            vbytes, kbytes, lbytes, payload):
     """Per row: value/key/label payload bytes and the record's payload length."""
@@ -85,15 +109,12 @@ def _sizes(indptr, vvar, vwidth, indices, sparse, shape_len, lvar, lwidth, has_l
             for j in range(a, b):
                 kb += _vsize(np.uint64(indices[j]))
             t += _field(kb) + 2 + shape_len
-        v = 1 + _vsize(np.uint64(t)) + t
-        e = _ENTRY_LEN + _vsize(np.uint64(v)) + v
+        e = _entry_len(t)
         p = 1 + _vsize(np.uint64(e)) + e
         lb = 0
         if has_labels:
             lb = lwidth if lwidth > 0 else _vsize(lvar[r])
-            lt = _field(lb)
-            lv = 1 + _vsize(np.uint64(lt)) + lt
-            le = _ENTRY_LEN + _vsize(np.uint64(lv)) + lv
+            le = _entry_len(_field(lb))
             p += 1 + _vsize(np.uint64(le)) + le
         vbytes[r] = vb
         kbytes[r] = kb
@@ -120,15 +141,7 @@ def _fill(out, indptr, vfix, vvar, vwidth, vtag, indices, sparse, shape_enc,
         t = _field(vb)
         if sparse:
             t += _field(kb) + 2 + shape_enc.size
-        v = 1 + _vsize(np.uint64(t)) + t
-        e = _ENTRY_LEN + _vsize(np.uint64(v)) + v
-        out[pos] = 0x0A
-        pos = _put(out, pos + 1, np.uint64(e))
-        for q in range(_ENTRY_LEN):
-            out[pos + q] = entry[q]
-        pos = _put(out, pos + _ENTRY_LEN, np.uint64(v))
-        out[pos] = vtag
-        pos = _put(out, pos + 1, np.uint64(t))
+        pos = _put_entry_head(out, pos, 0x0A, entry, vtag, t)
         if vb > 0:
             out[pos] = 0x0A
             pos = _put(out, pos + 1, np.uint64(vb))
@@ -154,16 +167,7 @@ def _fill(out, indptr, vfix, vvar, vwidth, vtag, indices, sparse, shape_enc,
             pos += shape_enc.size
         if has_labels:
             lb = lbytes[r]
-            lt = _field(lb)
-            lv = 1 + _vsize(np.uint64(lt)) + lt
-            le = _ENTRY_LEN + _vsize(np.uint64(lv)) + lv
-            out[pos] = 0x12
-            pos = _put(out, pos + 1, np.uint64(le))
-            for q in range(_ENTRY_LEN):
-                out[pos + q] = entry[q]
-            pos = _put(out, pos + _ENTRY_LEN, np.uint64(lv))
-            out[pos] = ltag
-            pos = _put(out, pos + 1, np.uint64(lt))
+            pos = _put_entry_head(out, pos, 0x12, entry, ltag, _field(lb))
             if lb > 0:
                 out[pos] = 0x0A
                 pos = _put(out, pos + 1, np.uint64(lb))
