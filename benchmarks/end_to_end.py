@@ -158,7 +158,13 @@ def epoch_seconds(metrics_path: Path) -> dict[str, Any]:
     except (OSError, ValueError, KeyError, IndexError, TypeError):
         return {}
     return {"train_records": records, "epoch_s": records / rate if rate else None,
-            "epoch_records_per_s": rate}
+            "epoch_records_per_s": rate, "engine": doc.get("engine"), "threads": doc.get("threads")}
+
+
+def _threads(stage: dict[str, Any]) -> str:
+    """", N threads" when the train stage recorded what ``_local_threads=auto`` chose (it depends on the load)."""
+    n = stage.get("threads")
+    return f", {n} thread{'s' if n != 1 else ''}" if n else ""
 
 
 def parquet_rows(path: Path) -> int | None:
@@ -356,7 +362,7 @@ def headline(payload: dict[str, Any]) -> list[dict[str, Any]]:
             rec = next((s for s in counted if s.get("stage_key") == "recommend_parquet"), {})
             stages = ", ".join(
                 [f"{s['stage'].split(' ')[0]} {s['wall_s']:.1f}" for s in counted if s.get("stage_key") == "prepare"]
-                + ([f"train {tr['wall_s']:.1f} (epoch {tr['epoch_s']:.1f})"] if tr.get("epoch_s") else [])
+                + ([f"train {tr['wall_s']:.1f} (epoch {tr['epoch_s']:.1f}{_threads(tr)})"] if tr.get("epoch_s") else [])
                 + ([f"{rec['stage'].split(' ')[0]} {rec['rank_s']:.1f} + Parquet {rec['sink_s']:.1f} (+ load {rec['load_s']:.1f})"]
                    if rec.get("rank_s") is not None else []))
             out.append({"what": f"end to end {p['name']} ({stages}; CPU {p['total_cpu_s']:.0f} s; peak RSS "
@@ -390,7 +396,7 @@ def tables(payload: dict[str, Any]) -> str:
             cpu = s.get("cpu_s")
             detail = []
             if s.get("epoch_s") is not None:
-                detail.append(f"epoch {s['epoch_s']:.2f} s ({s['epoch_records_per_s']:,.0f} rows/s)")
+                detail.append(f"epoch {s['epoch_s']:.2f} s ({s['epoch_records_per_s']:,.0f} rows/s{_threads(s)})")
             if s.get("rank_s") is not None:
                 detail.append(f"load inputs {s['load_s']:.1f} s, top-k {s['rank_s']:.1f} s, sink {s['sink_s']:.1f} s")
                 if s.get("skipped_fraction") is not None:

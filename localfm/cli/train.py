@@ -108,6 +108,8 @@ def handler(args: argparse.Namespace) -> int:
         "train_records": int(X.shape[0]),
         "test_records": None if X_test is None else int(X_test.shape[0]),
         "feature_dim": hp["feature_dim"],
+        "engine": model.engine_,
+        "threads": model.threads_,
         "best_epoch": getattr(model, "best_epoch_", None),
         "resampled_negatives_from": args.features if epoch_data is not None else None,
     }

@@ -160,7 +160,7 @@ class FactorizationMachine:
     constructor only stores its arguments (:meth:`get_params` / :meth:`set_params`),
     :meth:`fit` validates them (:meth:`check_params` does so up front, before any data
     is read) and returns ``self``. Learned state: ``hp_`` (the parsed hyperparameters),
-    ``engine_`` (``numba`` or ``torch``), ``w0_`` (float), ``w_`` (d,), ``V_`` (d, k),
+    ``engine_`` (``numba`` or ``torch``), ``threads_`` (what ``_local_threads`` resolved to), ``w0_`` (float), ``w_`` (d,), ``V_`` (d, k),
     ``weights_`` (:class:`localfm.io.artifacts.FMWeights`), ``history_`` (the
     :class:`TrainingLog` with per-epoch metrics), ``best_epoch_`` (early stopping).
     """
@@ -276,6 +276,8 @@ class FactorizationMachine:
         # fit otherwise (57 MB at feature_dim 225k, k=64), at the memory peak of training
         del V_np, w_np
         run = engines.start(engine, hp, table, np.float32(w0_np[0]))
+        # What `_local_threads=auto` chose (the torch engine keeps one): timings mean little without it.
+        self.threads_ = int(getattr(run, "threads", 1))
         run.set_data(X, y)
         epochs = hp["epochs"]
         log = log or TrainingLog(ptype, epochs, emit=self.verbose)

@@ -51,6 +51,8 @@ def test_train_writes_model_metrics_and_sagemaker_log(tmp_path, cli):
     assert set(doc["test_metrics"]) == {"binary_classification_accuracy", "binary_classification_cross_entropy",
                                         "binary_f_1.000"}
     assert doc["train_records"] == 90 and doc["test_records"] == 30
+    # which engine and thread count trained (auto decides at run time): timings need it
+    assert doc["engine"] == "numba" and doc["threads"] == 1  # auto: batch 20 < 1000 keeps one thread
 
     from localfm.fm import FactorizationMachine
     from localfm.io.artifacts import load_fm
@@ -248,3 +250,12 @@ def test_wrong_width_file_in_a_folder_channel_is_named(tmp_path, cli):
     code, _, err = cli("train", "--train", chan, "-o", tmp_path / "out", "--quiet-log", *_hp())
     assert code == 2 and "part-1.rec: records have 15 features but feature_dim=12" in err
     assert not (tmp_path / "out").exists()
+
+
+def test_metrics_json_records_the_threads_asked_for(tmp_path, cli):
+    _write(tmp_path / "train.rec")
+    code, _, err = cli("train", "--train", tmp_path / "train.rec", "-o", tmp_path / "out", "--quiet-log",
+                       "--seed", "0", *_hp(_local_threads=2))
+    assert code == 0, err
+    doc = json.loads((tmp_path / "out" / "metrics.json").read_text())
+    assert (doc["engine"], doc["threads"]) == ("numba", 2)
