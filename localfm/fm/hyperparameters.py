@@ -80,7 +80,7 @@ FM_HYPERPARAMETERS: list[HP] = [
            "or auto (numba when installed and every option is supported)"),
     HP("_local_threads", "int", default="auto", low=1, high=256, special=("auto",),
        doc="LOCAL-ONLY: threads of the numba engine (same bytes at any count); auto = 2 from "
-           "mini_batch_size 1000 up when a second core is idle (load average), else 1"),
+           "mini_batch_size 1000 up when a second core is idle (busy CPUs over 0.1 s), else 1"),
     HP("_local_validation_fraction", "float", default=0.0, low=0, high=0.5, high_open=True,
        doc="LOCAL-ONLY: hold out a seeded random fraction of training rows for validation / early stopping"),
     HP("_local_resample_negatives", "bool", default=False,

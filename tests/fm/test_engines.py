@@ -433,3 +433,21 @@ def test_local_threads_validation_and_auto():
     assert engines.resolve_threads(big, cores=1, load=0.0) == 1
     assert engines.resolve_threads(big, cores=2, load=1.6) == 1  # no idle core to run on
     assert engines.resolve_threads({**small, "_local_threads": 3}, cores=1, load=9.0) == 3  # explicit: as given
+
+
+def test_busy_cores_from_two_proc_stat_snapshots(monkeypatch):
+    """auto's idle-core check samples /proc/stat now, not the minute-lagging load average."""
+    snaps = iter(["cpu  100 0 100 700 100 0 0 0 0 0\ncpu0 1 2 3\n",
+                  "cpu  250 0 150 750 150 0 0 0 0 0\ncpu0 1 2 3\n"])  # +200 busy, +100 idle/iowait of 300
+    monkeypatch.setattr(engines.os, "cpu_count", lambda: 2)
+    assert engines.busy_cores(interval=0, read=lambda: next(snaps)) == pytest.approx(2 * 200 / 300)
+    monkeypatch.setattr(engines.os, "getloadavg", lambda: (1.25, 0.0, 0.0))
+    assert engines.busy_cores(interval=0, read=lambda: "not a stat file") == 1.25  # no /proc/stat: the load average
+
+
+def test_auto_threads_ask_busy_cores(monkeypatch):
+    big = {"_local_threads": "auto", "mini_batch_size": 5000, "feature_dim": 225_000}
+    monkeypatch.setattr(engines, "busy_cores", lambda: 0.2)
+    assert engines.resolve_threads(big, cores=2) == 2
+    monkeypatch.setattr(engines, "busy_cores", lambda: 1.7)
+    assert engines.resolve_threads(big, cores=2) == 1

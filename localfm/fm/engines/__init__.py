@@ -20,7 +20,9 @@ from __future__ import annotations
 
 import functools
 import os
+import time
 from collections.abc import Callable, Mapping
+from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
@@ -127,14 +129,46 @@ def usable_cores() -> int:
     return os.cpu_count() or 1
 
 
+def busy_cores(interval: float = 0.1, read: Callable[[], str] | None = None) -> float:
+    """How many of the machine's CPUs were busy over the last ``interval`` seconds (Linux ``/proc/stat``).
+
+    Why not the 1-minute load average: it lags by a minute. A training job started right
+    after a 2-thread stage (``localfm prepare``, then ``localfm train``) saw a load average of
+    1.6 on an idle 2-core machine and trained on one thread. Elsewhere (no ``/proc/stat``)
+    this falls back to that load average.
+    """
+    def snapshot() -> tuple[int, int] | None:
+        try:
+            text = read() if read is not None else Path("/proc/stat").read_text()
+        except OSError:
+            return None
+        fields = text.split("\n", 1)[0].split()
+        if not fields or fields[0] != "cpu" or len(fields) < 5:
+            return None
+        try:
+            ticks = [int(x) for x in fields[1:]]
+        except ValueError:
+            return None
+        return sum(ticks), ticks[3] + (ticks[4] if len(ticks) > 4 else 0)  # total, idle + iowait
+
+    first = snapshot()
+    if first is not None:
+        time.sleep(interval)
+        second = snapshot()
+        if second is not None and second[0] > first[0]:
+            total, idle = second[0] - first[0], second[1] - first[1]
+            return (total - idle) / total * (os.cpu_count() or 1)
+    return os.getloadavg()[0] if hasattr(os, "getloadavg") else 0.0
+
+
 def resolve_threads(hp: Mapping[str, Any], cores: int | None = None, load: float | None = None) -> int:
     """Threads the numba engine uses for parsed hyperparameters ``hp`` (``_local_threads``).
 
     An integer is taken as given; the bytes do not depend on it, only the speed. ``auto``: :data:`AUTO_THREADS_MAX` (at most
     ``cores``) when ``mini_batch_size`` >= :data:`AUTO_THREADS_MIN_BATCH`, ``feature_dim`` >=
     :data:`AUTO_THREADS_MIN_FEATURES` (a small table stays in cache and the serial epoch is
-    faster) and the 1-minute load average leaves a core idle beside this process
-    (``load`` < cores - 0.5), else 1.
+    faster) and the machine's busy CPUs right now (:func:`busy_cores`) leave a core idle
+    beside this process (``load`` < cores - 0.5), else 1.
     Why: the threads meet at a barrier twice per batch; a 200-row batch (~0.1 ms of work)
     gains little from splitting, and on an oversubscribed machine every barrier waits for
     the partner's next time slice (shared 2-core box, load 12: 2 threads 0.2-0.6x of one on
@@ -147,7 +181,7 @@ def resolve_threads(hp: Mapping[str, Any], cores: int | None = None, load: float
         return 1
     cores = usable_cores() if cores is None else cores
     if load is None:
-        load = os.getloadavg()[0] if hasattr(os, "getloadavg") else 0.0
+        load = busy_cores()
     if cores < 2 or load >= cores - 0.5:
         return 1
     return min(AUTO_THREADS_MAX, cores)
