@@ -33,7 +33,6 @@ from typing import Any, Protocol
 
 import numpy as np
 import scipy.sparse as sp
-from numba import njit
 
 from ..errors import LocalFMError
 from ..io.atomic import atomic_outputs
@@ -97,21 +96,11 @@ class Repackaged:
         irow = np.asarray(item_rows, dtype=np.int64).reshape(-1)
         if urow.shape != irow.shape:
             raise ValueError(f"scores: {urow.shape[0]} user rows but {irow.shape[0]} item rows")
+        from ._pairdots import pair_dots  # numba: only when scoring (see that module)
+
         out = np.empty(urow.shape[0], dtype=np.float64)
-        _pair_dots(self.user_vectors, self.item_vectors, urow, irow, out)
+        pair_dots(self.user_vectors, self.item_vectors, urow, irow, out)
         return out + self.user_constants[urow]
-
-
-@njit(cache=True, nogil=True)
-def _pair_dots(U: np.ndarray, I: np.ndarray, urow: np.ndarray, irow: np.ndarray, out: np.ndarray) -> None:
-    """``out[n] = <U[urow[n]], I[irow[n]]>`` summed in float64 (float32 products are exact there)."""
-    for n in range(urow.shape[0]):
-        u = urow[n]
-        i = irow[n]
-        acc = 0.0
-        for d in range(U.shape[1]):
-            acc += np.float64(U[u, d]) * np.float64(I[i, d])
-        out[n] = acc
 
 
 def check_weights(weights: FMLike, *, source: str = "model") -> None:

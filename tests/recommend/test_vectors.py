@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import math
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -170,3 +172,10 @@ def test_pair_scores_are_float64_exact_dots_plus_constant():
     assert rep.scores(np.array([], dtype=np.int64), np.array([], dtype=np.int64)).shape == (0,)
     with pytest.raises(ValueError, match="user rows"):
         rep.scores(urow[:3], irow[:4])
+
+
+def test_importing_vectors_does_not_load_numba():
+    """repackage / k-NN channels import this module; only scoring result rows needs the compiled loop."""
+    code = "import sys, localfm.recommend.vectors; print('numba' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.split() == ["False"]
