@@ -138,6 +138,21 @@ class NodeMemory:
         self._thread.join()
 
 
+def _digest(path: Path) -> str:
+    """sha256 of a flat Parquet result's rows in (user_id, rank) order: equal digests, identical rows
+    (holding every run's 16M rows as Python lists to compare them took GBs)."""
+    import hashlib
+
+    import pyarrow.parquet as pq
+
+    table = pq.read_table(path, columns=["user_id", "rank", "item_id", "score"])
+    table = table.sort_by([("user_id", "ascending"), ("rank", "ascending")])
+    h = hashlib.sha256()
+    for name in table.column_names:
+        h.update(np.ascontiguousarray(table.column(name).to_numpy()).tobytes())
+    return h.hexdigest()
+
+
 def run_single(rep: Any, k: int, threads: int, out: Path) -> dict[str, Any]:
     from localfm.recommend.recommend import rank
     from localfm.recommend.sinks import write_results
@@ -151,28 +166,42 @@ def run_single(rep: Any, k: int, threads: int, out: Path) -> dict[str, Any]:
             "load_average_1m": [load, os.getloadavg()[0]]}
 
 
-def run_ray(rep: Any, k: int, nodes: int, cpus: int, out: Path, object_store: int) -> dict[str, Any]:
+def run_ray(rep: Any, k: int, nodes: int, cpus: int, out: Path, object_store: int,
+            jobs: int = 2) -> list[dict[str, Any]]:
+    """``jobs`` identical jobs, one after the other, on one fresh cluster: one result per job.
+
+    Job 1 (``mode`` ``rayN``) is the first job on a fresh cluster: it also starts Ray Data's
+    helper actors (stats, autoscaling coordinator, actor locations), which live as long as the
+    cluster. Later jobs (``rayN_warm``) are what a job on a running cluster (``--ray ADDRESS``)
+    costs. Each job starts its own actor pool either way, and writes its own ``out``.
+    """
     from localfm.scale import recommend_on_cluster
     from localfm.scale.cluster import loopback_cluster
 
+    results = []
     t0 = time.perf_counter()
     with loopback_cluster(nodes=nodes, cpus_per_node=cpus, object_store_bytes=object_store,
                           pythonpath=str(REPO)) as cluster:
         started = time.perf_counter() - t0
         raylets = [n.all_processes["raylet"][0].process.pid for n in cluster.list_all_nodes()]
-        load = os.getloadavg()[0]
-        with NodeMemory(raylets) as mem:
-            t1, c1 = time.perf_counter(), time.process_time()
-            run = recommend_on_cluster(rep, k=k, target=str(out), cluster=cluster.address, threads=cpus)
-            seconds, driver_cpu = time.perf_counter() - t1, time.process_time() - c1
-    return {"mode": f"ray{nodes}", "nodes": nodes, "cpus_per_node": cpus, "seconds": seconds,
-            # the driver's (this process's) CPU plus every process of the cluster's nodes
-            "cpu_seconds": driver_cpu + mem.cpu_seconds,
-            "skipped_fraction": run.summary().get("skipped_fraction"),
-            "cluster_start_seconds": started, "workers": run.workers,
-            "load_average_1m": [load, os.getloadavg()[0]],  # before / after the job (a shared machine shows here)
-            "peak_pss_bytes_per_node": [mem.peak[p] for p in raylets],
-            "item_matrix_bytes": int(rep.item_vectors.nbytes)}
+        for job in range(jobs):
+            load = os.getloadavg()[0]
+            with NodeMemory(raylets) as mem:
+                t1, c1 = time.perf_counter(), time.process_time()
+                run = recommend_on_cluster(rep, k=k, target=str(out.with_name(f"{out.stem}-{job}{out.suffix}")),
+                                           cluster=cluster.address, threads=cpus)
+                seconds, driver_cpu = time.perf_counter() - t1, time.process_time() - c1
+            results.append({
+                "mode": f"ray{nodes}" if job == 0 else f"ray{nodes}_warm", "job_on_cluster": job + 1,
+                "nodes": nodes, "cpus_per_node": cpus, "seconds": seconds,
+                # the driver's (this process's) CPU plus every process of the cluster's nodes
+                "cpu_seconds": driver_cpu + mem.cpu_seconds,
+                "skipped_fraction": run.summary().get("skipped_fraction"),
+                "cluster_start_seconds": started, "workers": run.workers,
+                "load_average_1m": [load, os.getloadavg()[0]],  # before / after the job (a shared machine shows here)
+                "peak_pss_bytes_per_node": [mem.peak[p] for p in raylets],
+                "item_matrix_bytes": int(rep.item_vectors.nbytes)})
+    return results
 
 
 def write_training_channel(folder: Path, rows: int, features: int, batch: int, seed: int = 0) -> None:
@@ -234,6 +263,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--train-rows", type=int, default=200_000)
     ap.add_argument("--train-features", type=int, default=20_000)
     ap.add_argument("--train-batch", type=int, default=1000, help="b: 2 instances x b vs 1 instance x 2b")
+    ap.add_argument("--rounds", type=int, default=1,
+                    help="run every mode this many times, modes interleaved; ratios use the medians")
+    ap.add_argument("--jobs", type=int, default=2,
+                    help="top-x jobs per fresh cluster: the first pays Ray Data's helper actors, later ones "
+                         "are jobs on a running cluster (mode rayN_warm)")
     ap.add_argument("--smoke", action="store_true", help="tiny sizes: 3000 users x 2000 items x 16, k=10")
     ap.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "scaling.json"))
     args = ap.parse_args(argv)
@@ -243,28 +277,36 @@ def main(argv: list[str] | None = None) -> int:
         args.train_rows, args.train_features, args.train_batch = 2000, 400, 100
     rep = synthetic_rep(args.users, args.items, args.dim)
     from localfm.io.atomic import atomic_write
-    from localfm.recommend.sinks import read_results
 
     load_before = os.getloadavg()
 
     results, outputs = [], {}
     with tempfile.TemporaryDirectory(prefix="lfbench") as tmp:
-        for mode in args.modes.split(","):
+        for rnd, mode in ((r, m) for r in range(args.rounds) for m in args.modes.split(",")):
             out = Path(tmp) / f"{mode}.parquet"
             if mode == "train":
-                results += run_training(args.train_rows, args.train_features, args.dim, args.train_batch,
-                                        args.cpus_per_node, args.object_store_mb * 1024**2, Path(tmp))
-                print(json.dumps(results[-2:]), file=sys.stderr)
+                runs = run_training(args.train_rows, args.train_features, args.dim, args.train_batch,
+                                    args.cpus_per_node, args.object_store_mb * 1024**2, Path(tmp) / f"train-{rnd}")
+                for r in runs:
+                    r["round"] = rnd + 1
+                results += runs
+                print(json.dumps(runs), file=sys.stderr)
                 continue
             if mode == "single":
-                results.append(run_single(rep, args.k, args.cpus_per_node, out))
+                runs = [run_single(rep, args.k, args.cpus_per_node, out)]
+                written = [out]
             elif mode in ("ray1", "ray2"):
-                results.append(run_ray(rep, args.k, int(mode[-1]), args.cpus_per_node, out,
-                                       args.object_store_mb * 1024**2))
+                runs = run_ray(rep, args.k, int(mode[-1]), args.cpus_per_node, out,
+                               args.object_store_mb * 1024**2, jobs=args.jobs)
+                written = [out.with_name(f"{out.stem}-{j}{out.suffix}") for j in range(len(runs))]
             else:
                 ap.error(f"--modes: unknown mode {mode!r} (single, ray1, ray2, train)")
-            outputs[mode] = read_results(str(out))
-            print(json.dumps(results[-1]), file=sys.stderr)
+            for r, path in zip(runs, written):
+                r["round"] = rnd + 1
+                results.append(r)
+                outputs[(r["mode"], rnd, str(path))] = _digest(path)
+                path.unlink()
+                print(json.dumps(r), file=sys.stderr)
     first = next(iter(outputs.values()), None)
     report: dict[str, Any] = {
         "size": {"users": args.users, "items": args.items, "dim": args.dim, "k": args.k},
@@ -276,11 +318,15 @@ def main(argv: list[str] | None = None) -> int:
         "runs": results,
         "identical_rows": all(o == first for o in outputs.values()),
     }
-    by = {r["mode"]: r["seconds"] for r in results}
-    if "single" in by and "ray1" in by:
-        report["ray_overhead"] = by["ray1"] / by["single"] - 1.0
-        cpu = {r["mode"]: r["cpu_seconds"] for r in results if "cpu_seconds" in r}
-        report["ray_cpu_overhead"] = cpu["ray1"] / cpu["single"] - 1.0
+    # medians over the rounds: this machine's speed drifts by 20 % and more between minutes
+    by = {m: float(np.median([r["seconds"] for r in results if r["mode"] == m])) for m in {r["mode"] for r in results}}
+    cpu = {m: float(np.median([r["cpu_seconds"] for r in results if r["mode"] == m]))
+           for m in {r["mode"] for r in results if "cpu_seconds" in r}}
+    report["median_seconds"] = dict(sorted(by.items()))
+    for ray in ("ray1", "ray1_warm"):
+        if "single" in by and ray in by:
+            report[ray.replace("ray1", "ray_overhead")] = by[ray] / by["single"] - 1.0
+            report[ray.replace("ray1", "ray_cpu_overhead")] = cpu[ray] / cpu["single"] - 1.0
     if "ray1" in by and "ray2" in by:
         report["speedup_2_nodes"] = by["ray1"] / by["ray2"]
     if "train1" in by and "train2" in by:

@@ -21,6 +21,8 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import functools
+import importlib.util
 import os
 from collections.abc import Iterator
 
@@ -268,13 +270,23 @@ def bf16_keys(lim: np.ndarray) -> np.ndarray:
     return np.where(np.isneginf(lim), np.int32(-(2**31)), key).astype(np.int32)
 
 
+@functools.cache
 def _torch_blas() -> ctypes.CDLL | None:
-    import torch
+    """torch's own native library, loaded without importing the ``torch`` package.
 
-    try:
-        return ctypes.CDLL(os.path.join(os.path.dirname(torch.__file__), "lib", "libtorch_cpu.so"))
-    except OSError:
-        return None
+    Why not ``import torch``: the fused kernel needs only this library's ``sgemm_``, and
+    loading the library takes ~0.3 s where importing torch takes ~2 s. Every process that
+    ranks pays it before its first batch: a ``localfm recommend`` run, and every Ray actor,
+    where it sat on the job's critical path. A later ``import torch`` maps the very same
+    library (same path), so both share one MKL.
+    """
+    spec = importlib.util.find_spec("torch")
+    for folder in (spec.submodule_search_locations or []) if spec is not None else []:
+        try:
+            return ctypes.CDLL(os.path.join(folder, "lib", "libtorch_cpu.so"))
+        except OSError:
+            continue
+    return None
 
 
 def torch_sgemm_address() -> int | None:

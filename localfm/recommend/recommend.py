@@ -61,7 +61,14 @@ from ..knn.index import (
 )
 from ..progress import progress
 from .sinks import ResultBatch, open_sink
-from .topx import PRECISIONS, PreparedItems, default_threads, iter_top_x, validate_k
+from .topx import (
+    PRECISIONS,
+    PreparedItems,
+    default_threads,
+    iter_top_x,
+    torch_free,
+    validate_k,
+)
 from .vectors import Repackaged, repackage
 
 EXACT = "exact"
@@ -447,8 +454,8 @@ def _stream(rep: Repackaged, U: np.ndarray, I: np.ndarray, seen: sp.csr_matrix |
     """The ranking proper: runs as the :class:`Recommendations` is iterated."""
     k = opts.k
     if opts.index == EXACT:
-        import torch  # noqa: F401 - imported before the clock starts: seconds measure ranking, not imports
-
+        if not torch_free(opts.precision):
+            import torch  # noqa: F401 - imported before the clock starts: seconds measure ranking, not imports
         t0 = time.perf_counter()
         source = exact_batches(U, I, k, seen, opts.batch_size, opts.threads, opts.precision, stats)
     else:

@@ -312,8 +312,6 @@ def iter_top_x(
     ``items`` may be a :class:`PreparedItems`; then ``block_size``, ``precision`` and
     ``prune`` were fixed when it was prepared and must be left unset here.
     """
-    import torch
-
     k = validate_k(k)
     U = _check_matrix("user vectors", users)
     if isinstance(items, PreparedItems):
@@ -337,16 +335,25 @@ def iter_top_x(
         exclude = sp.csr_matrix(exclude)
         if exclude.shape != (n_users, n_items):
             raise LocalFMError(f"exclusions: shape {exclude.shape}, expected (users, items) = {(n_users, n_items)}")
-    precision = prep.precision
     kk = min(k, n_items)
     perm = prep.perm
+    starts = range(0, n_users, batch_size)
+    iterator = progress(starts, total=len(starts), desc=progress_desc or "top-x", unit="batch")
+    numba_kernel = _resolve_kernel(kernel) == "numba"
+    if numba_kernel and prep.precision == "fp32" and fused_available():
+        # The fused kernel calls MKL itself (see _heapscan): torch is never imported here.
+        for s in iterator:
+            e = min(s + batch_size, n_users)
+            ids, scores, skipped = _batch_numba(U[s:e], prep, kk, exclude[s:e] if exclude is not None else None,
+                                                [], None, threads or default_threads())
+            yield s, TopX(scores=scores, ids=ids, skipped=skipped, total=(e - s) * n_items)
+        return
+    import torch
+
     It = _tensor(prep.Ip)
     block_T = [_tensor(t) for t in prep.block_T]
     block_T16 = [_tensor(t).view(torch.bfloat16) for t in prep.block_T16] if prep.block_T16 is not None else None
-
-    starts = range(0, n_users, batch_size)
-    iterator = progress(starts, total=len(starts), desc=progress_desc or "top-x", unit="batch")
-    if _resolve_kernel(kernel) == "numba":
+    if numba_kernel:
         # One Python thread per core, each with single-threaded GEMMs (see _heapscan).
         with torch_threads(1):
             for s in iterator:
@@ -612,6 +619,11 @@ def _scan_users_fused(
     with single_threaded_blas():
         return int(scan_blocks(np.ascontiguousarray(Ub), prep.Iblk, prep.bstart, prep.bcols, order.astype(np.int64),
                                B, rest, heap_v, heap_i, seen_ptr, seen_idx, TILE, max(EXTRA, heap_v.shape[1] // 4), CUT_GAP))
+
+
+def torch_free(precision: str) -> bool:
+    """True when ranking with ``precision`` runs without importing torch (the fused float32 kernel)."""
+    return _resolve_kernel("auto") == "numba" and resolve_precision(precision) == "fp32" and fused_available()
 
 
 @functools.cache

@@ -255,3 +255,25 @@ def test_train_throughput_main_prints_cases_and_a_side_by_side_table(capsys):
     lines = out["table"].splitlines()
     assert "1 thr wall (cpu)" in lines[0] and "2 vs 1" in lines[0] and "load before / after" in lines[0]
     assert len(lines) == 2 + 2 and lines[2].startswith("| synthetic | 3,000 | ") and "| yes |" in lines[2]
+
+
+def test_thread_scaling_runs_the_trainers_step_on_disjoint_rows(tmp_path):
+    """``python -m benchmarks.thread_scaling``: both cases, 1 and 2 threads, on a cold and a hot table;
+    the Adam case really steps the table (with the trainer's own compiled step)."""
+    import numpy as np
+
+    from benchmarks.thread_scaling import _adam_rows, main
+
+    out = tmp_path / "ts.json"
+    assert main(["--rows", "200000", "--features", "5000", "--repeat", "1", "--out", str(out)]) == 0
+    report = json.loads(out.read_text())
+    assert [(c["table"], c["case"]) for c in report["cases"]] == [
+        ("cold", "adam"), ("cold", "touch"), ("hot", "adam"), ("hot", "touch")]
+    for c in report["cases"]:
+        assert c["threads_1"]["wall_s"] > 0 and c["threads_2"]["wall_s"] > 0 and c["speedup_2_vs_1"] > 0
+    assert len(report["load_average_before"]) == 3
+    P = np.zeros((4, 3, 5), np.float32)
+    G = np.ones((64, 5), np.float32)
+    _adam_rows(P, G, np.array([1, 3]), np.float32(0.1), np.float32(1e-8), np.float32(-1.0), False)
+    assert np.all(P[[1, 3], 0] != 0) and np.all(P[[0, 2]] == 0)  # touched rows stepped, others untouched
+    assert np.all(P[[1, 3], 2] > 0)  # Adam's second moment

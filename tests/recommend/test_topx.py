@@ -558,3 +558,38 @@ def test_benchmark_trains_ml100k_once_then_reads_the_cache(ml100k_dir, tmp_path,
     out = __import__("json").loads(capsys.readouterr().out)
     assert out["ids_identical_unpruned"] == 1.0 and out["ids_identical_brute"] == 1.0
     assert out["skipped_fraction"] > 0.3 and out["id_set_agreement"] > 0.999
+
+
+def test_fused_ranking_never_imports_torch():
+    """The fused float32 path loads torch's library, not the torch package: importing torch
+    cost every ranking process ~2 s before its first batch (each Ray actor on the job's
+    critical path). Its ids must still be the torch per-block path's."""
+    import json
+    import subprocess
+    import sys
+
+    _fused_or_skip()
+    code = (
+        "import json, sys, numpy as np\n"
+        "from localfm.recommend.topx import top_x\n"
+        "from localfm.recommend.recommend import rank\n"
+        "from localfm.recommend.vectors import Repackaged\n"
+        "rng = np.random.default_rng(3)\n"
+        "U = rng.standard_normal((300, 9)).astype(np.float32)\n"
+        "I = rng.standard_normal((700, 9)).astype(np.float32)\n"
+        "ids = top_x(U, I, 7, precision='fp32', batch_size=64).ids\n"
+        "rep = Repackaged(user_ids=np.arange(300), user_vectors=U, user_constants=np.zeros(300),\n"
+        "                 item_ids=np.arange(700), item_vectors=I, predictor_type='regressor')\n"
+        "rows = [b.item_id.tolist() for b in rank(rep, k=7, precision='fp32', batch_size=64)]\n"
+        "print(json.dumps({'torch': 'torch' in sys.modules, 'ids': ids.tolist(), 'rows': sum(rows, [])}))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    got = json.loads(done.stdout.strip().splitlines()[-1])
+    assert got["torch"] is False
+    rng = np.random.default_rng(3)
+    U = rng.standard_normal((300, 9)).astype(np.float32)
+    I = rng.standard_normal((700, 9)).astype(np.float32)
+    want = top_x(U, I, 7, precision="fp32", batch_size=64, kernel="torch").ids
+    np.testing.assert_array_equal(np.array(got["ids"]), want)
+    assert got["rows"] == want.reshape(-1).tolist()

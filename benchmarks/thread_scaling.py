@@ -1,0 +1,167 @@
+"""What a second thread can buy on this machine for the trainer's optimizer step (a script, not a test).
+
+    python -m benchmarks.thread_scaling                      # ML-25M-shaped table, 16M row updates
+    python -m benchmarks.thread_scaling --rows 1000000 --repeat 2   # quick, noisy
+
+Why: issue 13 asks the numba trainer for >= 1.7x its one-thread throughput on two threads.
+Half of a large-``feature_dim`` epoch is the lazy Adam step on ~7,800 table rows per batch
+of 5,000, nearly all cold in cache (3 x 65 float32 = 780 B a row). This script runs that
+step alone, with the trainer's own compiled pieces (``_step_range``, ``_prefetch_row``), on
+random rows of a table, one thread vs two (each thread its own rows, no barriers, no shared
+writes): the best speed-up the step could reach here, whatever the trainer's design.
+
+Cases (each on a ``cold`` table of the ML-25M shape, 224,964 rows, 175 MB, and a ``hot``
+one of 1,000 rows, 0.8 MB, that stays in the L2 cache):
+
+- ``adam``: the exact float32 lazy Adam step on the row (sqrt and divide per element), as
+  the trainer runs it;
+- ``touch``: the same rows read and written with one multiply-add per element: memory
+  traffic with almost no arithmetic.
+
+Prints one JSON object (and writes ``--out``): per case rows/s at 1 and 2 threads, the
+speed-up, GB/s moved (2 x 780 B per row: read and written back), CPU seconds beside wall
+seconds, and the load average before and after. Run it alone on a quiet machine.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from numba import njit
+
+from localfm.fm.engines.numba import (
+    OWNER_SHIFT,
+    PREFETCH_AHEAD,
+    _prefetch_row,
+    _step_range,
+)
+
+from .machine import machine_info
+
+REPO = Path(__file__).resolve().parents[1]
+ML25M_FEATURES = 162_541 + 62_423  # users + items: the one-hot table of the ML-25M-shaped set
+K1 = 65  # num_factors 64 + the linear weight
+
+
+@njit(cache=True, nogil=True, error_model="numpy")
+def _adam_rows(P, G, cols, lr, eps, ncoef, prefetch):
+    """The trainer's lazy Adam step (``_step_range``, kind 0, no decay, no clip) on rows ``cols`` of ``P``."""
+    n = cols.shape[0]
+    k = P.shape[2] - 1
+    zero = np.float32(0.0)
+    one = np.float32(1.0)
+    for i in range(n):
+        if prefetch and i + PREFETCH_AHEAD < n:
+            _prefetch_row(P, cols[i + PREFETCH_AHEAD])
+        c = cols[i]
+        g = G[i & 63]
+        _step_range(0, g[:k], P[c, 0, :k], P[c, 1, :k], P[c, 2, :k], lr, zero, zero, ncoef, one, eps, False, zero)
+        _step_range(0, g[k:], P[c, 0, k:], P[c, 1, k:], P[c, 2, k:], lr, zero, zero, ncoef, one, eps, False, zero)
+    return n
+
+
+@njit(cache=True, nogil=True, error_model="numpy")
+def _touch_rows(P, cols, prefetch):
+    """Read and write every element of rows ``cols`` of ``P`` with one multiply-add: traffic, no arithmetic."""
+    n = cols.shape[0]
+    a = np.float32(0.999)
+    b = np.float32(1e-6)
+    for i in range(n):
+        if prefetch and i + PREFETCH_AHEAD < n:
+            _prefetch_row(P, cols[i + PREFETCH_AHEAD])
+        c = cols[i]
+        for s in range(P.shape[1]):
+            row = P[c, s]
+            for f in range(row.shape[0]):
+                row[f] = row[f] * a + b
+    return n
+
+
+def _run(case: str, P: np.ndarray, parts: list[np.ndarray], G: np.ndarray) -> tuple[float, float]:
+    """(wall, CPU seconds) of running ``case`` on each part of the rows in a thread of its own."""
+    prefetch = P.nbytes > (8 << 20)  # as the trainer decides (PREFETCH_MIN_BYTES)
+
+    def work(cols: np.ndarray, g: np.ndarray) -> None:
+        if case == "adam":
+            _adam_rows(P, g, cols, np.float32(1e-3), np.float32(1e-8), np.float32(-0.5), prefetch)
+        else:
+            _touch_rows(P, cols, prefetch)
+
+    # a gradient buffer per thread, as in the trainer: the step writes to it (clip, decay)
+    grads = [G.copy() for _ in parts]
+    threads = [threading.Thread(target=work, args=(p, g)) for p, g in zip(parts[1:], grads[1:])]
+    t0, c0 = time.perf_counter(), time.process_time()
+    for t in threads:
+        t.start()
+    work(parts[0], grads[0])
+    for t in threads:
+        t.join()
+    return time.perf_counter() - t0, time.process_time() - c0
+
+
+def measure(features: int, rows: int, repeat: int, seed: int = 0, hot_rows: int = 1_000) -> list[dict[str, Any]]:
+    rng = np.random.default_rng(seed)
+    out = []
+    for table in ("cold", "hot"):
+        d = features if table == "cold" else hot_rows
+        P = np.zeros((d, 3, K1), np.float32)  # as the trainer's table (model.py)
+        P[:, 0] = rng.standard_normal((d, K1), dtype=np.float32) * np.float32(0.01)
+        G = rng.standard_normal((64, K1), dtype=np.float32)
+        cols = rng.integers(0, d, rows)
+        # two threads own disjoint rows, in blocks of 2**OWNER_SHIFT as the trainer's threads own columns
+        # (so two owners meet only at every 16th row boundary: a 780-byte row shares its first and
+        # last cache lines with its neighbours)
+        owner = (cols >> OWNER_SHIFT) & 1
+        halves = [cols[owner == 0], cols[owner == 1]]
+        for case in ("adam", "touch"):
+            _run(case, P, [cols[:1000]], G)  # compile / load from numba's cache first
+            res: dict[str, Any] = {"table": table, "table_mb": round(P.nbytes / 1e6, 1), "case": case,
+                                   "row_updates": rows}
+            runs: dict[int, list[tuple[float, float]]] = {1: [], 2: []}
+            for _ in range(repeat):  # interleaved: this VM's speed drifts from minute to minute
+                for n_threads, parts in ((1, [cols]), (2, halves)):
+                    runs[n_threads].append(_run(case, P, parts, G))
+            for n_threads, timed in runs.items():
+                wall = statistics.median(r[0] for r in timed)
+                res[f"threads_{n_threads}"] = {
+                    "wall_s": round(wall, 6), "cpu_s": round(statistics.median(r[1] for r in timed), 6),
+                    "rows_per_s": round(rows / wall), "gb_per_s": round(2 * rows * 3 * K1 * 4 / wall / 1e9, 2),
+                    "wall_runs": [round(r[0], 6) for r in timed]}
+            res["speedup_2_vs_1"] = round(res["threads_1"]["wall_s"] / res["threads_2"]["wall_s"], 2)
+            print(json.dumps(res), file=sys.stderr)
+            out.append(res)
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--rows", type=int, default=16_000_000,
+                    help="row updates per run (default 16M: ~2,000 batches of 5,000 rows, 1-3 s a run; shorter "
+                         "runs scatter by 25 %% on this VM)")
+    ap.add_argument("--features", type=int, default=ML25M_FEATURES, help="rows of the cold table")
+    ap.add_argument("--repeat", type=int, default=5)
+    ap.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "thread_scaling.json"))
+    args = ap.parse_args(argv)
+    load_before = os.getloadavg()
+    cases = measure(args.features, args.rows, args.repeat)
+    report = {"benchmark": "thread_scaling", "machine": machine_info(), "load_average_before": load_before,
+              "load_average_after": os.getloadavg(), "cases": cases}
+    from localfm.io.atomic import atomic_write
+
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    with atomic_write(Path(args.out), "w") as fh:
+        fh.write(json.dumps(report, indent=2) + "\n")
+    print(json.dumps({f"{c['table']}/{c['case']}": c["speedup_2_vs_1"] for c in cases}))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
