@@ -339,23 +339,18 @@ def iter_top_x(
     perm = prep.perm
     starts = range(0, n_users, batch_size)
     iterator = progress(starts, total=len(starts), desc=progress_desc or "top-x", unit="batch")
-    numba_kernel = _resolve_kernel(kernel) == "numba"
-    if numba_kernel and prep.precision == "fp32" and fused_available():
-        # The fused kernel calls MKL itself (see _heapscan): torch is never imported here.
-        for s in iterator:
-            e = min(s + batch_size, n_users)
-            ids, scores, skipped = _batch_numba(U[s:e], prep, kk, exclude[s:e] if exclude is not None else None,
-                                                [], None, threads or default_threads())
-            yield s, TopX(scores=scores, ids=ids, skipped=skipped, total=(e - s) * n_items)
-        return
-    import torch
+    fused = _fused(kernel, prep.precision)
+    if fused:  # the fused kernel calls MKL itself (see _heapscan): torch is never imported
+        It, block_T, block_T16 = None, [], None
+    else:
+        import torch
 
-    It = _tensor(prep.Ip)
-    block_T = [_tensor(t) for t in prep.block_T]
-    block_T16 = [_tensor(t).view(torch.bfloat16) for t in prep.block_T16] if prep.block_T16 is not None else None
-    if numba_kernel:
+        It = _tensor(prep.Ip)
+        block_T = [_tensor(t) for t in prep.block_T]
+        block_T16 = [_tensor(t).view(torch.bfloat16) for t in prep.block_T16] if prep.block_T16 is not None else None
+    if _resolve_kernel(kernel) == "numba":
         # One Python thread per core, each with single-threaded GEMMs (see _heapscan).
-        with torch_threads(1):
+        with contextlib.nullcontext() if fused else torch_threads(1):
             for s in iterator:
                 e = min(s + batch_size, n_users)
                 ids, scores, skipped = _batch_numba(U[s:e], prep, kk, exclude[s:e] if exclude is not None else None,
@@ -582,7 +577,7 @@ def _batch_numba(
             ptr, idx = np.zeros(1, np.int64), np.zeros(1, np.int64)
         else:
             ptr, idx = seen_ptr[lo:hi + 1] - seen_ptr[lo], seen_idx[seen_ptr[lo]:seen_ptr[hi]]
-        if prep.precision == "fp32" and fused_available():
+        if _fused("numba", prep.precision):
             n = _scan_users_fused(Ub[lo:hi], prep, heap_v[lo:hi], heap_i[lo:hi], ptr, idx)
         else:
             n = _scan_users(Ub[lo:hi], prep, heap_v[lo:hi], heap_i[lo:hi], ptr, idx, block_T, block_T16)
@@ -621,9 +616,15 @@ def _scan_users_fused(
                                B, rest, heap_v, heap_i, seen_ptr, seen_idx, TILE, max(EXTRA, heap_v.shape[1] // 4), CUT_GAP))
 
 
+def _fused(kernel: str, precision: str) -> bool:
+    """True when ``kernel`` ranks at the resolved ``precision`` with the fused float32 kernel (which
+    needs no torch import): the one place that decides it."""
+    return _resolve_kernel(kernel) == "numba" and precision == "fp32" and fused_available()
+
+
 def torch_free(precision: str) -> bool:
-    """True when ranking with ``precision`` runs without importing torch (the fused float32 kernel)."""
-    return _resolve_kernel("auto") == "numba" and resolve_precision(precision) == "fp32" and fused_available()
+    """True when ranking with ``precision`` (as given: ``auto`` allowed) runs without importing torch."""
+    return _fused("auto", resolve_precision(precision))
 
 
 @functools.cache
