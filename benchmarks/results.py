@@ -14,6 +14,7 @@ from typing import Any
 
 from localfm.io.atomic import atomic_write
 
+from .data import ML25M_ROWS
 from .machine import as_plain, is_quiet, machine_info, utc_now
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
@@ -187,12 +188,13 @@ def readme_markdown(out_dir: Path = RESULTS_DIR) -> str:
                 rows.append(f"| training samples/s vs naive PyTorch autograd FM, {ds} (median of {len(cells)} "
                             f"k × batch cells) | {statistics.median(sm):.1f}× (fastest mode {statistics.median(fa):.1f}×; "
                             f"range {min(sm):.1f}–{max(sm):.1f}×) | ≥ 3× | {tt['date'][:10]} |")
+        # The epoch goal is judged at full size only: a reduced run's epoch scaled up to 25M rows is
+        # a trend, not a measurement (the full-size epoch is also in the end_to_end row below).
         le = tt.get("large_epoch")
-        if le and "localfm_sagemaker" in le:
-            best = min(le[m]["epoch_s_at_25M_extrapolated"] for m in ("localfm_sagemaker", "localfm_fast") if m in le)
-            best = min(best, le["localfm_sagemaker"]["epoch_s_at_25M_extrapolated"])
-            rows.append(f"| ML-25M-shaped epoch (k=64, batch 5000; measured on {le['rows']:,} rows, scaled to 25M) | "
-                        f"{best:.0f} s | ≤ 15 s | {tt['date'][:10]} |")
+        if le and le.get("rows") == ML25M_ROWS and "localfm_sagemaker" in le:
+            best = min(le[m]["epoch_s"] for m in ("localfm_fast", "localfm_sagemaker") if m in le)
+            rows.append(f"| ML-25M-shaped epoch (k=64, batch 5000; measured on all {le['rows']:,} rows) | "
+                        f"{best:.1f} s | ≤ 7 s | {tt['date'][:10]} |")
     if rt and rt.get("exact"):
         big = rt["exact"][-1]
         lf, fa = big["engines"].get("localfm"), big["engines"].get("faiss_flat_ip")

@@ -14,8 +14,9 @@ localfm is timed around the whole ``fit`` (batch preparation included), one epoc
 the naive FM is cut after ``naive_max_seconds`` (whole batches; samples/s divides the
 samples it actually processed — its per-step cost is constant, so a partial epoch
 measures the same rate as a full one, at a fraction of the benchmark's time). Plus one full epoch on the synthetic set for the
-"ML-25M-shaped epoch ≤ 15 s" target, extrapolated linearly to 25M rows when a
-reduced row count ran.
+ML-25M-shaped epoch goal (≤ 7 s). A reduced row count is also scaled linearly to 25M
+rows, shown as a trend only: the goal is judged on a full-size run (``--full-size``, or
+``end_to_end``'s full-size epoch), never on an extrapolation.
 
 Run as a module, it compares the numba engine's thread counts side by side instead
 (``_local_threads``; :func:`compare_threads`)::
@@ -195,7 +196,7 @@ def run(cfg: BenchConfig) -> dict[str, Any]:
 
 
 def headline(payload: dict[str, Any]) -> list[dict[str, Any]]:
-    """Median speedups over each dataset's grid, and the large-epoch time vs the 15 s target."""
+    """Median speedups over each dataset's grid, and the large epoch (vs the 7 s goal only at full size)."""
     out: list[dict[str, Any]] = []
     grid = payload.get("grid", [])
     for ds in dict.fromkeys(r["dataset"] for r in grid):
@@ -212,9 +213,14 @@ def headline(payload: dict[str, Any]) -> list[dict[str, Any]]:
         for mode in ("localfm_fast", "localfm_sagemaker", "localfm_sagemaker_torch"):
             if mode in le:
                 m = le[mode]
-                out.append({"what": f"ML-25M-shaped epoch, {mode}, k=64 batch 5000 ({m['epoch_s']:.1f} s measured on "
-                            f"{le['rows']:,} rows, scaled to 25M rows)", "value": m["epoch_s_at_25M_extrapolated"],
-                            "unit": " s", "target": "≤ 15 s", "digits": 1})
+                if le["rows"] == ML25M_ROWS:
+                    out.append({"what": f"ML-25M-shaped epoch, {mode}, k=64 batch 5000 (all {le['rows']:,} rows)",
+                                "value": m["epoch_s"], "unit": " s", "target": "≤ 7 s", "digits": 1})
+                else:  # a trend only: the goal is judged at full size (--full-size, or end_to_end's)
+                    out.append({"what": f"ML-25M-shaped epoch, {mode}, k=64 batch 5000 ({m['epoch_s']:.1f} s measured on "
+                                f"{le['rows']:,} rows, linearly scaled to 25M rows: not a measurement)",
+                                "value": m["epoch_s_at_25M_extrapolated"], "unit": " s",
+                                "target": "judged at full size only", "digits": 1})
     return out
 
 
@@ -250,8 +256,9 @@ def tables(payload: dict[str, Any]) -> str:
     if le:
         lines.append("")
         lines.append(f"One epoch over {le['rows']:,} synthetic rows (k=64, batch 5000): " + "; ".join(
-            f"{m} {le[m]['epoch_s']:.1f} s ({le[m]['samples_per_s']:,.0f} samples/s, "
-            f"{le[m]['epoch_s_at_25M_extrapolated']:.0f} s scaled to 25M rows)"
+            f"{m} {le[m]['epoch_s']:.1f} s ({le[m]['samples_per_s']:,.0f} samples/s"
+            + (")" if le["rows"] == ML25M_ROWS else
+               f", {le[m]['epoch_s_at_25M_extrapolated']:.0f} s scaled linearly to 25M rows: a trend, not a measurement)")
             for m in ("localfm_fast", "localfm_sagemaker", "localfm_sagemaker_torch") if m in le) + ".")
     return "\n".join(lines) + "\n"
 
