@@ -7,7 +7,11 @@ Same FM-like vectors (:func:`benchmarks.topx_vs_faiss.vectors`) for every run. `
 ranks in this process with ``--cpus-per-node`` threads (``rank`` + the Parquet sink);
 ``ray1`` / ``ray2`` start a loopback cluster of 1 / 2 nodes with ``--cpus-per-node`` CPUs each
 (:func:`localfm.scale.cluster.loopback_cluster`) and run :func:`localfm.scale.recommend_on_cluster`
-with one actor per node (``threads = cpus-per-node``) into the same kind of Parquet file.
+into the same kind of Parquet file, with ``--actor-threads`` threads per actor and as many actors
+as the nodes' CPUs hold. The default, 1, is the library's and the CLI's default: one single-thread
+actor per CPU. ``--actor-threads 2`` gives one 2-thread actor per node. On 2 cores that was 0.5-4.1 s
+slower a job in each of 7 alternated rounds (docs/scale.md): the driver's sink and Ray's own
+processes preempt one ranker thread, and the other one waits for it.
 Cluster start-up is reported separately and not in the job's wall time.
 
 Reported per run: wall seconds, and for Ray the peak memory per node, as the sum of the
@@ -167,7 +171,7 @@ def run_single(rep: Any, k: int, threads: int, out: Path) -> dict[str, Any]:
 
 
 def run_ray(rep: Any, k: int, nodes: int, cpus: int, out: Path, object_store: int,
-            jobs: int = 2) -> list[dict[str, Any]]:
+            jobs: int = 2, actor_threads: int = 1) -> list[dict[str, Any]]:
     """``jobs`` identical jobs, one after the other, on one fresh cluster: one result per job.
 
     Job 1 (``mode`` ``rayN``) is the first job on a fresh cluster: it also starts Ray Data's
@@ -189,7 +193,7 @@ def run_ray(rep: Any, k: int, nodes: int, cpus: int, out: Path, object_store: in
             with NodeMemory(raylets) as mem:
                 t1, c1 = time.perf_counter(), time.process_time()
                 run = recommend_on_cluster(rep, k=k, target=str(out.with_name(f"{out.stem}-{job}{out.suffix}")),
-                                           cluster=cluster.address, threads=cpus)
+                                           cluster=cluster.address, threads=actor_threads)
                 seconds, driver_cpu = time.perf_counter() - t1, time.process_time() - c1
             results.append({
                 "mode": f"ray{nodes}" if job == 0 else f"ray{nodes}_warm", "job_on_cluster": job + 1,
@@ -197,7 +201,7 @@ def run_ray(rep: Any, k: int, nodes: int, cpus: int, out: Path, object_store: in
                 # the driver's (this process's) CPU plus every process of the cluster's nodes
                 "cpu_seconds": driver_cpu + mem.cpu_seconds,
                 "skipped_fraction": run.summary().get("skipped_fraction"),
-                "cluster_start_seconds": started, "workers": run.workers,
+                "cluster_start_seconds": started, "workers": run.workers, "threads_per_actor": actor_threads,
                 "load_average_1m": [load, os.getloadavg()[0]],  # before / after the job (a shared machine shows here)
                 "peak_pss_bytes_per_node": [mem.peak[p] for p in raylets],
                 "item_matrix_bytes": int(rep.item_vectors.nbytes)})
@@ -258,6 +262,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--dim", type=int, default=65)
     ap.add_argument("--k", type=int, default=100)
     ap.add_argument("--cpus-per-node", type=int, default=2)
+    ap.add_argument("--actor-threads", type=int, default=1,
+                    help="threads per Ray actor (default 1, as recommend_on_cluster: one actor per CPU)")
     ap.add_argument("--object-store-mb", type=int, default=1024)
     ap.add_argument("--modes", default="single,ray1,ray2,train")
     ap.add_argument("--train-rows", type=int, default=200_000)
@@ -297,7 +303,7 @@ def main(argv: list[str] | None = None) -> int:
                 written = [out]
             elif mode in ("ray1", "ray2"):
                 runs = run_ray(rep, args.k, int(mode[-1]), args.cpus_per_node, out,
-                               args.object_store_mb * 1024**2, jobs=args.jobs)
+                               args.object_store_mb * 1024**2, jobs=args.jobs, actor_threads=args.actor_threads)
                 written = [out.with_name(f"{out.stem}-{j}{out.suffix}") for j in range(len(runs))]
             else:
                 ap.error(f"--modes: unknown mode {mode!r} (single, ray1, ray2, train)")

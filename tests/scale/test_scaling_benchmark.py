@@ -1,0 +1,27 @@
+"""``python -m benchmarks.scaling`` at smoke size: the harness itself, not speed (issue 12's scaling run).
+
+It starts a loopback cluster of its own (1 node, 1 CPU) like the full-size run does, so it
+checks what a full run relies on: the Ray job stores the single process's rows, and the
+results file says how the job was laid out (actors, threads per actor).
+"""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+pytestmark = pytest.mark.slow
+
+
+def test_scaling_smoke_stores_the_single_process_rows(tmp_path):
+    pytest.importorskip("ray", reason="the localfm[ray] extra is not installed")
+    from benchmarks.scaling import main
+
+    out = tmp_path / "scaling.json"
+    assert main(["--smoke", "--modes", "single,ray1", "--jobs", "1", "--out", str(out)]) == 0
+    report = json.loads(out.read_text())
+    assert report["identical_rows"] is True
+    ray = [r for r in report["runs"] if r["mode"] == "ray1"]
+    assert len(ray) == 1 and ray[0]["threads_per_actor"] == 1 and ray[0]["workers"] == 1
+    assert report["ray_overhead"] == pytest.approx(report["median_seconds"]["ray1"] / report["median_seconds"]["single"] - 1)
+    assert all(len(r["load_average_1m"]) == 2 for r in report["runs"])
