@@ -369,6 +369,29 @@ def test_threads_on_a_large_table_give_the_same_bytes(parallel_calls):
     assert {t for _, t in parallel_calls} == {2, 3}
 
 
+def test_a_thread_without_columns_steps_the_others_and_the_bytes_stay(parallel_calls):
+    """Every nonzero in columns thread 0 owns at 2 threads (even blocks of 2**OWNER_SHIFT):
+    thread 1's own step list is empty every batch, so it steps chunks of thread 0's list
+    (the step-sharing path); 3 threads split the same columns unevenly. Same bytes as 1 thread."""
+    from localfm.fm.engines import numba as engine
+
+    block = 1 << engine.OWNER_SHIFT
+    usable = np.array([c for c in range(8192) if (c // block) % 2 == 0])
+    n = 3000
+    rng = np.random.default_rng(11)
+    cols = rng.choice(usable, size=(n, 4))
+    X = sp.csr_matrix((rng.random(4 * n).astype(np.float32), cols.reshape(-1), np.arange(0, 4 * n + 1, 4)),
+                      shape=(n, 8192))
+    X.sum_duplicates()
+    y = _labels("binary_classifier", n, rng)
+    hp = dict(feature_dim=8192, num_factors=15, predictor_type="binary_classifier", epochs=2, mini_batch_size=1000,
+              _local_engine="numba")
+    for _ in range(3):  # who steps which chunk is a race: repeat it
+        a, b, c = (FactorizationMachine(seed=0, _local_threads=t, **hp).fit(X, y) for t in (1, 2, 3))
+        assert _fingerprint(a) == _fingerprint(b) == _fingerprint(c)
+    assert {t for _, t in parallel_calls} == {2, 3}
+
+
 def test_parallel_worker_alone_gives_the_serial_bytes(monkeypatch):
     """The parallel epoch at threads=1 (one worker, no helper thread) is the serial function, byte for byte.
 

@@ -470,9 +470,12 @@ def train_epoch(  # noqa: ANN201, PLR0913, PLR0912, PLR0915 - one flat loop on p
 #
 # 1. forward of the batch rows it claims, FORWARD_CHUNK rows at a time from a shared
 #    counter, on the pre-update weights: S_i, score, g_i;  -- barrier (every S_i, g_i written) --
-# 2. gradient and lazy step of the columns it *owns* (blocks of 2**OWNER_SHIFT consecutive
-#    columns, dealt round-robin), summed over the whole batch in batch-row order, as
-#    train_epoch does; then the owned columns' squared norms for the next forward;
+# 2. gradient of the columns it *owns* (blocks of 2**OWNER_SHIFT consecutive columns, dealt
+#    round-robin), summed over the whole batch in batch-row order, as train_epoch does,
+#    into a list of the batch's owned columns, which it then publishes; then the lazy step
+#    and squared norm (for the next forward) of its list's columns, STEP_CHUNK at a time,
+#    and of what is left of the other threads' lists once they are published (a column's
+#    step reads only its own gradient and row: the thread that runs it does not matter);
 #    thread 0 also steps the bias;  -- barrier (every table row written) --
 #
 # Nothing is summed across threads and a column's sum order does not depend on T, so
@@ -501,6 +504,12 @@ FORWARD_CHUNK = 128
 #: ``bar[CLAIM_AT + (b & 1)]`` counts batch b's claimed forward rows (a cache line apart from
 #: the barrier counter ``bar[0]``; two counters, so one can be reset while the other is in use)
 CLAIM_AT = 8
+#: the step's columns are claimed STEP_CHUNK at a time, from the thread's own list first and
+#: then from the others' (see :func:`_epoch_worker`); ~10 us of work a claim
+STEP_CHUNK = 32
+#: ``lists[q * LIST_LINE + ...]``: thread q's step list, one cache line per thread: the next
+#: unclaimed index (+0), how many batches' lists q has finished (+1), and the list's length (+2)
+LIST_LINE = 8
 
 
 @njit(cache=True, error_model="numpy", inline="always")
@@ -536,8 +545,37 @@ def _barrier(bar, passed, threads):  # noqa: ANN001, ANN202 - numba
 
 
 @njit(cache=True, error_model="numpy", nogil=True)
+def _step_chunk(P, nrm, slot, cols, G, cacc, j0, j1, U, prefetch, kind, lr, wd, decay, ncoef, lr_scale, eps,  # noqa: ANN201
+                use_clip, clip):
+    """The lazy step of list entries ``j0:j1`` of one thread's batch columns (``U`` long), then their norms.
+
+    The step of a column reads only its own gradient, ``cacc`` entry and table row, so the
+    bytes do not depend on which thread runs it.
+    """
+    k = P.shape[2] - 1
+    for u in range(j0, j1):
+        if prefetch and u + PREFETCH_AHEAD < U:
+            _prefetch_row(P, cols[u + PREFETCH_AHEAD])
+            _prefetch(nrm, (cols[u + PREFETCH_AHEAD],))
+        c = cols[u]
+        Gu = G[u]
+        Wc = P[c, 0]
+        Mc = P[c, 1]
+        Vc = P[c, 2]
+        cc = cacc[u]
+        for f in range(k):
+            Gu[f] = Gu[f] - Wc[f] * cc
+        _step_range(kind, Gu[:k], Wc[:k], Mc[:k], Vc[:k], lr[0], wd[0], decay[0], ncoef, lr_scale, eps,
+                    use_clip, clip)
+        _step_range(kind, Gu[k:], Wc[k:], Mc[k:], Vc[k:], lr[k], wd[k], decay[k], ncoef, lr_scale, eps,
+                    use_clip, clip)
+        nrm[c] = _sumsq(Wc, k)
+        slot[c] = -1
+
+
+@njit(cache=True, error_model="numpy", nogil=True)
 def _epoch_worker(  # noqa: ANN201, PLR0913, PLR0912, PLR0915 - one flat loop on purpose
-    t, threads, bar, owner, S, gs, nrm, cols, G, cacc, mine_p, mine_i,
+    t, threads, bar, lists, owner, S, gs, nrm, cols_all, G_all, cacc_all, mine_p, mine_i,
     indptr, indices, data, y, order, batch_size, P, lr, wd, decay, kind, clip, use_clip, eps, rescale,
     binary, use_bias, bias, bias_lr, bias_wd, coefs, lr_scale, slot, scores_out, labels_out,
 ):
@@ -545,21 +583,27 @@ def _epoch_worker(  # noqa: ANN201, PLR0913, PLR0912, PLR0915 - one flat loop on
 
     Shared with the other threads: ``bar`` (int64, all 0 on entry: the barrier counter
     ``bar[0]``, the abort flag ``bar[1]``, the forward's row-claim counters at ``CLAIM_AT``),
-    ``owner`` (the thread of each block of 2**OWNER_SHIFT columns; a table lookup is
-    cheaper than a division per nonzero),
+    ``lists`` (int64, all 0 on entry: each thread's step-list cursor, finished-list count
+    and length, ``LIST_LINE`` apart), ``owner`` (the thread of each block of
+    2**OWNER_SHIFT columns; a table lookup is cheaper than a division per nonzero),
     ``S`` (batch_size, k+1) and ``gs`` (batch_size,) (the batch rows' forward sums and
-    gradient factors), ``nrm`` (d,) (each column's |v|^2), and the training arrays. Its
-    own: ``cols`` / ``G`` / ``cacc``, the batch's owned columns, their gradients and
-    their sum of g x^2, and ``mine_p`` / ``mine_i``, the batch's nonzeros in owned
-    columns (position in ``indices``, batch row), all sized by the most nonzeros of one batch. Nothing is allocated
-    here and nothing raises: a thread that stopped early would leave the others
-    waiting at the barrier.
+    gradient factors), ``nrm`` (d,) (each column's |v|^2), ``cols_all`` / ``G_all`` /
+    ``cacc_all`` (row q: thread q's list of the batch's owned columns, their gradients and
+    their sum of g x^2; written by q, stepped by whoever claims them), and the training
+    arrays. Its own: ``mine_p`` / ``mine_i``, the batch's nonzeros in owned columns
+    (position in ``indices``, batch row). Per-batch arrays are sized by the most nonzeros
+    of one batch. Nothing is allocated here and nothing raises: a thread that stopped
+    early would leave the others waiting at the barrier.
     """
     n = _n_rows(indptr, order)
     d = P.shape[0]
     k1 = P.shape[2]
     k = k1 - 1
     n_batches = scores_out.shape[0] // batch_size
+    cols = cols_all[t]
+    G = G_all[t]
+    cacc = cacc_all[t]
+    mine = t * LIST_LINE
     prefetch = P.size * 4 > PREFETCH_MIN_BYTES
     passed = 0
     for blk in range(t, owner.shape[0], threads):
@@ -622,6 +666,7 @@ def _epoch_worker(  # noqa: ANN201, PLR0913, PLR0912, PLR0915 - one flat loop on
         # branch: whether a column is this thread's is a coin flip per nonzero, and as a
         # branch it mispredicted half the time (timed: the owner-tested walk alone cost each
         # of 2 threads 2.5x what the same walk costs one thread that owns every column).
+        lists[mine] = 0  # no other thread reads it before this batch's list is published below
         m = 0
         for i in range(batch_size):
             row = _row_at(order, n, base + i)
@@ -654,26 +699,32 @@ def _epoch_worker(  # noqa: ANN201, PLR0913, PLR0912, PLR0915 - one flat loop on
                 Gu[f] += gx * Si[f]
             Gu[k] += gx
             cacc[u] += gx * x
-        # -- the owned columns' lazy step, then their norms for the next forward
+        # -- the lazy step of the batch's columns, then their norms for the next forward: the
+        # thread's own list first, then what is left of the others' lists. The owners' column
+        # counts differ by a few per cent a batch; the thread done first used to wait that
+        # long at the barrier, now it takes chunks of the other's list.
+        lists[mine + 2] = U
+        _atomic_add(lists, mine + 1, 1)  # list b published: its entries, gradients and length
         ncoef = -coefs[b]
-        for u in range(U):
-            if prefetch and u + PREFETCH_AHEAD < U:
-                _prefetch_row(P, cols[u + PREFETCH_AHEAD])
-                _prefetch(nrm, (cols[u + PREFETCH_AHEAD],))
-            c = cols[u]
-            Gu = G[u]
-            Wc = P[c, 0]
-            Mc = P[c, 1]
-            Vc = P[c, 2]
-            cc = cacc[u]
-            for f in range(k):
-                Gu[f] = Gu[f] - Wc[f] * cc
-            _step_range(kind, Gu[:k], Wc[:k], Mc[:k], Vc[:k], lr[0], wd[0], decay[0], ncoef, lr_scale, eps,
-                        use_clip, clip)
-            _step_range(kind, Gu[k:], Wc[k:], Mc[k:], Vc[k:], lr[k], wd[k], decay[k], ncoef, lr_scale, eps,
-                        use_clip, clip)
-            nrm[c] = _sumsq(Wc, k)
-            slot[c] = -1
+        for h in range(threads):
+            q = (t + h) % threads
+            at = q * LIST_LINE
+            spins = 0
+            while _atomic_load(lists, at + 1) <= b:  # q is still summing its gradients
+                if _atomic_load(bar, 1) != 0:
+                    return
+                if spins < SPIN_BEFORE_YIELD:
+                    _cpu_relax()
+                    spins += 1
+                else:
+                    _yield_cpu()
+            Uq = lists[at + 2]
+            while True:
+                j0 = _atomic_add(lists, at, STEP_CHUNK)
+                if j0 >= Uq:
+                    break
+                _step_chunk(P, nrm, slot, cols_all[q], G_all[q], cacc_all[q], j0, min(j0 + STEP_CHUNK, Uq), Uq,
+                            prefetch, kind, lr, wd, decay, ncoef, lr_scale, eps, use_clip, clip)
         if t == 0 and use_bias:
             gsum = 0.0
             for i in range(batch_size):
@@ -723,11 +774,15 @@ def train_epoch_parallel(  # noqa: PLR0913
     bar[:] = 0
     tslot = _line_aligned(P.shape[0], np.int32)
     tslot[:] = -1
-    shared = (bar, owner, np.empty((batch_size, k1), np.float32), np.empty(batch_size, np.float32),
-              _line_aligned(P.shape[0], np.float32))
-    own = [(np.empty(max_nnz, np.int64), np.empty((max_nnz, k1), np.float32), np.empty(max_nnz, np.float32),
-            np.empty(max_nnz, np.int64), np.empty(max_nnz, np.int32))
-           for _ in range(threads)]
+    lists = _line_aligned(threads * LIST_LINE, np.int64)
+    lists[:] = 0
+    # each thread's step list, gradients and g x^2 sums stacked, one row per thread: any thread
+    # may step any list's columns
+    shared = (bar, lists, owner, np.empty((batch_size, k1), np.float32), np.empty(batch_size, np.float32),
+              _line_aligned(P.shape[0], np.float32), np.empty((threads, max_nnz), np.int64),
+              np.empty((threads, max_nnz, k1), np.float32), np.empty((threads, max_nnz), np.float32))
+    # each thread's own nonzeros of the batch
+    own = [(np.empty(max_nnz, np.int64), np.empty(max_nnz, np.int32)) for _ in range(threads)]
     args = (indptr, indices, data, y, order, batch_size, P, lr, wd, decay, kind, clip, use_clip, eps, rescale, binary,
             use_bias, bias, bias_lr, bias_wd, coefs, lr_scale, tslot, scores_out, labels_out)
     errors: list[BaseException] = []
