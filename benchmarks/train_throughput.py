@@ -270,8 +270,14 @@ def compare_threads(data: Ratings, threads: list[int], num_factors: int, batch: 
 
     Interleaving (1, 2, 1, 2, ...) lets a neighbour's load burst hit every count alike. A
     warm-up fit per count loads the compiled functions first (numba's cache), so compile
-    time is not throughput.
+    time is not throughput. Two figures per count: the whole ``fit``, and its epoch alone
+    (the training log's per-epoch time: the marginal cost of one more epoch). The fit also
+    pays, on one thread whatever the count, the seeded initial draw (~0.15 s at 225k
+    features; a sequential random stream, so the same bytes at any thread count), the
+    epoch's metrics and the copy of the weights out of the table.
     """
+    from localfm.fm.metrics import TrainingLog
+
     FM = fm_class()
     X, y = data.onehot(), data.binary()
     hp = dict(feature_dim=X.shape[1], num_factors=num_factors, predictor_type="binary_classifier", epochs=1,
@@ -281,25 +287,32 @@ def compare_threads(data: Ratings, threads: list[int], num_factors: int, batch: 
         FM(**hp, _local_threads=t).fit(small.onehot(), small.binary())
     walls: dict[int, list[float]] = {t: [] for t in threads}
     cpus: dict[int, list[float]] = {t: [] for t in threads}
+    epochs: dict[int, list[float]] = {t: [] for t in threads}
     weights: dict[int, bytes] = {}
     load_before = os.getloadavg()
     for _ in range(repeat):
         for t in threads:
             model = FM(**hp, _local_threads=t)
+            log = TrainingLog("binary_classifier", 1, emit=False)
             w0, c0 = time.perf_counter(), time.process_time()
-            model.fit(X, y)
+            model.fit(X, y, log=log)
             walls[t].append(time.perf_counter() - w0)
             cpus[t].append(time.process_time() - c0)
+            epochs[t].append(len(data) / log.throughput_per_epoch[0])
             weights.setdefault(t, model.V_.tobytes() + model.w_.tobytes())
     out: dict[str, Any] = {"rows": len(data), "feature_dim": X.shape[1], "num_factors": num_factors,
                            "mini_batch_size": batch, "repeat": repeat, "load_average_before": load_before,
                            "cores": os.cpu_count(), "runs": {}}
     base = statistics.median(walls[threads[0]])
+    base_epoch = statistics.median(epochs[threads[0]])
     for t in threads:
         wall = statistics.median(walls[t])
+        epoch = statistics.median(epochs[t])
         out["runs"][str(t)] = {"wall_s_median": wall, "cpu_s_median": statistics.median(cpus[t]),
                                "wall_s_runs": walls[t], "cpu_s_runs": cpus[t],
                                "samples_per_s": len(data) / wall, f"speedup_vs_{threads[0]}": base / wall,
+                               "epoch_s_median": epoch, "epoch_s_runs": epochs[t],
+                               f"epoch_speedup_vs_{threads[0]}": base_epoch / epoch,
                                f"same_bytes_as_{threads[0]}": weights[t] == weights[threads[0]]}
     out["load_average_after"] = os.getloadavg()
     return out
@@ -312,13 +325,15 @@ THREAD_CASES = (("ml100k", 1000), ("ml100k", 5000), ("synthetic", 5000))
 def thread_table(results: list[dict[str, Any]]) -> str:
     """Markdown: one line per (data, batch), the thread counts side by side (median wall, CPU, speedup)."""
     counts = list(results[0]["runs"]) if results else []
-    head = "| data | rows | feature_dim | batch | " + " | ".join(f"{t} thr wall (cpu)" for t in counts) + \
-        " | " + " | ".join(f"{t} vs {counts[0]}" for t in counts[1:]) + " | same bytes | load before / after |"
+    head = "| data | rows | feature_dim | batch | " + " | ".join(f"{t} thr fit wall (cpu), epoch" for t in counts) + \
+        " | " + " | ".join(f"{t} vs {counts[0]}: fit, epoch" for t in counts[1:]) + " | same bytes | load before / after |"
     lines = [head, "|" + " --- |" * (head.count("|") - 1)]
     for r in results:
         runs = r["runs"]
-        cells = [f"{runs[t]['wall_s_median']:.3f} s ({runs[t]['cpu_s_median']:.3f} s)" for t in counts]
-        ratios = [f"{runs[t][f'speedup_vs_{counts[0]}']:.2f}x" for t in counts[1:]]
+        cells = [f"{runs[t]['wall_s_median']:.3f} s ({runs[t]['cpu_s_median']:.3f} s), {runs[t]['epoch_s_median']:.3f} s"
+                 for t in counts]
+        ratios = [f"{runs[t][f'speedup_vs_{counts[0]}']:.2f}x, {runs[t][f'epoch_speedup_vs_{counts[0]}']:.2f}x"
+                  for t in counts[1:]]
         same = all(runs[t][f"same_bytes_as_{counts[0]}"] for t in counts)
         before, after = r["load_average_before"][0], r["load_average_after"][0]
         lines.append(f"| {r['data']} | {r['rows']:,} | {r['feature_dim']:,} | {r['mini_batch_size']} | "

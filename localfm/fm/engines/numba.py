@@ -663,9 +663,9 @@ def _epoch_worker(  # noqa: ANN201, PLR0913, PLR0912, PLR0915 - one flat loop on
             bar[CLAIM_AT + ((b + 1) & 1)] = 0
         # -- 2. gradient of the owned columns over every batch row, in batch-row order.
         # First this thread's nonzeros of the batch, listed in batch-row order without a
-        # branch: whether a column is this thread's is a coin flip per nonzero, and as a
-        # branch it mispredicted half the time (timed: the owner-tested walk alone cost each
-        # of 2 threads 2.5x what the same walk costs one thread that owns every column).
+        # branch: whether a column is this thread's is a coin flip per nonzero, which no
+        # branch predictor guesses (timed: the owner-tested walk alone cost each of 2 threads
+        # 2.5x what the same walk costs one thread that owns every column; docs/fm.md).
         lists[mine] = 0  # no other thread reads it before this batch's list is published below
         m = 0
         for i in range(batch_size):
