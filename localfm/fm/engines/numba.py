@@ -521,6 +521,24 @@ def _prefetch_forward(P, nrm, indptr, indices, row):  # noqa: ANN001, ANN202 - n
 
 
 @njit(cache=True, error_model="numpy", inline="always")
+def _wait_for(counter, at, target, bar):  # noqa: ANN001, ANN202 - numba
+    """Spin until ``counter[at]`` reaches ``target`` (True), or until the abort flag ``bar[1]`` is set (False).
+
+    Spins (``pause``) SPIN_BEFORE_YIELD times, then yields the core on every check.
+    """
+    spins = 0
+    while _atomic_load(counter, at) < target:
+        if _atomic_load(bar, 1) != 0:
+            return False
+        if spins < SPIN_BEFORE_YIELD:
+            _cpu_relax()
+            spins += 1
+        else:
+            _yield_cpu()
+    return True
+
+
+@njit(cache=True, error_model="numpy", inline="always")
 def _barrier(bar, passed, threads):  # noqa: ANN001, ANN202 - numba
     """Wait until all ``threads`` have arrived at their ``passed + 1``-th barrier; returns ``passed + 1``.
 
@@ -531,16 +549,8 @@ def _barrier(bar, passed, threads):  # noqa: ANN001, ANN202 - numba
     """
     passed += 1
     _atomic_add(bar, 0, 1)
-    target = passed * threads
-    spins = 0
-    while _atomic_load(bar, 0) < target:
-        if _atomic_load(bar, 1) != 0:
-            return -1
-        if spins < SPIN_BEFORE_YIELD:
-            _cpu_relax()
-            spins += 1
-        else:
-            _yield_cpu()
+    if not _wait_for(bar, 0, passed * threads, bar):
+        return -1
     return passed
 
 
@@ -709,15 +719,8 @@ def _epoch_worker(  # noqa: ANN201, PLR0913, PLR0912, PLR0915 - one flat loop on
         for h in range(threads):
             q = (t + h) % threads
             at = q * LIST_LINE
-            spins = 0
-            while _atomic_load(lists, at + 1) <= b:  # q is still summing its gradients
-                if _atomic_load(bar, 1) != 0:
-                    return
-                if spins < SPIN_BEFORE_YIELD:
-                    _cpu_relax()
-                    spins += 1
-                else:
-                    _yield_cpu()
+            if not _wait_for(lists, at + 1, b + 1, bar):  # until q has published this batch's list
+                return
             Uq = lists[at + 2]
             while True:
                 j0 = _atomic_add(lists, at, STEP_CHUNK)
