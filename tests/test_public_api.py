@@ -5,10 +5,10 @@ the exports: that order is what used to turn ``from localfm import recommend`` i
 subpackage instead of the function (a lazy export shadowed by the submodule attribute).
 """
 import json
-import subprocess
-import sys
 
 import pytest
+
+from tests.fresh_python import run_python
 
 import localfm
 
@@ -80,9 +80,7 @@ print(json.dumps(report))
 
 @pytest.mark.slow
 def test_every_export_is_its_defining_object_after_importing_every_submodule():
-    proc = subprocess.run([sys.executable, "-c", _PROBE, json.dumps(DEFINED_IN)], capture_output=True, text=True)
-    assert proc.returncode == 0, proc.stderr
-    report = json.loads(proc.stdout)
+    report = json.loads(run_python(_PROBE, json.dumps(DEFINED_IN)))
     assert report == {"missing_from_all": [], "undocumented": [], "not_identical": [], "defined_elsewhere": [],
                       "shadowing_a_module": [], "collisions": [], "recommend_is_the_subpackage": True}
 
@@ -98,5 +96,5 @@ def test_cloud_log_reader_and_knn_training_reader_have_distinct_names():
 @pytest.mark.slow
 def test_import_does_not_load_torch_or_faiss():
     code = "import sys, localfm; print('torch' in sys.modules, 'faiss' in sys.modules)"
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    out = run_python(code)
     assert out.split() == ["False", "False"]

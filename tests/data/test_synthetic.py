@@ -10,6 +10,7 @@ from localfm.data.movielens import load_movielens
 from localfm.data.prepare import Options, prepare_movielens
 from localfm.data.splits import grouplens_split
 from localfm.data.synthetic import SyntheticConfig, _fm_score, default_dataset_path, generate, load_planted, write
+from tests.fresh_python import run_python
 
 
 @pytest.fixture(scope="module")
@@ -94,9 +95,6 @@ def test_large_dataset_is_written_in_bounded_memory(tmp_path: Path) -> None:
     30,000 x 10,000 was killed for memory on a 24 GB machine; this size keeps the test short
     while still being 4x above the bound for the old code's O(users x items) matrices.
     """
-    import subprocess
-    import sys
-
     if not Path("/proc/self/status").is_file():
         pytest.skip("peak RSS is read from Linux's /proc/self/status")
     out = tmp_path / "big"
@@ -109,9 +107,7 @@ def test_large_dataset_is_written_in_bounded_memory(tmp_path: Path) -> None:
         "status = Path('/proc/self/status').read_text().splitlines()\n"
         "print(next(line.split()[1] for line in status if line.startswith('VmHWM:')))\n"  # KiB
     )
-    proc = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stderr
-    peak_mib = int(proc.stdout.splitlines()[-1]) / 1024
+    peak_mib = int(run_python(probe, timeout=600).splitlines()[-1]) / 1024
     assert peak_mib < 350, f"peak RSS {peak_mib:.0f} MiB"
     info = (out / "u.info").read_text().split("\n")
     assert info[:2] == ["1500 users", "1000 items"]

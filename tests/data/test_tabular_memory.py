@@ -6,10 +6,11 @@ live on as numpy copies, so without handing them back a 25M-row read would hold 
 """
 from __future__ import annotations
 
-import subprocess
 import sys
 
 import pytest
+
+from tests.fresh_python import run_python
 
 SCRIPT = r"""
 from pathlib import Path
@@ -37,7 +38,6 @@ print((rss() - before) / held)
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc/self/status")
 def test_reading_interactions_keeps_little_more_than_the_columns(tmp_path):
     code = SCRIPT.replace("PATH", repr(str(tmp_path / "ratings.parquet")))
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True)
-    growth = float(out.stdout.strip().splitlines()[-1])
+    growth = float(run_python(code, timeout=120).strip().splitlines()[-1])
     # Without handing Arrow's pages back the process grows by ~3.3x the columns' bytes; with it ~1.1x.
     assert growth < 1.6, growth

@@ -13,6 +13,7 @@ import scipy.sparse as sp
 
 from localfm.errors import LocalFMError
 from localfm.fm import FactorizationMachine, engines
+from tests.fresh_python import run_python
 
 pytestmark = pytest.mark.skipif(not engines.numba_available(), reason="numba not installed")
 
@@ -243,9 +244,6 @@ def test_engine_interface_runs_epochs_and_reports_batches(engine):
 @pytest.mark.slow
 def test_numba_engine_does_not_import_torch():
     """The numba path must stay torch-free: importing torch costs ~1 s per `localfm train`."""
-    import subprocess
-    import sys
-
     code = (
         "import sys, numpy as np, scipy.sparse as sp\n"
         "from localfm.fm import FactorizationMachine\n"
@@ -255,8 +253,7 @@ def test_numba_engine_does_not_import_torch():
         "assert fm.engine_ == 'numba', fm.engine_\n"
         "assert 'torch' not in sys.modules\n"
     )
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
-    assert done.returncode == 0, done.stderr[-2000:]
+    run_python(code, timeout=120)  # the child asserts
 
 
 def test_large_table_prefetch_path_matches():
@@ -292,9 +289,6 @@ def test_run_epoch_with_no_rows_raises_instead_of_reading_out_of_bounds():
 
 def test_loading_a_model_for_inference_loads_no_engine():
     """predict after load must not pay for numba (~0.35 s) or torch (~1 s): no engine is resolved."""
-    import subprocess
-    import sys
-
     code = (
         "import sys, numpy as np, scipy.sparse as sp\n"
         "from types import SimpleNamespace\n"
@@ -305,8 +299,7 @@ def test_loading_a_model_for_inference_loads_no_engine():
         "loaded = [m for m in ('numba', 'torch', 'localfm.fm.engines.numba') if m in sys.modules]\n"
         "assert not loaded, loaded\n"
     )
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
-    assert done.returncode == 0, done.stderr[-2000:]
+    run_python(code, timeout=120)  # the child asserts
 
 
 # ----------------------------------------------------------------------------- threads

@@ -9,7 +9,6 @@ import gzip
 import io
 import json
 import os
-import subprocess
 import sys
 import tarfile
 import zipfile
@@ -22,6 +21,7 @@ import pytest
 from localfm.errors import LocalFMError
 from localfm.io import artifacts as art
 from localfm.io import ndarray as nd
+from tests.fresh_python import run_python
 
 REPO = Path(__file__).resolve().parents[2]
 if str(REPO) not in sys.path:
@@ -85,9 +85,7 @@ def test_predict_refuses_hostile_archive_in_bounded_memory(kind: str, tmp_path: 
     cmd = [sys.executable, "-m", "localfm", "predict", "--model", str(model), "--input", str(request),
            "-o", str(out)]
     env = dict(os.environ, PYTHONPATH=str(REPO))
-    done = subprocess.run([sys.executable, "-c", _MEASURE, *cmd], capture_output=True, text=True, env=env,
-                          timeout=120)
-    report = json.loads(done.stdout)
+    report = json.loads(run_python(_MEASURE, *cmd, env=env, timeout=120))
     assert report["rc"] == 2, report["stderr"]
     assert report["stderr"].count("\n") == 1 and "Traceback" not in report["stderr"]
     assert "model_algo-1" in report["stderr"]

@@ -7,6 +7,7 @@ import scipy.sparse as sp
 
 from localfm.errors import LocalFMError
 from localfm.recommend.topx import numba_available, top_x, trim
+from tests.fresh_python import run_python
 
 KERNELS = ["torch", pytest.param("numba", marks=pytest.mark.skipif(not numba_available(), reason="numba not installed"))]
 
@@ -565,8 +566,6 @@ def test_fused_ranking_never_imports_torch():
     cost every ranking process ~2 s before its first batch (each Ray actor on the job's
     critical path). Its ids must still be the torch per-block path's."""
     import json
-    import subprocess
-    import sys
 
     _fused_or_skip()
     code = (
@@ -583,9 +582,8 @@ def test_fused_ranking_never_imports_torch():
         "rows = [b.item_id.tolist() for b in rank(rep, k=7, precision='fp32', batch_size=64)]\n"
         "print(json.dumps({'torch': 'torch' in sys.modules, 'ids': ids.tolist(), 'rows': sum(rows, [])}))\n"
     )
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stderr[-2000:]
-    got = json.loads(done.stdout.strip().splitlines()[-1])
+    out = run_python(code)
+    got = json.loads(out.strip().splitlines()[-1])
     assert got["torch"] is False
     rng = np.random.default_rng(3)
     U = rng.standard_normal((300, 9)).astype(np.float32)

@@ -2,8 +2,6 @@
 from __future__ import annotations
 
 import math
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -19,6 +17,7 @@ from localfm.recommend.vectors import (
     user_vectors,
 )
 from tests.recommend.recommend_fakes import make_space, naive_fm_score, random_weights
+from tests.fresh_python import run_python
 
 
 def _all_pairs_exact(rep, space, weights):
@@ -177,5 +176,5 @@ def test_pair_scores_are_float64_exact_dots_plus_constant():
 def test_importing_vectors_does_not_load_numba():
     """repackage / k-NN channels import this module; only scoring result rows needs the compiled loop."""
     code = "import sys, localfm.recommend.vectors; print('numba' in sys.modules)"
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    out = run_python(code)
     assert out.split() == ["False"]

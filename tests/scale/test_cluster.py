@@ -3,8 +3,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -14,6 +12,7 @@ from tests.recommend.recommend_fakes import make_space, random_weights
 from localfm.errors import LocalFMError
 from localfm.recommend.vectors import repackage
 from localfm.scale import ClusterSpec, parse_cluster, recommend_on_cluster
+from tests.fresh_python import run_python
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -31,8 +30,7 @@ def test_parse_cluster_spellings():
 def test_importing_localfm_does_not_import_ray():
     code = ("import sys, localfm, localfm.recommend, localfm.recommend.recommend, localfm.scale, localfm.scale.topx, "
             "localfm.cli, localfm.cli.recommend; print('ray' in sys.modules, 'ray.data' in sys.modules)")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True)
-    assert out.stdout.split() == ["False", "False"]
+    assert run_python(code, timeout=120).split() == ["False", "False"]
 
 
 @pytest.fixture(scope="module")
@@ -103,9 +101,7 @@ def test_local_cluster_leaves_nothing_in_ray_default_dirs(tmp_path):
     )
     env = {**os.environ, "HOME": str(home), "PYTHONPATH": str(REPO)}
     env.pop("RAY_TMPDIR", None)
-    proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr
-    lines = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
+    lines = [json.loads(line) for line in run_python(code, env=env).splitlines() if line.startswith("{")]
     assert lines[0]["existed"] and lines[0]["dir"].startswith("/tmp/lfr")
     assert not os.path.exists(lines[0]["dir"])  # removed on exit
     assert lines[1]["after"] is None  # environment restored

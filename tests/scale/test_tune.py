@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import os
 import signal
-import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
@@ -22,6 +20,7 @@ from localfm.experiments.tuning import parse_tuning_config, tune
 from localfm.experiments.tuning.trial import TrialData, TrialJob, load_inputs, run_trial
 from tests.experiments.test_tuning import body, inputs, read_csv
 from tests.experiments.test_tuning_resume import _config, kill_mid_tune_then_resume
+from tests.fresh_python import run_python
 
 REPO = Path(__file__).resolve().parents[2]
 TIMING = ("TrainingStartTime", "TrainingEndTime", "TrainingElapsedTimeSeconds")
@@ -47,8 +46,7 @@ def test_without_ray_flag_nothing_imports_ray():
     code = ("import sys; import localfm.cli.tune, localfm.experiments.tuning.runner, localfm.scale.tune; "
             "assert 'ray' not in sys.modules, 'ray imported'")
     env = {**os.environ, "PYTHONPATH": str(REPO)}
-    done = subprocess.run([sys.executable, "-c", code], check=False, env=env, capture_output=True, text=True, timeout=120)
-    assert done.returncode == 0, done.stderr
+    run_python(code, env=env, timeout=120)  # the child asserts
 
 
 def test_bad_cluster_values_fail_before_any_work(data, tmp_path):
