@@ -169,17 +169,20 @@ def test_killed_actor_is_restarted_and_the_job_completes(ray_cluster, ml100k_mod
     marks.mkdir()
     out = tmp_path / "recs.parquet"
     result: list[object] = []
+    # One actor: the rest of the job can only be done by its restart. (With two, Ray may hand the
+    # killed actor's batch to the other one and finish before the restarted actor takes any work.)
     thread = threading.Thread(target=lambda: result.append(recommend_on_cluster(
         rep, k=20, target=str(out), cluster=ray_cluster.address, seen=seen, batch_size=BATCH, shard_users=SHARD,
-        max_retries=2, batch_hook=functools.partial(note_worker, str(marks), 0.3))))
+        workers=1, max_retries=2, batch_hook=functools.partial(note_worker, str(marks), 0.3))))
     thread.start()
     _wait_for(lambda: any(marks.iterdir()), what="a started batch")
-    os.kill(int(next(iter(marks.iterdir())).name.split("-", 1)[0]), signal.SIGKILL)
+    killed = next(iter(marks.iterdir())).name.split("-", 1)[0]
+    os.kill(int(killed), signal.SIGKILL)
     thread.join(timeout=300)
     assert not thread.is_alive() and len(result) == 1
     assert read_results(str(out)) == expected
-    # The restarted actor is a new process: more pids than the pool's two actors took part.
-    assert len({p.name.split("-", 1)[0] for p in marks.iterdir()}) >= 3
+    # The restarted actor is a new process, and it ranked batches.
+    assert {p.name.split("-", 1)[0] for p in marks.iterdir()} - {killed}
 
 
 def test_an_actor_that_cannot_start_fails_the_job_at_once(ray_cluster, ml100k_model, tmp_path):
