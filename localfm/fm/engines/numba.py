@@ -337,6 +337,39 @@ def _step_range(kind, G, W, M, V, lr, wd, dec, ncoef, lr_scale, eps, use_clip, c
             W[f] = W[f] + (ncoef * (m * lr)) / (np.sqrt(v) + eps)
 
 
+@njit(cache=True, error_model="numpy", nogil=True)
+def _step_chunk(P, nrm, slot, cols, G, cacc, j0, j1, U, prefetch, kind, lr, wd, decay, ncoef, lr_scale, eps,  # noqa: ANN201
+                use_clip, clip):
+    """The lazy step of list entries ``j0:j1`` of a batch's columns (``U`` long), then their norms.
+
+    The step of a column reads only its own gradient, ``cacc`` entry and table row, so the
+    bytes do not depend on which thread runs it. The serial epoch steps its whole list in one
+    call and keeps no norms: it passes ``nrm`` empty.
+    """
+    k = P.shape[2] - 1
+    norms = nrm.shape[0] > 0
+    for u in range(j0, j1):
+        if prefetch and u + PREFETCH_AHEAD < U:
+            _prefetch_row(P, cols[u + PREFETCH_AHEAD])
+            if norms:
+                _prefetch(nrm, (cols[u + PREFETCH_AHEAD],))
+        c = cols[u]
+        Gu = G[u]
+        Wc = P[c, 0]
+        Mc = P[c, 1]
+        Vc = P[c, 2]
+        cc = cacc[u]
+        for f in range(k):
+            Gu[f] = Gu[f] - Wc[f] * cc
+        _step_range(kind, Gu[:k], Wc[:k], Mc[:k], Vc[:k], lr[0], wd[0], decay[0], ncoef, lr_scale, eps,
+                    use_clip, clip)
+        _step_range(kind, Gu[k:], Wc[k:], Mc[k:], Vc[k:], lr[k], wd[k], decay[k], ncoef, lr_scale, eps,
+                    use_clip, clip)
+        if norms:
+            nrm[c] = _sumsq(Wc, k)
+        slot[c] = -1
+
+
 @njit(cache=True, error_model="numpy")
 def train_epoch(  # noqa: ANN201, PLR0913, PLR0912, PLR0915 - one flat loop on purpose
     indptr, indices, data, y, order, batch_size, P, lr, wd, decay, kind, clip, use_clip, eps, rescale,
@@ -364,6 +397,7 @@ def train_epoch(  # noqa: ANN201, PLR0913, PLR0912, PLR0915 - one flat loop on p
     inv = np.empty(max_nnz, np.int64)
     val = np.empty(max_nnz, np.float32)
     cols = np.empty(max(max_nnz, 1), np.int64)
+    no_norms = np.empty(0, np.float32)  # the step keeps no column norms here: the forward computes them
     nrm = np.empty(max(max_nnz, 1), np.float32)
     G = np.empty((max(max_nnz, 1), k1), np.float32)
     cacc = np.empty(max(max_nnz, 1), np.float32)
@@ -443,22 +477,8 @@ def train_epoch(  # noqa: ANN201, PLR0913, PLR0912, PLR0915 - one flat loop on p
                 cacc[u] += gx * val[q]
         # -- optimizer step on the touched rows (lazy update)
         ncoef = -coefs[b]
-        for u in range(U):
-            if prefetch and u + PREFETCH_AHEAD < U:
-                _prefetch_row(P, cols[u + PREFETCH_AHEAD])
-            c = cols[u]
-            Gu = G[u]
-            Wc = P[c, 0]
-            Mc = P[c, 1]
-            Vc = P[c, 2]
-            cc = cacc[u]
-            for f in range(k):
-                Gu[f] = Gu[f] - Wc[f] * cc
-            _step_range(kind, Gu[:k], Wc[:k], Mc[:k], Vc[:k], lr[0], wd[0], decay[0], ncoef, lr_scale, eps,
-                        use_clip, clip)
-            _step_range(kind, Gu[k:], Wc[k:], Mc[k:], Vc[k:], lr[k], wd[k], decay[k], ncoef, lr_scale, eps,
-                        use_clip, clip)
-            slot[c] = -1
+        _step_chunk(P, no_norms, slot, cols, G, cacc, 0, U, U, prefetch, kind, lr, wd, decay, ncoef, lr_scale, eps,
+                    use_clip, clip)
         if use_bias:
             _bias_step(bias, gsum, kind, bias_lr, bias_wd, clip, use_clip, eps, coefs[b], lr_scale)
 
@@ -552,35 +572,6 @@ def _barrier(bar, passed, threads):  # noqa: ANN001, ANN202 - numba
     if not _wait_for(bar, 0, passed * threads, bar):
         return -1
     return passed
-
-
-@njit(cache=True, error_model="numpy", nogil=True)
-def _step_chunk(P, nrm, slot, cols, G, cacc, j0, j1, U, prefetch, kind, lr, wd, decay, ncoef, lr_scale, eps,  # noqa: ANN201
-                use_clip, clip):
-    """The lazy step of list entries ``j0:j1`` of one thread's batch columns (``U`` long), then their norms.
-
-    The step of a column reads only its own gradient, ``cacc`` entry and table row, so the
-    bytes do not depend on which thread runs it.
-    """
-    k = P.shape[2] - 1
-    for u in range(j0, j1):
-        if prefetch and u + PREFETCH_AHEAD < U:
-            _prefetch_row(P, cols[u + PREFETCH_AHEAD])
-            _prefetch(nrm, (cols[u + PREFETCH_AHEAD],))
-        c = cols[u]
-        Gu = G[u]
-        Wc = P[c, 0]
-        Mc = P[c, 1]
-        Vc = P[c, 2]
-        cc = cacc[u]
-        for f in range(k):
-            Gu[f] = Gu[f] - Wc[f] * cc
-        _step_range(kind, Gu[:k], Wc[:k], Mc[:k], Vc[:k], lr[0], wd[0], decay[0], ncoef, lr_scale, eps,
-                    use_clip, clip)
-        _step_range(kind, Gu[k:], Wc[k:], Mc[k:], Vc[k:], lr[k], wd[k], decay[k], ncoef, lr_scale, eps,
-                    use_clip, clip)
-        nrm[c] = _sumsq(Wc, k)
-        slot[c] = -1
 
 
 @njit(cache=True, error_model="numpy", nogil=True)
