@@ -117,7 +117,7 @@ def summary_markdown(out_dir: Path = RESULTS_DIR) -> str:
     lines: list[str] = []
     dates: list[str] = []
     rows: list[tuple[str, str, str]] = []
-    for name in ("train_throughput", "retrieval", "end_to_end", "quality"):
+    for name in ("train_throughput", "retrieval", "end_to_end", "quality", "gpu"):
         doc = load_result(name, out_dir)
         if doc is None:
             continue
@@ -149,17 +149,22 @@ def detail_markdown(out_dir: Path = RESULTS_DIR) -> str:
     import importlib
 
     parts: list[str] = []
-    for name in ("train_throughput", "retrieval", "end_to_end", "quality"):
+    for name in ("train_throughput", "retrieval", "end_to_end", "quality", "gpu"):
         doc = load_result(name, out_dir)
         if doc is None:
             continue
         m = doc.get("machine", {})
         parts.append(f"### {name} — `benchmarks/results/{name}.json`, {doc['date']}"
                      f"{' (quick)' if doc.get('quick') else ''}\n")
-        parts.append(f"{m.get('cpu_model')} × {m.get('cores')} cores, load average at start "
-                     f"{', '.join(f'{x:.1f}' for x in (m.get('load_average_at_start') or []))}; "
-                     f"runtime {doc.get('runtime_s', 0):.0f} s. Plots: "
-                     + ", ".join(f"`benchmarks/results/{p}`" for p in doc.get("plots", [])) + "\n")
+        if name == "gpu":  # measured on a lent GPU machine (`python -m benchmarks.gpu`), not by the suite
+            parts.append("On a lent GPU machine, `python -m benchmarks.gpu`; host load average before "
+                         f"{', '.join(f'{x:.1f}' for x in (doc.get('load_average_before') or []))}, after "
+                         f"{', '.join(f'{x:.1f}' for x in (doc.get('load_average_after') or []))}.\n")
+        else:
+            parts.append(f"{m.get('cpu_model')} × {m.get('cores')} cores, load average at start "
+                         f"{', '.join(f'{x:.1f}' for x in (m.get('load_average_at_start') or []))}; "
+                         f"runtime {doc.get('runtime_s', 0):.0f} s. Plots: "
+                         + ", ".join(f"`benchmarks/results/{p}`" for p in doc.get("plots", [])) + "\n")
         module = importlib.import_module(f"benchmarks.{name}")
         parts.append(module.tables(doc))
         for note in doc.get("notes", []):
@@ -224,6 +229,11 @@ def readme_markdown(out_dir: Path = RESULTS_DIR) -> str:
                 tgt = "≤ 15 s" if "30 epochs" in p["name"] else "RSS ≤ 4 GB"
                 rows.append(f"| end to end {p['name']} (prepare → train → top-100 → SQLite) | {p['total_wall_s']:.0f} s, "
                             f"peak RSS {p['peak_rss_bytes'] / 2**30:.2f} GiB | {tgt} | {date} |")
+    gpu = load_result("gpu", out_dir)
+    if gpu:
+        from .gpu import readme_rows
+
+        rows += readme_rows(gpu)
     if q:
         cloud = q.get("cloud_test_metrics")
         ua = next((m for m in q.get("models", []) if m["split"] == "ua" and m["features"] == "ids"), None)
@@ -233,9 +243,11 @@ def readme_markdown(out_dir: Path = RESULTS_DIR) -> str:
                         f"{q['date'][:10]} |")
     if not rows:
         return "No results yet: run `python -m benchmarks`.\n"
+    where = (f"`python -m benchmarks` on a shared {machine['cpu_model']} with {machine['cores']} cores "
+             "(noisy: medians of repeats, competing engines interleaved or run back to back in the same run)"
+             if machine else "`python -m benchmarks.gpu` on a lent GPU machine")
     head = ("## Performance\n\n"
-            f"Measured with `python -m benchmarks` on a shared {machine['cpu_model']} with {machine['cores']} cores "
-            "(noisy: medians of repeats, competing engines interleaved or run back to back in the same run). "
+            f"Measured with {where}. "
             "Details, all numbers and how to reproduce: [docs/benchmarks.md](docs/benchmarks.md).\n\n"
             "| measure | localfm | target | date |\n| --- | --- | --- | --- |\n")
     plot = "\n![exact top-100 time vs catalogue size](benchmarks/results/retrieval_vs_size.png)\n"

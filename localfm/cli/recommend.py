@@ -66,6 +66,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--threads", type=int, help="CPU threads (default LOCALFM_THREADS or 2)")
     p.add_argument("--precision", choices=("auto", "fp32", "bf16"), default="auto",
                    help="exact engine screening: auto (bf16 when the CPU has it), fp32, bf16; results are exact either way")
+    p.add_argument("--device", default="cpu", metavar="cpu|cuda|cuda:N|mps",
+                   help="where the exact engine ranks (default cpu); a GPU scores every item in float32 through torch")
     # The old name of --precision, kept working for scripts; not shown in --help.
     p.add_argument("--engine-mode", dest="precision", choices=("auto", "fp32", "bf16"), help=argparse.SUPPRESS)
     p.add_argument("--strict", action="store_true",
@@ -138,7 +140,7 @@ def handler(args: argparse.Namespace) -> int:
         k=args.k, index=args.index, index_metric=args.index_metric, nprobe=args.nprobe,
         target_recall=args.target_recall, tune_users=args.tune_users, recall_users=args.recall_users,
         sigmoid=args.sigmoid, batch_size=args.batch_size, threads=args.threads, precision=args.precision,
-        strict=args.strict,
+        device=args.device, strict=args.strict,
     )
     if args.cluster is not None:
         return _on_cluster(args, users, options)

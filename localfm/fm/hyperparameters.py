@@ -78,6 +78,9 @@ FM_HYPERPARAMETERS: list[HP] = [
     HP("_local_engine", "str", default="auto", choices=("auto", "numba", "torch"),
        doc="LOCAL-ONLY: training engine: numba (compiled epoch loop, same results, faster), torch, "
            "or auto (numba when installed and every option is supported)"),
+    HP("_local_device", "str", default="cpu",
+       doc="LOCAL-ONLY: where the torch engine trains: cpu, or cuda / cuda:N / mps (the table, batches and "
+           "Adam state live there; any other device implies the torch engine)"),
     HP("_local_threads", "int", default="auto", low=1, high=256, special=("auto",),
        doc="LOCAL-ONLY: threads of the numba engine (same bytes at any count); auto = 2 from "
            "mini_batch_size 1000 up when a second core is idle (busy CPUs over 0.1 s), else 1"),

@@ -46,6 +46,7 @@ import scipy.sparse as sp
 from ..data.features import FeatureSpace, as_ids
 from ..data.ids import lookup
 from ..data.tabular import read_interaction_file
+from ..device import check_device_name, resolve_device
 from ..errors import LocalFMError, LocalFMWarning
 from ..io.artifacts import load_fm
 from ..knn.index import (
@@ -94,6 +95,8 @@ class RecommendOptions:
     stay held out) reaches ``target_recall``. ``recall_users``: users sampled to
     measure recall@k of an approximate index (0 = skip). ``precision``: the exact
     engine's screening (``auto``/``fp32``/``bf16``; results are exact either way).
+    ``device``: where the exact engine ranks (``cpu``, or ``cuda``/``cuda:N``/``mps`` through
+    torch: float32 scores of every item, no pruning; see :func:`localfm.recommend.topx.top_x`).
     ``strict``: ``k`` above the number of candidate items is an error instead of a
     :class:`LocalFMWarning`. ``index_options``: further :func:`build_index` keywords
     (``nlist``, ``ef_search`` ...).
@@ -110,6 +113,7 @@ class RecommendOptions:
     batch_size: int = 2048
     threads: int | None = None
     precision: str = "auto"
+    device: str = "cpu"
     strict: bool = False
     index_options: dict[str, Any] = field(default_factory=dict)
 
@@ -129,8 +133,13 @@ class RecommendOptions:
         if self.precision not in PRECISIONS:
             raise LocalFMError(f"precision: expected one of {', '.join(PRECISIONS)}, got {self.precision!r}",
                                param="precision")
+        metric = check_metric(self.index_metric)
+        device = check_device_name(self.device)
+        if device != "cpu" and (index != EXACT or metric != "INNER_PRODUCT"):
+            raise LocalFMError(f"device: {device!r} ranks with the exact inner-product engine only; FAISS indexes "
+                               f"run on the CPU (index {index!r}, index_metric {metric!r})", param="device")
         return dataclasses.replace(
-            self, k=validate_k(self.k), index=index, index_metric=check_metric(self.index_metric),
+            self, k=validate_k(self.k), index=index, index_metric=metric, device=resolve_device(device),
             nprobe=check_nprobe(self.nprobe), index_options=dict(self.index_options),
         )
 
@@ -454,10 +463,10 @@ def _stream(rep: Repackaged, U: np.ndarray, I: np.ndarray, seen: sp.csr_matrix |
     """The ranking proper: runs as the :class:`Recommendations` is iterated."""
     k = opts.k
     if opts.index == EXACT:
-        if not torch_free(opts.precision):
+        if opts.device != "cpu" or not torch_free(opts.precision):
             import torch  # noqa: F401 - imported before the clock starts: seconds measure ranking, not imports
         t0 = time.perf_counter()
-        source = exact_batches(U, I, k, seen, opts.batch_size, opts.threads, opts.precision, stats)
+        source = exact_batches(U, I, k, seen, opts.batch_size, opts.threads, opts.precision, stats, opts.device)
     else:
         configure_threads()
         t0 = time.perf_counter()
@@ -517,14 +526,15 @@ def to_result_batch(
 
 def exact_batches(
     U: np.ndarray, I: np.ndarray | PreparedItems, k: int, seen: sp.csr_matrix | None, batch_size: int, threads: int,
-    precision: str | None, stats: RecommendStats | None = None,
+    precision: str | None, stats: RecommendStats | None = None, device: str = "cpu",
 ) -> Iterator[tuple[int, np.ndarray]]:
     """(first user row, ids) per batch from the exact engine: the same shape :func:`index_batches` yields,
     so ranking, recall references and tuning share one consumer. ``stats`` (when given) counts the
     scores the engine's pruning skipped. With ``I`` from ``prepare_items``, ``precision`` is None
     (it was fixed there)."""
     for first, part in iter_top_x(
-        U, I, k, exclude=seen, batch_size=batch_size, threads=threads, precision=precision, progress_desc="recommend"
+        U, I, k, exclude=seen, batch_size=batch_size, threads=threads, precision=precision, progress_desc="recommend",
+        device=device,
     ):
         if stats is not None:
             stats.scores_skipped += part.skipped

@@ -154,6 +154,10 @@ def recommend_on_cluster(
     ``target`` is untouched then.
     """
     parse_cluster(cluster)
+    device = option_fields.get("device", options.device if options is not None else "cpu")
+    if device != "cpu":
+        raise LocalFMError(f"device: actors rank on their CPUs; {device!r} is for the single process "
+                           "(leave device=cpu with a cluster)", param="device")
     opts = resolve_options(options, None, option_fields)
     # rank() checks the inputs and fills the stats skeleton; it ranks nothing until iterated,
     # and it is never iterated here: the ranking happens on the cluster.

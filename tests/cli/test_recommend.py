@@ -389,7 +389,8 @@ def test_library_parameter_errors_are_shown_as_flags(cli, demo, tmp_path):
     feats = root / "data" / "features.json"
     for extra, flag in ((["--batch-size", "0"], "--batch-size"),
                         (["--nprobe", "x", "--index", "faiss.IVFFlat"], "--nprobe"),
-                        (["--recall-users", "-1"], "--recall-users"), (["--out", tmp_path / "r.txt"], "--out")):
+                        (["--recall-users", "-1"], "--recall-users"), (["--out", tmp_path / "r.txt"], "--out"),
+                        (["--device", "gpu"], "--device"), (["--device", "cuda", "--index", "faiss.Flat"], "--device")):
         code, _, err = cli("recommend", "--model", model, "--features", feats, *extra)
         assert code == 2, (extra, err)
         assert err.startswith(f"localfm recommend: error: {flag}"), err
@@ -416,3 +417,28 @@ def test_precision_flag_and_hidden_engine_mode_alias(cli, demo, tmp_path, capsys
     sub = next(a for a in build_parser()._actions if a.dest == "command").choices["recommend"]
     text = sub.format_help()
     assert "--precision" in text and "--engine-mode" not in text
+
+
+def test_device_flag_ranks_on_the_device_or_exits_2(cli, demo, tmp_path):
+    """``--device cpu`` is the default engine; a GPU that is not there is one line and exit 2, with
+    nothing written; where there is one (the GPU machine), it gives the CPU's ranking."""
+    import torch
+
+    root, _, model = demo
+    feats = root / "data" / "features.json"
+    base = ("--quiet", "recommend", "--model", model, "--features", feats, "-k", 10, "--exclude-seen")
+    code, _, err = cli(*base, "--device", "cpu", "--out", tmp_path / "cpu.jsonl")
+    assert code == 0, err
+    cpu = read_results(str(tmp_path / "cpu.jsonl"))
+    code, _, err = cli(*base, "--device", "CUDA", "--out", tmp_path / "gpu.jsonl")
+    if not torch.cuda.is_available():
+        assert code == 2 and not (tmp_path / "gpu.jsonl").exists()
+        assert err.startswith("localfm recommend: error: --device: 'cuda' asked for, but torch sees no CUDA device")
+        assert len(err.strip().splitlines()) == 1, err
+        return
+    assert code == 0, err
+    gpu = read_results(str(tmp_path / "gpu.jsonl"))
+    assert list(gpu["user_id"]) == list(cpu["user_id"])
+    same = np.mean(np.asarray(gpu["item_id"]) == np.asarray(cpu["item_id"]))
+    assert same > 0.99, same  # only near-ties (float32 rounding of another summation order) may swap
+    np.testing.assert_allclose(gpu["score"], cpu["score"], rtol=1e-5, atol=1e-5)

@@ -7,6 +7,8 @@ fail loudly where it does not.
 """
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pytest
 import scipy.sparse as sp
@@ -467,3 +469,148 @@ def test_auto_threads_ask_busy_cores(monkeypatch):
     assert engines.resolve_threads(big, cores=2) == 2
     monkeypatch.setattr(engines, "busy_cores", lambda: 1.7)
     assert engines.resolve_threads(big, cores=2) == 1
+
+
+# --------------------------------------------------------------- the torch engine on a device
+def _device_run_on(monkeypatch, device, graphs=None, runs=None):
+    """Make the torch engine start :class:`DeviceRun` on ``device`` (``cpu`` here: the same step a GPU runs)."""
+    from localfm.fm.engines.torch import DeviceRun
+
+    real = engines.start
+
+    def start(engine, hp, table, w0):
+        if engine != "torch":
+            return real(engine, hp, table, w0)
+        run = DeviceRun(hp, table, w0, device, graphs=graphs)
+        if runs is not None:
+            runs.append(run)
+        return run
+
+    monkeypatch.setattr(engines, "start", start)
+
+
+DEVICE_OPTIONS = [*OPTIONS, pytest.param({"_local_lazy_wd": "false", "factors_wd": "0.05"}, id="non-lazy-wd")]
+
+
+@pytest.mark.parametrize("options", DEVICE_OPTIONS)
+@pytest.mark.parametrize("ptype", ["binary_classifier", "regressor"])
+def test_device_run_matches_the_torch_engine(monkeypatch, ptype, options):
+    """DeviceRun keeps everything in tensors (bias and its moments too) and sums per column by
+    segments: the same training as the host-side torch engine, within float32 rounding."""
+    X, rng = _ragged()
+    y = _labels(ptype, X.shape[0], rng)
+    hp = dict(feature_dim=X.shape[1], num_factors=6, predictor_type=ptype, epochs=4, mini_batch_size=20,
+              factors_lr="0.01", linear_lr="0.01", factors_init_sigma="0.1", _local_engine="torch", **options)
+    ref = FactorizationMachine(seed=1, **hp).fit(X, y)
+    _device_run_on(monkeypatch, "cpu")
+    dev = FactorizationMachine(seed=1, **hp).fit(X, y)
+    assert type(dev.threads_) is int
+    _assert_same(dev, ref)
+
+
+def test_device_run_logs_batches_and_keeps_the_table_current(monkeypatch):
+    """The log's per-batch lines come from the device's score buffer; validation reads the
+    weights the run copies back after each epoch (a stale table would freeze these metrics)."""
+    X, rng = _ragged(n=400)
+    y = _labels("binary_classifier", X.shape[0], rng)
+    hp = dict(feature_dim=X.shape[1], num_factors=4, predictor_type="binary_classifier", epochs=3,
+              mini_batch_size=16, batch_metrics_publish_interval=5, _local_engine="torch",
+              _local_validation_fraction="0.2")
+    ref = FactorizationMachine(seed=3, **hp).fit(X, y)
+    _device_run_on(monkeypatch, "cpu")
+    dev = FactorizationMachine(seed=3, **hp).fit(X, y)
+    def batch_lines(fm):
+        found = [re.search(r"(epoch=\d+, batch=\d+ train \S+ <\w+>)=(\S+)$", line) for line in fm.history_.lines]
+        return [(m.group(1), float(m.group(2))) for m in found if m]
+
+    got, want = batch_lines(dev), batch_lines(ref)
+    assert [name for name, _ in got] == [name for name, _ in want] and len(got) > 6
+    assert [value for _, value in got] == pytest.approx([value for _, value in want], rel=1e-5, abs=1e-6)
+    for a, b in zip(dev.history_.validation_metrics_per_epoch, ref.history_.validation_metrics_per_epoch):
+        assert a == pytest.approx(b, rel=1e-5)
+    assert dev.history_.validation_metrics_per_epoch[0] != dev.history_.validation_metrics_per_epoch[-1]
+
+
+def test_device_selection_and_errors(monkeypatch):
+    base = dict(feature_dim=5, num_factors=2, predictor_type="regressor")
+    assert FactorizationMachine(**base, _local_device="cpu").check_params()["_local_device"] == "cpu"
+    with pytest.raises(LocalFMError, match=r"hyperparameter '_local_device': expected cpu, cuda, cuda:N or mps, got 'gpu'"):
+        FactorizationMachine(**base, _local_device="gpu").check_params()
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(LocalFMError, match=r"_local_device': 'cuda' asked for, but torch sees no CUDA device"):
+        FactorizationMachine(**base, _local_device="cuda").fit(None, None)  # before any data is read
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    hp = FactorizationMachine(**base, _local_device="cuda").check_params()
+    assert engines.resolve_engine(hp) == "torch"  # auto: a GPU means the torch engine
+    with pytest.raises(LocalFMError, match=r"_local_engine'=numba runs on the CPU; _local_device=cuda"):
+        engines.resolve_engine({**hp, "_local_engine": "numba"})
+    with pytest.raises(LocalFMError, match=r"'cuda:1' asked for, but torch sees 1 CUDA device"):
+        FactorizationMachine(**base, _local_device="cuda:1").check_params()
+
+
+def test_a_failed_graph_capture_falls_back_to_the_same_eager_step(monkeypatch):
+    """No CUDA here, so capturing fails: the run says why and trains eagerly, with the same bytes,
+    and the warm-up step run before capture leaves no trace in the weights."""
+    X, rng = _ragged(n=300)
+    y = _labels("regressor", X.shape[0], rng)
+    hp = dict(feature_dim=X.shape[1], num_factors=5, predictor_type="regressor", epochs=3, mini_batch_size=32,
+              _local_engine="torch", _local_shuffle="true")
+    runs = []
+    _device_run_on(monkeypatch, "cpu", graphs=False, runs=runs)
+    eager = FactorizationMachine(seed=4, **hp).fit(X, y)
+    _device_run_on(monkeypatch, "cpu", graphs=True, runs=runs)
+    tried = FactorizationMachine(seed=4, **hp).fit(X, y)
+    assert runs[0].graph_error is None and runs[1].graph_error and not runs[1].graphs
+    assert tried.V_.tobytes() == eager.V_.tobytes() and tried.w0_ == eager.w0_
+
+
+def test_packed_batches_pad_with_exact_zeros():
+    """A batch padded to a wider static shape (spare column slots on the scratch row, spare
+    nonzeros of value 0) gives the same score and gradient as the batch itself."""
+    import torch
+
+    from localfm.fm.engines.torch import batch_gradient, make_batches, pack_batches
+
+    X, rng = _ragged(n=40, d=12)
+    y = _labels("binary_classifier", X.shape[0], rng)
+    bt = make_batches(X, y, 40)[0]
+    W = torch.from_numpy(rng.standard_normal((13, 5)).astype(np.float32))
+    W[12] = 0.0  # the scratch row
+    packed = pack_batches([bt], 12, "cpu", at_least=(bt.cols.shape[0] + 4, bt.inv.shape[0] + 7))
+    wide = packed.views(packed.ints[0], packed.floats[0])
+    w0 = torch.tensor([0.3])
+    s1, g1, G1 = batch_gradient(W[bt.cols], bt, w0, 0.5, True, bags=True)
+    s2, g2, G2 = batch_gradient(W[wide.cols], wide, w0, 0.5, True, bags=True)
+    assert torch.equal(s1, s2) and torch.equal(g1, g2)
+    u = bt.cols.shape[0]
+    assert torch.equal(G1, G2[:u]) and not G2[u:].any()
+    s3, _, G3 = batch_gradient(W[bt.cols], bt, w0, 0.5, True)  # the sparse-product path: same numbers
+    torch.testing.assert_close(G3, G1, rtol=1e-6, atol=1e-7)
+    assert torch.equal(s3, s1)
+
+
+@pytest.mark.skipif(not __import__("torch").cuda.is_available(), reason="needs a CUDA device (run on a GPU machine)")
+def test_cuda_graph_training_is_deterministic_and_close_to_the_cpu_engine(monkeypatch):
+    """On a GPU: the captured graph, the eager step and a second graph run give the same bytes
+    (ragged rows, shuffled epochs so the packed shape changes), and stay close to the CPU engine."""
+    X, rng = _ragged(n=3000, d=200)
+    y = _labels("binary_classifier", X.shape[0], rng)
+    hp = dict(feature_dim=X.shape[1], num_factors=8, predictor_type="binary_classifier", epochs=3,
+              mini_batch_size=100, factors_init_sigma="0.1", _local_shuffle="true")
+    cpu = FactorizationMachine(seed=2, _local_engine="torch", **hp).fit(X, y)
+    runs = []
+    _device_run_on(monkeypatch, "cuda", graphs=None, runs=runs)
+    a = FactorizationMachine(seed=2, _local_engine="torch", **hp).fit(X, y)
+    b = FactorizationMachine(seed=2, _local_engine="torch", **hp).fit(X, y)
+    _device_run_on(monkeypatch, "cuda", graphs=False, runs=runs)
+    eager = FactorizationMachine(seed=2, _local_engine="torch", **hp).fit(X, y)
+    assert runs[0].graphs and runs[0].graph_error is None and runs[0]._graph is not None
+    for other in (b, eager):
+        assert a.V_.tobytes() == other.V_.tobytes() and a.w_.tobytes() == other.w_.tobytes() and a.w0_ == other.w0_
+    _assert_same(a, cpu, metric_tol=1e-5)
+    monkeypatch.undo()
+    auto = FactorizationMachine(seed=2, _local_device="cuda", **hp).fit(X, y)  # the public route: same bytes
+    assert auto.V_.tobytes() == a.V_.tobytes()

@@ -591,3 +591,63 @@ def test_fused_ranking_never_imports_torch():
     want = top_x(U, I, 7, precision="fp32", batch_size=64, kernel="torch").ids
     np.testing.assert_array_equal(np.array(got["ids"]), want)
     assert got["rows"] == want.reshape(-1).tolist()
+
+
+# ------------------------------------------------------------------ ranking on a device
+def _on_device(U, I, k, exclude=None, batch_size=64, device="cpu"):
+    """The device path itself (:func:`_iter_on_device`), by default on the CPU: the same torch
+    code a GPU runs, so its masking, batching and tie rule are checked on every machine."""
+    from localfm.recommend.topx import TopX, _iter_on_device, prepare_items
+
+    prep = prepare_items(I, precision="fp32")
+    kk = min(k, I.shape[0])
+    parts = [p for _, p in _iter_on_device(U, prep, kk, exclude, batch_size, range(0, U.shape[0], batch_size), device)]
+    return TopX(scores=np.concatenate([p.scores for p in parts]), ids=np.concatenate([p.ids for p in parts]))
+
+
+@pytest.mark.parametrize("with_exclusions", [False, True])
+def test_device_path_follows_the_engines_tie_rule(trained_vectors, with_exclusions):
+    U, I = (_exact_grid(X) for X in trained_vectors)  # exact float32 products: no rounding to hide behind
+    ex = _seen(U, I, 0.05, 7) if with_exclusions else None
+    res = _on_device(U, I, 20, ex, batch_size=100)
+    np.testing.assert_array_equal(res.ids, _brute_tie_rule(U, I, 20, ex))
+    np.testing.assert_array_equal(res.ids, top_x(U, I, 20, exclude=ex, precision="fp32").ids)
+
+
+def test_device_path_ties_padding_and_k_beyond_the_catalogue():
+    ones = _on_device(np.ones((2, 3), np.float32), np.ones((6, 3), np.float32), 4, batch_size=1)
+    assert ones.ids.tolist() == top_x(np.ones((2, 3), np.float32), np.ones((6, 3), np.float32), 4).ids.tolist()
+    U, I = _fm_like(5, 8, seed=4)
+    ex = sp.lil_matrix((5, 8))
+    ex[0, :] = 1
+    ex[1, :5] = 1
+    res = _on_device(U, I, 10, ex.tocsr(), batch_size=2)
+    want = top_x(U, I, 10, exclude=ex.tocsr(), precision="fp32")
+    assert res.ids.shape == (5, 8)
+    np.testing.assert_array_equal(res.ids, want.ids)
+    assert (res.ids[0] == -1).all() and np.isneginf(res.scores[0]).all()
+
+
+def test_device_argument_errors(monkeypatch):
+    import torch
+
+    U, I = _fm_like(4, 10)
+    with pytest.raises(LocalFMError, match=r"^device: expected cpu, cuda, cuda:N or mps, got 'gpu'$"):
+        top_x(U, I, 3, device="gpu")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(LocalFMError, match=r"^device: 'cuda' asked for, but torch sees no CUDA device here"):
+        top_x(U, I, 3, device="cuda")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    with pytest.raises(LocalFMError, match=r"^precision: 'bf16' screens on the CPU only; on cuda"):
+        top_x(U, I, 3, device="cuda", precision="bf16")
+
+
+@pytest.mark.skipif(not __import__("torch").cuda.is_available(), reason="needs a CUDA device (run on a GPU machine)")
+def test_cuda_ranking_matches_the_cpu_engine():
+    U, I = _fm_like(3000, 5000, seed=9)
+    ex = _seen(U, I, 0.02, 3)
+    grid_U, grid_I = _exact_grid(U), _exact_grid(I)
+    got = top_x(grid_U, grid_I, 50, exclude=ex, device="cuda", batch_size=700)
+    np.testing.assert_array_equal(got.ids, _brute_tie_rule(grid_U, grid_I, 50, ex))
+    _assert_same_ranking(top_x(U, I, 50, exclude=ex, device="cuda", batch_size=1024), U, I, 50, ex)

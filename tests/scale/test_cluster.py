@@ -49,6 +49,7 @@ def rep():
     ({"max_retries": -1}, "^max_retries: expected an integer >= 0"),
     ({"workers": 0, "cluster": "local:x"}, "^cluster: expected local:N"),
     ({"k": 0}, "^k: expected a positive integer"),
+    ({"device": "cuda"}, "^device: actors rank on their CPUs; 'cuda' is for the single process"),
 ])
 def test_bad_input_fails_before_any_cluster(rep, tmp_path, kwargs, message):
     args = {"k": 3, "target": str(tmp_path / "r.parquet"), "cluster": "local:1", **kwargs}

@@ -13,7 +13,10 @@ semantics (docs/fm.md "Training engine") on the same state:
 
 Implementations (``_local_engine``): ``numba`` (:mod:`.numba`: one compiled call per
 epoch, the default) and ``torch`` (:mod:`.torch`: a per-batch torch loop, the
-reference, and the only one with ``_local_lazy_wd=false``). They are imported only
+reference, and the only one with ``_local_lazy_wd=false``). With ``_local_device`` set
+to a GPU (``cuda``, ``cuda:N``, ``mps``) the torch engine keeps the table, the batches
+and the optimizer state on that device (:class:`.torch.DeviceRun`) and copies the
+weights back into ``table`` after every epoch. They are imported only
 when a run starts: ``import localfm`` must not load numba (~0.35 s) or torch (~1 s).
 """
 from __future__ import annotations
@@ -97,16 +100,35 @@ def numba_unsupported(hp: Mapping[str, Any]) -> list[str]:
     return out
 
 
+def resolve_device(hp: Mapping[str, Any]) -> str:
+    """The checked ``_local_device`` of parsed hyperparameters ``hp`` (``cpu`` unless set).
+
+    A device that is not there (``cuda`` on a machine without one) fails here, before any
+    data is read, naming the hyperparameter.
+    """
+    from ...device import resolve_device as resolve
+
+    name = "hyperparameter '_local_device'"
+    return resolve(hp.get("_local_device", "cpu"), param=name)
+
+
 def resolve_engine(hp: Mapping[str, Any]) -> str:
     """``numba`` or ``torch`` for parsed hyperparameters ``hp`` (``_local_engine``: auto|numba|torch).
 
     ``auto`` takes numba when it is importable and every option is supported, else torch
     (same results, slower). An explicit ``numba`` that cannot run is an error rather than a
-    silent fallback, so a benchmark never measures the wrong engine.
+    silent fallback, so a benchmark never measures the wrong engine. A ``_local_device``
+    other than ``cpu`` means torch: the numba engine is CPU code.
     """
     engine = hp.get("_local_engine", "auto")
     if engine not in ENGINES:
         raise LocalFMError(f"hyperparameter '_local_engine': expected one of {', '.join(ENGINES)}, got {engine!r}")
+    device = resolve_device(hp)
+    if device != "cpu":
+        if engine == "numba":
+            raise LocalFMError(f"hyperparameter '_local_engine'=numba runs on the CPU; _local_device={device} "
+                               "needs _local_engine=torch or auto")
+        return "torch"
     if engine == "torch":
         return "torch"
     missing = numba_unsupported(hp)
@@ -196,6 +218,7 @@ def start(engine: str, hp: Mapping[str, Any], table: np.ndarray, w0: np.float32)
         from .numba import NumbaRun  # lazy on purpose: see the module docstring
 
         return NumbaRun(hp, table, w0)
-    from .torch import TorchRun  # lazy on purpose: see the module docstring
+    from .torch import DeviceRun, TorchRun  # lazy on purpose: see the module docstring
 
-    return TorchRun(hp, table, w0)
+    device = resolve_device(hp)
+    return TorchRun(hp, table, w0) if device == "cpu" else DeviceRun(hp, table, w0, device)

@@ -11,10 +11,15 @@ scatters them back. All tensors are float32.
 
 Training runs on one torch thread: the per-batch ops are small, and intra-op threads
 only add synchronisation (2.3x slower measured at mini_batch_size 200 on 2 busy cores).
+
+:class:`DeviceRun` is the same step on a GPU (``_local_device``): table, batches and
+optimizer state stay on the device, every sum has a fixed order, and on CUDA the step is
+replayed as one captured graph per batch (docs/fm.md "On a GPU").
 """
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import math
 import warnings
 from collections.abc import Iterator, Mapping
@@ -109,8 +114,8 @@ def make_batches(X: sp.csr_matrix, y: np.ndarray, batch_size: int, order: np.nda
     return out
 
 
-def batch_gradient(Wu: torch.Tensor, bt: Batch, w0: np.float32 | None, rescale: float,
-                   binary: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def batch_gradient(Wu: torch.Tensor, bt: Batch, w0: np.float32 | torch.Tensor | None, rescale: float,
+                   binary: bool, bags: bool = False) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """One batch's forward pass and rescaled gradient, without applying it.
 
     ``Wu`` is the (U, k+1) ``[v | w]`` rows of ``bt.cols`` (``w0`` None: no bias term).
@@ -118,6 +123,15 @@ def batch_gradient(Wu: torch.Tensor, bt: Batch, w0: np.float32 | None, rescale: 
     ``g.sum()`` is the bias gradient) and ``GU`` (U, k+1) = ``rescale`` x the gradient of
     the touched rows. Split from the update so that :mod:`localfm.scale.train` can sum
     several workers' gradients before one optimizer step (``dist_sync``).
+
+    ``w0`` may be a 1-element tensor on ``Wu``'s device (no host round trip per batch).
+    ``bags``: sum each column's gradient terms with ``embedding_bag`` over the column's
+    nonzeros (``bt.by_col`` order, bags at ``bt.col_ptr``) instead of a sparse product and
+    ``index_add_``. Same values. Why: on a GPU ``index_add_`` adds with atomics, in whatever
+    order the threads arrive, and with cuSPARSE's CSR product (and a segmented reduce for
+    the second sum) a 25M-row epoch on an H200 gave other bytes on a second run; a bag is
+    summed in one fixed order. It also needs no sparse tensor per batch, so the step can be
+    captured in a CUDA graph.
     """
     k = Wu.shape[1] - 1
     # [sum_j x_j v_j | sum_j x_j w_j] per row: one fused gather-scale-sum
@@ -127,7 +141,9 @@ def batch_gradient(Wu: torch.Tensor, bt: Batch, w0: np.float32 | None, rescale: 
     sq = embedding_bag(bt.inv, nrm, bt.offsets, mode="sum", per_sample_weights=bt.val_sq)
     Sv = S[:, :k]
     score = (Sv * Sv).sum(1).sub_(sq.squeeze(1)).mul_(0.5).add_(S[:, k])
-    if w0 is not None:
+    if isinstance(w0, torch.Tensor):
+        score += w0
+    elif w0 is not None:
         score += float(w0)
     # d(loss)/d(score), rescaled: sigmoid(s)-y (log loss) or s-y (squared error)
     g = (torch.sigmoid(score) if binary else score).sub(bt.y).mul_(rescale)
@@ -135,12 +151,17 @@ def batch_gradient(Wu: torch.Tensor, bt: Batch, w0: np.float32 | None, rescale: 
     # dv_j = sum_i g_i x_ij s_i - v_j sum_i g_i x_ij^2 ; dw_j = sum_i g_i x_ij.
     # Putting 1 in the w slot of S makes the first sum give dw_j too.
     S[:, k] = 1.0
-    # GU = M @ S with M[u, i] = g_i x_iu: one sparse x dense product instead
-    # of gather + scale + scatter over the nonzeros (~45 % faster, measured)
-    M = torch.sparse_csr_tensor(bt.col_ptr, bt.col_rows, gx.index_select(0, bt.by_col),
-                                (Wu.shape[0], bt.size), check_invariants=False)
-    GU = M @ S
-    c = torch.zeros(Wu.shape[0]).index_add_(0, bt.inv, gx.mul_(bt.val))
+    if bags:
+        starts = bt.col_ptr[:-1]
+        GU = embedding_bag(bt.col_rows, S, starts, mode="sum", per_sample_weights=gx.index_select(0, bt.by_col))
+        c = embedding_bag(bt.by_col, gx.mul_(bt.val).unsqueeze(1), starts, mode="sum").squeeze(1)
+    else:
+        # GU = M @ S with M[u, i] = g_i x_iu: one sparse x dense product instead
+        # of gather + scale + scatter over the nonzeros (~45 % faster, measured)
+        M = torch.sparse_csr_tensor(bt.col_ptr, bt.col_rows, gx.index_select(0, bt.by_col),
+                                    (Wu.shape[0], bt.size), check_invariants=False)
+        GU = M @ S
+        c = torch.zeros(Wu.shape[0]).index_add_(0, bt.inv, gx.mul_(bt.val))
     GU[:, :k].addcmul_(Vu, c.unsqueeze(1), value=-1.0)
     return score, g, GU
 
@@ -191,7 +212,7 @@ def decay_absent_rows(param: torch.Tensor, rows: torch.Tensor, lr: torch.Tensor,
 
     Used when ``_local_lazy_wd=false``; the cloud never does this.
     """
-    mask = torch.ones(param.shape[0], dtype=torch.bool)
+    mask = torch.ones(param.shape[0], dtype=torch.bool, device=param.device)
     mask[rows] = False
     param[mask] *= 1.0 - lr * lr_scale * wd
 
@@ -324,3 +345,260 @@ class TorchRun:
                     on_batch(bi, scores_np[off: off + bt.size], labels_np[off: off + bt.size])
         self._w0 = w0
         return scores_np, labels_np
+
+
+# ------------------------------------------------------------------- on an accelerator
+def step_scaled(w: torch.Tensor, m: torch.Tensor, v: torch.Tensor, grad: torch.Tensor, cfg: OptimizerConfig,
+                lr: torch.Tensor, wd: torch.Tensor, scale: torch.Tensor, coef: torch.Tensor) -> None:
+    """:func:`step_gathered` with the step-dependent numbers as 1-element device tensors.
+
+    ``scale`` is the learning-rate schedule's factor, ``coef`` Adam's bias-corrected step
+    size times it (:func:`~localfm.fm.optim.adam_coefficient`, from the host in double
+    precision, stored as float32). As tensors they can change from batch to batch inside
+    one captured CUDA graph; :func:`step_gathered` takes them as Python numbers, which a
+    graph would freeze at their values when it was captured.
+    """
+    g = grad if cfg.clip is None else grad.clamp_(-cfg.clip, cfg.clip)
+    if cfg.kind == "adamw":
+        decay = w * (wd * lr * scale)
+    else:
+        g.addcmul_(w, wd)
+        decay = None
+    if cfg.kind == "sgd":
+        w.sub_(g * lr * scale)
+    elif cfg.kind == "adagrad":
+        v.addcmul_(g, g)
+        w.sub_((g * lr).div_(v.sqrt().add_(cfg.eps)).mul_(scale))
+    else:
+        m.lerp_(g, 1.0 - BETA1)
+        v.mul_(BETA2).addcmul_(g, g, value=1.0 - BETA2)
+        w.sub_((m * lr).div_(v.sqrt().add_(cfg.eps)).mul_(coef))
+    if decay is not None:
+        w.sub_(decay)
+
+
+@dataclass
+class PackedBatches:
+    """Every batch of an epoch padded to one shape and stacked, on the device.
+
+    Why one shape: a CUDA graph replays fixed tensor shapes, and a batch's distinct
+    columns (``U``) and nonzeros vary. Each batch gets ``u_max`` column slots (at least one
+    spare) and ``n_max`` nonzeros. Spare slots point at a scratch row of the table (row
+    ``d``, zeros, never copied back); spare nonzeros have value 0, belong to the batch's
+    last row and to the last spare slot, so they add exact zeros everywhere. Two copies per
+    batch (``ints``, ``floats``) load a batch into the step's static inputs.
+    """
+
+    ints: torch.Tensor  # (batches, 2*u_max + 1 + 4*n_max + B) int64: cols|inv|seg|by_col|col_rows|col_ptr|offsets
+    floats: torch.Tensor  # (batches, 2*n_max + B) float32: val|val_sq|y
+    u_max: int
+    n_max: int
+    size: int  # B
+
+    @property
+    def batches(self) -> int:
+        return self.ints.shape[0]
+
+    def views(self, ints: torch.Tensor, floats: torch.Tensor) -> Batch:
+        """A :class:`Batch` whose tensors are views into one batch's ``ints`` / ``floats`` rows."""
+        u, n, b = self.u_max, self.n_max, self.size
+        cut = np.cumsum([0, u, n, n, n, n, u + 1, b])
+        part = [ints[cut[i]:cut[i + 1]] for i in range(len(cut) - 1)]
+        cols, inv, seg, by_col, col_rows, col_ptr, offsets = part
+        return Batch(cols=cols, cols_np=np.empty(0, np.int64), inv=inv, seg=seg, val=floats[:n],
+                     val_sq=floats[n:2 * n], offsets=offsets, by_col=by_col, col_ptr=col_ptr, col_rows=col_rows,
+                     y=floats[2 * n:], size=b)
+
+
+def pack_batches(batches: list[Batch], scratch_row: int, device: str, at_least: tuple[int, int] = (0, 0)) -> PackedBatches:
+    """Pad ``batches`` (from :func:`make_batches`, on the host) to one shape; see :class:`PackedBatches`.
+
+    ``at_least``: (u_max, n_max) to pad to even if these batches need less (a shuffled
+    epoch is packed to the shape the graph was captured for, unless it needs more)."""
+    b = batches[0].size
+    u_max = max(at_least[0], max(bt.cols.shape[0] for bt in batches) + 1)
+    n_max = max(at_least[1], 1, max(bt.inv.shape[0] for bt in batches))
+    ints = np.empty((len(batches), 2 * u_max + 1 + 4 * n_max + b), np.int64)
+    floats = np.zeros((len(batches), 2 * n_max + b), np.float32)
+    for i, bt in enumerate(batches):
+        u, n = bt.cols.shape[0], bt.inv.shape[0]
+        spare = np.arange(n, n_max)
+        col_ptr = np.concatenate([bt.col_ptr.numpy(), np.full(u_max - u - 1, n), [n_max]])
+        ints[i] = np.concatenate([
+            bt.cols.numpy(), np.full(u_max - u, scratch_row),  # cols
+            bt.inv.numpy(), np.full(n_max - n, u_max - 1),  # inv: spare nonzeros -> the last spare slot
+            bt.seg.numpy(), np.full(n_max - n, b - 1),  # seg: ... in the batch's last row
+            bt.by_col.numpy(), spare,  # by_col: spare nonzeros come last, in the last slot's bag
+            bt.col_rows.numpy(), np.full(n_max - n, b - 1),
+            col_ptr, bt.offsets.numpy(),
+        ])
+        floats[i, :n] = bt.val.numpy()
+        floats[i, n_max:n_max + n] = bt.val_sq.numpy()
+        floats[i, 2 * n_max:] = bt.y.numpy()
+    return PackedBatches(torch.from_numpy(ints).to(device), torch.from_numpy(floats).to(device), u_max, n_max, b)
+
+
+class DeviceRun:
+    """:class:`localfm.fm.engines.EngineRun` of the torch engine on an accelerator (``_local_device``).
+
+    The same step as :class:`TorchRun` (:func:`batch_gradient`, the optimizer formulas),
+    with everything it touches kept on the device so that a batch never waits for the
+    host: the table (plus a scratch row), the epoch's batches (:class:`PackedBatches`), the
+    bias and its Adam moments (a 3-element tensor, not host scalars), the per-row scores.
+    The host sees the weights once per epoch (copied into the estimator's ``table``, which
+    its validation and the saved model read) and the scores of every ``every``-th batch.
+
+    On CUDA the step is captured once as a CUDA graph and replayed per batch. Why: a step
+    is ~45 small kernels; launched one by one from Python it took 0.5 ms of host time per
+    batch on an H200 against ~0.14 ms of kernel time (measured, docs/fm.md), so the GPU
+    mostly waited. A replay costs one launch. Before capture the step runs once for real
+    (the warm-up torch asks for) on a copy of the state, which is then put back. If capture
+    fails, the same step runs eagerly (``graph_error`` says why): same bytes, slower.
+    Non-lazy weight decay (boolean-mask indexing, a host sync) always runs eagerly.
+
+    Every sum has one fixed order (``bags=True``; the scatter writes distinct rows, except
+    spare slots, which all hold the scratch row's zeros), so the same seed gives the same
+    bytes on one device, graph or not. They are not the CPU engines' bytes: a GPU rounds
+    in another order (docs/fm.md says by how much the metrics move). Nothing here is
+    specific to CUDA but the graph, so on ``cpu`` it runs the same step (the tests do).
+    """
+
+    #: capture the step as a CUDA graph on CUDA devices (benchmarks.gpu turns it off to time the eager step)
+    cuda_graphs = True
+
+    def __init__(self, hp: Mapping[str, Any], table: np.ndarray, w0: np.float32, device: str,
+                 graphs: bool | None = None) -> None:
+        self.hp = hp
+        self.device = device
+        self.table = table
+        d, _, k1 = table.shape
+        self.k = k1 - 1
+        self.cfg = optimizer_config(hp, self.k)
+        self.P = torch.zeros((d + 1, 3, k1), dtype=torch.float32, device=device)  # row d: scratch
+        self.P[:d] = torch.from_numpy(table).to(device)
+        self.lr = torch.from_numpy(self.cfg.lr).to(device)
+        self.wd = torch.from_numpy(self.cfg.wd).to(device)
+        self.bias = torch.tensor([float(w0), 0.0, 0.0], dtype=torch.float32, device=device)  # w0, Adam m, v
+        self.bias_lr = torch.tensor([self.cfg.bias_lr], dtype=torch.float32, device=device)
+        self.bias_wd = torch.tensor([self.cfg.bias_wd], dtype=torch.float32, device=device)
+        self.scale = torch.ones(1, dtype=torch.float32, device=device)  # lr schedule factor
+        self.coef = torch.ones(1, dtype=torch.float32, device=device)  # Adam step size x scale
+        self.batch_size = int(hp["mini_batch_size"])
+        self.t = 0
+        self.graphs = (self.cuda_graphs and device.startswith("cuda")) if graphs is None else graphs
+        self.graph_error: str | None = None
+        self.X: sp.csr_matrix | None = None
+        self.y: np.ndarray | None = None
+        self.packed: PackedBatches | None = None
+        self._shape = (0, 0)  # (u_max, n_max) of the static inputs and the graph
+        self._inputs: tuple[torch.Tensor, torch.Tensor, Batch] | None = None  # ints, floats, views into them
+        self._score: torch.Tensor | None = None
+        self._graph: Any = None
+
+    @property
+    def w0(self) -> np.float32:
+        return np.float32(self.bias[0].item())
+
+    def _pack(self, order: np.ndarray | None) -> PackedBatches:
+        assert self.X is not None and self.y is not None, "set_data() first"
+        with _one_thread():
+            batches = make_batches(self.X, self.y, self.batch_size, order=order)
+        packed = pack_batches(batches, self.P.shape[0] - 1, self.device, at_least=self._shape)
+        if (packed.u_max, packed.n_max) != self._shape:  # wider than before: new static inputs, new graph
+            self._shape, self._graph = (packed.u_max, packed.n_max), None
+            ints = torch.empty(packed.ints.shape[1], dtype=torch.int64, device=self.device)
+            floats = torch.empty(packed.floats.shape[1], dtype=torch.float32, device=self.device)
+            self._inputs = (ints, floats, packed.views(ints, floats))
+            self._score = torch.empty(packed.size, dtype=torch.float32, device=self.device)
+        return packed
+
+    def set_data(self, X: sp.csr_matrix, y: np.ndarray) -> None:
+        self.X, self.y = X, y
+        self.packed = None if self.hp["_local_shuffle"] else self._pack(None)
+
+    def _step(self) -> None:
+        """One batch from the static inputs: forward, gradient, optimizer, scatter; the score into ``_score``."""
+        bt = self._inputs[2]
+        cfg, P = self.cfg, self.P
+        Pu = P.index_select(0, bt.cols)
+        Wu = Pu[:, 0]
+        use_bias = self.hp["use_bias"]
+        score, g, GU = batch_gradient(Wu, bt, self.bias[:1] if use_bias else None, cfg.rescale,
+                                      self.hp["predictor_type"] == "binary_classifier", bags=True)
+        self._score.copy_(score)
+        step_scaled(Wu, Pu[:, 1], Pu[:, 2], GU, cfg, self.lr, self.wd, self.scale, self.coef)
+        P.index_copy_(0, bt.cols, Pu)
+        if use_bias:
+            b = self.bias
+            step_scaled(b[0:1], b[1:2], b[2:3], g.sum().reshape(1), cfg, self.bias_lr, self.bias_wd, self.scale,
+                        self.coef)
+
+    def _capture(self) -> None:
+        """Record :meth:`_step` as a CUDA graph (static inputs already loaded with a real batch)."""
+        saved = (self.P.clone(), self.bias.clone())
+        try:
+            stream = torch.cuda.Stream(self.device)
+            stream.wait_stream(torch.cuda.current_stream(self.device))
+            with torch.cuda.stream(stream):
+                self._step()  # warm-up: lazy initialisation happens outside the capture
+            torch.cuda.current_stream(self.device).wait_stream(stream)
+            self.P.copy_(saved[0])
+            self.bias.copy_(saved[1])
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph):
+                self._step()
+            self._graph = graph
+        except Exception as exc:  # noqa: BLE001 - any capture failure means: run eagerly
+            self.graph_error = f"{type(exc).__name__}: {exc}".splitlines()[0]
+            self.graphs = False
+        finally:
+            self.P.copy_(saved[0])
+            self.bias.copy_(saved[1])
+
+    def epoch(
+        self, order: np.ndarray | None, lr_scale: float, on_batch: OnBatch, every: int
+    ) -> tuple[np.ndarray, np.ndarray]:
+        if order is None:
+            if self.packed is None:
+                self.packed = self._pack(None)
+            packed = self.packed
+        else:
+            packed = self._pack(order)
+        from ...device import synchronize
+
+        with torch.no_grad():
+            out = self._epoch(packed, lr_scale, on_batch, every)
+            synchronize(self.device)
+        return out
+
+    def _epoch(
+        self, packed: PackedBatches, lr_scale: float, on_batch: OnBatch, every: int
+    ) -> tuple[np.ndarray, np.ndarray]:
+        B, n = packed.size, packed.batches
+        ints, floats, bt = self._inputs
+        lazy_wd = self.hp["_local_lazy_wd"]
+        # Adam's step size per batch, in double precision on the host as the other engines do it
+        coefs = torch.tensor([adam_coefficient(1.0, self.t + i + 1) * lr_scale for i in range(n)],
+                             dtype=torch.float32).to(self.device)
+        self.scale.fill_(lr_scale)
+        scores = torch.empty(n * B, dtype=torch.float32, device=self.device)
+        for bi in range(n):
+            ints.copy_(packed.ints[bi])
+            floats.copy_(packed.floats[bi])
+            self.coef.copy_(coefs[bi:bi + 1])
+            self.t += 1
+            if self.graphs and lazy_wd and self._graph is None:
+                self._capture()
+            if self._graph is not None and lazy_wd:
+                self._graph.replay()
+            else:
+                self._step()
+                if not lazy_wd:
+                    cols = bt.cols
+                    decay_absent_rows(self.P[:-1, 0], cols[cols < self.P.shape[0] - 1], self.lr, self.wd, lr_scale)
+            scores[bi * B:(bi + 1) * B].copy_(self._score)
+            if bi % every == 0:
+                on_batch(bi, self._score.cpu().numpy(), packed.floats[bi, 2 * packed.n_max:].cpu().numpy())
+        self.table[:, 0] = self.P[:-1, 0].cpu().numpy()  # the estimator reads the weights from its table
+        labels = packed.floats[:, 2 * packed.n_max:].reshape(-1)
+        return scores.cpu().numpy(), labels.cpu().numpy()
