@@ -110,6 +110,7 @@ def handler(args: argparse.Namespace) -> int:
         "feature_dim": hp["feature_dim"],
         "engine": model.engine_,
         "threads": model.threads_,
+        "device": hp["_local_device"],
         "best_epoch": getattr(model, "best_epoch_", None),
         "resampled_negatives_from": args.features if epoch_data is not None else None,
     }

@@ -191,6 +191,8 @@ class RecommendStats:
     # Exact engine: (user, item) scores its pruning never computed, of users × items.
     scores_skipped: int = 0
     scores_total: int = 0
+    # Where the exact engine ranked (RecommendOptions.device).
+    device: str = "cpu"
 
 
 class Recommendations:
@@ -230,7 +232,8 @@ class Recommendations:
         return self.summary()
 
     def summary(self) -> dict[str, Any]:
-        """users, items, rows, k, index, index_metric, exclude_seen, seconds, score (+ recall, nprobe)."""
+        """users, items, rows, k, index, index_metric, exclude_seen, seconds, score (+ recall, nprobe,
+        skipped_fraction, device when not the CPU, warnings)."""
         if not self.done:
             raise RuntimeError("Recommendations.summary(): iterate the batches first")
         s = self.stats
@@ -245,6 +248,8 @@ class Recommendations:
             out["nprobe"] = s.nprobe
         if s.scores_total:
             out["skipped_fraction"] = round(s.scores_skipped / s.scores_total, 4)
+        if s.device != "cpu":
+            out["device"] = s.device
         if self.warnings:
             out["warnings"] = list(self.warnings)
         return out
@@ -453,7 +458,8 @@ def rank(
     if opts.index_metric != "INNER_PRODUCT" and index == EXACT:
         index = "faiss.Flat"
     stats = RecommendStats(users=int(U.shape[0]), items=int(I.shape[0]), k=opts.k, index=index,
-                           index_metric=opts.index_metric, exclude_seen=seen is not None, sigmoid=opts.sigmoid)
+                           index_metric=opts.index_metric, exclude_seen=seen is not None, sigmoid=opts.sigmoid,
+                           device=opts.device)
     opts = dataclasses.replace(opts, index=index, threads=opts.threads or default_threads())
     return Recommendations(_stream(rep, U, I, sub_seen, item_rows, opts, stats), stats, rep, notes)
 

@@ -427,7 +427,7 @@ def test_device_flag_ranks_on_the_device_or_exits_2(cli, demo, tmp_path):
     root, _, model = demo
     feats = root / "data" / "features.json"
     base = ("--quiet", "recommend", "--model", model, "--features", feats, "-k", 10, "--exclude-seen")
-    code, _, err = cli(*base, "--device", "cpu", "--out", tmp_path / "cpu.jsonl")
+    code, cpu_out, err = cli(*base, "--device", "cpu", "--out", tmp_path / "cpu.jsonl")
     assert code == 0, err
     cpu = read_results(str(tmp_path / "cpu.jsonl"))
     code, _, err = cli(*base, "--device", "CUDA", "--out", tmp_path / "gpu.jsonl")
@@ -437,6 +437,7 @@ def test_device_flag_ranks_on_the_device_or_exits_2(cli, demo, tmp_path):
         assert len(err.strip().splitlines()) == 1, err
         return
     assert code == 0, err
+    assert '"device": "cuda"' in _ and '"device"' not in cpu_out
     gpu = read_results(str(tmp_path / "gpu.jsonl"))
     assert list(gpu["user_id"]) == list(cpu["user_id"])
     same = np.mean(np.asarray(gpu["item_id"]) == np.asarray(cpu["item_id"]))

@@ -259,3 +259,21 @@ def test_metrics_json_records_the_threads_asked_for(tmp_path, cli):
     assert code == 0, err
     doc = json.loads((tmp_path / "out" / "metrics.json").read_text())
     assert (doc["engine"], doc["threads"]) == ("numba", 2)
+
+
+def test_local_device_trains_there_or_exits_2_before_reading_data(tmp_path, cli):
+    """``--hp _local_device=cuda``: without a GPU one line and exit 2, nothing written; with one
+    (the GPU machine) the torch engine trains there and metrics.json says so."""
+    import torch
+
+    _write(tmp_path / "train.rec")
+    code, _, err = cli("train", "--train", tmp_path / "train.rec", "-o", tmp_path / "out", "--quiet-log",
+                       "--seed", "0", *_hp(_local_device="cuda"))
+    if not torch.cuda.is_available():
+        assert code == 2 and not (tmp_path / "out").exists()
+        assert err.startswith("localfm train: error: hyperparameter '_local_device': 'cuda' asked for, but torch "
+                              "sees no CUDA device here") and err.count("\n") == 1, err
+        return
+    assert code == 0, err
+    doc = json.loads((tmp_path / "out" / "metrics.json").read_text())
+    assert (doc["engine"], doc["device"]) == ("torch", "cuda")

@@ -567,20 +567,50 @@ def test_a_failed_graph_capture_falls_back_to_the_same_eager_step(monkeypatch):
     assert tried.V_.tobytes() == eager.V_.tobytes() and tried.w0_ == eager.w0_
 
 
+@pytest.mark.parametrize("shuffled", [False, True])
+@pytest.mark.parametrize("batch", [7, 40, 500])
+def test_pack_epoch_builds_make_batches_batches(shuffled, batch):
+    """The whole-epoch packer gives each batch of :func:`make_batches` field for field (ragged rows,
+    empty rows, the padded last batch, a batch larger than the data), plus exact padding."""
+    import torch
+
+    from localfm.fm.engines.torch import make_batches, pack_epoch
+
+    X, rng = _ragged()
+    y = _labels("regressor", X.shape[0], rng)
+    order = rng.permutation(X.shape[0]) if shuffled else None
+    want = make_batches(X, y, batch, order=order)
+    packed = pack_epoch(X, y, batch, order, X.shape[1], "cpu", at_least=(3, 5))
+    assert packed.batches == len(want) and packed.size == batch
+    for i, bt in enumerate(want):
+        got = packed.views(packed.ints[i], packed.floats[i])
+        u, n = bt.cols.shape[0], bt.inv.shape[0]
+        for name in ("cols", "inv", "seg", "by_col", "col_rows", "val", "val_sq"):
+            assert torch.equal(getattr(got, name)[:getattr(bt, name).shape[0]], getattr(bt, name)), (i, name)
+        assert torch.equal(got.col_ptr[:u + 1], bt.col_ptr) and torch.equal(got.offsets, bt.offsets)
+        assert torch.equal(got.y, bt.y)
+        # the padding: spare slots on the scratch row; spare nonzeros of value 0 in the last row and slot
+        assert (got.cols[u:] == X.shape[1]).all() and (got.val[n:] == 0).all() and (got.inv[n:] == packed.u_max - 1).all()
+        assert (got.seg[n:] == batch - 1).all() and (got.col_rows[n:] == batch - 1).all()
+        assert got.by_col[n:].tolist() == list(range(n, packed.n_max))
+        assert (got.col_ptr[u + 1:packed.u_max] == n).all() and int(got.col_ptr[-1]) == packed.n_max
+
+
 def test_packed_batches_pad_with_exact_zeros():
     """A batch padded to a wider static shape (spare column slots on the scratch row, spare
     nonzeros of value 0) gives the same score and gradient as the batch itself."""
     import torch
 
-    from localfm.fm.engines.torch import batch_gradient, make_batches, pack_batches
+    from localfm.fm.engines.torch import batch_gradient, make_batches, pack_epoch
 
     X, rng = _ragged(n=40, d=12)
     y = _labels("binary_classifier", X.shape[0], rng)
     bt = make_batches(X, y, 40)[0]
     W = torch.from_numpy(rng.standard_normal((13, 5)).astype(np.float32))
     W[12] = 0.0  # the scratch row
-    packed = pack_batches([bt], 12, "cpu", at_least=(bt.cols.shape[0] + 4, bt.inv.shape[0] + 7))
+    packed = pack_epoch(X, y, 40, None, 12, "cpu", at_least=(bt.cols.shape[0] + 4, bt.inv.shape[0] + 7))
     wide = packed.views(packed.ints[0], packed.floats[0])
+    assert wide.cols.shape[0] == bt.cols.shape[0] + 4 and wide.inv.shape[0] == bt.inv.shape[0] + 7
     w0 = torch.tensor([0.3])
     s1, g1, G1 = batch_gradient(W[bt.cols], bt, w0, 0.5, True, bags=True)
     s2, g2, G2 = batch_gradient(W[wide.cols], wide, w0, 0.5, True, bags=True)
