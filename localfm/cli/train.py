@@ -81,12 +81,12 @@ def handler(args: argparse.Namespace) -> int:
 
     given = collect(args.hyperparameters, args.hp)
     model = FactorizationMachine(seed=args.seed, **given)
-    hp = model.check_params()  # validates before reading data
     out_dir = Path(args.output)
     if out_dir.exists() and not out_dir.is_dir():  # fail before hours of training, not after
         raise LocalFMError(f"{out_dir}: exists and is not a folder")
-    if args.cluster:
+    if args.cluster:  # train_on_cluster checks the hyperparameters itself, before any cluster work
         return _cluster_handler(args, given, out_dir)
+    hp = model.check_params()  # validates before reading data
     for flag, value in (("--instance-count", args.instance_count), ("--s3-data-distribution-type", args.distribution)):
         if value is not None:
             raise LocalFMError(f"{flag}: only used with --ray (multi-instance training)")

@@ -38,6 +38,7 @@ from typing import Any
 
 import numpy as np
 
+from ..device import check_device_name
 from ..errors import LocalFMError
 from ..fm.metrics import MetricAccumulator, TrainingLog
 from ..fm.model import (
@@ -306,6 +307,10 @@ def train_on_cluster(
     """
     if isinstance(instance_count, bool) or not isinstance(instance_count, int) or instance_count < 1:
         raise LocalFMError(f"instance_count: expected an integer >= 1, got {instance_count!r}", param="instance_count")
+    device = check_device_name(hyperparameters.get("_local_device", "cpu"), param="hyperparameter '_local_device'")
+    if device != "cpu":  # before check_params, which would look for the device on the driver
+        raise LocalFMError(f"hyperparameter '_local_device': multi-instance training runs on the actors' CPUs; "
+                           f"{device!r} is for a single instance")
     model = FactorizationMachine(seed=seed, **{k: v for k, v in hyperparameters.items() if k != KV_SERVERS_HP})
     hp = dict(model.check_params())
     for name in _UNSUPPORTED:

@@ -155,6 +155,7 @@ def test_cli_two_instances_two_kv_servers_host_tags_and_metrics(ray_cluster, cha
     (["--ray", "auto", "--instance-count", "3"], "--instance-count: 3 instances need 3 CPUs"),
     (["--ray", "auto", "--hp", "_num_kv_servers=x"], "_num_kv_servers': expected auto or an integer"),
     (["--ray", "auto", "--hp", "_local_shuffle=true"], "'_local_shuffle': not supported in multi-instance"),
+    (["--ray", "auto", "--hp", "_local_device=cuda"], "'_local_device': multi-instance training runs on the actors' CPUs"),
 ])
 def test_bad_flags_exit_2(ray_cluster, channel, tmp_path, capsys, extra, message):
     root, _ = channel
