@@ -551,6 +551,26 @@ def test_device_selection_and_errors(monkeypatch):
         FactorizationMachine(**base, _local_device="cuda:1").check_params()
 
 
+def test_device_run_follows_new_rows_every_epoch(monkeypatch):
+    """``epoch_data`` hands the run new rows each epoch (resampled negatives): the packed shape
+    grows when a batch needs more slots (epoch 1: rows with up to 4 nonzeros after 1-nonzero
+    rows) and stays padded when it needs fewer; training matches the host torch engine."""
+    X0, rng = _ragged(n=120, d=30)
+    X0 = sp.csr_matrix((np.ones(120, np.float32), (np.arange(120), rng.integers(0, 30, 120))), shape=(120, 30))
+    X1, _ = _ragged(n=150, d=30, seed=5)
+    X2 = X0[:90]
+    data = {1: (X1, _labels("regressor", 150, rng)), 2: (X2, _labels("regressor", 90, rng))}
+    y0 = _labels("regressor", 120, rng)
+    hp = dict(feature_dim=30, num_factors=4, predictor_type="regressor", epochs=3, mini_batch_size=16,
+              _local_engine="torch")
+    ref = FactorizationMachine(seed=6, **hp).fit(X0, y0, epoch_data=data.__getitem__)
+    runs = []
+    _device_run_on(monkeypatch, "cpu", runs=runs)
+    dev = FactorizationMachine(seed=6, **hp).fit(X0, y0, epoch_data=data.__getitem__)
+    assert runs[0]._shape[1] >= 16 * 2  # widened for epoch 1's rows
+    _assert_same(dev, ref)
+
+
 def test_a_failed_graph_capture_falls_back_to_the_same_eager_step(monkeypatch):
     """No CUDA here, so capturing fails: the run says why and trains eagerly, with the same bytes,
     and the warm-up step run before capture leaves no trace in the weights."""
