@@ -628,6 +628,22 @@ def test_device_path_ties_padding_and_k_beyond_the_catalogue():
     assert (res.ids[0] == -1).all() and np.isneginf(res.scores[0]).all()
 
 
+def test_device_path_slices_a_batch_to_bound_its_memory(monkeypatch, trained_vectors):
+    """A user batch times the catalogue over DEVICE_SCORES is scored a slice of users at a time:
+    the same result, batch by batch, as scoring it whole."""
+    from localfm.recommend import topx
+
+    U, I = (_exact_grid(X) for X in trained_vectors)
+    ex = _seen(U, I, 0.05, 7)
+    whole = _on_device(U, I, 20, ex, batch_size=100)
+    monkeypatch.setattr(topx, "DEVICE_SCORES", 7 * I.shape[0] + 3)  # 7 users a slice, uneven against 100
+    sliced = _on_device(U, I, 20, ex, batch_size=100)
+    np.testing.assert_array_equal(sliced.ids, whole.ids)
+    np.testing.assert_array_equal(sliced.scores, whole.scores)
+    monkeypatch.setattr(topx, "DEVICE_SCORES", 1)  # less than one user's scores: still one user a slice
+    np.testing.assert_array_equal(_on_device(U[:30], I, 20, ex[:30], batch_size=100).ids, whole.ids[:30])
+
+
 def test_device_argument_errors(monkeypatch):
     import torch
 
