@@ -17,7 +17,7 @@ from benchmarks.results import detail_markdown, readme_markdown, summary_markdow
 def dry_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("gpu")
     code = gpu.main(["--device", "cpu", "--rows", "60000", "--users", "3000", "--items", "900", "--subset", "20000",
-                     "--batches", "512", "1024", "--repeats", "2", "--sample", "100", "--profile-rows", "20000",
+                     "--batches", "512", "1024", "--repeats", "2", "--sample", "100", "--profile-rows", "20000", "--big-items", "20000",
                      "--out", str(out)])
     return code, out, json.loads((out / "gpu.json").read_text())
 
@@ -36,6 +36,8 @@ def test_dry_run_records_what_the_docs_quote(dry_run):
     assert rk["vs_cpu_engine"]["identical_id_lists"] == 1.0  # the same CPU engine on both sides
     assert rk["excluded_pairs"] > 0 and doc["ceilings"]["copy_gb_per_s"] > 0
     assert [r["target"] for r in doc["headline"]] == ["≤ 1 s", "≤ 2 s"]
+    lc = doc["large_catalogue"]
+    assert (lc["items"], lc["identical_id_lists_vs_cpu"]) == (20_000, 1.0) and lc["seconds"] > 0
 
 
 @pytest.mark.slow
