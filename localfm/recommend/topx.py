@@ -75,16 +75,17 @@ BF16_SWITCH = 0.004
 #: item can never reach the threshold through rounding; 2⁻¹⁰ covers d up to ~16,000.
 PRUNE_SLACK = 2.0**-10
 
+#: Most float32 scores the device path holds at once (1 GiB; the top-k's work space about
+#: doubles it): a user batch times a large catalogue is scored in slices of users below this.
+#: On the H200, 4,096 users x 62,423 items (0.95 of this) ranked about as fast as 16,384 at once
+#: (3.8 times it), in the runs before this limit existed (docs/recommend.md).
+DEVICE_SCORES = 1 << 28
+
 #: Item block width while pruning: a block is skipped or scored per user as a whole, so
 #: narrower blocks skip more; 512 columns still keep a (1024 × 65) · (65 × 512) GEMM
 #: efficient (256 would compute ~2 % fewer scores on FM-shaped vectors for twice the blocks).
 #: Small catalogues get at least ~16 blocks (of no fewer than PRUNE_MIN_BLOCK items), so an
 #: ml-100k-sized one (1,682 items) is not a single unprunable block.
-#: Most float32 scores the device path holds at once (1 GiB; the top-k's work space about
-#: doubles it): a user batch times a large catalogue is scored in slices of users below this.
-#: On the H200, 4,096 users x 62,423 items (0.25 of this) ranked as fast as 16,384 (0.95).
-DEVICE_SCORES = 1 << 28
-
 PRUNE_BLOCK = 512
 PRUNE_MIN_BLOCK = 128
 
