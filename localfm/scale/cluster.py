@@ -21,6 +21,21 @@ from ..errors import LocalFMError
 
 _LOCAL = re.compile(r"^local:(\d+)$")
 
+#: What the worker processes of a cluster localfm starts import before they take work (Ray's
+#: ``RAY_preload_python_modules``): Ray Data's operators and the ranking engine, which loads
+#: numba and the BLAS library its kernel calls. Why: Ray keeps idle workers started ahead of
+#: demand, and a preloaded one has paid ~2 CPU s of imports before a job's actor lands on it,
+#: instead of on that job's clock. On the 2-core VM (docs/scale.md, 10 later jobs each), a job
+#: on a running 1-node cluster took a median 17.8 s preloaded against 19.3 s without. For a
+#: cluster started with ``ray start``, set the variable there (docs/scale.md).
+WORKER_PRELOAD = "ray.data,localfm.scale.topx,localfm.recommend._heapscan"
+
+
+def worker_env() -> dict[str, str]:
+    """Environment for the Ray processes of a cluster localfm starts: :data:`WORKER_PRELOAD`,
+    unless the caller set ``RAY_preload_python_modules`` already."""
+    return {"RAY_preload_python_modules": os.environ.get("RAY_preload_python_modules", WORKER_PRELOAD)}
+
 
 @dataclass(frozen=True)
 class ClusterSpec:
@@ -79,7 +94,7 @@ def connect(cluster: str) -> Iterator[Any]:
         if spec.kind == "local":
             # A private cluster keeps its sessions, sockets and auth token in its own temp dir,
             # removed on exit: nothing lands in the shared /tmp/ray or ~/.ray.
-            stack.enter_context(private_ray_dirs())
+            stack.enter_context(private_ray_dirs(**worker_env()))
         try:
             if spec.kind == "local":
                 ray.init(num_cpus=spec.cpus, include_dashboard=False, _node_ip_address="127.0.0.1",
@@ -139,7 +154,7 @@ def loopback_cluster(nodes: int = 2, cpus_per_node: int = 1, object_store_bytes:
     afterwards, so nothing lands in /tmp/ray or ~/.ray. ``pythonpath`` is prepended to the
     workers' PYTHONPATH (e.g. a checkout that is not installed). Stops only its own processes.
     """
-    env = {"RAY_memory_monitor_refresh_ms": "0", "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
+    env = {"RAY_memory_monitor_refresh_ms": "0", "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", **worker_env()}
     if pythonpath:
         env["PYTHONPATH"] = os.pathsep.join(p for p in (pythonpath, os.environ.get("PYTHONPATH", "")) if p)
     with private_ray_dirs(**env):

@@ -97,15 +97,21 @@ def test_local_cluster_leaves_nothing_in_ray_default_dirs(tmp_path):
         "with connect('local:1') as ray:\n"
         "    assert ray.get(ray.remote(lambda: 41 + 1).remote()) == 42\n"
         "    inside = os.environ['RAY_TMPDIR']\n"
-        "    print(json.dumps({'dir': inside, 'existed': os.path.isdir(inside)}))\n"
-        "print(json.dumps({'after': os.environ.get('RAY_TMPDIR')}))\n"
+        "    import sys\n"
+        "    probe = ray.remote(lambda: [m in sys.modules for m in ('ray.data', 'localfm.recommend._heapscan')])\n"
+        "    print(json.dumps({'dir': inside, 'existed': os.path.isdir(inside), 'preloaded': ray.get(probe.remote())}))\n"
+        "print(json.dumps({'after': os.environ.get('RAY_TMPDIR'),\n"
+        "                  'preload_after': os.environ.get('RAY_preload_python_modules')}))\n"
     )
     env = {**os.environ, "HOME": str(home), "PYTHONPATH": str(REPO)}
     env.pop("RAY_TMPDIR", None)
     lines = [json.loads(line) for line in run_python(code, env=env).splitlines() if line.startswith("{")]
     assert lines[0]["existed"] and lines[0]["dir"].startswith("/tmp/lfr")
     assert not os.path.exists(lines[0]["dir"])  # removed on exit
-    assert lines[1]["after"] is None  # environment restored
+    assert lines[1]["after"] is None and lines[1]["preload_after"] is None  # environment restored
+    # The workers imported Ray Data and the ranking engine before taking work (WORKER_PRELOAD):
+    # the probe itself imports neither.
+    assert lines[0]["preloaded"] == [True, True]
     assert not (home / ".ray").exists()  # no auth token in ~/.ray
     if not tmp_ray_before:
         assert not os.path.exists("/tmp/ray")
