@@ -274,6 +274,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--jobs", type=int, default=2,
                     help="top-x jobs per fresh cluster: the first pays Ray Data's helper actors, later ones "
                          "are jobs on a running cluster (mode rayN_warm)")
+    ap.add_argument("--no-preload", action="store_true",
+                    help="workers import nothing ahead (RAY_preload_python_modules empty), to measure "
+                         "localfm.scale.cluster.WORKER_PRELOAD against its absence")
     ap.add_argument("--smoke", action="store_true", help="tiny sizes: 3000 users x 2000 items x 16, k=10")
     ap.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "scaling.json"))
     args = ap.parse_args(argv)
@@ -281,8 +284,24 @@ def main(argv: list[str] | None = None) -> int:
         args.users, args.items, args.dim, args.k, args.cpus_per_node = 3000, 2000, 16, 10, 1
         args.object_store_mb = 200
         args.train_rows, args.train_features, args.train_batch = 2000, 400, 100
-    rep = synthetic_rep(args.users, args.items, args.dim)
+    saved = os.environ.get("RAY_preload_python_modules")
+    if args.no_preload:
+        os.environ["RAY_preload_python_modules"] = ""  # worker_env() keeps a value the caller set
+    try:
+        return _run(args)
+    finally:
+        if saved is None:
+            os.environ.pop("RAY_preload_python_modules", None)
+        else:
+            os.environ["RAY_preload_python_modules"] = saved
+
+
+def _run(args: argparse.Namespace) -> int:
     from localfm.io.atomic import atomic_write
+    from localfm.scale.cluster import worker_env
+
+    rep = synthetic_rep(args.users, args.items, args.dim)
+    preload = worker_env()["RAY_preload_python_modules"]
 
     load_before = os.getloadavg()
 
@@ -318,6 +337,7 @@ def main(argv: list[str] | None = None) -> int:
         "size": {"users": args.users, "items": args.items, "dim": args.dim, "k": args.k},
         "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "cores": os.cpu_count(),
+        "worker_preload": preload,  # what the clusters' workers imported ahead ("" = nothing)
         # a loopback cluster shares this machine: its own processes raise the "after" figure
         "load_average_before": load_before,
         "load_average_after": os.getloadavg(),

@@ -7,6 +7,7 @@ results file says how the job was laid out (actors, threads per actor).
 from __future__ import annotations
 
 import json
+import os
 
 import pytest
 
@@ -21,6 +22,9 @@ def test_scaling_smoke_stores_the_single_process_rows(tmp_path):
     assert main(["--smoke", "--modes", "single,ray1", "--jobs", "1", "--out", str(out)]) == 0
     report = json.loads(out.read_text())
     assert report["identical_rows"] is True
+    from localfm.scale.cluster import WORKER_PRELOAD
+
+    assert report["worker_preload"] == os.environ.get("RAY_preload_python_modules", WORKER_PRELOAD)
     ray = [r for r in report["runs"] if r["mode"] == "ray1"]
     assert len(ray) == 1 and ray[0]["threads_per_actor"] == 1 and ray[0]["workers"] == 1
     assert report["ray_overhead"] == pytest.approx(report["median_seconds"]["ray1"] / report["median_seconds"]["single"] - 1)
