@@ -255,6 +255,9 @@ def run_training(rows: int, features: int, dim: int, batch: int, cpus: int, obje
     return out
 
 
+MODES = ("single", "ray1", "ray2", "train")
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--users", type=int, default=162_000)
@@ -284,6 +287,9 @@ def main(argv: list[str] | None = None) -> int:
         args.users, args.items, args.dim, args.k, args.cpus_per_node = 3000, 2000, 16, 10, 1
         args.object_store_mb = 200
         args.train_rows, args.train_features, args.train_batch = 2000, 400, 100
+    unknown = [m for m in args.modes.split(",") if m not in MODES]
+    if unknown:  # before minutes of measuring, not after
+        ap.error(f"--modes: unknown mode {unknown[0]!r} ({', '.join(MODES)})")
     saved = os.environ.get("RAY_preload_python_modules")
     if args.no_preload:
         os.environ["RAY_preload_python_modules"] = ""  # worker_env() keeps a value the caller set
@@ -324,8 +330,8 @@ def _run(args: argparse.Namespace) -> int:
                 runs = run_ray(rep, args.k, int(mode[-1]), args.cpus_per_node, out,
                                args.object_store_mb * 1024**2, jobs=args.jobs, actor_threads=args.actor_threads)
                 written = [out.with_name(f"{out.stem}-{j}{out.suffix}") for j in range(len(runs))]
-            else:
-                ap.error(f"--modes: unknown mode {mode!r} (single, ray1, ray2, train)")
+            else:  # main() checked the modes
+                raise AssertionError(mode)
             for r, path in zip(runs, written):
                 r["round"] = rnd + 1
                 results.append(r)

@@ -29,3 +29,11 @@ def test_scaling_smoke_stores_the_single_process_rows(tmp_path):
     assert len(ray) == 1 and ray[0]["threads_per_actor"] == 1 and ray[0]["workers"] == 1
     assert report["ray_overhead"] == pytest.approx(report["median_seconds"]["ray1"] / report["median_seconds"]["single"] - 1)
     assert all(len(r["load_average_1m"]) == 2 for r in report["runs"])
+
+
+def test_unknown_mode_exits_2_before_measuring(capsys):
+    from benchmarks.scaling import main
+
+    with pytest.raises(SystemExit) as info:
+        main(["--modes", "single,ray3"])
+    assert info.value.code == 2 and "--modes: unknown mode 'ray3'" in capsys.readouterr().err

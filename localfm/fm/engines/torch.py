@@ -19,7 +19,6 @@ replayed as one captured graph per batch (docs/fm.md "On a GPU").
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import math
 import warnings
 from collections.abc import Iterator, Mapping
