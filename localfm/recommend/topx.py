@@ -404,33 +404,36 @@ def _iter_on_device(U: np.ndarray, prep: PreparedItems, kk: int, exclude: sp.csr
     import torch
 
     n_users, n_items = U.shape[0], prep.n_items
-    with torch.inference_mode(), float32_matmul():
-        items_t = _tensor(prep.Ip).to(device)  # rows in rank order
-        perm_t = _tensor(prep.perm).to(device)
+    items_t = _tensor(prep.Ip).to(device)  # rows in rank order
+    perm_t = _tensor(prep.perm).to(device)
+    if exclude is not None:
+        ex_ptr = torch.from_numpy(exclude.indptr.astype(np.int64)).to(device)
+        inv_perm = _tensor(prep.inv_perm).to(device)
+        ex_col = inv_perm[_tensor(exclude.indices).to(device).long()]  # excluded items' ranks
+    minus_inf = torch.tensor(-math.inf, device=device)
+
+    def rank(s: int, e: int) -> tuple[Any, Any]:
+        S = _tensor(U[s:e]).to(device) @ items_t.T
         if exclude is not None:
-            ex_ptr = torch.from_numpy(exclude.indptr.astype(np.int64)).to(device)
-            inv_perm = _tensor(prep.inv_perm).to(device)
-            ex_col = inv_perm[_tensor(exclude.indices).to(device).long()]  # excluded items' ranks
-        minus_inf = torch.tensor(-math.inf, device=device)
+            p0, p1 = int(exclude.indptr[s]), int(exclude.indptr[e])  # host copies: no device sync
+            if p1 > p0:
+                rows = torch.repeat_interleave(torch.arange(e - s, device=device), ex_ptr[s + 1:e + 1] - ex_ptr[s:e],
+                                               output_size=p1 - p0)
+                S.index_put_((rows, ex_col[p0:p1]), minus_inf)
+        scores, ranks = _top_stable(S, kk)
+        del S
+        return _best_first(scores, ranks, perm_t)
 
-        def rank(s: int, e: int) -> tuple[Any, Any]:
-            S = _tensor(U[s:e]).to(device) @ items_t.T
-            if exclude is not None:
-                p0, p1 = int(exclude.indptr[s]), int(exclude.indptr[e])  # host copies: no device sync
-                if p1 > p0:
-                    rows = torch.repeat_interleave(torch.arange(e - s, device=device), ex_ptr[s + 1:e + 1] - ex_ptr[s:e],
-                                                   output_size=p1 - p0)
-                    S.index_put_((rows, ex_col[p0:p1]), minus_inf)
-            scores, ranks = _top_stable(S, kk)
-            del S
-            return _best_first(scores, ranks, perm_t)
-
-        step = max(1, min(batch_size, DEVICE_SCORES // max(1, n_items)))  # users scored at once
-        for s in starts:
-            e = min(s + batch_size, n_users)
+    step = max(1, min(batch_size, DEVICE_SCORES // max(1, n_items)))  # users scored at once
+    for s in starts:
+        e = min(s + batch_size, n_users)
+        # The modes are held per batch, not across the yield: the caller's own torch code between
+        # batches must run under its own settings (inference mode and matmul precision are global).
+        with torch.inference_mode(), float32_matmul():
             parts = [rank(a, min(a + step, e)) for a in range(s, e, step)]
             scores, ids = (torch.cat(x) if len(x) > 1 else x[0] for x in zip(*parts))
-            yield s, TopX(scores=scores.cpu().numpy(), ids=ids.cpu().numpy(), skipped=0, total=(e - s) * n_items)
+            scores, ids = scores.cpu().numpy(), ids.cpu().numpy()
+        yield s, TopX(scores=scores, ids=ids, skipped=0, total=(e - s) * n_items)
 
 
 def _best_first(scores: Any, ranks: Any, perm: Any) -> tuple[Any, Any]:

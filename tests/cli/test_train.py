@@ -258,7 +258,7 @@ def test_metrics_json_records_the_threads_asked_for(tmp_path, cli):
                        "--seed", "0", *_hp(_local_threads=2))
     assert code == 0, err
     doc = json.loads((tmp_path / "out" / "metrics.json").read_text())
-    assert (doc["engine"], doc["threads"]) == ("numba", 2)
+    assert (doc["engine"], doc["threads"], doc["device"]) == ("numba", 2, "cpu")
 
 
 def test_local_device_trains_there_or_exits_2_before_reading_data(tmp_path, cli):

@@ -614,6 +614,25 @@ def test_device_path_follows_the_engines_tie_rule(trained_vectors, with_exclusio
     np.testing.assert_array_equal(res.ids, top_x(U, I, 20, exclude=ex, precision="fp32").ids)
 
 
+def test_device_path_leaves_the_callers_torch_modes_alone_between_batches():
+    """The path is a generator: whatever it sets (inference mode, full float32 matmuls) must be
+    back to the caller's settings whenever the caller runs, between batches too."""
+    import torch
+
+    from localfm.recommend.topx import _iter_on_device, prepare_items
+
+    U, I = _fm_like(50, 40)
+    before = torch.get_float32_matmul_precision()
+    torch.set_float32_matmul_precision("medium")
+    try:
+        batches = _iter_on_device(U, prepare_items(I, precision="fp32"), 5, None, 20, range(0, 50, 20), "cpu")
+        for _ in batches:
+            assert not torch.is_inference_mode_enabled()
+            assert torch.get_float32_matmul_precision() == "medium"
+    finally:
+        torch.set_float32_matmul_precision(before)
+
+
 def test_device_path_ties_padding_and_k_beyond_the_catalogue():
     ones = _on_device(np.ones((2, 3), np.float32), np.ones((6, 3), np.float32), 4, batch_size=1)
     assert ones.ids.tolist() == top_x(np.ones((2, 3), np.float32), np.ones((6, 3), np.float32), 4).ids.tolist()
