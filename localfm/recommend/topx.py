@@ -366,22 +366,25 @@ def iter_top_x(
         It = _tensor(prep.Ip)
         block_T = [_tensor(t) for t in prep.block_T]
         block_T16 = [_tensor(t).view(torch.bfloat16) for t in prep.block_T16] if prep.block_T16 is not None else None
+    # torch's thread count and inference mode are process-wide: they are set per batch and put
+    # back before each yield, so the caller's own torch code between batches runs under its
+    # own settings (a thread-pool resize is ~2 ms against a batch's ~100 ms of ranking).
     if _resolve_kernel(kernel) == "numba":
-        # One Python thread per core, each with single-threaded GEMMs (see _heapscan).
-        with contextlib.nullcontext() if fused else torch_threads(1):
-            for s in iterator:
-                e = min(s + batch_size, n_users)
-                ids, scores, skipped = _batch_numba(U[s:e], prep, kk, exclude[s:e] if exclude is not None else None,
-                                                    block_T, block_T16, threads or default_threads())
-                yield s, TopX(scores=scores, ids=ids, skipped=skipped, total=(e - s) * n_items)
-        return
-    with torch_threads(threads), torch.inference_mode():
         for s in iterator:
             e = min(s + batch_size, n_users)
-            b = e - s
+            # One Python thread per core, each with single-threaded GEMMs (see _heapscan).
+            with contextlib.nullcontext() if fused else torch_threads(1):
+                ids, scores, skipped = _batch_numba(U[s:e], prep, kk, exclude[s:e] if exclude is not None else None,
+                                                    block_T, block_T16, threads or default_threads())
+            yield s, TopX(scores=scores, ids=ids, skipped=skipped, total=(e - s) * n_items)
+        return
+    for s in iterator:
+        e = min(s + batch_size, n_users)
+        with torch_threads(threads), torch.inference_mode():
             ids, scores, skipped = _batch_torch(U[s:e], prep, kk, exclude[s:e] if exclude is not None else None,
                                                 It, block_T, block_T16)
-            yield s, _finish(ids, scores, perm, skipped, b * n_items)
+            result = _finish(ids, scores, perm, skipped, (e - s) * n_items)
+        yield s, result
 
 
 def _iter_on_device(U: np.ndarray, prep: PreparedItems, kk: int, exclude: sp.csr_matrix | None, batch_size: int,

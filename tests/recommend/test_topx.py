@@ -6,7 +6,7 @@ import pytest
 import scipy.sparse as sp
 
 from localfm.errors import LocalFMError
-from localfm.recommend.topx import numba_available, top_x, trim
+from localfm.recommend.topx import iter_top_x, numba_available, top_x, trim
 from tests.fresh_python import run_python
 
 KERNELS = ["torch", pytest.param("numba", marks=pytest.mark.skipif(not numba_available(), reason="numba not installed"))]
@@ -631,6 +631,27 @@ def test_device_path_leaves_the_callers_torch_modes_alone_between_batches():
             assert torch.get_float32_matmul_precision() == "medium"
     finally:
         torch.set_float32_matmul_precision(before)
+
+
+@pytest.mark.parametrize(("kernel", "precision"), [("torch", "fp32"), ("torch", "bf16"), ("numba", "bf16")])
+def test_cpu_paths_leave_the_callers_torch_modes_alone_between_batches(kernel, precision):
+    """The torch-GEMM paths set torch's thread count (and the torch kernel inference mode) per
+    batch: the caller's own settings hold whenever the caller runs, between batches too."""
+    import torch
+
+    U, I = _fm_like(50, 40)
+    before = torch.get_num_threads()
+    torch.set_num_threads(3)  # neither the 2 threads asked for below nor the numba path's 1
+    try:
+        batches = iter_top_x(U, I, 5, batch_size=20, threads=2, kernel=kernel, precision=precision)
+        n = 0
+        for _ in batches:
+            assert not torch.is_inference_mode_enabled()
+            assert torch.get_num_threads() == 3
+            n += 1
+        assert n == 3
+    finally:
+        torch.set_num_threads(before)
 
 
 def test_device_path_ties_padding_and_k_beyond_the_catalogue():

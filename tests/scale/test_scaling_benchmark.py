@@ -37,3 +37,16 @@ def test_unknown_mode_exits_2_before_measuring(capsys):
     with pytest.raises(SystemExit) as info:
         main(["--modes", "single,ray3"])
     assert info.value.code == 2 and "--modes: unknown mode 'ray3'" in capsys.readouterr().err
+
+
+def test_no_preload_runs_the_cluster_without_it_and_puts_the_callers_setting_back(tmp_path, monkeypatch):
+    """``--no-preload`` is the A/B's other arm: the clusters get an empty module list even when the
+    caller set one, the results file says so, and the caller's value is back afterwards."""
+    pytest.importorskip("ray", reason="the localfm[ray] extra is not installed")
+    from benchmarks.scaling import main
+
+    monkeypatch.setenv("RAY_preload_python_modules", "json")
+    out = tmp_path / "scaling.json"
+    assert main(["--smoke", "--modes", "ray1", "--jobs", "1", "--no-preload", "--out", str(out)]) == 0
+    assert json.loads(out.read_text())["worker_preload"] == ""
+    assert os.environ["RAY_preload_python_modules"] == "json"

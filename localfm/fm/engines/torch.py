@@ -581,7 +581,11 @@ class DeviceRun:
                         self.coef)
 
     def _capture(self) -> None:
-        """Record :meth:`_step` as a CUDA graph (static inputs already loaded with a real batch)."""
+        """Record :meth:`_step` as a CUDA graph (static inputs already loaded with a real batch).
+
+        The warm-up step really runs and changes the state; the capture only records kernels.
+        So the state is put back once, after both (or after a failure), and the caller then
+        replays the graph for this batch."""
         saved = (self.P.clone(), self.bias.clone())
         try:
             stream = torch.cuda.Stream(self.device)
@@ -589,8 +593,6 @@ class DeviceRun:
             with torch.cuda.stream(stream):
                 self._step()  # warm-up: lazy initialisation happens outside the capture
             torch.cuda.current_stream(self.device).wait_stream(stream)
-            self.P.copy_(saved[0])
-            self.bias.copy_(saved[1])
             graph = torch.cuda.CUDAGraph()
             with torch.cuda.graph(graph):
                 self._step()
