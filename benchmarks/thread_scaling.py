@@ -21,6 +21,14 @@ one of 1,000 rows, 0.8 MB, that stays in the L2 cache):
 Prints one JSON object (and writes ``--out``): per case rows/s at 1 and 2 threads, the
 speed-up, GB/s moved (2 x 780 B per row: read and written back), CPU seconds beside wall
 seconds, and the load average before and after. Run it alone on a quiet machine.
+
+It also probes the link between the two vCPUs before and after the cases (``core_link``; only
+the probe: ``--link-only --samples 20 --interval 15``). Why: the trainer's threads hand data
+to each other at every batch (the forward sums, the published step lists, the rows one
+thread stepped and the other reads next), which independent rows never do. On the 2-core VM
+the round trip between the two vCPUs moved between ~50-100 ns and ~400-650 ns from minute to
+minute (the hypervisor places them), and a hand-off that costs nothing to the cases above
+costs the trainer. docs/fm.md has the measurements.
 """
 from __future__ import annotations
 
@@ -40,6 +48,9 @@ from numba import njit
 from localfm.fm.engines.numba import (
     OWNER_SHIFT,
     PREFETCH_AHEAD,
+    _atomic_add,
+    _atomic_load,
+    _cpu_relax,
     _prefetch_row,
     _step_range,
 )
@@ -83,6 +94,79 @@ def _touch_rows(P, cols, prefetch):
             for f in range(row.shape[0]):
                 row[f] = row[f] * a + b
     return n
+
+
+@njit(cache=True, nogil=True, error_model="numpy")
+def _ping(counter, me, n):
+    """Player ``me`` (0 or 1) of a counter handed back and forth ``n`` times (one cache line)."""
+    for r in range(n):
+        want = 2 * r + me
+        while _atomic_load(counter, 0) != want:
+            _cpu_relax()
+        _atomic_add(counter, 0, 1)
+    return n
+
+
+@njit(cache=True, nogil=True, error_model="numpy")
+def _pass_buffer(counter, buf, me, n):
+    """``n`` hand-offs of ``buf``: player 0 writes every element, then player 1 reads them all.
+
+    With ``me`` = -1 one thread plays both parts: the same traffic with no hand-off."""
+    acc = 0.0
+    for r in range(n):
+        if me >= 0:
+            want = 2 * r + me
+            while _atomic_load(counter, 0) != want:
+                _cpu_relax()
+        if me <= 0:
+            for i in range(buf.size):
+                buf[i] = buf[i] + 1.0
+        if me != 0:
+            for i in range(buf.size):
+                acc += buf[i]
+        if me >= 0:
+            _atomic_add(counter, 0, 1)
+    return acc
+
+
+def _pinned_pair(fn: Any, cpus: tuple[int, int], args_of: Any) -> float:
+    """Wall seconds of ``fn(*args_of(me))`` in two threads, player ``me`` pinned to ``cpus[me]``."""
+    counter = np.zeros(8, np.int64)
+
+    def play(me: int) -> None:
+        os.sched_setaffinity(0, {cpus[me]})  # pid 0: this thread only
+        fn(counter, *args_of(me))
+
+    threads = [threading.Thread(target=play, args=(me,)) for me in (0, 1)]
+    t0 = time.perf_counter()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return time.perf_counter() - t0
+
+
+def core_link(round_trips: int = 50_000, handoffs: int = 400, buffer_bytes: int = 1_300_000) -> dict[str, Any] | None:
+    """How far apart two vCPUs are right now: a cache line's round trip between threads pinned to
+    the first two CPUs, and a ``buffer_bytes`` buffer written on one and read on the other
+    (1.3 MB: a batch's forward sums at batch 5000, k = 64), against the same traffic on one
+    CPU. None with fewer than two CPUs. Spinning threads: run it on a quiet machine only."""
+    cpus = sorted(os.sched_getaffinity(0))
+    if len(cpus) < 2:
+        return None
+    pair = (cpus[0], cpus[1])
+    buf = np.zeros(buffer_bytes // 8, np.float64)
+    _pinned_pair(_ping, pair, lambda me: (me, 10))  # compile / load from numba's cache first
+    _pinned_pair(_pass_buffer, pair, lambda me: (buf, me, 2))
+    _pass_buffer(np.zeros(8, np.int64), buf, -1, 1)
+    trip = _pinned_pair(_ping, pair, lambda me: (me, round_trips))
+    handoff = _pinned_pair(_pass_buffer, pair, lambda me: (buf, me, handoffs))
+    t0 = time.perf_counter()
+    _pass_buffer(np.zeros(8, np.int64), buf, -1, handoffs)
+    alone = time.perf_counter() - t0
+    return {"at": time.strftime("%H:%M:%S", time.gmtime()), "cpus": list(pair),
+            "round_trip_ns": round(trip / round_trips * 1e9, 1), "buffer_mb": round(buffer_bytes / 1e6, 2),
+            "handoff_ms": round(handoff / handoffs * 1e3, 4), "same_cpu_ms": round(alone / handoffs * 1e3, 4)}
 
 
 def _run(case: str, P: np.ndarray, parts: list[np.ndarray], G: np.ndarray) -> tuple[float, float]:
@@ -149,17 +233,35 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--features", type=int, default=ML25M_FEATURES, help="rows of the cold table")
     ap.add_argument("--repeat", type=int, default=5)
     ap.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "thread_scaling.json"))
+    ap.add_argument("--link-only", action="store_true", help="only probe the link between the two vCPUs")
+    ap.add_argument("--samples", type=int, default=1,
+                    help="link probes before the cases (with --link-only: in all), --interval seconds apart")
+    ap.add_argument("--interval", type=float, default=15.0)
+    ap.add_argument("--round-trips", type=int, default=50_000, help="per link probe")
+    ap.add_argument("--handoffs", type=int, default=400, help="1.3 MB buffer hand-offs per link probe")
     args = ap.parse_args(argv)
+    if args.samples < 1 or args.interval < 0 or args.round_trips < 1 or args.handoffs < 1:
+        ap.error("--samples, --round-trips and --handoffs must be positive, --interval not negative")
     load_before = os.getloadavg()
-    cases = measure(args.features, args.rows, args.repeat)
+    links = []
+    for i in range(args.samples):
+        if i:
+            time.sleep(args.interval)
+        links.append(core_link(args.round_trips, args.handoffs))
+        print(json.dumps(links[-1]), file=sys.stderr)
+    cases = [] if args.link_only else measure(args.features, args.rows, args.repeat)
+    if not args.link_only:
+        links.append(core_link(args.round_trips, args.handoffs))  # after: the placement moves by the minute
     report = {"benchmark": "thread_scaling", "machine": machine_info(), "load_average_before": load_before,
-              "load_average_after": os.getloadavg(), "cases": cases}
+              "load_average_after": os.getloadavg(), "core_link": links, "cases": cases}
     from localfm.io.atomic import atomic_write
 
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     with atomic_write(Path(args.out), "w") as fh:
         fh.write(json.dumps(report, indent=2) + "\n")
-    print(json.dumps({f"{c['table']}/{c['case']}": c["speedup_2_vs_1"] for c in cases}))
+    summary: dict[str, Any] = {f"{c['table']}/{c['case']}": c["speedup_2_vs_1"] for c in cases}
+    summary["round_trip_ns"] = [x["round_trip_ns"] for x in links if x is not None]
+    print(json.dumps(summary))
     return 0
 
 

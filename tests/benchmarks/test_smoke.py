@@ -9,6 +9,7 @@ direct checks.
 from __future__ import annotations
 
 import json
+import os
 import sys
 
 import numpy as np
@@ -259,6 +260,30 @@ def test_train_throughput_main_prints_cases_and_a_side_by_side_table(capsys):
     assert len(lines) == 2 + 2 and lines[2].startswith("| synthetic | 3,000 | ") and "| yes |" in lines[2]
 
 
+def test_core_link_hands_the_counter_and_the_buffer_over_between_two_pinned_threads(tmp_path):
+    """The link probe: the buffer pass reads what was written before it, two pinned players
+    finish (each waits for every move of the other), and ``--link-only`` writes its samples
+    and no cases."""
+    from benchmarks.thread_scaling import _pass_buffer, _pinned_pair, _ping, main
+
+    if len(os.sched_getaffinity(0)) < 2:
+        pytest.skip("needs two CPUs")
+    counter = np.zeros(8, np.int64)
+    assert _ping(counter, 0, 0) == 0 and counter[0] == 0
+    buf = np.zeros(16, np.float64)
+    # one thread in both parts: round r writes r + 1 everywhere, then sums it
+    assert _pass_buffer(counter, buf, -1, 3) == 16 * (1 + 2 + 3) and buf[0] == 3
+    cpus = sorted(os.sched_getaffinity(0))[:2]
+    assert _pinned_pair(_ping, (cpus[0], cpus[1]), lambda me: (me, 500)) > 0
+    out = tmp_path / "link.json"
+    # tiny counts: spinning threads crawl when a busy neighbour shares their CPU (CI runs 2 workers)
+    assert main(["--link-only", "--samples", "2", "--interval", "0", "--round-trips", "200", "--handoffs", "5",
+                 "--out", str(out)]) == 0
+    report = json.loads(out.read_text())
+    assert report["cases"] == [] and len(report["core_link"]) == 2
+    assert all(x["cpus"] == cpus for x in report["core_link"])
+
+
 def test_thread_scaling_runs_the_trainers_step_on_disjoint_rows(tmp_path):
     """``python -m benchmarks.thread_scaling``: both cases, 1 and 2 threads, on a cold and a hot table;
     the Adam case really steps the table (with the trainer's own compiled step)."""
@@ -267,13 +292,17 @@ def test_thread_scaling_runs_the_trainers_step_on_disjoint_rows(tmp_path):
     from benchmarks.thread_scaling import _adam_rows, main
 
     out = tmp_path / "ts.json"
-    assert main(["--rows", "200000", "--features", "5000", "--repeat", "1", "--out", str(out)]) == 0
+    assert main(["--rows", "200000", "--features", "5000", "--repeat", "1", "--round-trips", "200", "--handoffs", "5",
+                 "--out", str(out)]) == 0
     report = json.loads(out.read_text())
     assert [(c["table"], c["case"]) for c in report["cases"]] == [
         ("cold", "adam"), ("cold", "touch"), ("hot", "adam"), ("hot", "touch")]
     for c in report["cases"]:
         assert c["threads_1"]["wall_s"] > 0 and c["threads_2"]["wall_s"] > 0 and c["speedup_2_vs_1"] > 0
     assert len(report["load_average_before"]) == 3
+    if len(os.sched_getaffinity(0)) >= 2:  # probed before and after the cases
+        assert len(report["core_link"]) == 2
+        assert all(x["round_trip_ns"] > 0 and x["handoff_ms"] > 0 and x["same_cpu_ms"] > 0 for x in report["core_link"])
     P = np.zeros((4, 3, 5), np.float32)
     G = np.ones((64, 5), np.float32)
     _adam_rows(P, G, np.array([1, 3]), np.float32(0.1), np.float32(1e-8), np.float32(-1.0), False)
