@@ -26,9 +26,9 @@ It also probes the link between the two vCPUs before and after the cases (``core
 the probe: ``--link-only --samples 20 --interval 15``). Why: the trainer's threads hand data
 to each other at every batch (the forward sums, the published step lists, the rows one
 thread stepped and the other reads next), which independent rows never do. On the 2-core VM
-the round trip between the two vCPUs moved between ~50-100 ns and ~400-650 ns from minute to
-minute (the hypervisor places them), and a hand-off that costs nothing to the cases above
-costs the trainer. docs/fm.md has the measurements.
+the round trip between the two vCPUs moved between ~40-120 ns and ~440-600 ns from one probe to
+the next, seconds apart (the hypervisor places them), and a hand-off that costs nothing to the
+cases above costs the trainer. docs/fm.md has the measurements.
 """
 from __future__ import annotations
 
