@@ -19,14 +19,14 @@ from collections.abc import Iterator
 from .errors import LocalFMError
 
 CPU = "cpu"
+_NAME = re.compile(r"^(cpu|cuda(:\d+)?|mps)$")
+EXPECTED = "cpu, cuda, cuda:N or mps"
 
 
 def _error(text: str, param: str) -> LocalFMError:
     # ``param`` is a Python parameter (``device``, which the CLI renames to its flag) or a
     # phrase such as "hyperparameter '_local_device'", which is only the message's subject.
     return LocalFMError(f"{param}: {text}", param=param if param.isidentifier() else None)
-_NAME = re.compile(r"^(cpu|cuda(:\d+)?|mps)$")
-EXPECTED = "cpu, cuda, cuda:N or mps"
 
 
 def check_device_name(device: object, param: str = "device") -> str:

@@ -48,6 +48,7 @@ from typing import Any
 import numpy as np
 import scipy.sparse as sp
 
+from ..device import CPU, check_device_name
 from ..errors import LocalFMError
 from ..io.atomic import atomic_write
 from ..progress import set_quiet
@@ -154,8 +155,10 @@ def recommend_on_cluster(
     ``target`` is untouched then.
     """
     parse_cluster(cluster)
-    device = option_fields.get("device", options.device if options is not None else "cpu")
-    if device != "cpu":
+    # The name is checked as the single process checks it (so "CPU" is the CPU and "gpu" a
+    # spelling error), before refusing every accelerator here.
+    device = check_device_name(option_fields.get("device", options.device if options is not None else "cpu"))
+    if device != CPU:
         raise LocalFMError(f"device: actors rank on their CPUs; {device!r} is for the single process "
                            "(leave device=cpu with a cluster)", param="device")
     opts = resolve_options(options, None, option_fields)

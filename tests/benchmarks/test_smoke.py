@@ -284,6 +284,16 @@ def test_core_link_hands_the_counter_and_the_buffer_over_between_two_pinned_thre
     assert all(x["cpus"] == cpus for x in report["core_link"])
 
 
+@pytest.mark.parametrize("flag", [["--samples", "0"], ["--interval", "-1"], ["--round-trips", "0"],
+                                  ["--handoffs", "0"]])
+def test_link_probe_options_are_checked_before_measuring(flag, capsys):
+    from benchmarks.thread_scaling import main
+
+    with pytest.raises(SystemExit) as info:
+        main(["--link-only", *flag])
+    assert info.value.code == 2 and "must be positive" in capsys.readouterr().err
+
+
 def test_thread_scaling_runs_the_trainers_step_on_disjoint_rows(tmp_path):
     """``python -m benchmarks.thread_scaling``: both cases, 1 and 2 threads, on a cold and a hot table;
     the Adam case really steps the table (with the trainer's own compiled step)."""

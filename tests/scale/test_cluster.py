@@ -50,6 +50,8 @@ def rep():
     ({"workers": 0, "cluster": "local:x"}, "^cluster: expected local:N"),
     ({"k": 0}, "^k: expected a positive integer"),
     ({"device": "cuda"}, "^device: actors rank on their CPUs; 'cuda' is for the single process"),
+    ({"device": " CUDA:1"}, "^device: actors rank on their CPUs; 'cuda:1' is for the single process"),
+    ({"device": "gpu"}, "^device: expected cpu, cuda, cuda:N or mps, got 'gpu'"),
 ])
 def test_bad_input_fails_before_any_cluster(rep, tmp_path, kwargs, message):
     args = {"k": 3, "target": str(tmp_path / "r.parquet"), "cluster": "local:1", **kwargs}
