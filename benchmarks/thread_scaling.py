@@ -6,7 +6,7 @@
 Why: issue 13 asks the numba trainer for >= 1.7x its one-thread throughput on two threads.
 Half of a large-``feature_dim`` epoch is the lazy Adam step on ~7,800 table rows per batch
 of 5,000, nearly all cold in cache (3 x 65 float32 = 780 B a row). This script runs that
-step alone, with the trainer's own compiled pieces (``_step_range``, ``_prefetch_row``), on
+step alone, with the trainer's own compiled pieces (``_step_row``, ``_prefetch_row``), on
 random rows of a table, one thread vs two (each thread its own rows, no barriers, no shared
 writes): the best speed-up the step could reach here, whatever the trainer's design.
 
@@ -52,7 +52,7 @@ from localfm.fm.engines.numba import (
     _atomic_load,
     _cpu_relax,
     _prefetch_row,
-    _step_range,
+    _step_row,
 )
 
 from .machine import machine_info
@@ -64,18 +64,17 @@ K1 = 65  # num_factors 64 + the linear weight
 
 @njit(cache=True, nogil=True, error_model="numpy")
 def _adam_rows(P, G, cols, lr, eps, ncoef, prefetch):
-    """The trainer's lazy Adam step (``_step_range``, kind 0, no decay, no clip) on rows ``cols`` of ``P``."""
+    """The trainer's lazy Adam step (``_step_row``, kind 0, no decay, no clip) on rows ``cols`` of ``P``."""
     n = cols.shape[0]
-    k = P.shape[2] - 1
     zero = np.float32(0.0)
     one = np.float32(1.0)
+    lrs = np.full(P.shape[2], lr, np.float32)
+    zeros = np.zeros(P.shape[2], np.float32)
     for i in range(n):
         if prefetch and i + PREFETCH_AHEAD < n:
             _prefetch_row(P, cols[i + PREFETCH_AHEAD])
         c = cols[i]
-        g = G[i & 63]
-        _step_range(0, g[:k], P[c, 0, :k], P[c, 1, :k], P[c, 2, :k], lr, zero, zero, ncoef, one, eps, False, zero)
-        _step_range(0, g[k:], P[c, 0, k:], P[c, 1, k:], P[c, 2, k:], lr, zero, zero, ncoef, one, eps, False, zero)
+        _step_row(0, G[i & 63], P[c, 0], P[c, 1], P[c, 2], zero, lrs, zeros, zeros, ncoef, one, eps, False, zero)
     return n
 
 

@@ -289,52 +289,81 @@ def _bias_step(state, grad, kind, lr, wd, clip, use_clip, eps, coef, lr_scale): 
     state[0] = w_new - decay
 
 
-@njit(cache=True, error_model="numpy")
-def _step_range(kind, G, W, M, V, lr, wd, dec, ncoef, lr_scale, eps, use_clip, clip):  # noqa: ANN001, ANN202
-    """Optimizer step of ``W`` (a slice holding one parameter group: scalar lr/wd), gradient ``G``.
+@njit(cache=True, error_model="numpy", inline="always")
+def _clipped(g, use_clip, clip):  # noqa: ANN001, ANN202 - numba
+    return min(max(g, -clip), clip) if use_clip else g
+
+
+@njit(cache=True, error_model="numpy", inline="always")
+def _step_part(kind, G, W, M, V, cc, with_cc, lr, wd, dec, ncoef, lr_scale, eps, use_clip, clip):  # noqa: ANN001, ANN202, PLR0913
+    """Optimizer step of ``W`` (a slice holding one parameter group: scalar lr/wd), gradient ``G - W cc``.
 
     Same float32 formulas and association as the torch engine's ``step_gathered``
-    (Adam's m as torch's lerp ``m + 0.1 (g - m)``, ``addcmul``/``addcdiv`` order).
-    One branch-free loop per variant with scalar settings: with per-column lr/wd
-    arrays, branches inside, or ``range(lo, hi)`` bounds (possible negative-index
-    wraparound), LLVM does not vectorise these loops.
+    (Adam's m as torch's lerp ``m + 0.1 (g - m)``, ``addcmul``/``addcdiv`` order): the
+    gradient ``G - W cc`` (only ``G`` where ``with_cc`` is false: the linear weight has no
+    ``cc`` term), clipped, then L2 decay through the gradient (MXNet) or decoupled (adamw).
+    One pass per element, each loop branch-free: ``with_cc`` and ``use_clip`` are constants
+    where :func:`_step_row` inlines this, and ``kind`` picks the loop. Why one pass: the
+    same work as four passes over the row (gradient, clip, decay, update) did, but the
+    step of a row held in L2 took ~125 ns in passes and ~60 ns fused (2.25M-row epoch:
+    docs/fm.md), the same bytes. Why no per-column lr/wd arrays or ``range(lo, hi)``
+    bounds: with them LLVM does not vectorise these loops.
     """
     n = G.shape[0]
     b1w = np.float32(1.0 - BETA1)  # torch lerp weight
     b2 = np.float32(BETA2)
     b2w = np.float32(1.0 - BETA2)
-    if use_clip:
-        for f in range(n):
-            G[f] = min(max(G[f], -clip), clip)
     if kind == 1:  # adamw: decoupled decay from the pre-step weight, after the Adam step
         for f in range(n):
-            g = G[f]
             w = W[f]
+            g = _clipped(G[f] - w * cc if with_cc else G[f], use_clip, clip)
             m = M[f] + b1w * (g - M[f])
             v = V[f] * b2 + (b2w * g) * g
             M[f] = m
             V[f] = v
             W[f] = (w + (ncoef * (m * lr)) / (np.sqrt(v) + eps)) - w * dec
-        return
-    for f in range(n):  # L2 through the gradient (MXNet)
-        G[f] = G[f] + W[f] * wd
-    if kind == 2:
+    elif kind == 2:  # sgd
         for f in range(n):
-            W[f] = W[f] - lr_scale * (G[f] * lr)
-    elif kind == 3:
+            w = W[f]
+            g = _clipped(G[f] - w * cc if with_cc else G[f], use_clip, clip) + w * wd
+            W[f] = w - lr_scale * (g * lr)
+    elif kind == 3:  # adagrad
         for f in range(n):
-            g = G[f]
+            w = W[f]
+            g = _clipped(G[f] - w * cc if with_cc else G[f], use_clip, clip) + w * wd
             v = V[f] + g * g
             V[f] = v
-            W[f] = W[f] + ((-lr_scale) * (g * lr)) / (np.sqrt(v) + eps)
-    else:
+            W[f] = w + ((-lr_scale) * (g * lr)) / (np.sqrt(v) + eps)
+    else:  # adam
         for f in range(n):
-            g = G[f]
+            w = W[f]
+            g = _clipped(G[f] - w * cc if with_cc else G[f], use_clip, clip) + w * wd
             m = M[f] + b1w * (g - M[f])
             v = V[f] * b2 + (b2w * g) * g
             M[f] = m
             V[f] = v
-            W[f] = W[f] + (ncoef * (m * lr)) / (np.sqrt(v) + eps)
+            W[f] = w + (ncoef * (m * lr)) / (np.sqrt(v) + eps)
+
+
+@njit(cache=True, error_model="numpy")
+def _step_row(kind, G, W, M, V, cc, lr, wd, dec, ncoef, lr_scale, eps, use_clip, clip):  # noqa: ANN001, ANN202, PLR0913
+    """The lazy step of one table row ``[v | w]`` (``W``, moments ``M`` / ``V``, gradient ``G``, all k+1).
+
+    ``cc`` is the column's sum of g x^2: ``v``'s gradient is ``G - v cc``. ``lr``/``wd``/``dec``
+    are the (k+1,) per-column settings; the factors share ``[0]``, the linear weight has ``[k]``.
+    The branches on the settings are taken here, so that each inlined loop is branch-free.
+    """
+    k = W.shape[0] - 1
+    if use_clip:
+        _step_part(kind, G[:k], W[:k], M[:k], V[:k], cc, True, lr[0], wd[0], dec[0], ncoef, lr_scale, eps,
+                   True, clip)
+        _step_part(kind, G[k:], W[k:], M[k:], V[k:], cc, False, lr[k], wd[k], dec[k], ncoef, lr_scale, eps,
+                   True, clip)
+    else:
+        _step_part(kind, G[:k], W[:k], M[:k], V[:k], cc, True, lr[0], wd[0], dec[0], ncoef, lr_scale, eps,
+                   False, clip)
+        _step_part(kind, G[k:], W[k:], M[k:], V[k:], cc, False, lr[k], wd[k], dec[k], ncoef, lr_scale, eps,
+                   False, clip)
 
 
 @njit(cache=True, error_model="numpy", nogil=True)
@@ -354,17 +383,8 @@ def _step_chunk(P, nrm, slot, cols, G, cacc, j0, j1, U, prefetch, kind, lr, wd, 
             if norms:
                 _prefetch(nrm, (cols[u + PREFETCH_AHEAD],))
         c = cols[u]
-        Gu = G[u]
         Wc = P[c, 0]
-        Mc = P[c, 1]
-        Vc = P[c, 2]
-        cc = cacc[u]
-        for f in range(k):
-            Gu[f] = Gu[f] - Wc[f] * cc
-        _step_range(kind, Gu[:k], Wc[:k], Mc[:k], Vc[:k], lr[0], wd[0], decay[0], ncoef, lr_scale, eps,
-                    use_clip, clip)
-        _step_range(kind, Gu[k:], Wc[k:], Mc[k:], Vc[k:], lr[k], wd[k], decay[k], ncoef, lr_scale, eps,
-                    use_clip, clip)
+        _step_row(kind, G[u], Wc, P[c, 1], P[c, 2], cacc[u], lr, wd, decay, ncoef, lr_scale, eps, use_clip, clip)
         if norms:
             nrm[c] = _sumsq(Wc, k)
         slot[c] = -1
