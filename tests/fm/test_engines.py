@@ -202,6 +202,64 @@ def test_numba_step_factors_come_from_optim():
     assert step_factors("sgd", 1, 3, 0.25).tolist() == [0.25] * 3
 
 
+def _step_in_passes(kind, G, W, M, V, cc, lr, wd, dec, ncoef, lr_scale, eps, clip):
+    """The lazy step as the torch engine's formulas read, one numpy float32 pass per operation."""
+    f32 = np.float32
+    b1w, b2, b2w = f32(1.0 - 0.9), f32(0.999), f32(1.0 - 0.999)
+    k = W.size - 1
+    G = G.copy()
+    G[:k] = G[:k] - W[:k] * cc  # v's gradient has the - v sum(g x^2) term; w's has none
+    if clip is not None:
+        G = np.minimum(np.maximum(G, -clip), clip)
+    W, M, V = W.copy(), M.copy(), V.copy()
+    for part, at in ((slice(0, k), 0), (slice(k, k + 1), k)):
+        g, w, m, v = G[part], W[part], M[part], V[part]
+        if kind == 1:
+            m[:] = m + b1w * (g - m)
+            v[:] = v * b2 + (b2w * g) * g
+            w[:] = (w + (ncoef * (m * lr[at])) / (np.sqrt(v) + eps)) - w * dec[at]
+            continue
+        g = g + w * wd[at]
+        if kind == 2:
+            w[:] = w - lr_scale * (g * lr[at])
+        elif kind == 3:
+            v[:] = v + g * g
+            w[:] = w + ((-lr_scale) * (g * lr[at])) / (np.sqrt(v) + eps)
+        else:
+            m[:] = m + b1w * (g - m)
+            v[:] = v * b2 + (b2w * g) * g
+            w[:] = w + (ncoef * (m * lr[at])) / (np.sqrt(v) + eps)
+    return W, M, V
+
+
+@pytest.mark.parametrize("clip", [None, 0.05])
+@pytest.mark.parametrize("kind", ["adam", "adamw", "sgd", "adagrad"])
+def test_one_pass_step_gives_the_bytes_of_the_step_in_passes(kind, clip):
+    """The compiled step fuses gradient, clip, decay and update into one pass per element
+    (docs/fm.md "The step in one pass"); it must round exactly as the formulas applied one
+    operation at a time, for every optimizer, with and without clipping, at k = 64 (vector
+    loop) and k = 5 (remainder only)."""
+    from localfm.fm.engines.numba import OPTIMIZERS, _step_row
+
+    f32 = np.float32
+    rng = np.random.default_rng(7)
+    for k in (64, 5):
+        for _ in range(20):
+            G, W, M = (rng.normal(0, s, k + 1).astype(f32) for s in (0.1, 0.3, 0.01))
+            V = rng.uniform(0, 1e-3, k + 1).astype(f32)
+            lr = np.r_[np.full(k, 0.01), 0.002].astype(f32)
+            wd = np.r_[np.full(k, 1e-4), 3e-3].astype(f32)
+            dec = (wd * lr) * f32(0.5)
+            cc, ncoef, lr_scale, eps = f32(rng.normal(0, 0.2)), f32(-0.9), f32(0.5), f32(1e-8)
+            want = _step_in_passes(OPTIMIZERS[kind], G, W, M, V, cc, lr, wd, dec, ncoef, lr_scale, eps,
+                                   None if clip is None else f32(clip))
+            got = [W.copy(), M.copy(), V.copy()]
+            _step_row(OPTIMIZERS[kind], G.copy(), *got, cc, lr, wd, dec, ncoef, lr_scale, eps, clip is not None,
+                      f32(0.0 if clip is None else clip))
+            for a, b in zip(got, want):
+                assert a.tobytes() == b.tobytes(), (kind, clip, k)
+
+
 def test_optimizer_config_per_column_settings():
     from localfm.fm.optim import optimizer_config
 
