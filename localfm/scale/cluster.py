@@ -12,6 +12,7 @@ import os
 import re
 import secrets
 import shutil
+import sys
 import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -88,7 +89,8 @@ def connect(cluster: str) -> Iterator[Any]:
     spec = parse_cluster(cluster)
     ray = import_ray()
     if ray.is_initialized():
-        yield ray
+        with worker_output_on_stderr():
+            yield ray
         return
     with contextlib.ExitStack() as stack:
         if spec.kind == "local":
@@ -106,9 +108,51 @@ def connect(cluster: str) -> Iterator[Any]:
             raise LocalFMError(f"cluster {cluster!r}: cannot connect to Ray ({first[:200]})",
                                param="cluster") from None
         try:
-            yield ray
+            with worker_output_on_stderr():
+                yield ray
         finally:
-            ray.shutdown()
+            with contextlib.redirect_stdout(sys.stderr):  # Ray flushes the workers' last lines here
+                ray.shutdown()
+
+
+@contextlib.contextmanager
+def worker_output_on_stderr() -> Iterator[None]:
+    """For the block, print on stderr what the Ray driver forwards from workers and raylets.
+
+    Why: Ray prints a worker's stdout lines, and its own notices, on the driver's stdout.
+    One such notice is "(raylet) Task ... submit failed. There are 2 retries remaining", seen
+    on a busy CI machine. localfm's commands keep stdout for their results, such as the JSON
+    summary a script parses, so Ray's lines broke them. Ray 2.60 has no setting for the stream.
+    So the driver's handler (``ray_print_logs`` in the private
+    ``ray._private.worker.global_worker_stdstream_dispatcher``) is wrapped to mark every line
+    as stderr, and is put back afterwards. If a later Ray moves that handler, nothing is
+    wrapped, and the lines go where Ray puts them.
+    """
+    try:
+        from ray._private.worker import global_worker_stdstream_dispatcher as dispatcher
+        lock = dispatcher._lock  # noqa: SLF001 - see the docstring
+        dispatcher.handlers  # noqa: B018 - a list of (name, handler), or this Ray is not the one wrapped here
+    except (ImportError, AttributeError):
+        yield
+        return
+
+    def on_stderr(handler: Any) -> Any:
+        return lambda data: handler({**data, "is_err": True})
+
+    swapped: dict[Any, Any] = {}  # wrapped handler -> the original
+    with lock:
+        for i, (name, handler) in enumerate(dispatcher.handlers):
+            if name == "ray_print_logs":
+                wrapped = on_stderr(handler)
+                swapped[wrapped] = handler
+                dispatcher.handlers[i] = (name, wrapped)
+    try:
+        yield
+    finally:
+        with lock:  # ray.shutdown() drops the handler itself; put back only what is still there
+            for i, (name, handler) in enumerate(dispatcher.handlers):
+                if handler in swapped:
+                    dispatcher.handlers[i] = (name, swapped[handler])
 
 
 @contextlib.contextmanager
@@ -180,7 +224,8 @@ def _loopback(nodes: int, cpus_per_node: int, object_store_bytes: int) -> Iterat
         cluster.wait_for_nodes()
         yield cluster
     finally:
-        ray.shutdown()
+        with contextlib.redirect_stdout(sys.stderr):  # Ray flushes the workers' last lines here
+            ray.shutdown()
         if cluster is not None:
             cluster.shutdown()
         ray_constants.ENABLE_RAY_CLUSTER = saved_flag

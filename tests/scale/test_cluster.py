@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from pathlib import Path
 
 import numpy as np
@@ -117,3 +118,39 @@ def test_local_cluster_leaves_nothing_in_ray_default_dirs(tmp_path):
     assert not (home / ".ray").exists()  # no auth token in ~/.ray
     if not tmp_ray_before:
         assert not os.path.exists("/tmp/ray")
+
+
+def _forwarded(capsys, tag: str, seconds: float = 60.0) -> tuple[str, str]:
+    """What the driver printed (stdout, stderr) until ``tag``, forwarded by Ray from a worker, shows up."""
+    deadline = time.monotonic() + seconds
+    out = err = ""
+    while time.monotonic() < deadline:
+        o, e = capsys.readouterr()
+        out, err = out + o, err + e
+        if tag in out or tag in err:
+            return out, err
+        time.sleep(0.1)
+    pytest.fail(f"Ray did not forward {tag!r} to the driver within {seconds:.0f} s")
+
+
+def test_worker_output_is_forwarded_to_stderr_while_localfm_holds_the_cluster(ray_cluster, capsys):
+    """Ray prints a worker's stdout lines (and notices like "(raylet) Task ... submit failed") on
+    the driver's stdout, where localfm's commands write their JSON summaries: a CI run's
+    ``recommend --ray`` summary once began with such a notice. Inside :func:`connect` they go to
+    stderr; outside it, Ray's own routing is back."""
+    import ray
+
+    from localfm.scale.cluster import connect
+
+    @ray.remote(num_cpus=0)
+    def say(tag: str) -> str:
+        print(tag, flush=True)
+        return tag
+
+    with connect(ray_cluster.address):
+        ray.get(say.remote("marker-inside-connect"))
+        out, err = _forwarded(capsys, "marker-inside-connect")
+    assert "marker-inside-connect" in err and "marker-inside-connect" not in out
+    ray.get(say.remote("marker-after-connect"))
+    out, err = _forwarded(capsys, "marker-after-connect")
+    assert "marker-after-connect" in out
