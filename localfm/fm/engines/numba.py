@@ -291,6 +291,7 @@ def _bias_step(state, grad, kind, lr, wd, clip, use_clip, eps, coef, lr_scale): 
 
 @njit(cache=True, error_model="numpy", inline="always")
 def _clipped(g, use_clip, clip):  # noqa: ANN001, ANN202 - numba
+    """MXNet's ``clip_gradient`` on one element, where the run clips."""
     return min(max(g, -clip), clip) if use_clip else g
 
 
@@ -305,8 +306,8 @@ def _step_part(kind, G, W, M, V, cc, with_cc, lr, wd, dec, ncoef, lr_scale, eps,
     One pass per element, each loop branch-free: ``with_cc`` and ``use_clip`` are constants
     where :func:`_step_row` inlines this, and ``kind`` picks the loop. Why one pass: the
     same work as four passes over the row (gradient, clip, decay, update) did, but the
-    step of a row held in L2 took ~125 ns in passes and ~60 ns fused (2.25M-row epoch:
-    docs/fm.md), the same bytes. Why no per-column lr/wd arrays or ``range(lo, hi)``
+    step of a row held in L2 took ~125 ns in passes and ~60 ns fused, a cold row ~160 and
+    ~113 ns (one thread, 2M random rows; docs/fm.md "The step in one pass"), the same bytes. Why no per-column lr/wd arrays or ``range(lo, hi)``
     bounds: with them LLVM does not vectorise these loops.
     """
     n = G.shape[0]
